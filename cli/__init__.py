@@ -1,0 +1,1 @@
+"""The Typer CLI, installed as ``medconvnext.cli``. Thin: parse, call the library, render."""

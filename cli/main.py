@@ -1,0 +1,34 @@
+"""The ``medconvnext`` app: one module per command, composed here.
+
+Nothing heavy is imported at module level so that ``medconvnext --help`` answers fast.
+"""
+
+from __future__ import annotations
+
+import typer
+from medconvnext.cli import predict, train
+from medconvnext.cli._common import State
+
+app = typer.Typer(
+    name="medconvnext",
+    help="Train, cross-validate and serve 3D classifiers for CT and MRI volumes.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _global_options(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+) -> None:
+    State.debug = debug
+
+
+app.command("train")(train.train)
+app.command("predict")(predict.predict)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

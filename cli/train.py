@@ -1,0 +1,95 @@
+"""``medconvnext train``: train one model on a datalist into a run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from medconvnext.cli._common import console, run_guarded
+
+
+def train(
+    data: Path = typer.Option(None, "--data", help="Folder (labels.csv or one subfolder per class) or a CSV/TSV."),
+    out: Path = typer.Option(..., "--out", help="Run directory to create."),
+    model: str = typer.Option(None, "--model", help="Registered model name (see `medconvnext models`)."),
+    epochs: int = typer.Option(None, "--epochs", min=1, help="Number of epochs."),
+    batch_size: int = typer.Option(None, "--batch-size", min=1, help="Volumes per batch."),
+    lr: float = typer.Option(None, "--lr", help="Peak learning rate (AdamW)."),
+    seed: int = typer.Option(None, "--seed", help="Random seed (split, init, augmentation)."),
+    device: str = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N"),
+    config: Path = typer.Option(None, "--config", help="YAML config; CLI flags override it."),
+    set_: list[str] = typer.Option([], "--set", help="Override any config field: section.key=value (repeatable)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run in --out."),
+) -> None:
+    """Train a 3D classifier and save the best checkpoint (by validation AUC) in --out."""
+
+    def work() -> None:
+        from medconvnext.config import apply_overrides, load_config, parse_set_option
+        from medconvnext.engine.trainer import train as run_training
+
+        cfg = load_config(config)
+        flags = {
+            "data.path": str(data) if data is not None else None,
+            "model.name": model,
+            "train.epochs": epochs,
+            "train.batch_size": batch_size,
+            "train.lr": lr,
+            "train.seed": seed,
+            "train.device": device,
+        }
+        apply_overrides(cfg, {k: v for k, v in flags.items() if v is not None}, "command line")
+        apply_overrides(cfg, dict(parse_set_option(item) for item in set_), "--set")
+        with TrainingProgress() as progress:
+            result = run_training(cfg, out, overwrite=overwrite, callbacks=progress)
+        best = result.best_metrics
+        console.print(
+            f"[bold green]done[/bold green]: best epoch {result.best_epoch}, "
+            f"val AUC {_fmt(best['val_auc'])}, val accuracy {_fmt(best['val_accuracy'])}; "
+            f"checkpoint in {result.run_dir}"
+        )
+
+    run_guarded(work)
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+class TrainingProgress:
+    """Rich progress bar with loss and the validation metric; implements TrainingCallbacks."""
+
+    def __enter__(self) -> TrainingProgress:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._progress = Progress(
+            TextColumn("[bold]epoch {task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}  val AUC {task.fields[auc]}  best {task.fields[best]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        self._progress.__enter__()
+        self._task = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.__exit__(*exc)
+
+    def on_start(self, total_epochs: int, steps_per_epoch: int) -> None:
+        self._steps = steps_per_epoch
+        self._task = self._progress.add_task(
+            "train", total=total_epochs * steps_per_epoch, epoch=f"1/{total_epochs}", loss="-", auc="-", best="-"
+        )
+        self._total_epochs = total_epochs
+
+    def on_step(self, epoch: int, step: int, loss: float) -> None:
+        self._progress.update(
+            self._task, completed=(epoch - 1) * self._steps + step, epoch=f"{epoch}/{self._total_epochs}",
+            loss=f"{loss:.4f}",
+        )
+
+    def on_epoch_end(self, record: dict[str, Any]) -> None:
+        self._progress.update(self._task, auc=_fmt(record["val_auc"]), best=f"epoch {record['best_epoch']}")

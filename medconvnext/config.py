@@ -1,0 +1,185 @@
+"""Typed run configuration (dataclasses) <-> YAML, with dotted overrides.
+
+Precedence: built-in defaults < ``--config FILE.yaml`` < CLI flags / ``--set section.key=value``.
+Unknown keys and wrongly typed values are user errors that name the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medconvnext.errors import UserError
+
+
+@dataclass
+class ModelConfig:
+    """Which registered model, and overrides of its architecture arguments."""
+
+    name: str = "convnext_atto"
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    """Where the cases come from and how they are fed."""
+
+    path: str | None = None
+    val_fraction: float = 0.2
+    cache: str = "memory"  # none | memory | disk
+    cache_dir: str | None = None
+    num_workers: int = 0
+    augment: str = "light"  # none | light
+
+
+@dataclass
+class PreprocessingConfig:
+    """Deterministic preprocessing. ``None`` means: plan it from the data's fingerprint."""
+
+    orientation: str = "RAS"
+    spacing: list[float] | None = None
+    input_size: list[int] | None = None
+    intensity: str = "zscore"  # zscore | nonzero_zscore | clip_zscore | none
+    clip: list[float] | None = None  # intensity window used by clip_zscore, e.g. CT HU [-1000, 1000]
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation."""
+
+    epochs: int = 20
+    batch_size: int = 4
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: int = 1
+    seed: int = 0
+    amp: bool = True  # mixed precision on CUDA; always off on CPU
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+@dataclass
+class Config:
+    """Everything a run needs; saved resolved as ``config.yaml`` in the run directory."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def config_from_dict(values: dict[str, Any], where: str = "config") -> Config:
+    """Build a Config from nested dicts; UserError names an unknown or mistyped field."""
+    config = Config()
+    apply_overrides(config, _flatten(values), where)
+    return config
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Defaults, updated by a YAML file when given."""
+    if path is None:
+        return Config()
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--config {path}: no such file")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{path}: expected a mapping of sections (model, data, preprocessing, train)")
+    return config_from_dict(values, str(path))
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML."""
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def parse_set_option(item: str) -> tuple[str, Any]:
+    """``"train.lr=3e-4"`` -> ``("train.lr", 0.0003)`` (the value is parsed as YAML)."""
+    if "=" not in item:
+        raise UserError(f"--set {item!r}: expected section.key=value, e.g. train.lr=3e-4")
+    key, raw = item.split("=", 1)
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise UserError(f"--set {item!r}: cannot parse the value") from None
+
+
+def apply_overrides(config: Config, overrides: dict[str, Any], where: str = "override") -> Config:
+    """Set dotted keys (``"train.lr"``; ``"model.args.drop_path_rate"``) in place, type-checked."""
+    for dotted, value in overrides.items():
+        _set_dotted(config, dotted, value, where)
+    return config
+
+
+def _set_dotted(config: Config, dotted: str, value: Any, where: str) -> None:
+    parts = dotted.split(".")
+    section_name = parts[0]
+    if not hasattr(config, section_name) or len(parts) < 2:
+        raise UserError(f"{where}: unknown field {dotted!r} (sections: model, data, preprocessing, train)")
+    section = getattr(config, section_name)
+    key = parts[1]
+    if section_name == "model" and key == "args" and len(parts) > 2:
+        section.args[".".join(parts[2:])] = value
+        return
+    if len(parts) != 2 or key not in {f.name for f in dataclasses.fields(section)}:
+        known = ", ".join(f"{section_name}.{f.name}" for f in dataclasses.fields(section))
+        raise UserError(f"{where}: unknown field {dotted!r} (known: {known})")
+    hint = typing.get_type_hints(type(section))[key]
+    setattr(section, key, _coerce(value, hint, f"{where}: {dotted}"))
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check ``value`` against a simple type hint (int, float, str, bool, list[...], dict, Optional)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif origin is list:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value] * 3  # a scalar spacing/size means the same on every axis
+        if isinstance(value, (list, tuple)):
+            return [_coerce(v, args[0], where) for v in value]
+    elif origin is dict or hint is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    raise UserError(f"{where} = {value!r} is not a valid {getattr(hint, '__name__', str(hint))}")
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested sections -> dotted keys; ``model.args`` stays a dict of its own."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and dotted != "model.args" and prefix.count(".") < 1:
+            flat.update(_flatten(value, dotted + "."))
+        elif dotted == "model.args" and isinstance(value, dict):
+            for arg, arg_value in value.items():
+                flat[f"model.args.{arg}"] = arg_value
+        else:
+            flat[dotted] = value
+    return flat

@@ -1,0 +1,32 @@
+"""Datasets over a datalist, with the deterministic transforms cached (memory) or not."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from monai.data import CacheDataset, Dataset
+from monai.transforms import Compose
+
+from medconvnext.data.datalist import Case, Datalist
+from medconvnext.errors import UserError
+
+CACHE_MODES = ("none", "memory")
+
+
+def case_records(datalist: Datalist, cases: Sequence[Case]) -> list[dict]:
+    """MONAI data dicts: image path(s), label index, case id."""
+    records = []
+    for case in cases:
+        image = case.images[0] if len(case.images) == 1 else list(case.images)
+        label = datalist.label_index(case) if case.label is not None else -1
+        records.append({"image": image, "label": label, "case_id": case.case_id})
+    return records
+
+
+def make_dataset(records: list[dict], transform: Compose, cache: str, num_workers: int = 0) -> Dataset:
+    """``cache="memory"`` keeps the output of the transforms up to the first random one in RAM."""
+    if cache == "memory":
+        return CacheDataset(records, transform, cache_rate=1.0, num_workers=max(1, num_workers), progress=False)
+    if cache == "none":
+        return Dataset(records, transform)
+    raise UserError(f"data.cache must be one of {', '.join(CACHE_MODES)}, got {cache!r}")

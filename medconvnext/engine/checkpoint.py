@@ -1,0 +1,99 @@
+"""Checkpoints: model weights as safetensors (no pickle) + all metadata predict needs.
+
+The metadata (model name and arguments, class names, preprocessing, metrics, versions) is stored
+inside the safetensors header and also written beside it as ``<name>.json`` for people to read.
+Files are written to a temporary name, fsynced, then renamed, so a crash never leaves a broken
+checkpoint under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from medconvnext.errors import UserError
+
+META_KEY = "medconvnext"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    """What a checkpoint file holds."""
+
+    state_dict: dict[str, torch.Tensor]
+    meta: dict[str, Any]
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.meta["class_names"])
+
+    def build_model(self) -> nn.Module:
+        """The model, with these weights, in eval mode."""
+        from medconvnext.models import create_model
+
+        args = dict(self.meta["model"])
+        model = create_model(args.pop("name"), **args)
+        model.load_state_dict(self.state_dict)
+        return model.eval()
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(tmp_path)``, fsync, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:
+    """Write weights + metadata atomically; ``meta`` must be JSON-serialisable."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    meta = {"format_version": FORMAT_VERSION, **meta}
+    state = {k: v.detach().cpu().contiguous() for k, v in unwrap_model(model).state_dict().items()}
+    header = {META_KEY: json.dumps(meta)}
+    atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=header))
+    atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a checkpoint without unpickling anything."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            state = {key: f.get_tensor(key) for key in f.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"{path}: not a readable medconvnext checkpoint ({exc})") from None
+    if META_KEY not in header:
+        raise UserError(f"{path}: safetensors file without medconvnext metadata (not written by medconvnext)")
+    meta = json.loads(header[META_KEY])
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise UserError(f"{path}: written by a newer medconvnext (format {meta['format_version']}); upgrade")
+    return Checkpoint(state, meta)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain module inside DDP / torch.compile wrappers."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)

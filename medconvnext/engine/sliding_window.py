@@ -1,0 +1,295 @@
+"""Sliding-window classification of one 3D volume.
+
+MONAI's ``sliding_window_inference`` and TorchIO's ``GridAggregator`` stitch *dense*
+outputs back into a volume and reject a classifier's (N, K) logits, so this module
+tiles the volume itself:
+
+1. pad the volume symmetrically up to ``roi_size`` on any axis where it is smaller;
+2. place windows of ``roi_size`` on a regular grid (:func:`window_starts`): the window
+   count per axis is MONAI's (``dense_patch_slices`` with interval ``int(roi * (1 - overlap))``),
+   but the starts are spread evenly from 0 to ``size - roi`` so the grid of windows is
+   uniform (the last window is flush with the end, as in MONAI) and the per-window
+   probability map has an exact affine (:func:`window_map_affine`);
+3. cut ``sw_batch_size`` windows at a time (views of the volume, stacked into one small
+   batch), move that batch to the model's device, run the model under ``torch.no_grad``;
+4. aggregate the per-window outputs into one probability vector per case.
+
+Peak memory is bounded by ``sw_batch_size`` windows plus the model's activations for
+them, never by the volume: no tensor of all windows is ever built. Only the
+(n_windows, K) logits are kept, which is what the coarse window map is made of.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+AGGREGATIONS = ("mean", "max", "logit_mean")
+PAD_MODES = ("constant", "reflect", "replicate")
+
+Triple = tuple[int, int, int]
+Pad = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+
+
+@dataclass
+class WindowResult:
+    """Outcome of :func:`sliding_window_classify` for one case.
+
+    Attributes:
+        probabilities: (K,) aggregated class probabilities of the case (sums to 1).
+        window_probabilities: (n_d, n_h, n_w, K) softmax of each window's logits; voxel
+            (i, j, k) is the window whose start is ``grid_starts[a][i|j|k]`` on each axis.
+        window_logits: (n_d, n_h, n_w, K) raw logits of each window (float32), e.g. for
+            averaging logits across the folds of an ensemble.
+        starts: (d, h, w) start of every window in the *padded* volume, in the same
+            C order as the flattened grid.
+        roi_size: the window size (D, H, W).
+        pad: ((before, after),) * 3 voxels of padding added on each axis of the volume.
+    """
+
+    probabilities: torch.Tensor
+    window_probabilities: torch.Tensor
+    window_logits: torch.Tensor
+    starts: list[Triple]
+    roi_size: Triple
+    pad: Pad
+
+    @property
+    def grid_shape(self) -> Triple:
+        """(n_d, n_h, n_w): number of windows along each axis."""
+        return tuple(self.window_probabilities.shape[:3])  # type: ignore[return-value]
+
+    def map_affine(self, affine: np.ndarray | torch.Tensor | Sequence[Sequence[float]]) -> np.ndarray:
+        """Affine of the window map, given the affine of the volume that was tiled (see :func:`window_map_affine`)."""
+        return window_map_affine(affine, self.starts, self.roi_size, self.pad)
+
+
+def _as_triple(value: int | Sequence[int], name: str) -> Triple:
+    """An int or three ints, each a positive int, as a 3-tuple."""
+    values = [value] * 3 if isinstance(value, int) else list(value)
+    if len(values) != 3 or any(isinstance(v, bool) or not isinstance(v, int | np.integer) for v in values):
+        raise ValueError(f"{name} must be an int or three ints (D, H, W), got {value!r}")
+    if any(v <= 0 for v in values):
+        raise ValueError(f"{name} must be positive on every axis, got {value!r}")
+    return tuple(int(v) for v in values)  # type: ignore[return-value]
+
+
+def _as_overlap(overlap: float | Sequence[float]) -> tuple[float, float, float]:
+    """A fraction in [0, 1), or one per axis, as a 3-tuple."""
+    values = [overlap] * 3 if isinstance(overlap, int | float) else list(overlap)
+    if len(values) != 3:
+        raise ValueError(f"overlap must be a number or three numbers (D, H, W), got {overlap!r}")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0.0 <= v < 1.0:
+            raise ValueError(f"overlap must be in [0, 1) (a fraction of the window), got {overlap!r}")
+    return tuple(float(v) for v in values)  # type: ignore[return-value]
+
+
+def _axis_starts(size: int, roi: int, overlap: float) -> list[int]:
+    """Evenly spread starts of windows of ``roi`` voxels covering ``size`` voxels (size >= roi)."""
+    if size == roi:
+        return [0]
+    # the window count MONAI's dense_patch_slices would use for this interval ...
+    interval = max(int(roi * (1.0 - overlap)), 1)
+    n = 1 + -(-(size - roi) // interval)  # ceil division
+    # ... spread evenly from 0 to size - roi: the step (size - roi) / (n - 1) is <= interval,
+    # so the overlap is at least the requested one. Round half up in exact integer arithmetic
+    # so the result never depends on floating-point noise.
+    span = size - roi
+    return [(2 * i * span + (n - 1)) // (2 * (n - 1)) for i in range(n)]
+
+
+def window_starts(
+    volume_size: Sequence[int], roi_size: int | Sequence[int], overlap: float | Sequence[float] = 0.25
+) -> list[Triple]:
+    """Start (d, h, w) of every window of ``roi_size`` that tiles a volume of ``volume_size``.
+
+    Args:
+        volume_size: (D, H, W) of the (already padded) volume; must be >= ``roi_size`` on every
+            axis (see :func:`symmetric_padding` for the padding :func:`sliding_window_classify` adds).
+        roi_size: window size, an int or (D, H, W).
+        overlap: fraction of a window shared with its neighbour, in [0, 1); one number or one per axis.
+
+    Returns:
+        Starts in C order (d slowest, w fastest). Per axis, the number of windows is the one MONAI's
+        ``dense_patch_slices`` uses for the interval ``int(roi * (1 - overlap))``; the first start is
+        0, the last is ``size - roi`` (flush with the end) and the ones between are evenly spaced
+        (rounded to the nearest voxel), so neighbours overlap by at least ``overlap``.
+    """
+    size = _as_triple(tuple(volume_size), "volume_size")
+    roi = _as_triple(roi_size, "roi_size")
+    ov = _as_overlap(overlap)
+    if any(s < r for s, r in zip(size, roi, strict=True)):
+        raise ValueError(f"volume_size {size} is smaller than roi_size {roi} on some axis; pad the volume first")
+    per_axis = [_axis_starts(s, r, o) for s, r, o in zip(size, roi, ov, strict=True)]
+    return list(itertools.product(*per_axis))
+
+
+def symmetric_padding(volume_size: Sequence[int], roi_size: int | Sequence[int]) -> Pad:
+    """(before, after) voxels per axis that bring ``volume_size`` up to at least ``roi_size``.
+
+    Padding is split evenly, the odd voxel going after, so the volume stays centred in the window.
+    """
+    size = _as_triple(tuple(volume_size), "volume_size")
+    roi = _as_triple(roi_size, "roi_size")
+    pad = []
+    for s, r in zip(size, roi, strict=True):
+        total = max(r - s, 0)
+        pad.append((total // 2, total - total // 2))
+    return tuple(pad)  # type: ignore[return-value]
+
+
+def _model_device(model: nn.Module, default: torch.device) -> torch.device:
+    """Device of the model's first parameter (or buffer); ``default`` for a parameter-free model."""
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        return tensor.device
+    return default
+
+
+def _aggregate(logits: torch.Tensor, aggregation: str) -> torch.Tensor:
+    """(n_windows, K) float32 logits -> (K,) case probabilities."""
+    if aggregation == "mean":
+        return torch.softmax(logits, dim=-1).mean(dim=0)
+    if aggregation == "max":
+        # per-class max over windows, renormalised to sum to 1 so the output is a distribution
+        # like the other modes (argmax and ranking are unchanged by the renormalisation); the raw
+        # maxima are window_probabilities.amax(dim=(0, 1, 2)).
+        peak = torch.softmax(logits, dim=-1).amax(dim=0)
+        return peak / peak.sum()
+    if aggregation == "logit_mean":
+        return torch.softmax(logits.mean(dim=0), dim=-1)
+    raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {aggregation!r}")
+
+
+def sliding_window_classify(
+    volume: torch.Tensor,
+    model: nn.Module,
+    roi_size: int | Sequence[int],
+    overlap: float | Sequence[float] = 0.25,
+    sw_batch_size: int = 4,
+    aggregation: str = "mean",
+    pad_mode: str = "constant",
+) -> WindowResult:
+    """Classify one volume by tiling it with windows of ``roi_size`` and aggregating their outputs.
+
+    The caller puts the model in eval mode and opens any autocast context; this function only adds
+    ``torch.no_grad``. The volume stays on its own device (it may be a large CPU tensor while the
+    model is on a GPU): each batch of windows is moved to the model's device, and the results are
+    returned on the volume's device.
+
+    Args:
+        volume: (C, D, H, W) or (1, C, D, H, W) tensor of one case (already preprocessed).
+        model: a classifier mapping (N, C, *roi_size) to (N, K) logits.
+        roi_size: window size, an int or (D, H, W); the model's training patch size is the usual choice.
+        overlap: fraction of a window shared with its neighbour, in [0, 1); one number or one per axis.
+        sw_batch_size: windows per forward pass; bounds peak memory.
+        aggregation: ``mean`` (mean of window softmax probabilities, default), ``max`` (per-class maximum
+            of window probabilities, renormalised to sum to 1: "is the class anywhere"), or ``logit_mean``
+            (softmax of the mean of window logits).
+        pad_mode: how axes smaller than ``roi_size`` are padded (symmetrically): ``constant`` (zeros),
+            ``reflect`` or ``replicate``.
+
+    Returns:
+        A :class:`WindowResult`; ``probabilities`` is (K,) float32.
+
+    Raises:
+        ValueError: on a bad shape, ``roi_size``, ``overlap``, ``sw_batch_size``, ``aggregation``,
+            ``pad_mode``, or when the model does not return (N, K) logits.
+    """
+    if volume.ndim == 5:
+        if volume.shape[0] != 1:
+            raise ValueError(
+                f"volume must hold one case, got a batch of {volume.shape[0]} (shape {tuple(volume.shape)})"
+            )
+        volume = volume[0]
+    if volume.ndim != 4:
+        raise ValueError(f"volume must be (C, D, H, W) or (1, C, D, H, W), got shape {tuple(volume.shape)}")
+    roi = _as_triple(roi_size, "roi_size")
+    ov = _as_overlap(overlap)
+    if isinstance(sw_batch_size, bool) or not isinstance(sw_batch_size, int) or sw_batch_size < 1:
+        raise ValueError(f"sw_batch_size must be a positive int, got {sw_batch_size!r}")
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {aggregation!r}")
+    if pad_mode not in PAD_MODES:
+        raise ValueError(f"pad_mode must be one of {', '.join(PAD_MODES)}, got {pad_mode!r}")
+
+    pad = symmetric_padding(volume.shape[1:], roi)
+    if any(before or after for before, after in pad):
+        # F.pad takes the last axis first; reflect/replicate need a batch axis for 3D padding
+        flat_pad = [p for before_after in reversed(pad) for p in before_after]
+        volume = F.pad(volume[None], flat_pad, mode=pad_mode)[0]
+    starts = window_starts(volume.shape[1:], roi, ov)
+    grid_shape = tuple(len(set(s[axis] for s in starts)) for axis in range(3))
+    device = _model_device(model, volume.device)
+
+    chunks = []
+    with torch.no_grad():
+        for first in range(0, len(starts), sw_batch_size):
+            batch_starts = starts[first : first + sw_batch_size]
+            # views of the volume; stack copies only these few windows
+            windows = torch.stack(
+                [volume[:, d : d + roi[0], h : h + roi[1], w : w + roi[2]] for d, h, w in batch_starts]
+            )
+            logits = model(windows.to(device, non_blocking=True))
+            if logits.ndim != 2 or logits.shape[0] != len(batch_starts):
+                raise ValueError(
+                    f"model must return (N, K) logits for N windows, got shape {tuple(logits.shape)} "
+                    f"for {len(batch_starts)} windows"
+                )
+            # float32 so aggregation is exact whatever autocast produced
+            chunks.append(logits.float())
+    window_logits = torch.cat(chunks).to(volume.device)
+
+    return WindowResult(
+        probabilities=_aggregate(window_logits, aggregation),
+        window_probabilities=torch.softmax(window_logits, dim=-1).reshape(*grid_shape, -1),
+        window_logits=window_logits.reshape(*grid_shape, -1),
+        starts=starts,
+        roi_size=roi,
+        pad=pad,
+    )
+
+
+def window_map_affine(
+    affine: np.ndarray | torch.Tensor | Sequence[Sequence[float]],
+    starts: Sequence[Sequence[int]],
+    roi_size: int | Sequence[int],
+    pad: Sequence[Sequence[int]] = ((0, 0), (0, 0), (0, 0)),
+) -> np.ndarray:
+    """Affine (4x4, float64) of the (n_d, n_h, n_w) window map, so it overlays on the tiled volume.
+
+    Voxel (i, j, k) of the map lands on the centre of window (i, j, k), in the world coordinates of
+    ``affine`` (the affine of the volume *before* :func:`sliding_window_classify` padded it; ``pad``
+    is undone here). The map's voxel spacing is the step between window starts, so each map voxel
+    spans one step around its window's centre. The starts of :func:`window_starts` are
+    ``round(i * step)`` with the exact step ``(size - roi) / (n - 1)``; the affine uses the exact
+    step, so it places each window centre to within half a voxel of the volume (exact where the
+    step is an integer). On an axis with a single window the map voxel spans the whole window.
+
+    Args:
+        affine: 4x4 voxel-to-world affine of the volume (e.g. a MetaTensor's ``.affine``).
+        starts: window starts as returned in :attr:`WindowResult.starts` (or by :func:`window_starts`).
+        roi_size: the window size.
+        pad: ((before, after),) * 3 padding that was added before tiling (:attr:`WindowResult.pad`).
+    """
+    matrix = np.asarray(affine.detach().cpu() if isinstance(affine, torch.Tensor) else affine, dtype=np.float64)
+    if matrix.shape != (4, 4):
+        raise ValueError(f"affine must be 4x4, got shape {matrix.shape}")
+    roi = _as_triple(roi_size, "roi_size")
+    if len(starts) == 0:
+        raise ValueError("starts is empty")
+    grid_to_voxel = np.eye(4)
+    for axis in range(3):
+        axis_starts = sorted({int(s[axis]) for s in starts})
+        # the first start is 0 and the last is size - roi, so this is the exact (unrounded) step
+        step = (axis_starts[-1] - axis_starts[0]) / (len(axis_starts) - 1) if len(axis_starts) > 1 else float(roi[axis])
+        grid_to_voxel[axis, axis] = step
+        # centre of the first window, in voxels of the unpadded volume
+        grid_to_voxel[axis, 3] = axis_starts[0] + (roi[axis] - 1) / 2.0 - int(pad[axis][0])
+    return matrix @ grid_to_voxel

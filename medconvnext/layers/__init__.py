@@ -1,0 +1,17 @@
+"""Building blocks shared by the model families."""
+
+from medconvnext.layers.drop import DropPath, drop_path, drop_path_rates
+from medconvnext.layers.init import init_weights
+from medconvnext.layers.norm import LayerNorm3d, make_norm3d
+from medconvnext.layers.shapes import as_triple, check_input_size
+
+__all__ = [
+    "DropPath",
+    "LayerNorm3d",
+    "as_triple",
+    "check_input_size",
+    "drop_path",
+    "drop_path_rates",
+    "init_weights",
+    "make_norm3d",
+]

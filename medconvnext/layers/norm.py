@@ -1,0 +1,40 @@
+"""Normalisation layers for channels-first 3D feature maps (N, C, D, H, W)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NORMS = ("groupnorm", "layernorm")
+
+
+class LayerNorm3d(nn.LayerNorm):
+    """The ConvNeXt paper's channels-first LayerNorm: normalises over C at each voxel.
+
+    A voxel's output depends only on that voxel's channels, so normalising a crop
+    equals cropping the normalised volume (GroupNorm(1) does not have this property).
+    """
+
+    def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
+        super().__init__(num_channels, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # permute to channels-last: a free view when x is in channels_last_3d memory format
+        x = x.permute(0, 2, 3, 4, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 4, 1, 2, 3)
+
+
+def make_norm3d(kind: str, num_channels: int, eps: float = 1e-6) -> nn.Module:
+    """Return the channels-first norm named ``kind``.
+
+    ``"groupnorm"`` is GroupNorm with one group (normalises over C, D, H, W jointly,
+    the MetaFormer/PoolFormer norm: the product card's "GroupNorm-as-LayerNorm");
+    ``"layernorm"`` is :class:`LayerNorm3d` (over C per voxel, as in the paper).
+    """
+    if kind == "groupnorm":
+        return nn.GroupNorm(1, num_channels, eps=eps)
+    if kind == "layernorm":
+        return LayerNorm3d(num_channels, eps=eps)
+    raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")

@@ -1,0 +1,204 @@
+"""3D ConvNeXt (Liu et al., "A ConvNet for the 2020s"), after facebookresearch/ConvNeXt and timm.
+
+Numerics kept from the reference: patchify stem (kernel = stride = 4) then norm;
+downsampling = norm then conv (kernel = stride = 2); blocks of depthwise 7³ conv ->
+norm -> Linear 4x -> GELU -> Linear -> layer scale (1e-6) -> DropPath -> residual;
+trunc-normal(0.02) init; global average pool -> LayerNorm -> Linear head.
+Kernel sizes and strides accept per-axis values for anisotropic (thick-slice) data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from medconvnext.layers import DropPath, as_triple, check_input_size, drop_path_rates, init_weights, make_norm3d
+from medconvnext.layers.shapes import Triple
+from medconvnext.models._registry import register_model
+
+IntOr3 = int | Sequence[int]
+
+
+def _per_stage(value: IntOr3 | Sequence[IntOr3], stages: int, name: str) -> list[Triple]:
+    """An int, a 3-tuple (all stages), or one int/3-tuple per stage -> one triple per stage."""
+    if isinstance(value, int) or (len(value) == 3 and all(isinstance(v, int) for v in value)):
+        return [as_triple(value, name)] * stages  # type: ignore[arg-type]
+    if len(value) != stages:
+        raise ValueError(f"{name} needs one value or {stages} values (one per stage), got {value!r}")
+    return [as_triple(v, name) for v in value]  # type: ignore[arg-type]
+
+
+class ConvNeXtBlock(nn.Module):
+    """Depthwise conv -> norm -> inverted bottleneck MLP -> layer scale -> DropPath -> residual."""
+
+    def __init__(
+        self,
+        dim: int,
+        kernel_size: Triple = (7, 7, 7),
+        drop_path: float = 0.0,
+        layer_scale_init: float = 1e-6,
+        norm: str = "groupnorm",
+        mlp_ratio: int = 4,
+    ) -> None:
+        super().__init__()
+        padding = tuple(k // 2 for k in kernel_size)
+        self.dwconv = nn.Conv3d(dim, dim, kernel_size, padding=padding, groups=dim)
+        self.norm = make_norm3d(norm, dim)
+        # Linear on channels-last == 1x1x1 conv, and is faster on CPU and GPU
+        self.pwconv1 = nn.Linear(dim, mlp_ratio * dim)
+        self.act = nn.GELU()
+        self.pwconv2 = nn.Linear(mlp_ratio * dim, dim)
+        self.gamma = nn.Parameter(layer_scale_init * torch.ones(dim)) if layer_scale_init > 0 else None
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        x = self.norm(self.dwconv(x))
+        x = x.permute(0, 2, 3, 4, 1)  # (N, D, H, W, C)
+        x = self.pwconv2(self.act(self.pwconv1(x)))
+        if self.gamma is not None:
+            x = x * self.gamma
+        x = x.permute(0, 4, 1, 2, 3)
+        return shortcut + self.drop_path(x)
+
+
+class ConvNeXt3d(nn.Module):
+    """3D ConvNeXt classifier for (N, C, D, H, W) volumes."""
+
+    def __init__(
+        self,
+        num_classes: int = 2,
+        in_channels: int = 1,
+        depths: Sequence[int] = (3, 3, 9, 3),
+        dims: Sequence[int] = (96, 192, 384, 768),
+        kernel_size: IntOr3 | Sequence[IntOr3] = 7,
+        stem_stride: IntOr3 = 4,
+        downsample_strides: IntOr3 | Sequence[IntOr3] = 2,
+        norm: str = "groupnorm",
+        drop_path_rate: float = 0.0,
+        layer_scale_init: float = 1e-6,
+        head_init_scale: float = 1.0,
+        head_dropout: float = 0.0,
+        grad_checkpointing: bool = False,
+    ) -> None:
+        """
+        Args:
+            depths, dims: blocks and channels per stage.
+            kernel_size: depthwise kernel; int, (D, H, W), or one per stage, e.g. ``[(1,7,7), (1,7,7), 7, 7]``.
+            stem_stride: patchify stem kernel = stride; int or (D, H, W), e.g. ``(1, 4, 4)`` for thick slices;
+                ``2`` (or 1) keeps resolution for small (28-32³) inputs.
+            downsample_strides: kernel = stride of the 3 downsampling layers; int, (D, H, W) or one per layer.
+            norm: ``"groupnorm"`` (GroupNorm(1), default) or ``"layernorm"`` (per-voxel, as in the paper).
+            drop_path_rate: stochastic depth, linear from 0 to this rate over all blocks.
+            grad_checkpointing: recompute block activations in backward to save memory.
+        """
+        super().__init__()
+        stages = len(depths)
+        kernels = _per_stage(kernel_size, stages, "kernel_size")
+        stem = as_triple(stem_stride, "stem_stride")
+        downs = _per_stage(downsample_strides, stages - 1, "downsample_strides")
+        self.grad_checkpointing = grad_checkpointing
+        self.num_classes = num_classes
+        self.num_features = dims[-1]
+        self.min_input_size: Triple = tuple(  # type: ignore[assignment]
+            stem[axis] * _prod(d[axis] for d in downs) for axis in range(3)
+        )
+
+        self.stem = nn.Sequential(nn.Conv3d(in_channels, dims[0], stem, stride=stem), make_norm3d(norm, dims[0]))
+        self.downsample = nn.ModuleList(
+            nn.Sequential(make_norm3d(norm, dims[i]), nn.Conv3d(dims[i], dims[i + 1], downs[i], stride=downs[i]))
+            for i in range(stages - 1)
+        )
+        rates = drop_path_rates(drop_path_rate, depths)
+        self.stages = nn.ModuleList(
+            nn.Sequential(
+                *(ConvNeXtBlock(dims[i], kernels[i], rate, layer_scale_init, norm) for rate in rates[i])
+            )
+            for i in range(stages)
+        )
+        self.head_norm = nn.LayerNorm(dims[-1], eps=1e-6)
+        self.head_drop = nn.Dropout(head_dropout)
+        self.head = nn.Linear(dims[-1], num_classes)
+
+        self.apply(init_weights)
+        with torch.no_grad():
+            self.head.weight.mul_(head_init_scale)
+            self.head.bias.mul_(head_init_scale)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature map of the last stage, (N, C_last, d, h, w)."""
+        check_input_size(x, self.min_input_size, type(self).__name__)
+        x = self.stem(x)
+        for i, stage in enumerate(self.stages):
+            if i > 0:
+                x = self.downsample[i - 1](x)
+            for block in stage:
+                if self.grad_checkpointing and x.requires_grad:
+                    x = checkpoint(block, x, use_reentrant=False)
+                else:
+                    x = block(x)
+        return x
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Global average pool over D, H, W -> LayerNorm -> (dropout) -> Linear."""
+        x = self.head_norm(features.mean(dim=(2, 3, 4)))
+        return x if pre_logits else self.head(self.head_drop(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _prod(values) -> int:
+    out = 1
+    for v in values:
+        out *= v
+    return out
+
+
+def _convnext(depths: tuple[int, ...], dims: tuple[int, ...], **kwargs) -> ConvNeXt3d:
+    return ConvNeXt3d(depths=depths, dims=dims, **kwargs)
+
+
+@register_model("convnext")
+def convnext_atto(**kwargs) -> ConvNeXt3d:
+    """ConvNeXt-Atto: depths (2, 2, 6, 2), dims (40, 80, 160, 320)."""
+    return _convnext((2, 2, 6, 2), (40, 80, 160, 320), **kwargs)
+
+
+@register_model("convnext")
+def convnext_femto(**kwargs) -> ConvNeXt3d:
+    """ConvNeXt-Femto: depths (2, 2, 6, 2), dims (48, 96, 192, 384)."""
+    return _convnext((2, 2, 6, 2), (48, 96, 192, 384), **kwargs)
+
+
+@register_model("convnext")
+def convnext_pico(**kwargs) -> ConvNeXt3d:
+    """ConvNeXt-Pico: depths (2, 2, 6, 2), dims (64, 128, 256, 512)."""
+    return _convnext((2, 2, 6, 2), (64, 128, 256, 512), **kwargs)
+
+
+@register_model("convnext")
+def convnext_nano(**kwargs) -> ConvNeXt3d:
+    """ConvNeXt-Nano: depths (2, 2, 8, 2), dims (80, 160, 320, 640)."""
+    return _convnext((2, 2, 8, 2), (80, 160, 320, 640), **kwargs)
+
+
+@register_model("convnext")
+def convnext_tiny(**kwargs) -> ConvNeXt3d:
+    """ConvNeXt-Tiny: depths (3, 3, 9, 3), dims (96, 192, 384, 768)."""
+    return _convnext((3, 3, 9, 3), (96, 192, 384, 768), **kwargs)
+
+
+@register_model("convnext")
+def convnext_small(**kwargs) -> ConvNeXt3d:
+    """ConvNeXt-Small: depths (3, 3, 27, 3), dims (96, 192, 384, 768)."""
+    return _convnext((3, 3, 27, 3), (96, 192, 384, 768), **kwargs)
+
+
+@register_model("convnext")
+def convnext_base(**kwargs) -> ConvNeXt3d:
+    """ConvNeXt-Base: depths (3, 3, 27, 3), dims (128, 256, 512, 1024)."""
+    return _convnext((3, 3, 27, 3), (128, 256, 512, 1024), **kwargs)

@@ -1,0 +1,198 @@
+"""Report figures as PNG files: ROC, precision-recall, confusion matrix, calibration, training curves.
+
+matplotlib is optional (``pip install medconvnext[plots]``): it is imported inside the functions and
+:func:`matplotlib_available` lets callers fall back to a text-only report. Figures are drawn on the
+Agg canvas directly (``matplotlib.figure.Figure`` + ``FigureCanvasAgg``) rather than through pyplot,
+so the report never switches the caller's global backend (e.g. inside a notebook) and leaks no
+figures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from medconvnext.engine.metrics import binary_auc, expected_calibration_error, reliability_bins
+from medconvnext.reports.training_log import CURVE_KEYS
+
+__all__ = [
+    "matplotlib_available",
+    "plot_roc",
+    "plot_pr",
+    "plot_confusion",
+    "plot_calibration",
+    "plot_training_curves",
+]
+
+DPI = 110
+
+
+def _figure(width: float, height: float, ncols: int = 1, nrows: int = 1, **kwargs):
+    """A Figure on an Agg canvas and its axes; raises ImportError when matplotlib is missing."""
+    import matplotlib  # noqa: F401  (imported first so a missing/blocked matplotlib fails here)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False, **kwargs)
+    return fig, axes
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def matplotlib_available() -> bool:
+    """True when matplotlib can be imported (plots are drawn), False for a text-only report."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _curve_classes(class_names: Sequence[str]) -> list[int]:
+    # binary: one curve for the positive class; multiclass: one-vs-rest curve per class
+    return [1] if len(class_names) == 2 else list(range(len(class_names)))
+
+
+def plot_roc(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str], path: str | Path) -> Path:
+    """ROC curve (binary: positive class) or one-vs-rest curves per class plus their macro average."""
+    from sklearn.metrics import roc_curve
+
+    fig, axes = _figure(5.2, 4.8)
+    ax = axes[0, 0]
+    grid = np.linspace(0.0, 1.0, 201)
+    tprs, aucs = [], []
+    for k in _curve_classes(class_names):
+        positive = y_true == k
+        auc = binary_auc(positive, probs[:, k])
+        if auc is None:  # class absent (or alone): no curve
+            continue
+        fpr, tpr, _ = roc_curve(positive, probs[:, k])
+        tprs.append(np.interp(grid, fpr, tpr))
+        aucs.append(auc)
+        ax.plot(fpr, tpr, lw=1.6, label=f"{class_names[k]} vs rest (AUC {auc:.3f})" if len(class_names) > 2 else
+                f"{class_names[k]} (AUC {auc:.3f})")
+    if len(class_names) > 2 and tprs:
+        ax.plot(grid, np.mean(tprs, axis=0), color="black", lw=2.2, ls="--",
+                label=f"macro average (AUC {np.mean(aucs):.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":", label="chance")
+    ax.set(xlabel="False positive rate (1 - specificity)", ylabel="True positive rate (sensitivity)",
+           xlim=(0, 1), ylim=(0, 1.01), title="ROC")
+    ax.set_aspect("equal")
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_pr(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str], path: str | Path) -> Path:
+    """Precision-recall curve(s) with average precision; dotted lines mark each class's prevalence (chance)."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    fig, axes = _figure(5.2, 4.8)
+    ax = axes[0, 0]
+    for k in _curve_classes(class_names):
+        positive = y_true == k
+        if not positive.any():
+            continue
+        precision, recall, _ = precision_recall_curve(positive, probs[:, k])
+        ap = average_precision_score(positive, probs[:, k])
+        (line,) = ax.plot(recall, precision, lw=1.6, label=f"{class_names[k]} (AP {ap:.3f})")
+        ax.axhline(positive.mean(), color=line.get_color(), lw=0.8, ls=":")
+    ax.set(xlabel="Recall (sensitivity)", ylabel="Precision (PPV)", xlim=(0, 1), ylim=(0, 1.01),
+           title="Precision-recall")
+    ax.legend(loc="lower left", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_confusion(confusion_matrix: Sequence[Sequence[int]], class_names: Sequence[str], path: str | Path) -> Path:
+    """Confusion matrix as counts (left) and row-normalised, i.e. per-true-class recall (right)."""
+    counts = np.asarray(confusion_matrix, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        normalised = np.nan_to_num(counts / counts.sum(axis=1, keepdims=True))
+    size = 2.6 + 0.5 * len(class_names)
+    fig, axes = _figure(2 * size + 0.6, size, ncols=2)
+    panels = ((axes[0, 0], counts, "Counts", "{:.0f}"), (axes[0, 1], normalised, "Row-normalised (recall)", "{:.2f}"))
+    for ax, values, title, fmt in panels:
+        ax.imshow(values, cmap="Blues", vmin=0, vmax=max(values.max(), 1e-9))
+        ticks = np.arange(len(class_names))
+        ax.set(xticks=ticks, yticks=ticks, xlabel="Predicted", ylabel="True", title=title)
+        ax.set_xticklabels(class_names, rotation=30, ha="right")
+        ax.set_yticklabels(class_names)
+        threshold = values.max() / 2
+        for i in ticks:
+            for j in ticks:
+                colour = "white" if values[i, j] > threshold else "black"
+                ax.text(j, i, fmt.format(values[i, j]), ha="center", va="center", color=colour, fontsize=9)
+    return _save(fig, path)
+
+
+def plot_calibration(y_true: np.ndarray, probs: np.ndarray, path: str | Path, n_bins: int = 15) -> Path:
+    """Reliability diagram of the top-label confidence (same bins as the ECE), with a histogram of confidences."""
+    bins = reliability_bins(y_true, probs, n_bins)
+    edges, count = bins["edges"], bins["count"]
+    filled = count > 0
+    ece = expected_calibration_error(y_true, probs, n_bins)
+    fig, axes = _figure(5.0, 5.6, nrows=2, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax, hist = axes[0, 0], axes[1, 0]
+    width = edges[1] - edges[0]
+    ax.bar(edges[:-1][filled], bins["accuracy"][filled], width=width, align="edge", edgecolor="black",
+           color="#4c72b0", alpha=0.8, label="accuracy in bin")
+    ax.plot(bins["confidence"][filled], bins["accuracy"][filled], "o", color="#dd8452", ms=4,
+            label="mean confidence in bin")
+    ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="perfect calibration")
+    ax.set(ylabel="Accuracy", xlim=(0, 1), ylim=(0, 1), title=f"Calibration (ECE {ece:.3f}, {n_bins} bins)")
+    ax.legend(loc="upper left", fontsize=8)
+    hist.bar(edges[:-1], count, width=width, align="edge", color="grey", edgecolor="black")
+    hist.set(xlabel="Confidence (max probability)", ylabel="Cases")
+    return _save(fig, path)
+
+
+def _series(records: Sequence[Mapping], key: str) -> tuple[list, list]:
+    """(epochs, values) of one key, skipping records where it is missing or null."""
+    points = [
+        (r.get("epoch", i), r[key]) for i, r in enumerate(records) if isinstance(r.get(key), (int, float))
+    ]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def plot_training_curves(logs: Mapping[str, Sequence[Mapping]], path: str | Path) -> Path | None:
+    """Loss (left: train solid, validation dashed) and validation AUC/accuracy (right) per fold.
+
+    Args:
+        logs: fold label -> epoch records (see :func:`medconvnext.reports.training_log.read_training_log`).
+
+    Returns:
+        The PNG path, or None when no record has any curve value.
+    """
+    if not any(_series(records, key)[0] for records in logs.values() for key in CURVE_KEYS):
+        return None
+    fig, axes = _figure(10.0, 4.2, ncols=2)
+    loss_ax, metric_ax = axes[0, 0], axes[0, 1]
+    colours = [f"C{i % 10}" for i in range(len(logs))]
+    for colour, (fold, records) in zip(colours, logs.items(), strict=True):
+        labelled = set()  # one legend entry per fold and panel: the line style already says which series
+        for ax, key, style in (
+            (loss_ax, "train_loss", "-"),
+            (loss_ax, "val_loss", "--"),
+            (metric_ax, "val_auc", "-"),
+            (metric_ax, "val_accuracy", ":"),
+        ):
+            epochs, values = _series(records, key)
+            if epochs:
+                label = None if id(ax) in labelled else str(fold)
+                labelled.add(id(ax))
+                ax.plot(epochs, values, ls=style, color=colour, lw=1.4, label=label)
+    loss_ax.set(xlabel="Epoch", ylabel="Loss", title="Loss (train solid, validation dashed)")
+    metric_ax.set(xlabel="Epoch", ylabel="Validation metric", ylim=(0, 1.01),
+                  title="Validation AUC (solid) and accuracy (dotted)")
+    for ax in (loss_ax, metric_ax):
+        if ax.has_data():
+            ax.legend(fontsize=7, ncols=2 if len(logs) > 5 else 1)
+    return _save(fig, path)

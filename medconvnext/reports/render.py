@@ -1,0 +1,365 @@
+"""Render the evaluation report as Markdown and as a self-contained HTML page.
+
+Both formats come from one list of blocks (heading, paragraph, list, table, image), so they always
+say the same thing. The HTML embeds its PNGs as base64 data URIs and its CSS inline: it opens
+offline, can be mailed or attached to a ticket as one file, and references nothing external.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medconvnext.engine.metrics import SCALAR_METRICS
+from medconvnext.reports import plots
+from medconvnext.reports.predictions import TEST_FOLD, Predictions
+from medconvnext.reports.summary import summarize
+from medconvnext.reports.training_log import read_training_log
+
+__all__ = ["write_report", "REPORT_FILES"]
+
+# File names inside the run directory (kept in one place for rundir.py to adopt).
+REPORT_FILES = {
+    "markdown": "report.md",
+    "html": "report.html",
+    "roc": "roc.png",
+    "pr": "pr.png",
+    "confusion": "confusion.png",
+    "calibration": "calibration.png",
+    "curves": "curves.png",
+}
+
+METRIC_LABELS = {
+    "auc": "AUC (ROC)",
+    "accuracy": "Accuracy",
+    "balanced_accuracy": "Balanced accuracy",
+    "sensitivity": "Sensitivity",
+    "specificity": "Specificity",
+    "f1": "F1",
+    "f1_macro": "F1 (macro)",
+    "f1_weighted": "F1 (weighted)",
+    "mcc": "MCC",
+    "brier": "Brier score",
+    "ece": "ECE (15 bins)",
+}
+FOLD_COLUMNS = ("auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "mcc", "brier", "ece")
+
+HOW_TO_READ = [
+    "Out-of-fold: in k-fold cross-validation every case is predicted exactly once, by the model of the fold "
+    "that did not train on it. Pooling these predictions gives one honest estimate over all cases; the "
+    "per-fold rows show how much the estimate moves between training runs.",
+    "AUC is the probability that a random case of a class gets a higher score for that class than a random "
+    "case of another class (0.5 = chance, 1 = perfect ranking); it does not depend on a threshold. The 95% "
+    "confidence interval is a percentile bootstrap over cases: resampling this data set, the AUC fell inside "
+    "the interval 95% of the time. A wide interval means too few cases to tell models apart; it does not "
+    "cover variation from retraining or from a different population.",
+    "Sensitivity/specificity (binary: for the positive class; multiclass: averaged one-vs-rest over classes), "
+    "accuracy, F1, MCC and the confusion matrix use the predicted class = the highest probability. Balanced "
+    "accuracy averages the per-class recall, so it is not inflated by a majority class.",
+    "Calibration: a model is calibrated when, among cases predicted with 80% confidence, about 80% are right. "
+    "The reliability diagram plots accuracy against confidence (the diagonal is perfect); ECE is the average "
+    "gap, weighted by cases per bin. The Brier score is the mean squared error of the probabilities "
+    "(lower is better; binary: (p_positive - y)^2, multiclass: summed over classes).",
+]
+
+
+@dataclass
+class _Doc:
+    """Report content as blocks, rendered to Markdown and HTML by the functions below."""
+
+    blocks: list[tuple] = field(default_factory=list)
+
+    def heading(self, level: int, text: str) -> None:
+        self.blocks.append(("heading", level, text))
+
+    def paragraph(self, text: str) -> None:
+        self.blocks.append(("paragraph", text))
+
+    def bullets(self, items: Sequence[str]) -> None:
+        self.blocks.append(("bullets", list(items)))
+
+    def table(self, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+        self.blocks.append(("table", list(headers), [list(r) for r in rows]))
+
+    def image(self, path: Path, caption: str) -> None:
+        self.blocks.append(("image", path, caption))
+
+
+def _fmt(value: float | int | None, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.{digits}f}"
+
+
+def _ci(interval: Sequence[float | None] | None) -> str:
+    if not interval or interval[0] is None:
+        return "n/a"
+    return f"{interval[0]:.3f} – {interval[1]:.3f}"
+
+
+def _mean_std(stats: Mapping | None) -> str:
+    if not stats or stats["mean"] is None:
+        return "n/a"
+    if stats["std"] is None:
+        return _fmt(stats["mean"])
+    return f"{stats['mean']:.3f} ± {stats['std']:.3f}"
+
+
+def _metric_label(name: str, metrics: Mapping) -> str:
+    label = METRIC_LABELS[name]
+    positive = metrics.get("positive_class")
+    if name in ("sensitivity", "specificity", "f1"):
+        return f"{label} ({positive})" if positive else f"{label} (macro)"
+    return label
+
+
+def _metrics_table(doc: _Doc, metrics: Mapping, across_folds: Mapping | None, level: float) -> None:
+    headers = ["Metric", "Value", f"{level:.0%} CI"] + (["Mean ± std across folds"] if across_folds else [])
+    rows = []
+    for name in SCALAR_METRICS:
+        if name == "f1" and not metrics.get("positive_class"):
+            continue  # multiclass "f1" is the macro F1, already a row of its own
+        row = [_metric_label(name, metrics), _fmt(metrics[name]), _ci(metrics.get("ci", {}).get(name))]
+        if across_folds:
+            row.append(_mean_std(across_folds.get(name)))
+        rows.append(row)
+    doc.table(headers, rows)
+
+
+def _per_fold_table(doc: _Doc, summary: Mapping) -> None:
+    headers = ["Fold", "N"] + [METRIC_LABELS[m] for m in FOLD_COLUMNS]
+    rows = [[str(m["fold"]), str(m["n"])] + [_fmt(m[c]) for c in FOLD_COLUMNS] for m in summary["per_fold"]]
+    across = summary["across_folds"]
+    rows.append(["mean ± std", ""] + [_mean_std(across[c]) for c in FOLD_COLUMNS])
+    doc.table(headers, rows)
+
+
+def _per_class_table(doc: _Doc, metrics: Mapping) -> None:
+    headers = ["Class", "Support", "Precision", "Recall (sensitivity)", "Specificity", "F1", "AUC (one-vs-rest)"]
+    rows = [
+        [name, str(c["support"]), _fmt(c["precision"]), _fmt(c["recall"]), _fmt(c["specificity"]), _fmt(c["f1"]),
+         _fmt(c["auc"])]
+        for name, c in metrics["per_class"].items()
+    ]
+    doc.table(headers, rows)
+
+
+def _confusion_table(doc: _Doc, metrics: Mapping) -> None:
+    names = metrics["class_names"]
+    headers = ["True \\ Predicted"] + list(names) + ["Total"]
+    rows = [[name] + [str(v) for v in row] + [str(sum(row))] for name, row in zip(names, metrics["confusion_matrix"],
+                                                                                  strict=True)]
+    doc.table(headers, rows)
+
+
+def _training_table(doc: _Doc, logs: Mapping[str, Sequence[Mapping]]) -> None:
+    rows = []
+    for fold, records in logs.items():
+        aucs = [(r.get("val_auc"), r.get("epoch", i)) for i, r in enumerate(records)]
+        aucs = [a for a in aucs if isinstance(a[0], (int, float))]
+        best = max(aucs, key=lambda a: a[0]) if aucs else None
+        last = records[-1] if records else {}
+        rows.append([
+            fold,
+            str(len(records)),
+            f"{best[0]:.3f} (epoch {best[1]})" if best else "n/a",
+            _fmt(last.get("train_loss") if isinstance(last.get("train_loss"), (int, float)) else None),
+            _fmt(last.get("val_loss") if isinstance(last.get("val_loss"), (int, float)) else None),
+        ])
+    doc.table(["Fold", "Epochs", "Best val AUC", "Last train loss", "Last val loss"], rows)
+
+
+def _draw_figures(run_dir: Path, pooled: Predictions, metrics: Mapping, logs: Mapping) -> dict[str, Path]:
+    """Draw every applicable figure; returns name -> path."""
+    y, p, names = pooled.y_true, pooled.probs, pooled.class_names
+    written = {
+        "roc": plots.plot_roc(y, p, names, run_dir / REPORT_FILES["roc"]),
+        "pr": plots.plot_pr(y, p, names, run_dir / REPORT_FILES["pr"]),
+        "confusion": plots.plot_confusion(metrics["confusion_matrix"], names, run_dir / REPORT_FILES["confusion"]),
+        "calibration": plots.plot_calibration(y, p, run_dir / REPORT_FILES["calibration"]),
+    }
+    if logs:
+        curves = plots.plot_training_curves(logs, run_dir / REPORT_FILES["curves"])
+        if curves is not None:
+            written["curves"] = curves
+    return written
+
+
+FIGURE_CAPTIONS = {
+    "roc": "ROC curve(s); the dotted diagonal is chance.",
+    "pr": "Precision-recall curve(s); dotted lines mark each class's prevalence (chance level).",
+    "confusion": "Confusion matrix: counts and row-normalised (each row sums to 1: per-class recall).",
+    "calibration": "Reliability diagram: accuracy per confidence bin against the diagonal of perfect calibration.",
+    "curves": "Training curves per fold.",
+}
+
+
+def _build(title: str, summary: Mapping, figures: Mapping[str, Path], logs: Mapping, note: str) -> _Doc:
+    doc = _Doc()
+    pooled = summary["pooled"]
+    oof = summary["scope"] == "out_of_fold"
+    level = summary["ci_level"]
+    doc.heading(1, title)
+    folds = [str(m["fold"]) for m in summary["per_fold"]]
+    scope = f"out-of-fold predictions of {len(folds)} folds" if oof else "all predictions (no folds)"
+    doc.paragraph(
+        f"{pooled['n']} cases ({scope}); classes: {', '.join(summary['class_names'])}. "
+        f"Confidence intervals: percentile bootstrap over cases, {summary['n_boot']} resamples, seed {summary['seed']}."
+    )
+    if note:
+        doc.paragraph(note)
+    doc.heading(2, "Pooled out-of-fold metrics" if oof else "Metrics")
+    _metrics_table(doc, pooled, summary["across_folds"], level)
+    if summary["per_fold"]:
+        doc.heading(2, "Per-fold metrics")
+        _per_fold_table(doc, summary)
+    doc.heading(2, "Per-class metrics (pooled)")
+    _per_class_table(doc, pooled)
+    doc.heading(2, "Confusion matrix (pooled; rows = true class)")
+    _confusion_table(doc, pooled)
+    if summary.get("test"):
+        test = summary["test"]
+        doc.heading(2, f"Test set (fold {TEST_FOLD}, {test['n']} cases)")
+        _metrics_table(doc, test, None, level)
+        _confusion_table(doc, test)
+    if figures:
+        doc.heading(2, "Figures")
+        for name in ("roc", "pr", "confusion", "calibration"):
+            if name in figures:
+                doc.image(figures[name], FIGURE_CAPTIONS[name])
+    if logs:
+        doc.heading(2, "Training")
+        _training_table(doc, logs)
+        if "curves" in figures:
+            doc.image(figures["curves"], FIGURE_CAPTIONS["curves"])
+    doc.heading(2, "How to read this report")
+    doc.bullets(HOW_TO_READ)
+    return doc
+
+
+def _md_cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(doc: _Doc) -> str:
+    """Markdown text of a document; images are relative links (PNG next to report.md)."""
+    out: list[str] = []
+    for block in doc.blocks:
+        kind = block[0]
+        if kind == "heading":
+            out.append("#" * block[1] + " " + block[2])
+        elif kind == "paragraph":
+            out.append(block[1])
+        elif kind == "bullets":
+            out.append("\n".join(f"- {item}" for item in block[1]))
+        elif kind == "table":
+            headers, rows = block[1], block[2]
+            lines = ["| " + " | ".join(_md_cell(h) for h in headers) + " |", "|" + "---|" * len(headers)]
+            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+            out.append("\n".join(lines))
+        elif kind == "image":
+            out.append(f"![{block[2]}]({block[1].name})\n\n*{block[2]}*")
+    return "\n\n".join(out) + "\n"
+
+
+CSS = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: 1100px; margin: 2em auto;
+       padding: 0 1em; color: #222; line-height: 1.45; }
+h1 { border-bottom: 2px solid #4c72b0; padding-bottom: .2em; }
+h2 { margin-top: 1.8em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: .8em 0; font-size: .92em; }
+th, td { border: 1px solid #ccc; padding: .3em .6em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+th { background: #f0f3f8; }
+tr:nth-child(even) td { background: #fafafa; }
+figure { display: inline-block; margin: .5em 1em .5em 0; vertical-align: top; }
+figure img { max-width: 520px; border: 1px solid #eee; }
+figcaption { font-size: .85em; color: #555; max-width: 520px; }
+"""
+
+
+def _html_image(path: Path, caption: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    alt = html.escape(caption)
+    return f'<figure><img src="data:image/png;base64,{data}" alt="{alt}"><figcaption>{alt}</figcaption></figure>'
+
+
+def to_html(doc: _Doc, title: str) -> str:
+    """A self-contained HTML page of a document (inline CSS, images as base64 data URIs)."""
+    body: list[str] = []
+    for block in doc.blocks:
+        kind = block[0]
+        if kind == "heading":
+            body.append(f"<h{block[1]}>{html.escape(block[2])}</h{block[1]}>")
+        elif kind == "paragraph":
+            body.append(f"<p>{html.escape(block[1])}</p>")
+        elif kind == "bullets":
+            body.append("<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in block[1]) + "</ul>")
+        elif kind == "table":
+            head = "".join(f"<th>{html.escape(str(h))}</th>" for h in block[1])
+            rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in block[2])
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        elif kind == "image":
+            body.append(_html_image(block[1], block[2]))
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{html.escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body>\n</html>\n"
+    )
+
+
+def _pooled_predictions(predictions: Predictions, summary: Mapping) -> Predictions:
+    """The rows the summary's ``pooled`` metrics describe (out-of-fold rows, or all)."""
+    if summary["scope"] == "out_of_fold":
+        return predictions.subset(predictions.folds != TEST_FOLD)
+    return predictions
+
+
+def write_report(
+    run_dir: str | Path,
+    predictions: Predictions,
+    summary: Mapping | None = None,
+    title: str = "medconvnext evaluation report",
+    training_logs: Mapping[str, str | Path] | None = None,
+) -> dict[str, Path]:
+    """Write ``report.md``, a self-contained ``report.html`` and the PNG figures into ``run_dir``.
+
+    Args:
+        run_dir: output folder (created if missing).
+        predictions: the predictions table (see :func:`medconvnext.reports.read_predictions`).
+        summary: result of :func:`medconvnext.reports.summarize` for these predictions; computed
+            (1000 bootstrap resamples, seed 0) when None.
+        title: report heading.
+        training_logs: fold label (e.g. ``"fold_0"``) -> path of its ``metrics.jsonl``, for the
+            training table and ``curves.png``.
+
+    Returns:
+        Written files by kind: ``markdown``, ``html`` and, when matplotlib is installed, ``roc``,
+        ``pr``, ``confusion``, ``calibration`` and (with usable logs) ``curves``. Without matplotlib the
+        report is text-only and says so.
+
+    Raises:
+        UserError: a training log cannot be read.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    summary = summary if summary is not None else summarize(predictions)
+    logs = {str(fold): read_training_log(path) for fold, path in (training_logs or {}).items()}
+    note = ""
+    figures: dict[str, Path] = {}
+    if plots.matplotlib_available():
+        figures = _draw_figures(run_dir, _pooled_predictions(predictions, summary), summary["pooled"], logs)
+    else:
+        note = "Figures skipped: matplotlib is not installed (pip install 'medconvnext[plots]')."
+    doc = _build(title, summary, figures, logs, note)
+    md_path = run_dir / REPORT_FILES["markdown"]
+    html_path = run_dir / REPORT_FILES["html"]
+    md_path.write_text(to_markdown(doc), encoding="utf-8")
+    html_path.write_text(to_html(doc, title), encoding="utf-8")
+    return {"markdown": md_path, "html": html_path, **figures}

@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny real NIfTI volumes written with nibabel."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_DATA = REPO / "sample_data" / "shapes"
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def write_volume(path: Path, data: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> Path:
+    """Save ``data`` as NIfTI with a diagonal affine."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, np.diag([*spacing, 1.0])), path)
+    return path
+
+
+def blob_volume(rng: np.random.Generator, bright: bool, size: int = 20) -> np.ndarray:
+    """A noisy volume with (bright=True) or without a bright blob in it."""
+    data = rng.normal(0, 1, (size, size, size)).astype(np.float32)
+    if bright:
+        c = rng.integers(6, size - 6, 3)
+        data[c[0] - 3 : c[0] + 3, c[1] - 3 : c[1] + 3, c[2] - 3 : c[2] + 3] += 5
+    return data
+
+
+@pytest.fixture
+def csv_dataset(tmp_path: Path) -> Path:
+    """A folder with labels.csv (image,label,subject) and 12 small volumes of two classes."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(12):
+        label = "lesion" if i % 2 else "normal"
+        write_volume(tmp_path / "img" / f"c{i:02d}.nii.gz", blob_volume(rng, label == "lesion"), (1.5, 1.5, 2.0))
+        rows.append({"image": f"img/c{i:02d}.nii.gz", "label": label, "subject": f"s{i // 2}"})
+    with open(tmp_path / "labels.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["image", "label", "subject"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return tmp_path

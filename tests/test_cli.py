@@ -1,0 +1,117 @@
+"""The CLI end to end on real files: train on sample_data, then predict."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import SAMPLE_DATA
+from medconvnext.cli.main import app
+from typer.testing import CliRunner
+
+runner = CliRunner()
+TINY = ["--set", "model.args.depths=[1,1,1,1]", "--set", "model.args.dims=[8,16,32,64]"]
+
+
+def test_help_lists_commands_and_does_not_import_torch():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    assert "train" in result.output and "predict" in result.output
+    code = "import sys, medconvnext.cli.main; print('torch' in sys.modules, 'monai' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "shapes"
+    args = ["train", "--data", str(SAMPLE_DATA), "--out", str(out), "--epochs", "2", "--batch-size", "8", *TINY]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_train_writes_a_complete_run(trained_run):
+    records = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    for record in records:
+        assert {"train_loss", "val_auc", "val_accuracy"} <= record.keys()
+        assert 0 <= record["val_accuracy"] <= 1
+    for name in ("config.yaml", "dataset.json", "splits.json", "checkpoint_best.safetensors",
+                 "checkpoint_last.safetensors", "val_predictions.csv"):
+        assert (trained_run / name).is_file(), name
+    splits = json.loads((trained_run / "splits.json").read_text())
+    assert len(splits["val"]) == 8 and len(splits["train"]) == 32
+    dataset = json.loads((trained_run / "dataset.json").read_text())
+    assert dataset["classes"] == ["cube", "sphere"]
+    assert dataset["preprocessing"]["input_size"] == [32, 32, 32]
+
+
+def test_train_refuses_to_overwrite_a_run(trained_run):
+    before = (trained_run / "metrics.jsonl").read_text()
+    result = runner.invoke(app, ["train", "--data", str(SAMPLE_DATA), "--out", str(trained_run), "--epochs", "1"])
+    assert result.exit_code == 2
+    assert "--overwrite" in result.output
+    assert (trained_run / "metrics.jsonl").read_text() == before
+
+
+def test_predict_prints_and_writes_csv(trained_run, tmp_path):
+    scans = [str(SAMPLE_DATA / "images" / f"case_00{i}.nii.gz") for i in (0, 1)]
+    output = tmp_path / "pred.csv"
+    result = runner.invoke(app, ["predict", *scans, "--model", str(trained_run), "--output", str(output)])
+    assert result.exit_code == 0, result.output
+    assert "case_000.nii.gz" in result.output
+    rows = list(csv.DictReader(output.open()))
+    assert [r["image"] for r in rows] == scans
+    for row in rows:
+        assert row["prediction"] in ("cube", "sphere")
+        assert float(row["prob_cube"]) + float(row["prob_sphere"]) == pytest.approx(1, abs=1e-5)
+
+
+def test_predict_json_matches_the_library(trained_run, tmp_path):
+    from medconvnext.engine.inference import Predictor
+
+    scan = str(SAMPLE_DATA / "images" / "case_003.nii.gz")
+    output = tmp_path / "pred.json"
+    assert runner.invoke(app, ["predict", scan, "--model", str(trained_run), "-o", str(output)]).exit_code == 0
+    row = json.loads(output.read_text())[0]
+    probs = Predictor.load(trained_run).predict_files([scan])[0]
+    assert row["prob_sphere"] == pytest.approx(float(probs[1]), abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["predict", "missing.nii.gz", "--model", "RUN"], "missing.nii.gz: no such file"),
+        (["predict", "SCAN", "--model", "nowhere"], "no checkpoint found"),
+        (["predict", "SCAN", "--model", "RUN", "-o", "x.txt"], "use a .csv or .json"),
+        (["train", "--data", "nowhere", "--out", "OUT"], "--data nowhere: no such file or folder"),
+        (["train", "--data", "DATA", "--out", "OUT", "--model", "convnext_huge"], "unknown model 'convnext_huge'"),
+        (["train", "--data", "DATA", "--out", "OUT", "--set", "train.lr=fast"], "train.lr = 'fast'"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(trained_run, tmp_path, args, message):
+    scan = str(SAMPLE_DATA / "images" / "case_000.nii.gz")
+    mapping = {"RUN": str(trained_run), "SCAN": scan, "DATA": str(SAMPLE_DATA), "OUT": str(tmp_path / "o")}
+    result = runner.invoke(app, [mapping.get(a, a) for a in args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_corrupt_scan_is_a_user_error(trained_run, tmp_path):
+    bad = tmp_path / "broken.nii.gz"
+    good = (SAMPLE_DATA / "images" / "case_000.nii.gz").read_bytes()
+    bad.write_bytes(good[: len(good) // 2])
+    result = runner.invoke(app, ["predict", str(bad), "--model", str(trained_run)])
+    assert result.exit_code == 2
+    assert "broken.nii.gz: cannot read" in result.output
+
+
+def test_python_dash_m_entry_point():
+    out = subprocess.run([sys.executable, "-m", "medconvnext", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "predict" in out.stdout
