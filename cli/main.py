@@ -6,7 +6,8 @@ Nothing heavy is imported at module level so that ``medconvnext --help`` answers
 from __future__ import annotations
 
 import typer
-from medconvnext.cli import predict, train
+
+from medconvnext.cli import cache, data, models, predict, train
 from medconvnext.cli._common import State
 
 app = typer.Typer(
@@ -27,6 +28,9 @@ def _global_options(
 
 app.command("train")(train.train)
 app.command("predict")(predict.predict)
+app.add_typer(data.data_app, name="data")
+app.add_typer(cache.cache_app, name="cache")
+app.command("models")(models.models)
 
 
 def main() -> None:

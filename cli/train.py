@@ -6,12 +6,13 @@ from pathlib import Path
 from typing import Any
 
 import typer
+
 from medconvnext.cli._common import console, run_guarded
 
 
 def train(
     data: Path = typer.Option(None, "--data", help="Folder (labels.csv or one subfolder per class) or a CSV/TSV."),
-    out: Path = typer.Option(..., "--out", help="Run directory to create."),
+    out: Path = typer.Option(None, "--out", help="Run directory to create."),
     model: str = typer.Option(None, "--model", help="Registered model name (see `medconvnext models`)."),
     epochs: int = typer.Option(None, "--epochs", min=1, help="Number of epochs."),
     batch_size: int = typer.Option(None, "--batch-size", min=1, help="Volumes per batch."),
@@ -21,27 +22,54 @@ def train(
     config: Path = typer.Option(None, "--config", help="YAML config; CLI flags override it."),
     set_: list[str] = typer.Option([], "--set", help="Override any config field: section.key=value (repeatable)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run in --out."),
+    resume: Path = typer.Option(
+        None, "--resume", help="Continue this run from its last epoch (uses its config.yaml; only --epochs/--device)."
+    ),
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log to <out>/tensorboard (needs tensorboard)."),
 ) -> None:
     """Train a 3D classifier and save the best checkpoint (by validation AUC) in --out."""
 
     def work() -> None:
         from medconvnext.config import apply_overrides, load_config, parse_set_option
+        from medconvnext.engine.trainer import resume as resume_training
         from medconvnext.engine.trainer import train as run_training
+        from medconvnext.errors import UserError
 
-        cfg = load_config(config)
-        flags = {
-            "data.path": str(data) if data is not None else None,
-            "model.name": model,
-            "train.epochs": epochs,
-            "train.batch_size": batch_size,
-            "train.lr": lr,
-            "train.seed": seed,
-            "train.device": device,
-        }
-        apply_overrides(cfg, {k: v for k, v in flags.items() if v is not None}, "command line")
-        apply_overrides(cfg, dict(parse_set_option(item) for item in set_), "--set")
-        with TrainingProgress() as progress:
-            result = run_training(cfg, out, overwrite=overwrite, callbacks=progress)
+        if resume is not None:
+            # the run's own config.yaml decides everything else, so a resumed run is the run that was started
+            rejected = {"--data": data, "--out": out, "--model": model, "--batch-size": batch_size, "--lr": lr,
+                        "--seed": seed, "--config": config, "--set": set_ or None, "--tensorboard": tensorboard or None,
+                        "--overwrite": overwrite or None}
+            given = [name for name, value in rejected.items() if value is not None]
+            if given:
+                raise UserError(f"--resume uses the run's config.yaml; drop {', '.join(given)} (only --epochs and "
+                                "--device may change)")
+            with TrainingProgress() as progress:
+                result = resume_training(resume, epochs=epochs, device=device, callbacks=progress)
+        else:
+            if out is None:
+                raise UserError("--out is required (or --resume RUN_DIR to continue a run)")
+            cfg = load_config(config)
+            flags = {
+                "data.path": str(data) if data is not None else None,
+                "model.name": model,
+                "train.epochs": epochs,
+                "train.batch_size": batch_size,
+                "train.lr": lr,
+                "train.seed": seed,
+                "train.device": device,
+                "train.tensorboard": True if tensorboard else None,
+            }
+            apply_overrides(cfg, {k: v for k, v in flags.items() if v is not None}, "command line")
+            apply_overrides(cfg, dict(parse_set_option(item) for item in set_), "--set")
+            with TrainingProgress() as progress:
+                result = run_training(cfg, out, overwrite=overwrite, callbacks=progress)
+        from medconvnext.engine import distributed
+
+        if not distributed.is_main():  # under torchrun only rank 0 reports
+            distributed.cleanup()
+            return
+        distributed.cleanup()
         best = result.best_metrics
         console.print(
             f"[bold green]done[/bold green]: best epoch {result.best_epoch}, "
@@ -57,9 +85,18 @@ def _fmt(value: Any) -> str:
 
 
 class TrainingProgress:
-    """Rich progress bar with loss and the validation metric; implements TrainingCallbacks."""
+    """Rich progress bar with loss and the validation metric; implements TrainingCallbacks.
+
+    Under torchrun only rank 0 shows it (the RANK variable is read here, before the process group exists).
+    """
 
     def __enter__(self) -> TrainingProgress:
+        import os
+
+        self._task = None
+        if os.environ.get("RANK", "0") != "0":
+            self._progress = None
+            return self
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self._progress = Progress(
@@ -72,11 +109,11 @@ class TrainingProgress:
             transient=False,
         )
         self._progress.__enter__()
-        self._task = None
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._progress.__exit__(*exc)
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
 
     def on_start(self, total_epochs: int, steps_per_epoch: int) -> None:
         self._steps = steps_per_epoch

@@ -33,9 +33,10 @@ class DataConfig:
     path: str | None = None
     val_fraction: float = 0.2
     cache: str = "memory"  # none | memory | disk
-    cache_dir: str | None = None
+    cache_dir: str | None = None  # disk cache folder; None -> $MEDCONVNEXT_CACHE_DIR or ~/.cache/medconvnext
     num_workers: int = 0
-    augment: str = "light"  # none | light
+    augment: str = "light"  # none | light | medium | heavy
+    skip_bad: bool = False  # leave out cases whose images fail validation (data.validate.validate_datalist)
 
 
 @dataclass
@@ -45,22 +46,49 @@ class PreprocessingConfig:
     orientation: str = "RAS"
     spacing: list[float] | None = None
     input_size: list[int] | None = None
-    intensity: str = "zscore"  # zscore | nonzero_zscore | clip_zscore | none
-    clip: list[float] | None = None  # intensity window used by clip_zscore, e.g. CT HU [-1000, 1000]
+    modality: str = "generic"  # ct | mri | generic: picks the intensity normalisation when intensity is auto
+    # auto (ct -> clip_zscore, mri -> nonzero_zscore, generic -> zscore) | zscore | nonzero_zscore | clip_zscore | none
+    intensity: str = "auto"
+    clip: list[float] | None = None  # intensity window for clip_zscore, e.g. CT HU [-1000, 1000]; None -> percentiles
+    mean: float | None = None  # dataset statistics for clip_zscore; None -> computed from the training cases
+    std: float | None = None
 
 
 @dataclass
 class TrainConfig:
     """Optimisation."""
 
-    epochs: int = 20
+    epochs: int = 30
     batch_size: int = 4
-    lr: float = 1e-3
+    lr: float = 3e-4  # for batch 4; scale linearly with the batch size
     weight_decay: float = 0.05
     warmup_epochs: int = 1
     seed: int = 0
     amp: bool = True  # mixed precision on CUDA; always off on CPU
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # training recipe (defaults = plain cross-entropy training)
+    label_smoothing: float = 0.0
+    drop_path_rate: float | None = None  # stochastic depth; None keeps the model's own default
+    ema: bool = False  # evaluate and save an exponential moving average of the weights
+    ema_decay: float = 0.999
+    accumulate: int = 1  # gradient accumulation: optimizer steps every N batches
+    clip_grad_norm: float | None = None
+    balance: str = "none"  # none | weights (class-weighted loss) | sampler (class-balanced sampling)
+    early_stopping_patience: int | None = None  # stop after N epochs without a better validation score
+    compile: bool = False  # torch.compile the model
+    tensorboard: bool = False  # also log to <run>/tensorboard when tensorboard is installed
+    patches: str = "none"  # none | random: train on random input-size crops of the full volumes
+
+
+@dataclass
+class InferenceConfig:
+    """How validation and predict run the model over a preprocessed volume."""
+
+    mode: str = "whole"  # whole | sliding | auto (sliding when the volume exceeds 2x the input size)
+    roi_size: list[int] | None = None  # None: the training input size
+    overlap: float = 0.25
+    sw_batch_size: int = 4
+    aggregation: str = "mean"  # mean | max | logit_mean
 
 
 @dataclass
@@ -71,6 +99,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -95,7 +124,7 @@ def load_config(path: str | Path | None) -> Config:
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(values, dict):
-        raise UserError(f"{path}: expected a mapping of sections (model, data, preprocessing, train)")
+        raise UserError(f"{path}: expected a mapping of sections (model, data, preprocessing, train, inference)")
     return config_from_dict(values, str(path))
 
 
@@ -126,7 +155,7 @@ def _set_dotted(config: Config, dotted: str, value: Any, where: str) -> None:
     parts = dotted.split(".")
     section_name = parts[0]
     if not hasattr(config, section_name) or len(parts) < 2:
-        raise UserError(f"{where}: unknown field {dotted!r} (sections: model, data, preprocessing, train)")
+        raise UserError(f"{where}: unknown field {dotted!r} (sections: model, data, preprocessing, train, inference)")
     section = getattr(config, section_name)
     key = parts[1]
     if section_name == "model" and key == "args" and len(parts) > 2:

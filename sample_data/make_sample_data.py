@@ -1,4 +1,4 @@
-"""Make sample_data/lesions: 40 small NIfTI volumes, each holding one round lesion, "solid" or "cystic".
+"""Make sample_data/lesions: 60 small NIfTI volumes, each holding one round lesion, "solid" or "cystic".
 
 A solid lesion is bright throughout; a cystic one is a bright wall around a dark, fluid-like core.
 
@@ -18,7 +18,8 @@ import nibabel as nib
 import numpy as np
 
 FOV_MM = 48.0
-RADIUS_MM = (8.0, 14.0)
+RADIUS_MM = (12.0, 18.0)
+JITTER_MM = 4.0  # lesion-centred crops, as in most classification datasets
 ORIENTATIONS = ["RAS", "LPS", "LAS", "RPI", "PIR", "SLA"]
 
 
@@ -44,15 +45,14 @@ def make_case(rng: np.random.Generator, label: str) -> tuple[np.ndarray, np.ndar
     grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), axis=-1)
     world = grid @ affine[:3, :3].T + affine[:3, 3]
     radius = rng.uniform(RADIUS_MM[0], RADIUS_MM[1])
-    margin = RADIUS_MM[1] + 2.0
-    centre = rng.uniform(-FOV_MM / 2 + margin, FOV_MM / 2 - margin, size=3)
+    centre = rng.uniform(-JITTER_MM, JITTER_MM, size=3)
     # a slightly irregular outline: the radius varies smoothly with direction
     offset = world - centre
     distance = np.linalg.norm(offset, axis=-1)
     wobble = 1 + 0.12 * np.sin(rng.uniform(1, 3) * offset[..., 0] / radius + rng.uniform(0, 6))
     inside = distance <= radius * wobble
     if label == "cystic":  # fluid-filled: a bright wall around a dark core
-        inside &= distance >= radius * wobble - rng.uniform(2.5, 4.0)
+        inside &= distance >= radius * wobble - rng.uniform(3.0, 5.0)
     foreground = rng.uniform(300, 500)
     background = rng.uniform(40, 80)
     # coarse noise levels keep the files small once gzipped
@@ -64,7 +64,7 @@ def make_case(rng: np.random.Generator, label: str) -> tuple[np.ndarray, np.ndar
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "lesions")
-    parser.add_argument("--cases", type=int, default=40)
+    parser.add_argument("--cases", type=int, default=60)
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE_DATA = REPO / "sample_data" / "shapes"
+SAMPLE_DATA = REPO / "sample_data" / "lesions"
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 

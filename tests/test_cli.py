@@ -9,8 +9,9 @@ import sys
 
 import pytest
 from conftest import SAMPLE_DATA
-from medconvnext.cli.main import app
 from typer.testing import CliRunner
+
+from medconvnext.cli.main import app
 
 runner = CliRunner()
 TINY = ["--set", "model.args.depths=[1,1,1,1]", "--set", "model.args.dims=[8,16,32,64]"]
@@ -44,9 +45,9 @@ def test_train_writes_a_complete_run(trained_run):
                  "checkpoint_last.safetensors", "val_predictions.csv"):
         assert (trained_run / name).is_file(), name
     splits = json.loads((trained_run / "splits.json").read_text())
-    assert len(splits["val"]) == 8 and len(splits["train"]) == 32
+    assert len(splits["val"]) == 12 and len(splits["train"]) == 48
     dataset = json.loads((trained_run / "dataset.json").read_text())
-    assert dataset["classes"] == ["cube", "sphere"]
+    assert dataset["classes"] == ["cystic", "solid"]
     assert dataset["preprocessing"]["input_size"] == [32, 32, 32]
 
 
@@ -67,8 +68,8 @@ def test_predict_prints_and_writes_csv(trained_run, tmp_path):
     rows = list(csv.DictReader(output.open()))
     assert [r["image"] for r in rows] == scans
     for row in rows:
-        assert row["prediction"] in ("cube", "sphere")
-        assert float(row["prob_cube"]) + float(row["prob_sphere"]) == pytest.approx(1, abs=1e-5)
+        assert row["prediction"] in ("cystic", "solid")
+        assert float(row["prob_cystic"]) + float(row["prob_solid"]) == pytest.approx(1, abs=1e-5)
 
 
 def test_predict_json_matches_the_library(trained_run, tmp_path):
@@ -79,7 +80,7 @@ def test_predict_json_matches_the_library(trained_run, tmp_path):
     assert runner.invoke(app, ["predict", scan, "--model", str(trained_run), "-o", str(output)]).exit_code == 0
     row = json.loads(output.read_text())[0]
     probs = Predictor.load(trained_run).predict_files([scan])[0]
-    assert row["prob_sphere"] == pytest.approx(float(probs[1]), abs=1e-5)
+    assert row["prob_solid"] == pytest.approx(float(probs[1]), abs=1e-5)
 
 
 @pytest.mark.parametrize(

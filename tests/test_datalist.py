@@ -11,8 +11,8 @@ from medconvnext.errors import UserError
 
 def test_sample_data_csv_is_read_with_sorted_classes():
     datalist = load_datalist(SAMPLE_DATA)
-    assert len(datalist.cases) == 40
-    assert datalist.classes == ["cube", "sphere"]
+    assert len(datalist.cases) == 60
+    assert datalist.classes == ["cystic", "solid"]
     assert all(Path(c.images[0]).is_file() for c in datalist.cases)
 
 
@@ -68,10 +68,10 @@ def test_non_image_file_in_class_folder(tmp_path):
 def test_stratified_split_keeps_both_classes_and_is_seeded():
     datalist = load_datalist(SAMPLE_DATA)
     split = train_val_split(datalist, 0.25, seed=3)
-    assert len(split.val) == 10 and len(split.train) == 30
+    assert len(split.val) == 15 and len(split.train) == 45
     assert not set(split.val) & set(split.train)
     labels = {c.case_id: c.label for c in datalist.cases}
-    assert sorted(labels[i] for i in split.val).count("cube") == 5
+    assert sorted(labels[i] for i in split.val).count("cystic") in (7, 8)
     assert split == train_val_split(datalist, 0.25, seed=3)
 
 

@@ -204,6 +204,23 @@ def test_small_volume_is_padded_symmetrically_with_zeros(model):
     assert not torch.allclose(replicate.probabilities, result.probabilities)
 
 
+def test_meta_tensor_volume_gives_plain_results(model):
+    from monai.data import MetaTensor
+
+    volume = _volume((2, 10, 9, 8))
+    plain = sliding_window_classify(volume, model, (6, 6, 6))
+    meta = sliding_window_classify(MetaTensor(volume, affine=torch.eye(4)), model, (6, 6, 6))
+    assert type(meta.probabilities) is torch.Tensor
+    torch.testing.assert_close(meta.window_logits, plain.window_logits, atol=0, rtol=0)
+
+
+def test_reflect_padding_larger_than_the_volume_is_a_clear_error(model):
+    with pytest.raises(ValueError, match="reflect"):
+        sliding_window_classify(_volume((2, 2, 8, 8)), model, (8, 8, 8), pad_mode="reflect")
+    result = sliding_window_classify(_volume((2, 6, 8, 8)), model, (8, 8, 8), pad_mode="reflect")
+    assert result.pad == ((1, 1), (0, 0), (0, 0))
+
+
 def test_results_live_on_the_volume_device_and_do_not_track_gradients(model):
     volume = _volume((2, 8, 8, 8)).requires_grad_(True)
     result = sliding_window_classify(volume, model, 8)

@@ -3,13 +3,17 @@
 Accepted forms of ``--data``:
 - a folder holding ``labels.csv`` (or ``labels.tsv``): columns ``image,label`` and optionally
   ``subject`` and ``split`` (train/val/test); image paths relative to the list file;
-- a CSV/TSV file itself;
-- a folder with one subfolder per class, each holding the images of that class.
+- a CSV/TSV file itself; several images per case as columns ``image_t1,image_t2,...`` (stacked as channels);
+- a MONAI-style JSON datalist (``datalist.json`` in the folder, or any ``.json`` given directly):
+  ``{"training": [{"image": ..., "label": ...}], "validation": [...], "test": [...]}`` -> splits train/val/test;
+- a folder with one subfolder per class, each holding the images of that class (an image may be a DICOM
+  series: a subfolder of a class folder that holds ``.dcm`` files is one case).
 """
 
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -17,7 +21,8 @@ from medconvnext.errors import UserError
 
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
 SPLITS = ("train", "val", "test")
-LIST_NAMES = ("labels.csv", "labels.tsv")
+LIST_NAMES = ("labels.csv", "labels.tsv", "datalist.json")
+JSON_SPLITS = {"training": "train", "validation": "val", "test": "test"}
 
 
 @dataclass(frozen=True)
@@ -51,7 +56,9 @@ class Datalist:
 
 
 def is_image_file(path: Path) -> bool:
-    """True when the name ends in a supported image suffix."""
+    """True when the name ends in a supported image suffix, or for a folder holding a DICOM series."""
+    if path.is_dir():
+        return any(p.suffix.lower() == ".dcm" for p in path.iterdir())
     return path.name.lower().endswith(IMAGE_SUFFIXES)
 
 
@@ -77,10 +84,10 @@ def load_datalist(data: str | Path) -> Datalist:
     if not path.exists():
         raise UserError(f"--data {path}: no such file or folder")
     if path.is_file():
-        return read_label_table(path)
+        return read_json_datalist(path) if path.suffix.lower() == ".json" else read_label_table(path)
     for name in LIST_NAMES:
         if (path / name).is_file():
-            return read_label_table(path / name)
+            return load_datalist(path / name)
     return read_class_folders(path)
 
 
@@ -90,31 +97,75 @@ def read_label_table(path: Path) -> Datalist:
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f, delimiter=delimiter)
         columns = reader.fieldnames or []
-        for required in ("image", "label"):
-            if required not in columns:
-                raise UserError(f"{path}: missing column {required!r} (found: {', '.join(columns) or 'none'})")
+        image_columns = [c for c in columns if c == "image" or c.startswith("image_")]
+        missing = [name for name, ok in (("image", image_columns), ("label", "label" in columns)) if not ok]
+        for required in missing:
+            raise UserError(f"{path}: missing column {required!r} (found: {', '.join(columns) or 'none'})")
         rows = list(reader)
     if not rows:
         raise UserError(f"{path}: no rows")
-    cases = [_row_to_case(path, line, row) for line, row in enumerate(rows, start=2)]
+    cases = [_row_to_case(path, line, row, image_columns) for line, row in enumerate(rows, start=2)]
     return _finish(cases, str(path))
 
 
-def _row_to_case(list_path: Path, line: int, row: dict) -> Case:
+def _row_to_case(list_path: Path, line: int, row: dict, image_columns: list[str]) -> Case:
     where = f"{list_path}, row {line}"
-    image, label = (row.get("image") or "").strip(), (row.get("label") or "").strip()
-    if not image:
-        raise UserError(f"{where}: empty 'image'")
+    images = [(row.get(column) or "").strip() for column in image_columns]
+    label = (row.get("label") or "").strip()
+    for column, image in zip(image_columns, images, strict=True):
+        if not image:
+            raise UserError(f"{where}: empty {column!r}")
     if not label:
         raise UserError(f"{where}: empty 'label'")
-    image_path = (list_path.parent / image).resolve()
-    if not image_path.exists():
-        raise UserError(f"{where}: image {image} not found (looked for {image_path})")
     split = (row.get("split") or "").strip().lower() or None
     if split is not None and split not in SPLITS:
         raise UserError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
     subject = (row.get("subject") or "").strip() or None
-    return Case(case_id_from_path(image), (str(image_path),), label, subject, split)
+    paths = tuple(_resolve_image(list_path, where, image) for image in images)
+    return Case(case_id_from_path(images[0]), paths, label, subject, split)
+
+
+def _resolve_image(list_path: Path, where: str, image: str) -> str:
+    """Absolute path of an image named relative to the list file; UserError when it does not exist."""
+    image_path = (list_path.parent / image).resolve()
+    if not image_path.exists():
+        raise UserError(f"{where}: image {image} not found (looked for {image_path})")
+    return str(image_path)
+
+
+def read_json_datalist(path: Path) -> Datalist:
+    """MONAI-style JSON: sections ``training``/``validation``/``test``, entries ``{"image", "label"[, "subject"]}``.
+
+    ``image`` may be a list (several images stacked as channels). Test entries may omit the label.
+    """
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: not a readable JSON datalist ({exc})") from None
+    if not isinstance(values, dict) or not any(key in values for key in JSON_SPLITS):
+        raise UserError(f"{path}: expected an object with 'training' (and optionally 'validation', 'test') lists")
+    cases = []
+    for section, split in JSON_SPLITS.items():
+        for i, entry in enumerate(values.get(section) or []):
+            cases.append(_json_entry_to_case(path, f"{path}, {section}[{i}]", entry, split))
+    if not cases:
+        raise UserError(f"{path}: no entries")
+    return _finish(cases, str(path))
+
+
+def _json_entry_to_case(path: Path, where: str, entry: object, split: str) -> Case:
+    if not isinstance(entry, dict) or not entry.get("image"):
+        raise UserError(f"{where}: expected an object with an 'image' field")
+    images = entry["image"] if isinstance(entry["image"], list) else [entry["image"]]
+    label = entry.get("label")
+    if isinstance(label, list) and len(label) == 1:
+        label = label[0]  # MONAI classification datalists often hold the label as a one-element list
+    if label is None and split != "test":
+        raise UserError(f"{where}: missing 'label'")
+    subject = entry.get("subject")
+    paths = tuple(_resolve_image(path, where, str(image)) for image in images)
+    label_text = None if label is None else str(label)
+    return Case(case_id_from_path(images[0]), paths, label_text, str(subject) if subject else None, split)
 
 
 def read_class_folders(root: Path) -> Datalist:
@@ -131,7 +182,8 @@ def read_class_folders(root: Path) -> Datalist:
             if file.name.startswith("."):
                 continue
             if not is_image_file(file):
-                raise UserError(f"{file}: not a supported image file ({', '.join(IMAGE_SUFFIXES)})")
+                kinds = ", ".join(IMAGE_SUFFIXES) + ", or a folder of .dcm files (a DICOM series)"
+                raise UserError(f"{file}: not a supported image file ({kinds})")
             cases.append(Case(case_id_from_path(file), (str(file.resolve()),), folder.name))
     if not cases:
         raise UserError(f"--data {root}: the class folders hold no images")
@@ -145,6 +197,13 @@ def _finish(cases: list[Case], source: str) -> Datalist:
             raise UserError(f"{source}: duplicate case id {case.case_id!r} ({seen[case.case_id]} and {case.images[0]})")
         seen[case.case_id] = case.images[0]
     classes = sort_class_names({c.label for c in cases if c.label is not None})
+    trainable = {c.label for c in cases if c.split not in ("val", "test")}
+    for case in cases:
+        if case.label is not None and case.label not in trainable:
+            raise UserError(
+                f"{source}: case {case.case_id!r} has label {case.label!r}, which no training case has "
+                f"(training labels: {', '.join(sort_class_names({t for t in trainable if t is not None}))})"
+            )
     if len(classes) < 2:
         raise UserError(f"{source}: found {len(classes)} class(es) ({', '.join(classes)}); need at least 2")
     return Datalist(cases, classes, source)

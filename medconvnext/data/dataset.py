@@ -1,8 +1,9 @@
-"""Datasets over a datalist, with the deterministic transforms cached (memory) or not."""
+"""Datasets over a datalist, with the deterministic transforms cached (memory or disk) or not."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from monai.data import CacheDataset, Dataset
 from monai.transforms import Compose
@@ -10,7 +11,7 @@ from monai.transforms import Compose
 from medconvnext.data.datalist import Case, Datalist
 from medconvnext.errors import UserError
 
-CACHE_MODES = ("none", "memory")
+CACHE_MODES = ("none", "memory", "disk")
 
 
 def case_records(datalist: Datalist, cases: Sequence[Case]) -> list[dict]:
@@ -23,8 +24,19 @@ def case_records(datalist: Datalist, cases: Sequence[Case]) -> list[dict]:
     return records
 
 
-def make_dataset(records: list[dict], transform: Compose, cache: str, num_workers: int = 0) -> Dataset:
-    """``cache="memory"`` keeps the output of the transforms up to the first random one in RAM."""
+def make_dataset(
+    records: list[dict], transform: Compose, cache: str, num_workers: int = 0, cache_dir: str | Path | None = None
+) -> Dataset:
+    """``cache="memory"`` keeps the output of the transforms up to the first random one in RAM; ``"disk"``
+    keeps it in ``cache_dir`` (default ``$MEDCONVNEXT_CACHE_DIR`` or ``~/.cache/medconvnext``), keyed on the
+    files' identities, the preprocessing (``transform.preprocessing``) and the library versions."""
+    if cache == "disk":
+        from medconvnext.data.cache import DiskCacheDataset, default_cache_dir
+
+        pre = getattr(transform, "preprocessing", None)
+        if pre is None:
+            raise ValueError("data.cache=disk needs transforms built by deterministic/training_transforms")
+        return DiskCacheDataset(records, transform, pre, cache_dir or default_cache_dir())
     if cache == "memory":
         return CacheDataset(records, transform, cache_rate=1.0, num_workers=max(1, num_workers), progress=False)
     if cache == "none":

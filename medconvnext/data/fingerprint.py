@@ -1,10 +1,10 @@
-"""Dataset fingerprint (spacings, sizes) -> the preprocessing plan, after nnU-Net's planner."""
+"""Dataset fingerprint (spacings, sizes, intensities) -> the preprocessing plan, after nnU-Net's planner."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -12,8 +12,14 @@ from medconvnext.config import PreprocessingConfig
 from medconvnext.data.datalist import Case
 from medconvnext.data.io import read_header
 from medconvnext.data.preprocessing import Preprocessing
+from medconvnext.errors import UserError
 
 MAX_AUTO_INPUT = 256  # above this per axis, whole-volume training stops being sensible on one GPU
+ANISOTROPY_RATIO = 3.0  # nnU-Net: a coarse axis > 3x the finest one is planned at its 10th percentile
+MODALITIES = ("ct", "mri", "generic")
+INTENSITY_BY_MODALITY = {"ct": "clip_zscore", "mri": "nonzero_zscore", "generic": "zscore"}
+SAMPLES_PER_CASE = 10_000  # foreground voxels sampled per case for CT statistics (nnU-Net uses 10k too)
+CT_PERCENTILES = (0.5, 99.5)
 
 
 @dataclass
@@ -22,6 +28,7 @@ class Fingerprint:
 
     spacings: np.ndarray  # (N, 3)
     shapes: np.ndarray  # (N, 3)
+    images: list[tuple[str, ...]] = field(default_factory=list)  # read again only for CT intensity statistics
 
     def to_dict(self) -> dict:
         return {
@@ -39,29 +46,99 @@ def compute_fingerprint(cases: Sequence[Case]) -> Fingerprint:
     return Fingerprint(
         np.array([h.world_spacing() for h in headers], dtype=float),
         np.array([h.world_shape() for h in headers], dtype=float),
+        [tuple(case.images) for case in cases],
     )
+
+
+def target_spacing(spacings: np.ndarray) -> list[float]:
+    """Median spacing per axis; for a strongly anisotropic dataset (coarsest/finest median > 3) the coarse
+    axis takes the 10th percentile of its spacings instead (nnU-Net: resampling thick slices to the median
+    would throw away the few thin-slice scans' detail), but never finer than the other axes."""
+    median = np.median(spacings, axis=0)
+    coarse = int(np.argmax(median))
+    if median[coarse] / median.min() > ANISOTROPY_RATIO:
+        others = np.delete(median, coarse)
+        median[coarse] = max(float(np.percentile(spacings[:, coarse], 10)), float(others.max()))
+    return [round(float(v), 4) for v in median]
+
+
+def resolve_intensity(config: PreprocessingConfig) -> str:
+    """``intensity: auto`` -> the modality's normalisation."""
+    if config.modality not in MODALITIES:
+        raise UserError(f"preprocessing.modality must be one of {', '.join(MODALITIES)}, got {config.modality!r}")
+    return INTENSITY_BY_MODALITY[config.modality] if config.intensity == "auto" else config.intensity
 
 
 def plan_preprocessing(
     config: PreprocessingConfig,
     fingerprint: Fingerprint,
     min_input_size: Sequence[int],
-    in_channels: int = 1,
+    in_channels: int | None = None,
 ) -> Preprocessing:
-    """Fill what the config leaves open: spacing = median spacing; input size = median physical
-    extent at that spacing, rounded up to a multiple of the model's minimum size."""
-    spacing = config.spacing or [round(float(v), 4) for v in np.median(fingerprint.spacings, axis=0)]
+    """Fill what the config leaves open: spacing = median spacing (anisotropy-aware); input size = median
+    physical extent at that spacing, rounded up to a multiple of the model's minimum size; intensity from
+    the modality, with CT clip window and mean/std from the training cases when not given."""
+    spacing = config.spacing or target_spacing(fingerprint.spacings)
     if config.input_size:
         input_size = config.input_size
     else:
         extent = np.median(fingerprint.shapes * fingerprint.spacings, axis=0)
         axes = zip(extent, spacing, min_input_size, strict=True)
         input_size = [min(MAX_AUTO_INPUT, max(m, math.ceil(e / s / m) * m)) for e, s, m in axes]
+    intensity = resolve_intensity(config)
+    clip, mean, std = config.clip, config.mean, config.std
+    if intensity == "clip_zscore" and (clip is None or mean is None or std is None):
+        clip, mean, std = intensity_statistics(fingerprint.images, clip)
+        mean, std = config.mean if config.mean is not None else mean, config.std if config.std is not None else std
+    if in_channels is None:
+        in_channels = len(fingerprint.images[0]) if fingerprint.images else 1
     return Preprocessing(
         orientation=config.orientation,
         spacing=tuple(float(v) for v in spacing),
         input_size=tuple(int(v) for v in input_size),
-        intensity=config.intensity,
-        clip=tuple(config.clip) if config.clip else None,
+        intensity=intensity,
+        clip=tuple(float(v) for v in clip) if clip else None,
+        mean=None if mean is None else float(mean),
+        std=None if std is None else float(std),
         in_channels=in_channels,
     )
+
+
+def intensity_statistics(
+    images: Sequence[tuple[str, ...]], clip: Sequence[float] | None = None, seed: int = 0
+) -> tuple[tuple[float, float], float, float]:
+    """CT statistics from the first image of each training case: clip window (given, or the 0.5/99.5
+    percentiles of sampled foreground voxels) and the mean/std of the clipped samples.
+
+    Without segmentation masks, "foreground" is every voxel above the case's minimum (drops the padding
+    and outside-the-scanner value that would otherwise dominate the percentiles).
+    """
+    if not images:
+        raise UserError("cannot compute CT intensity statistics: no training cases")
+    rng = np.random.default_rng(seed)
+    samples = [_foreground_sample(paths[0], rng) for paths in images]
+    values = np.concatenate(samples)
+    if clip is None:
+        clip = tuple(float(v) for v in np.percentile(values, CT_PERCENTILES))
+    clipped = np.clip(values, clip[0], clip[1])
+    std = float(clipped.std()) or 1.0  # a constant dataset must not divide by zero
+    return (float(clip[0]), float(clip[1])), float(clipped.mean()), std
+
+
+def _foreground_sample(path: str, rng: np.random.Generator) -> np.ndarray:
+    from monai.transforms import LoadImage
+
+    data = np.asarray(LoadImage(image_only=True, reader=_readers())(path), dtype=np.float32).reshape(-1)
+    foreground = data[data > data.min()]
+    if foreground.size == 0:
+        foreground = data
+    take = min(SAMPLES_PER_CASE, foreground.size)
+    return rng.choice(foreground, size=take, replace=False)
+
+
+def _readers() -> list:
+    from monai.data.image_reader import NibabelReader
+
+    from medconvnext.data.readers import SimpleITKReader
+
+    return [SimpleITKReader(), NibabelReader()]

@@ -52,6 +52,8 @@ def read_header(path: str | Path) -> Header:
     try:
         if path.name.lower().endswith(NIFTI_SUFFIXES):
             return _nifti_header(path)
+        if path.is_dir():
+            return _dicom_header(path)
         return _sitk_header(path)
     except UserError:
         raise
@@ -64,6 +66,13 @@ def _nifti_header(path: Path) -> Header:
 
     image = nib.load(str(path))
     return Header(str(path), tuple(int(s) for s in image.shape[:3]), np.asarray(image.affine, dtype=float))
+
+
+def _dicom_header(path: Path) -> Header:
+    from medconvnext.data.readers import read_sitk_image, sitk_affine
+
+    image = read_sitk_image(path)  # a series has no single header file: read it (DICOM series are small)
+    return Header(str(path), tuple(int(s) for s in image.GetSize()[:3]), sitk_affine(image))
 
 
 def _sitk_header(path: Path) -> Header:

@@ -6,19 +6,49 @@ cached; the random part (augmentation) runs every epoch after the cache.
 
 from __future__ import annotations
 
+import torch
 from monai import transforms as mt
+from monai.data import MetaTensor
+from monai.data.image_reader import NibabelReader
 
 from medconvnext.data.preprocessing import Preprocessing
+from medconvnext.data.readers import SimpleITKReader
 
 IMAGE = "image"
 LABEL = "label"
-AUGMENTATIONS = ("none", "light")
+AUGMENTATIONS = ("none", "light", "medium", "heavy")
 INTENSITY_MODES = ("zscore", "nonzero_zscore", "clip_zscore", "none")
+
+
+class LoadCaseImaged(mt.MapTransform):
+    """Load one image, or several (a list of paths) resampled to the first one's grid and stacked as channels.
+
+    NIfTI goes through nibabel, everything else (DICOM folders, NRRD, MHA/MHD) through SimpleITK; both give
+    (x, y, z) arrays with a RAS affine, so the rest of the pipeline cannot tell the formats apart.
+    """
+
+    def __init__(self, key: str = IMAGE) -> None:
+        super().__init__(key)
+        # LoadImage tries its readers last-first: nibabel claims NIfTI, SimpleITK the rest
+        self.loader = mt.LoadImage(reader=[SimpleITKReader(), NibabelReader()], image_only=True,
+                                   ensure_channel_first=True)
+        self.resample = mt.ResampleToMatch(mode="bilinear", padding_mode="zeros")
+
+    def __call__(self, data: dict) -> dict:
+        out = dict(data)
+        for key in self.key_iterator(out):
+            paths = out[key] if isinstance(out[key], (list, tuple)) else [out[key]]
+            images = [self.loader(path) for path in paths]
+            reference = images[0]
+            others = [self.resample(image, img_dst=reference) for image in images[1:]]
+            stacked = torch.cat([reference.as_tensor(), *[o.as_tensor() for o in others]]) if others else None
+            out[key] = reference if stacked is None else MetaTensor(stacked, meta=reference.meta)
+        return out
 
 
 def load_transforms() -> list[mt.Transform]:
     """Read the file(s) of a case as a channel-first MetaTensor carrying its affine."""
-    return [mt.LoadImaged(IMAGE, image_only=True, ensure_channel_first=True), mt.EnsureTyped(IMAGE)]
+    return [LoadCaseImaged(IMAGE), mt.EnsureTyped(IMAGE)]
 
 
 def geometry_transforms(pre: Preprocessing) -> list[mt.Transform]:
@@ -55,18 +85,48 @@ def deterministic_transforms(pre: Preprocessing, keep_meta: bool = False) -> mt.
         mt.ResizeWithPadOrCropd(IMAGE, spatial_size=pre.input_size),
         mt.EnsureTyped(IMAGE, dtype="float32", track_meta=keep_meta),
     ]
-    return mt.Compose(steps)
+    compose = mt.Compose(steps)
+    compose.preprocessing = pre  # the disk cache keys its entries on this
+    return compose
 
 
-def augmentation_transforms(kind: str) -> list[mt.Transform]:
-    """Random transforms for training."""
+def augmentation_transforms(kind: str, input_size: tuple[int, int, int]) -> list[mt.Transform]:
+    """Random transforms for training; every preset keeps the input shape.
+
+    - ``light``: flips on every axis and 90° rotations in every plane whose two sides are equal;
+    - ``medium``: light + small affine (±10°, ±10 % scale) + intensity scale/shift;
+    - ``heavy``: medium with a larger affine (±20°, ±15 %, small shifts) + gamma, Gaussian noise, bias field.
+    """
     if kind == "none":
         return []
+    if kind not in AUGMENTATIONS:
+        raise ValueError(f"data.augment must be one of {AUGMENTATIONS}, got {kind!r}")
+    flips = [mt.RandFlipd(IMAGE, prob=0.5, spatial_axis=axis) for axis in range(3)]
+    planes = [(a, b) for a, b in ((0, 1), (0, 2), (1, 2)) if input_size[a] == input_size[b]]
+    steps: list[mt.Transform] = flips + [mt.RandRotate90d(IMAGE, prob=0.5, spatial_axes=plane) for plane in planes]
     if kind == "light":
-        return [mt.RandFlipd(IMAGE, prob=0.5, spatial_axis=axis) for axis in range(3)]
-    raise ValueError(f"data.augment must be one of {AUGMENTATIONS}, got {kind!r}")
+        return steps
+    heavy = kind == "heavy"
+    angle = 0.35 if heavy else 0.17  # radians: about 20° / 10°
+    steps += [
+        mt.RandAffined(IMAGE, prob=0.5 if heavy else 0.3, rotate_range=(angle,) * 3,
+                       scale_range=(0.15 if heavy else 0.1,) * 3,
+                       translate_range=tuple(int(0.05 * s) for s in input_size) if heavy else None,
+                       mode="bilinear", padding_mode="zeros"),
+        mt.RandScaleIntensityd(IMAGE, factors=0.1, prob=0.5),
+        mt.RandShiftIntensityd(IMAGE, offsets=0.1, prob=0.5),
+    ]
+    if heavy:
+        steps += [
+            mt.RandAdjustContrastd(IMAGE, gamma=(0.7, 1.5), prob=0.3),
+            mt.RandGaussianNoised(IMAGE, std=0.05, prob=0.3),
+            mt.RandBiasFieldd(IMAGE, coeff_range=(0.0, 0.1), prob=0.3),
+        ]
+    return steps
 
 
 def training_transforms(pre: Preprocessing, augment: str) -> mt.Compose:
     """Deterministic part followed by the augmentation."""
-    return mt.Compose([*deterministic_transforms(pre).transforms, *augmentation_transforms(augment)])
+    compose = mt.Compose([*deterministic_transforms(pre).transforms, *augmentation_transforms(augment, pre.input_size)])
+    compose.preprocessing = pre
+    return compose

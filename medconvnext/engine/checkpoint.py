@@ -65,8 +65,10 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) ->
     from safetensors.torch import save_file
 
     path = Path(path)
-    meta = {"format_version": FORMAT_VERSION, **meta}
-    state = {k: v.detach().cpu().contiguous() for k, v in unwrap_model(model).state_dict().items()}
+    plain = unwrap_model(model)
+    # the model's own build arguments unless the caller gives them: predict rebuilds the model from them
+    meta = {"format_version": FORMAT_VERSION, "model": getattr(plain, "model_args", None), **meta}
+    state = {k: v.detach().cpu().contiguous() for k, v in plain.state_dict().items()}
     header = {META_KEY: json.dumps(meta)}
     atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=header))
     atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))

@@ -202,6 +202,9 @@ def sliding_window_classify(
         ValueError: on a bad shape, ``roi_size``, ``overlap``, ``sw_batch_size``, ``aggregation``,
             ``pad_mode``, or when the model does not return (N, K) logits.
     """
+    if hasattr(volume, "as_tensor"):
+        # a MONAI MetaTensor: drop the metadata so slicing and stacking windows stay plain tensor ops
+        volume = volume.as_tensor()
     if volume.ndim == 5:
         if volume.shape[0] != 1:
             raise ValueError(
@@ -220,6 +223,11 @@ def sliding_window_classify(
         raise ValueError(f"pad_mode must be one of {', '.join(PAD_MODES)}, got {pad_mode!r}")
 
     pad = symmetric_padding(volume.shape[1:], roi)
+    if pad_mode == "reflect" and any(max(p) >= s for p, s in zip(pad, volume.shape[1:], strict=True)):
+        raise ValueError(
+            f"pad_mode 'reflect' cannot pad a volume of {tuple(volume.shape[1:])} up to roi_size {roi} "
+            "(the padding must be smaller than the volume); use 'constant' or 'replicate'"
+        )
     if any(before or after for before, after in pad):
         # F.pad takes the last axis first; reflect/replicate need a batch axis for 3D padding
         flat_pad = [p for before_after in reversed(pad) for p in before_after]
@@ -242,7 +250,7 @@ def sliding_window_classify(
                     f"model must return (N, K) logits for N windows, got shape {tuple(logits.shape)} "
                     f"for {len(batch_starts)} windows"
                 )
-            # float32 so aggregation is exact whatever autocast produced
+            # aggregate in float32 whatever dtype autocast produced (fp16 softmax/mean lose precision)
             chunks.append(logits.float())
     window_logits = torch.cat(chunks).to(volume.device)
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,22 +16,31 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
 
-from medconvnext.config import Config, save_config
+from medconvnext.config import Config, InferenceConfig, TrainConfig, load_config, save_config
 from medconvnext.data.datalist import Datalist, load_datalist
 from medconvnext.data.dataset import case_records, make_dataset
 from medconvnext.data.fingerprint import compute_fingerprint, plan_preprocessing
+from medconvnext.data.patches import PATCH_MODES, patch_training_transforms
 from medconvnext.data.preprocessing import Preprocessing
 from medconvnext.data.splits import Split, train_val_split
 from medconvnext.data.transforms import deterministic_transforms, training_transforms
-from medconvnext.engine.checkpoint import save_checkpoint
+from medconvnext.data.validate import validate_datalist
+from medconvnext.engine import distributed as dist
+from medconvnext.engine.checkpoint import atomic_write, save_checkpoint, unwrap_model
 from medconvnext.engine.devices import autocast, needs_grad_scaler, resolve_device
+from medconvnext.engine.ema import ModelEma
+from medconvnext.engine.inference import check_inference, infer_volume, uncropped_transforms
 from medconvnext.engine.metrics import classification_metrics
 from medconvnext.engine.provenance import environment_info
+from medconvnext.engine.resume import load_training_state, rng_states, save_training_state, set_rng_states
 from medconvnext.errors import UserError
 from medconvnext.models import create_model, get_entry
 from medconvnext.rundir import RunDir
+
+BALANCE_MODES = ("none", "weights", "sampler")
 
 
 class TrainingCallbacks(Protocol):
@@ -64,7 +75,7 @@ class TrainResult:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (MONAI's random transforms draw from these too)."""
+    """Seed Python, NumPy and torch (the global generators; MONAI transforms are seeded per epoch)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -74,34 +85,171 @@ def train(
     config: Config, out: str | Path, overwrite: bool = False, callbacks: TrainingCallbacks | None = None
 ) -> TrainResult:
     """Train ``config.model`` on ``config.data.path`` into the run directory ``out``."""
-    callbacks = callbacks or SilentCallbacks()
     if not config.data.path:
         raise UserError("data.path is not set: pass --data DIR")
+    _check_recipe(config.train)
     datalist = load_datalist(config.data.path)
-    get_entry(config.model.name)  # fail on an unknown model before touching the disk
+    skipped: list[str] = []
+    if config.data.skip_bad:
+        datalist, skipped = validate_datalist(datalist, skip_bad=True)
+        for problem in skipped:
+            warnings.warn(f"skipped bad case: {problem}", stacklevel=2)
+    try:
+        get_entry(config.model.name)  # fail on an unknown model before touching the disk
+    except ValueError as exc:
+        raise UserError(f"model.name: {exc}") from None
     run = RunDir(Path(out))
-    run.prepare_new(overwrite)
+    device = _setup_device(config.train.device)
+    if dist.is_main():
+        run.prepare_new(overwrite)
+    dist.barrier()
 
-    seed_everything(config.train.seed)
     split = train_val_split(datalist, config.data.val_fraction, config.train.seed)
-    model = create_model(config.model.name, num_classes=len(datalist.classes), **config.model.args)
+    min_size = _build_model(config, datalist).min_input_size
     train_cases = [c for c in datalist.cases if c.case_id in set(split.train)]
-    plan = plan_preprocessing(config.preprocessing, compute_fingerprint(train_cases), model.min_input_size)
-    _write_run_files(run, config, datalist, split, plan)
-    return _fit(config, run, datalist, split, plan, model, callbacks)
+    plan = plan_preprocessing(config.preprocessing, compute_fingerprint(train_cases), min_size)
+    if dist.is_main():
+        _write_run_files(run, config, datalist, split, plan, skipped)
+    return _fit(config, run, datalist, split, plan, device, callbacks, state=None)
 
 
-def _write_run_files(run: RunDir, config: Config, datalist: Datalist, split: Split, plan: Preprocessing) -> None:
+def resume(
+    run_dir: str | Path,
+    epochs: int | None = None,
+    device: str | None = None,
+    callbacks: TrainingCallbacks | None = None,
+) -> TrainResult:
+    """Continue the run in ``run_dir`` from its last completed epoch, with the run's own config.yaml.
+
+    ``epochs`` extends (or shortens) the run; the cosine schedule is then recomputed for the new
+    total from the current step on. ``device`` may move the run to another device. A run killed
+    before finishing its first epoch starts again from epoch 1.
+    """
+    run = RunDir(Path(run_dir))
+    for needed in (run.config, run.dataset, run.splits):
+        if not needed.is_file():
+            raise UserError(f"--resume {run.root}: {needed.name} missing (not a run directory); train it again")
+    config = load_config(run.config)
+    if epochs is not None:
+        config.train.epochs = epochs
+    if device is not None:
+        config.train.device = device
+    torch_device = _setup_device(config.train.device)
+    if dist.is_main() and (epochs is not None or device is not None):
+        save_config(config, run.config)
+    dataset = json.loads(run.dataset.read_text())
+    splits = json.loads(run.splits.read_text())
+    datalist = load_datalist(config.data.path)
+    split = Split(splits["train"], splits["val"], splits.get("test", []))
+    plan = Preprocessing.from_dict(dataset["preprocessing"])
+    state = load_training_state(run.training_state()) if run.training_state().is_file() else None
+    return _fit(config, run, datalist, split, plan, torch_device, callbacks, state)
+
+
+def evaluate_run(run_dir: str | Path, which: str = "last", device: str = "cpu") -> dict[str, Any]:
+    """Evaluate ``checkpoint_<which>`` of a run on its validation cases, in this one process.
+
+    Uses the run's config.yaml (inference settings included), splits.json and preprocessing, so the result
+    is comparable to the validation metrics the run logged (e.g. to check a DDP run).
+    """
+    from medconvnext.engine.checkpoint import load_checkpoint
+
+    run = RunDir(Path(run_dir))
+    config = load_config(run.config)
+    plan = Preprocessing.from_dict(json.loads(run.dataset.read_text())["preprocessing"])
+    splits = json.loads(run.splits.read_text())
+    datalist = load_datalist(config.data.path)
+    by_id = {c.case_id: c for c in datalist.cases}
+    records = case_records(datalist, [by_id[i] for i in splits["val"]])
+    tiled = config.inference.mode != "whole"
+    transform = uncropped_transforms(plan) if tiled else deterministic_transforms(plan)
+    loader = DataLoader(make_dataset(records, transform, "none"), batch_size=1 if tiled else config.train.batch_size)
+    checkpoint = load_checkpoint(run.checkpoint(which))
+    torch_device = resolve_device(device)
+    model = checkpoint.build_model().to(torch_device)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.train.label_smoothing)
+    tiling = (config.inference, plan.input_size) if tiled else None
+    return evaluate(model, loader, torch_device, config.train.amp, datalist.classes, loss_fn, tiling)
+
+
+def _check_recipe(cfg: TrainConfig) -> None:
+    """Field-naming user errors for the recipe options."""
+    if cfg.balance not in BALANCE_MODES:
+        raise UserError(f"train.balance must be one of {', '.join(BALANCE_MODES)}, got {cfg.balance!r}")
+    if cfg.patches not in PATCH_MODES:
+        raise UserError(f"train.patches must be one of {', '.join(PATCH_MODES)}, got {cfg.patches!r}")
+    if cfg.accumulate < 1:
+        raise UserError(f"train.accumulate must be >= 1, got {cfg.accumulate}")
+    if not 0.0 <= cfg.label_smoothing < 1.0:
+        raise UserError(f"train.label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
+    if not 0.0 <= cfg.ema_decay < 1.0:
+        raise UserError(f"train.ema_decay must be in [0, 1), got {cfg.ema_decay}")
+    if cfg.balance == "sampler" and dist.env_world_size() > 1:
+        raise UserError("train.balance=sampler is not supported with torchrun; use train.balance=weights")
+
+
+def _setup_device(name: str) -> torch.device:
+    """Resolve the device; under torchrun join the process group and use this rank's GPU."""
+    device = resolve_device(name)
+    dist.init_from_env(device.type)
+    if device.type == "cuda" and dist.env_world_size() > 1:
+        device = torch.device("cuda", dist.local_rank())
+    return device
+
+
+def _build_model(config: Config, datalist: Datalist) -> nn.Module:
+    """The configured model (one input channel per image of a case, one output per class);
+    ``train.drop_path_rate`` goes to the model when it accepts one."""
+    num_classes = len(datalist.classes)
+    args = {"in_channels": len(datalist.cases[0].images), **config.model.args}
+    if config.train.drop_path_rate is not None:
+        args["drop_path_rate"] = config.train.drop_path_rate
+    try:
+        return create_model(config.model.name, num_classes=num_classes, **args)
+    except TypeError as exc:
+        if "drop_path_rate" not in str(exc) or "drop_path_rate" in config.model.args:
+            raise
+        warnings.warn(f"model {config.model.name} has no drop_path_rate; train.drop_path_rate ignored", stacklevel=2)
+        args.pop("drop_path_rate")
+        return create_model(config.model.name, num_classes=num_classes, **args)
+
+
+def _write_run_files(
+    run: RunDir, config: Config, datalist: Datalist, split: Split, plan: Preprocessing, skipped: list[str]
+) -> None:
     save_config(config, run.config)
     dataset = {
         "source": datalist.source,
         "classes": datalist.classes,
         "preprocessing": plan.to_dict(),
         "cases": [c.to_dict() for c in datalist.cases],
+        "skipped_bad_cases": skipped,
         "environment": environment_info(),
     }
     run.dataset.write_text(json.dumps(dataset, indent=2))
     run.splits.write_text(json.dumps(split.to_dict(), indent=2))
+
+
+@dataclass
+class _Loop:
+    """Everything the epoch loop mutates (and ``training_state.pt`` saves)."""
+
+    model: nn.Module  # possibly DDP / compiled; unwrap_model() gives the plain module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    ema: ModelEma | None
+    loss_fn: nn.Module
+    generator: torch.Generator
+    train_transform: Any
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+    stopped: bool = False
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that are evaluated and saved: the EMA when on, else the trained ones."""
+        return self.ema.module if self.ema is not None else unwrap_model(self.model)
 
 
 def _fit(
@@ -110,68 +258,264 @@ def _fit(
     datalist: Datalist,
     split: Split,
     plan: Preprocessing,
-    model: nn.Module,
-    callbacks: TrainingCallbacks,
+    device: torch.device,
+    callbacks: TrainingCallbacks | None,
+    state: dict[str, Any] | None,
 ) -> TrainResult:
     cfg = config.train
-    device = resolve_device(cfg.device)
+    callbacks = callbacks if callbacks is not None and dist.is_main() else SilentCallbacks()
+    seed_everything(cfg.seed)  # model init depends only on the seed, on every rank and on resume
+    model = _build_model(config, datalist)
     by_id = {c.case_id: c for c in datalist.cases}
     train_records = case_records(datalist, [by_id[i] for i in split.train])
     val_records = case_records(datalist, [by_id[i] for i in split.val])
-    train_ds = make_dataset(train_records, training_transforms(plan, config.data.augment), config.data.cache)
-    val_ds = make_dataset(val_records, deterministic_transforms(plan), config.data.cache)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    train_loader = DataLoader(
-        train_ds, batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_ds) > cfg.batch_size,
-        num_workers=config.data.num_workers, generator=generator,
+    if cfg.patches == "random":
+        train_transform = patch_training_transforms(plan, config.data.augment)
+    else:
+        train_transform = training_transforms(plan, config.data.augment)
+    train_ds = make_dataset(train_records, train_transform, config.data.cache, cache_dir=config.data.cache_dir)
+    check_inference(config.inference)
+    # whole: validate on the training input size; sliding/auto: on the full (uncropped) volumes
+    tiled = config.inference.mode != "whole"
+    val_transform = uncropped_transforms(plan) if tiled else deterministic_transforms(plan)
+    # each rank evaluates (and caches) every world_size-th case; the results are gathered, so each case counts once
+    val_part = make_dataset(
+        val_records[dist.rank() :: dist.world_size()], val_transform, config.data.cache, cache_dir=config.data.cache_dir
     )
-    val_loader = DataLoader(val_ds, batch_size=cfg.batch_size, num_workers=config.data.num_workers)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    train_loader = _train_loader(train_ds, train_records, len(datalist.classes), config, generator)
+    # uncropped volumes differ in size, so they go one at a time
+    val_loader = DataLoader(val_part, batch_size=1 if tiled else cfg.batch_size, num_workers=config.data.num_workers)
+    tiling = (config.inference, plan.input_size) if tiled else None
 
-    model.to(device)
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
-    steps_per_epoch = len(train_loader)
-    scheduler = warmup_cosine(optimizer, cfg.warmup_epochs * steps_per_epoch, cfg.epochs * steps_per_epoch)
-    scaler = torch.amp.GradScaler("cuda", enabled=needs_grad_scaler(device, cfg.amp))
-    loss_fn = nn.CrossEntropyLoss()
+    loop = _make_loop(model, config, device, train_records, len(datalist.classes), len(train_loader),
+                      generator, train_transform)
+    start_epoch = 1
+    if state is not None:
+        start_epoch = _restore(loop, state) + 1
+    if dist.is_main():
+        # the state is the commit point of an epoch: drop any epoch logged after it (killed mid-write)
+        atomic_write(run.metrics, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in loop.history)))
 
     meta_base = {
-        "model": model.model_args,
+        "model": unwrap_model(loop.model).model_args,
         "class_names": datalist.classes,
         "preprocessing": plan.to_dict(),
+        "inference": dataclasses.asdict(config.inference),
         "environment": environment_info(),
     }
-    callbacks.on_start(cfg.epochs, steps_per_epoch)
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] | None = None
-    for epoch in range(1, cfg.epochs + 1):
-        started = time.perf_counter()
-        train_loss, seen = _train_epoch(model, train_loader, optimizer, scheduler, scaler, loss_fn, device, cfg.amp,
-                                        lambda step, loss, e=epoch: callbacks.on_step(e, step, loss))
-        val = evaluate(model, val_loader, device, cfg.amp, datalist.classes, loss_fn)
-        elapsed = time.perf_counter() - started
-        record = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "val_loss": val["loss"],
-            "val_auc": val["metrics"]["auc"],
-            "val_accuracy": val["metrics"]["accuracy"],
-            "val_balanced_accuracy": val["metrics"]["balanced_accuracy"],
-            "lr": optimizer.param_groups[0]["lr"],
-            "epoch_time_s": round(elapsed, 3),
-            "train_volumes_per_s": round(seen / elapsed, 3) if elapsed > 0 else None,
-        }
-        history.append(record)
-        with open(run.metrics, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        meta = {**meta_base, "epoch": epoch, "metrics": record}
-        save_checkpoint(run.checkpoint("last"), model, meta)
-        if best is None or _is_better(record, best):
-            best = record
-            save_checkpoint(run.checkpoint("best"), model, meta)
-            _write_val_predictions(run.val_predictions, val, datalist.classes)
-        callbacks.on_epoch_end({**record, "best_epoch": best["epoch"]})
-    assert best is not None
-    return TrainResult(run.root, best["epoch"], best, history)
+    logger = _TensorBoard(run.root / "tensorboard") if cfg.tensorboard and dist.is_main() else None
+    callbacks.on_start(cfg.epochs, len(train_loader))
+    last_plot = 0.0
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        if loop.stopped:
+            break
+        record, val = _run_epoch(loop, epoch, train_loader, (val_loader, tiling), device, cfg, datalist.classes,
+                                 callbacks)
+        improved = loop.best is None or _is_better(record, loop.best)
+        if improved:
+            loop.best = record
+        patience = cfg.early_stopping_patience
+        loop.stopped = patience is not None and epoch - loop.best["epoch"] >= patience
+        if dist.is_main():
+            _save_epoch(run, loop, {**meta_base, "epoch": epoch, "metrics": record}, improved, val, datalist.classes,
+                        epoch)
+            if logger is not None:
+                logger.log(record)
+            if time.monotonic() - last_plot > 60 or epoch == cfg.epochs or loop.stopped:
+                _plot_progress(run, loop.history)
+                last_plot = time.monotonic()
+        dist.barrier()
+        callbacks.on_epoch_end({**record, "best_epoch": loop.best["epoch"]})
+    if logger is not None:
+        logger.close()
+    if loop.best is None:
+        raise UserError(f"--resume {run.root}: the run already finished ({cfg.epochs} epochs); pass --epochs to extend")
+    return TrainResult(run.root, loop.best["epoch"], loop.best, loop.history)
+
+
+def _train_loader(
+    train_ds: Any, records: list[dict], num_classes: int, config: Config, generator: torch.Generator
+) -> DataLoader:
+    """Shuffled (or class-balanced, or distributed) batches; the seeded generator makes the order reproducible."""
+    cfg = config.train
+    sampler: Any = None
+    if dist.is_distributed():
+        sampler = DistributedSampler(train_ds, dist.world_size(), dist.rank(), shuffle=True, seed=cfg.seed)
+    elif cfg.balance == "sampler":
+        counts = _class_counts(records, num_classes)
+        weights = [1.0 / counts[r["label"]] for r in records]
+        sampler = WeightedRandomSampler(weights, num_samples=len(records), replacement=True, generator=generator)
+    per_rank = len(train_ds) // dist.world_size()
+    return DataLoader(
+        train_ds, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+        drop_last=per_rank > cfg.batch_size, num_workers=config.data.num_workers, generator=generator,
+        worker_init_fn=_seed_worker,
+    )
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Give each loader worker its own reproducible random streams (torch seeds it from the loader's generator)."""
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+    info = torch.utils.data.get_worker_info()
+    dataset = info.dataset if info is not None else None
+    transform = getattr(dataset, "transform", None)
+    if hasattr(transform, "set_random_state"):
+        transform.set_random_state(seed=seed)
+
+
+def _class_counts(records: list[dict], num_classes: int) -> list[int]:
+    counts = [0] * num_classes
+    for r in records:
+        counts[r["label"]] += 1
+    return [max(1, c) for c in counts]
+
+
+def _make_loop(
+    model: nn.Module,
+    config: Config,
+    device: torch.device,
+    train_records: list[dict],
+    num_classes: int,
+    batches_per_epoch: int,
+    generator: torch.Generator,
+    train_transform: Any,
+) -> _Loop:
+    cfg = config.train
+    model.to(device)
+    ema = ModelEma(model, cfg.ema_decay) if cfg.ema else None
+    if dist.is_distributed():
+        # SyncBatchNorm is CUDA-only; with gloo on CPU each rank keeps its own batch statistics
+        if device.type == "cuda" and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        model = torch.compile(model)
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    steps = math.ceil(batches_per_epoch / cfg.accumulate)
+    scheduler = warmup_cosine(optimizer, cfg.warmup_epochs * steps, cfg.epochs * steps)
+    scaler = torch.amp.GradScaler("cuda", enabled=needs_grad_scaler(device, cfg.amp))
+    weight = None
+    if cfg.balance == "weights":
+        counts = torch.tensor(_class_counts(train_records, num_classes), dtype=torch.float32)
+        weight = (counts.sum() / (num_classes * counts)).to(device)  # inverse frequency, mean 1
+    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+    return _Loop(model, optimizer, scheduler, scaler, ema, loss_fn, generator, train_transform)
+
+
+def _training_state(loop: _Loop, epoch: int) -> dict[str, Any]:
+    return {
+        "epoch": epoch,
+        "model": unwrap_model(loop.model).state_dict(),
+        "optimizer": loop.optimizer.state_dict(),
+        "scheduler": loop.scheduler.state_dict(),
+        "scaler": loop.scaler.state_dict(),
+        "ema": loop.ema.state_dict() if loop.ema is not None else None,
+        "best": loop.best,
+        "history": loop.history,
+        "stopped": loop.stopped,
+        "rng": rng_states(loop.generator),
+    }
+
+
+def _restore(loop: _Loop, state: dict[str, Any]) -> int:
+    """Load a training state into ``loop``; returns the last completed epoch."""
+    unwrap_model(loop.model).load_state_dict(state["model"])
+    loop.optimizer.load_state_dict(state["optimizer"])
+    loop.scheduler.load_state_dict(state["scheduler"])
+    loop.scaler.load_state_dict(state["scaler"])
+    if loop.ema is not None and state["ema"] is not None:
+        loop.ema.load_state_dict(state["ema"])
+    loop.best, loop.history, loop.stopped = state["best"], list(state["history"]), bool(state["stopped"])
+    set_rng_states(state["rng"], loop.generator)
+    return int(state["epoch"])
+
+
+def _run_epoch(
+    loop: _Loop,
+    epoch: int,
+    train_loader: DataLoader,
+    val_loader: tuple[DataLoader, tuple[InferenceConfig, Sequence[int]] | None],
+    device: torch.device,
+    cfg: TrainConfig,
+    class_names: Sequence[str],
+    callbacks: TrainingCallbacks,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train one epoch, evaluate, and return (metrics record, validation outputs)."""
+    started = time.perf_counter()
+    # MONAI random transforms keep their own RandomState objects, so seed them per epoch (and rank):
+    # the augmentation of epoch e is then the same whether or not the run was resumed before it
+    if hasattr(loop.train_transform, "set_random_state"):
+        loop.train_transform.set_random_state(seed=(cfg.seed * 100_003 + epoch * 1_009 + dist.rank()) % 2**32)
+    if isinstance(getattr(train_loader, "sampler", None), DistributedSampler):
+        train_loader.sampler.set_epoch(epoch)
+    train_loss, seen = _train_epoch(loop, train_loader, device, cfg,
+                                    lambda step, loss: callbacks.on_step(epoch, step, loss))
+    loader, tiling = val_loader
+    dist.broadcast_buffers(loop.eval_model)  # evaluate with the buffers that rank 0 saves
+    val = evaluate(loop.eval_model, loader, device, cfg.amp, class_names, loop.loss_fn, tiling)
+    elapsed = time.perf_counter() - started
+    record = {
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "val_loss": val["loss"],
+        "val_auc": val["metrics"]["auc"],
+        "val_accuracy": val["metrics"]["accuracy"],
+        "val_balanced_accuracy": val["metrics"]["balanced_accuracy"],
+        "lr": loop.optimizer.param_groups[0]["lr"],
+        "epoch_time_s": round(elapsed, 3),
+        "train_volumes_per_s": round(seen / elapsed, 3) if elapsed > 0 else None,
+    }
+    loop.history.append(record)
+    return record, val
+
+
+def _save_epoch(
+    run: RunDir,
+    loop: _Loop,
+    meta: dict[str, Any],
+    improved: bool,
+    val: dict[str, Any],
+    class_names: Sequence[str],
+    epoch: int,
+) -> None:
+    """Checkpoints, then the training state (the commit point), then the metrics line."""
+    save_checkpoint(run.checkpoint("last"), loop.eval_model, meta)
+    if improved:
+        save_checkpoint(run.checkpoint("best"), loop.eval_model, meta)
+        _write_val_predictions(run.val_predictions, val, class_names)
+    save_training_state(run.training_state(), _training_state(loop, epoch))
+    with open(run.metrics, "a") as f:
+        f.write(json.dumps(loop.history[-1]) + "\n")
+
+
+def _plot_progress(run: RunDir, history: list[dict[str, Any]]) -> None:
+    """progress.png (loss and validation curves) when matplotlib is installed."""
+    from medconvnext.reports.plots import matplotlib_available, plot_training_curves
+
+    if matplotlib_available():
+        plot_training_curves({"run": history}, run.progress_plot)
+
+
+class _TensorBoard:
+    """Scalars of each epoch record, when tensorboard is installed."""
+
+    def __init__(self, log_dir: Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise UserError("train.tensorboard: tensorboard is not installed (pip install tensorboard)") from None
+        self.writer = SummaryWriter(str(log_dir))
+
+    def log(self, record: dict[str, Any]) -> None:
+        for key, value in record.items():
+            if key != "epoch" and isinstance(value, (int, float)):
+                self.writer.add_scalar(key, value, record["epoch"])
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 def _is_better(record: dict[str, Any], best: dict[str, Any]) -> bool:
@@ -207,36 +551,68 @@ def warmup_cosine(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _train_epoch(model, loader, optimizer, scheduler, scaler, loss_fn, device, amp, on_step) -> tuple[float, int]:
-    model.train()
+def _train_epoch(
+    loop: _Loop, loader: DataLoader, device: torch.device, cfg: TrainConfig, on_step: Any
+) -> tuple[float, int]:
+    """One pass over ``loader``; returns (mean loss over all ranks, volumes seen by all ranks)."""
+    loop.model.train()
     total, seen = 0.0, 0
+    loop.optimizer.zero_grad(set_to_none=True)
     for step, batch in enumerate(loader, start=1):
         images = batch["image"].to(device, non_blocking=True)
         labels = batch["label"].to(device, non_blocking=True)
-        with autocast(device, amp):
-            loss = loss_fn(model(images), labels)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
+        with autocast(device, cfg.amp):
+            loss = loop.loss_fn(loop.model(images), labels)
+        loop.scaler.scale(loss / cfg.accumulate).backward()
+        if step % cfg.accumulate == 0 or step == len(loader):
+            _optimizer_step(loop, cfg.clip_grad_norm)
         total += loss.item() * len(labels)
         seen += len(labels)
         on_step(step, loss.item())
-    return total / max(1, seen), seen
+    total, seen_all = dist.sum_across_ranks([total, float(seen)])
+    return total / max(1.0, seen_all), int(seen_all)
+
+
+def _optimizer_step(loop: _Loop, clip_grad_norm: float | None) -> None:
+    if clip_grad_norm is not None:
+        loop.scaler.unscale_(loop.optimizer)  # clip the true gradients, not the loss-scaled ones
+        torch.nn.utils.clip_grad_norm_(loop.model.parameters(), clip_grad_norm)
+    loop.scaler.step(loop.optimizer)
+    loop.scaler.update()
+    loop.optimizer.zero_grad(set_to_none=True)
+    loop.scheduler.step()
+    if loop.ema is not None:
+        loop.ema.update(unwrap_model(loop.model))
 
 
 @torch.no_grad()
-def predict_loader(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool) -> dict[str, Any]:
-    """Logits of every case in ``loader`` (whole-volume inference), with labels and case ids."""
+def predict_loader(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    amp: bool,
+    tiling: tuple[InferenceConfig, Sequence[int]] | None = None,
+) -> dict[str, Any]:
+    """Logits of every case in ``loader``, with labels and case ids.
+
+    ``tiling = (inference settings, input size)`` runs each (uncropped, batch-of-one) volume through
+    :func:`medconvnext.engine.inference.infer_volume`; the "logits" are then log-probabilities.
+    """
     model.eval()
     logits, labels, ids = [], [], []
     for batch in loader:
-        with autocast(device, amp):
-            out = model(batch["image"].to(device))
+        if tiling is not None:
+            settings, input_size = tiling
+            probs = infer_volume(model, batch["image"][0], settings, input_size, device, amp).probabilities
+            out = torch.log(torch.as_tensor(probs).clamp_min(1e-12))[None]
+        else:
+            with autocast(device, amp):
+                out = model(batch["image"].to(device))
         logits.append(out.float().cpu())
         labels.append(batch["label"])
         ids.extend(batch["case_id"])
+    if not logits:  # a rank with no validation case under DDP
+        return {"logits": torch.zeros(0, 0), "labels": torch.zeros(0, dtype=torch.long), "case_ids": []}
     return {"logits": torch.cat(logits), "labels": torch.cat(labels), "case_ids": ids}
 
 
@@ -247,13 +623,26 @@ def evaluate(
     amp: bool,
     class_names: Sequence[str],
     loss_fn: nn.Module,
+    tiling: tuple[InferenceConfig, Sequence[int]] | None = None,
 ) -> dict[str, Any]:
-    """Loss, probabilities and metrics over a labelled loader."""
-    out = predict_loader(model, loader, device, amp)
+    """Loss, probabilities and metrics over a labelled loader (all ranks' cases under DDP)."""
+    out = _gather_predictions(predict_loader(model, loader, device, amp, tiling))
     probs = torch.softmax(out["logits"], dim=1)
-    loss = float(loss_fn(out["logits"], out["labels"]))
+    loss = float(loss_fn(out["logits"], out["labels"].to(out["logits"].device)))
     metrics = classification_metrics(out["labels"].numpy(), probs.numpy(), list(class_names))
     return {"loss": loss, "metrics": metrics, "probs": probs, **out}
+
+
+def _gather_predictions(out: dict[str, Any]) -> dict[str, Any]:
+    """Every rank's share of the validation cases, concatenated (each case exactly once)."""
+    if not dist.is_distributed():
+        return out
+    parts = dist.all_gather_objects(out)
+    return {
+        "logits": torch.cat([p["logits"] for p in parts]),
+        "labels": torch.cat([p["labels"] for p in parts]),
+        "case_ids": [i for p in parts for i in p["case_ids"]],
+    }
 
 
 def _write_val_predictions(path: Path, val: dict[str, Any], class_names: Sequence[str]) -> None:

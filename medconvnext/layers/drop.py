@@ -32,7 +32,8 @@ class DropPath(nn.Module):
 
 def drop_path_rates(max_rate: float, depths: tuple[int, ...] | list[int]) -> list[list[float]]:
     """Per-stage lists of rates, ``linspace(0, max_rate, sum(depths))`` over all blocks."""
-    flat = torch.linspace(0, max_rate, sum(depths)).tolist()
+    # device="cpu": the rates are plain floats, also when a model is built under torch.device("meta")
+    flat = torch.linspace(0, max_rate, sum(depths), device="cpu").tolist()
     rates, start = [], 0
     for depth in depths:
         rates.append(flat[start : start + depth])

@@ -50,9 +50,7 @@ class MixerLayer(nn.Sequential):
     def __init__(self, dim: int, kernel_size: Triple, act: type[nn.Module]) -> None:
         super().__init__(
             Residual(
-                nn.Sequential(
-                    nn.Conv3d(dim, dim, kernel_size, groups=dim, padding="same"), act(), nn.BatchNorm3d(dim)
-                )
+                nn.Sequential(nn.Conv3d(dim, dim, kernel_size, groups=dim, padding="same"), act(), nn.BatchNorm3d(dim))
             ),
             nn.Conv3d(dim, dim, kernel_size=1),
             act(),
@@ -94,9 +92,7 @@ class ConvMixer3d(nn.Module):
         self.grad_checkpointing = grad_checkpointing
         self.min_input_size: Triple = patch
 
-        self.stem = nn.Sequential(
-            nn.Conv3d(in_channels, dim, patch, stride=patch), activation(), nn.BatchNorm3d(dim)
-        )
+        self.stem = nn.Sequential(nn.Conv3d(in_channels, dim, patch, stride=patch), activation(), nn.BatchNorm3d(dim))
         self.blocks = nn.Sequential(*(MixerLayer(dim, kernel, activation) for _ in range(depth)))
         self.head_drop = nn.Dropout(head_dropout)
         self.head = nn.Linear(dim, num_classes)

@@ -1,0 +1,38 @@
+"""``medconvnext cache``: inspect or empty the disk cache of preprocessed volumes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from medconvnext.cli._common import console, run_guarded
+
+cache_app = typer.Typer(help="Inspect or clear the disk cache (data.cache=disk).", no_args_is_help=True)
+
+DIR_HELP = "Cache folder (default: $MEDCONVNEXT_CACHE_DIR or ~/.cache/medconvnext)."
+
+
+@cache_app.command("info")
+def info(cache_dir: Path = typer.Option(None, "--cache-dir", help=DIR_HELP)) -> None:
+    """Print the cache folder, its number of entries and their size."""
+
+    def work() -> None:
+        from medconvnext.data.cache import cache_info
+
+        stats = cache_info(cache_dir)
+        console.print(f"{stats['path']}: {stats['entries']} entries, {stats['bytes'] / 2**20:.1f} MiB", highlight=False)
+
+    run_guarded(work)
+
+
+@cache_app.command("clear")
+def clear(cache_dir: Path = typer.Option(None, "--cache-dir", help=DIR_HELP)) -> None:
+    """Delete every cached entry (they are rebuilt on the next run that needs them)."""
+
+    def work() -> None:
+        from medconvnext.data.cache import clear_cache
+
+        console.print(f"removed {clear_cache(cache_dir)} entries")
+
+    run_guarded(work)

@@ -1,0 +1,152 @@
+"""Content-aware disk cache of the deterministic transforms' output.
+
+The key of an entry covers each input file's identity (resolved path, size, mtime_ns), the concrete
+:class:`Preprocessing` and the versions of the libraries that computed it, so a rewritten file or a changed
+preprocessing value is a miss and never serves stale data (MONAI's PersistentDataset hashes only the data
+dict, i.e. the path). Entries are written to a temporary file and renamed into place; an unreadable entry
+is rebuilt. Several processes (DDP ranks) may share one cache folder: each computes and writes only the
+items it reads, and the atomic rename makes concurrent writes of the same entry harmless.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from monai.data import Dataset
+from monai.transforms import Compose, Randomizable
+
+from medconvnext.data.preprocessing import Preprocessing
+
+CACHE_FORMAT = 1
+ENTRY_SUFFIX = ".pt"
+
+
+def default_cache_dir() -> Path:
+    """``$MEDCONVNEXT_CACHE_DIR``, else ``~/.cache/medconvnext``."""
+    return Path(os.environ.get("MEDCONVNEXT_CACHE_DIR") or Path.home() / ".cache" / "medconvnext").expanduser()
+
+
+def library_versions() -> dict[str, str]:
+    """Versions whose change may change the preprocessed voxels."""
+    import monai
+    import nibabel
+    import numpy
+    import SimpleITK
+
+    import medconvnext
+
+    return {
+        "medconvnext": getattr(medconvnext, "__version__", "0"),
+        "monai": monai.__version__,
+        "torch": torch.__version__.split("+")[0],
+        "numpy": numpy.__version__,
+        "nibabel": nibabel.__version__,
+        "SimpleITK": SimpleITK.Version_VersionString(),
+    }
+
+
+def file_identity(path: str | Path) -> list:
+    """(resolved path, size, mtime_ns) of a file, or of every file in a folder (DICOM series)."""
+    path = Path(path).resolve()
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    return [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+
+
+def cache_key(record: dict, pre: Preprocessing, versions: dict[str, str] | None = None) -> str:
+    """SHA-256 over the files' identities, the preprocessing and the library versions."""
+    images = record["image"] if isinstance(record["image"], (list, tuple)) else [record["image"]]
+    payload = {
+        "format": CACHE_FORMAT,
+        "files": [file_identity(image) for image in images],
+        "preprocessing": pre.to_dict(),
+        "versions": versions or library_versions(),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def split_at_first_random(transform: Compose) -> tuple[Compose, Compose]:
+    """(deterministic prefix, the rest from the first random transform on)."""
+    steps = list(transform.transforms)
+    first = next((i for i, t in enumerate(steps) if isinstance(t, Randomizable)), len(steps))
+    return Compose(steps[:first]), Compose(steps[first:])
+
+
+class DiskCacheDataset(Dataset):
+    """Dataset whose deterministic part is computed once and kept as one ``.pt`` file per case."""
+
+    def __init__(self, data: Sequence[dict], transform: Compose, pre: Preprocessing, cache_dir: str | Path) -> None:
+        super().__init__(list(data), transform=None)
+        self.deterministic, self.random = split_at_first_random(transform)
+        self.pre = pre
+        self.cache_dir = Path(cache_dir).expanduser()
+        self.versions = library_versions()
+        self.hits = 0
+        self.misses = 0
+
+    def entry_path(self, record: dict) -> Path:
+        """Where the record's entry lives (depends on the current file identities)."""
+        key = cache_key(record, self.pre, self.versions)
+        return self.cache_dir / key[:2] / f"{key}{ENTRY_SUFFIX}"
+
+    def _transform(self, index: int) -> dict:
+        record = self.data[index]
+        path = self.entry_path(record)
+        item = self._load(path)
+        if item is None:
+            self.misses += 1
+            item = self.deterministic(dict(record))
+            self._store(path, item)
+        else:
+            self.hits += 1
+        return self.random(item) if self.random.transforms else item
+
+    @staticmethod
+    def _load(path: Path) -> dict | None:
+        if not path.is_file():
+            return None
+        try:
+            return torch.load(path, weights_only=True)
+        except Exception:  # noqa: BLE001 - a truncated or corrupt entry is simply rebuilt
+            return None
+
+    @staticmethod
+    def _store(path: Path, item: dict) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        plain = {k: (v.as_tensor() if hasattr(v, "as_tensor") else v) for k, v in item.items()}
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(plain, f)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def cache_info(cache_dir: str | Path | None = None) -> dict:
+    """Entries and bytes in a cache folder."""
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    entries = list(root.glob(f"*/*{ENTRY_SUFFIX}")) if root.is_dir() else []
+    return {"path": str(root), "entries": len(entries), "bytes": sum(p.stat().st_size for p in entries)}
+
+
+def clear_cache(cache_dir: str | Path | None = None) -> int:
+    """Delete the cache's entries (only files this module writes); returns how many were removed."""
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    if not root.is_dir():
+        return 0
+    removed = 0
+    for pattern in (f"*/*{ENTRY_SUFFIX}", "*/*.tmp"):
+        for path in root.glob(pattern):
+            path.unlink(missing_ok=True)
+            removed += pattern.endswith(ENTRY_SUFFIX)
+    for folder in root.iterdir():
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+    return removed

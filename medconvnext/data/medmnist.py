@@ -1,0 +1,95 @@
+"""Import a MedMNIST 3D ``.npz`` (e.g. AdrenalMNIST3D) as NIfTI files + ``labels.csv`` with the official split.
+
+Every MedMNIST 3D volume is a 64 mm cube, so the voxel size is 64 mm / side (28^3 -> 2.2857 mm, 64^3 -> 1 mm).
+The array axes are written as the NIfTI's (x, y, z) with a diagonal (RAS) affine.
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medconvnext.errors import UserError
+
+CUBE_MM = 64.0
+SPLITS = {"train": "train", "val": "val", "test": "test"}
+
+
+@dataclass
+class ImportResult:
+    """Counts per split and the voxel size written."""
+
+    out: Path
+    counts: dict[str, int]
+    spacing: float
+    shape: tuple[int, int, int]
+
+
+def import_medmnist(
+    npz: str | Path, out: str | Path, overwrite: bool = False, limit: int | None = None
+) -> ImportResult:
+    """Write ``out/images/<split>_<i>.nii.gz`` and ``out/labels.csv`` (image,label,split).
+
+    The folder is built next to ``out`` and renamed into place, so a failure leaves nothing half-written.
+    ``limit`` keeps only the first N volumes of each split (for quick tests).
+    """
+    npz, out = Path(npz).expanduser(), Path(out).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise UserError(f"--out {out}: exists and is not empty; pass --overwrite to replace it")
+    arrays = _read_npz(npz)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        result = _write(arrays, staging, limit)
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    result.out = out
+    return result
+
+
+def _read_npz(npz: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    if not npz.is_file():
+        raise UserError(f"{npz}: no such file")
+    try:
+        with np.load(npz) as data:
+            arrays = {s: (data[f"{s}_images"], data[f"{s}_labels"]) for s in SPLITS}
+    except KeyError as exc:
+        expected = "train/val/test _images and _labels"
+        raise UserError(f"{npz}: not a MedMNIST 3D file (missing key {exc}; expected {expected})") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{npz}: cannot read ({exc})") from None
+    for split, (images, labels) in arrays.items():
+        if images.ndim != 4 or len(images) != len(labels):
+            raise UserError(f"{npz}: {split}_images has shape {images.shape}; expected (N, D, H, W) with N labels")
+    return arrays
+
+
+def _write(arrays: dict[str, tuple[np.ndarray, np.ndarray]], root: Path, limit: int | None) -> ImportResult:
+    import nibabel as nib
+
+    (root / "images").mkdir()
+    shape = tuple(int(s) for s in arrays["train"][0].shape[1:])
+    spacing = CUBE_MM / shape[0]
+    affine = np.diag([spacing, spacing, spacing, 1.0])
+    rows, counts = [], {}
+    for split, (images, labels) in arrays.items():
+        n = len(images) if limit is None else min(limit, len(images))
+        counts[split] = n
+        for i in range(n):
+            name = f"images/{split}_{i:04d}.nii.gz"
+            nib.save(nib.Nifti1Image(np.ascontiguousarray(images[i]), affine), root / name)
+            rows.append((name, int(np.asarray(labels[i]).reshape(-1)[0]), split))
+    with open(root / "labels.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "label", "split"])
+        writer.writerows(rows)
+    return ImportResult(root, counts, spacing, shape)  # type: ignore[arg-type]

@@ -1,0 +1,64 @@
+"""Disk cache: unchanged -> hit; changed preprocessing -> miss; rewritten file -> miss; corrupt entry -> rebuilt."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from conftest import write_volume
+from typer.testing import CliRunner
+
+from medconvnext.cli.main import app
+from medconvnext.data.dataset import make_dataset
+from medconvnext.data.preprocessing import Preprocessing
+from medconvnext.data.transforms import deterministic_transforms, training_transforms
+
+torch.set_num_threads(1)
+PRE = Preprocessing(orientation="RAS", spacing=(1.0, 1.0, 1.0), input_size=(8, 8, 8), intensity="zscore")
+
+
+def dataset(records, cache_dir, pre=PRE):
+    return make_dataset(records, deterministic_transforms(pre), "disk", cache_dir=cache_dir)
+
+
+def test_hits_misses_and_rebuilds(tmp_path):
+    path = write_volume(tmp_path / "a.nii.gz", np.random.rand(8, 8, 8).astype(np.float32))
+    records = [{"image": str(path), "label": 1, "case_id": "a"}]
+    cache = tmp_path / "cache"
+    first = dataset(records, cache)
+    item = first[0]
+    assert (first.hits, first.misses) == (0, 1) and item["image"].shape == (1, 8, 8, 8) and item["label"] == 1
+
+    again = dataset(records, cache)
+    torch.testing.assert_close(again[0]["image"], item["image"])
+    assert (again.hits, again.misses) == (1, 0)
+
+    changed = dataset(records, cache, Preprocessing("RAS", (1.0, 1.0, 1.0), (8, 8, 8), "none"))
+    changed[0]
+    assert changed.misses == 1
+
+    stat = path.stat()
+    write_volume(path, np.random.rand(8, 8, 8).astype(np.float32))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # same size: the mtime must tell
+    rewritten = dataset(records, cache)
+    assert not torch.equal(rewritten[0]["image"], item["image"]) and rewritten.misses == 1
+
+    entry = rewritten.entry_path(records[0])
+    entry.write_bytes(b"garbage")
+    rebuilt = dataset(records, cache)
+    rebuilt[0]
+    assert rebuilt.misses == 1 and dataset(records, cache)[0]["image"].shape == (1, 8, 8, 8)
+
+
+def test_random_part_runs_after_the_cache_and_cli(tmp_path):
+    path = write_volume(tmp_path / "a.nii.gz", np.random.rand(8, 8, 8).astype(np.float32))
+    records = [{"image": str(path), "label": 0, "case_id": "a"}]
+    ds = make_dataset(records, training_transforms(PRE, "heavy"), "disk", cache_dir=tmp_path / "c")
+    assert ds[0]["image"].shape == (1, 8, 8, 8) and ds[0]["image"].shape == (1, 8, 8, 8)
+    assert ds.misses == 1 and ds.hits == 1
+    runner = CliRunner()
+    info = runner.invoke(app, ["cache", "info", "--cache-dir", str(tmp_path / "c")])
+    assert info.exit_code == 0 and "1 entries" in info.output
+    cleared = runner.invoke(app, ["cache", "clear", "--cache-dir", str(tmp_path / "c")])
+    assert cleared.exit_code == 0 and "removed 1" in cleared.output

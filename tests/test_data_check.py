@@ -1,0 +1,44 @@
+"""``medconvnext data check``: summary + plan on good data; exit 2 listing each bad file; --skip-bad."""
+
+from __future__ import annotations
+
+import numpy as np
+from conftest import write_volume
+from typer.testing import CliRunner
+
+from medconvnext.cli.main import app
+
+runner = CliRunner()
+
+
+def make_dataset(root, bad: bool):
+    rng = np.random.default_rng(0)
+    lines = ["image,label"]
+    for i in range(6):
+        write_volume(root / f"c{i}.nii.gz", rng.normal(size=(10, 10, 5)).astype(np.float32), (1.0, 1.0, 4.0))
+        lines.append(f"c{i}.nii.gz,{'yes' if i % 2 else 'no'}")
+    if bad:
+        nan = rng.normal(size=(10, 10, 5)).astype(np.float32)
+        nan[0, 0, 0] = np.nan
+        write_volume(root / "nan.nii.gz", nan)
+        (root / "broken.nii.gz").write_bytes(b"\x1f\x8b garbage")
+        lines += ["nan.nii.gz,yes", "broken.nii.gz,no"]
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_check_good_data_prints_summary_and_plan(tmp_path):
+    make_dataset(tmp_path, bad=False)
+    result = runner.invoke(app, ["data", "check", "--data", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "6 usable" in result.output and "(10, 10, 5) x6" in result.output and "RAS x6" in result.output
+    assert "preprocessing plan" in result.output and "input_size: (32, 32, 32)" in result.output
+
+
+def test_check_bad_files_exit_2_or_are_skipped(tmp_path):
+    make_dataset(tmp_path, bad=True)
+    result = runner.invoke(app, ["data", "check", "--data", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "nan.nii.gz: 1 NaN/Inf voxel(s)" in result.output and "broken.nii.gz: unreadable" in result.output
+    assert "Traceback" not in result.output
+    skipped = runner.invoke(app, ["data", "check", "--data", str(tmp_path), "--skip-bad"])
+    assert skipped.exit_code == 0 and "skipped" in skipped.output and "preprocessing plan" in skipped.output

@@ -1,0 +1,58 @@
+"""Fingerprint -> plan: anisotropic spacing rule, modality intensity, CT statistics; augmentation presets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_volume
+
+from medconvnext.config import PreprocessingConfig
+from medconvnext.data.datalist import Case
+from medconvnext.data.fingerprint import Fingerprint, compute_fingerprint, plan_preprocessing, target_spacing
+from medconvnext.data.preprocessing import Preprocessing
+from medconvnext.data.transforms import AUGMENTATIONS, augmentation_transforms, deterministic_transforms
+
+torch.set_num_threads(1)
+
+
+def test_anisotropic_coarse_axis_takes_the_10th_percentile():
+    spacings = np.array([[0.8, 0.8, z] for z in (1.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0)])
+    assert target_spacing(spacings) == [0.8, 0.8, 5.0]  # 10th percentile of z is 5.0 here
+    spacings[:3, 2] = 1.2
+    assert target_spacing(spacings)[2] == pytest.approx(1.2)
+    iso = np.array([[1.0, 1.0, 2.0], [1.0, 1.0, 2.5]])
+    assert target_spacing(iso) == [1.0, 1.0, 2.25]  # not anisotropic enough: plain median
+
+
+def test_ct_plan_computes_clip_and_statistics(tmp_path):
+    rng = np.random.default_rng(0)
+    cases = []
+    for i in range(3):
+        data = np.full((12, 12, 12), -1024.0, np.float32)  # outside the scanner's field of view
+        data[2:10, 2:10, 2:10] = rng.normal(40, 100, (8, 8, 8))
+        path = write_volume(tmp_path / f"ct{i}.nii.gz", data)
+        cases.append(Case(f"ct{i}", (str(path),), "a"))
+    fingerprint = compute_fingerprint(cases)
+    plan = plan_preprocessing(PreprocessingConfig(modality="ct"), fingerprint, (8, 8, 8))
+    assert plan.intensity == "clip_zscore" and -400 < plan.clip[0] < -100 and 200 < plan.clip[1] < 400
+    assert plan.mean == pytest.approx(40, abs=15) and plan.std == pytest.approx(100, rel=0.15)
+    fixed = plan_preprocessing(PreprocessingConfig(modality="ct", clip=[-100, 100]), fingerprint, (8, 8, 8))
+    assert fixed.clip == (-100.0, 100.0) and fixed.std < 100
+    out = deterministic_transforms(plan)({"image": cases[0].images[0]})["image"]
+    assert abs(float(out[:, 4:12, 4:12, 4:12].mean())) < 0.5
+    mri = plan_preprocessing(PreprocessingConfig(modality="mri"), fingerprint, (8, 8, 8))
+    assert mri.intensity == "nonzero_zscore" and mri.clip is None
+    generic = plan_preprocessing(PreprocessingConfig(), Fingerprint(np.ones((1, 3)), np.full((1, 3), 20.0)), (8, 8, 8))
+    assert generic.intensity == "zscore" and generic.input_size == (24, 24, 24)
+
+
+@pytest.mark.parametrize("kind", AUGMENTATIONS)
+def test_augmentation_presets_keep_the_shape(kind):
+    from monai.transforms import Compose
+
+    pre = Preprocessing("RAS", (1.0, 1.0, 1.0), (8, 8, 12), "zscore")
+    steps = Compose(augmentation_transforms(kind, pre.input_size))
+    steps.set_random_state(0)
+    image = torch.rand(1, 8, 8, 12)
+    assert steps({"image": image})["image"].shape == (1, 8, 8, 12)

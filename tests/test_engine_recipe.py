@@ -1,0 +1,64 @@
+"""Training recipe pieces: EMA, stochastic depth override, class balance, early stopping, inference selection."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_resume import tiny_config
+from torch import nn
+
+from medconvnext.config import Config, InferenceConfig, apply_overrides
+from medconvnext.data.datalist import Case, Datalist
+from medconvnext.engine.ema import ModelEma
+from medconvnext.engine.inference import _pad_to, choose_mode
+from medconvnext.engine.trainer import _build_model, train
+from medconvnext.errors import UserError
+
+
+def test_ema_is_the_decayed_average_of_the_weights():
+    model = nn.Linear(2, 1)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema = ModelEma(model, decay=0.75)
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    ema.update(model)
+    assert torch.allclose(ema.module.weight, torch.full((1, 2), 0.75 * 1.0 + 0.25 * 3.0))
+    assert not ema.module.weight.requires_grad
+
+
+def test_drop_path_rate_goes_to_models_that_take_it():
+    config = apply_overrides(Config(), {"train.drop_path_rate": 0.2, "model.args.dims": [8, 16, 32, 64]})
+    model = _build_model(config, Datalist([Case("a", ("a.nii",), "x"), Case("b", ("b.nii",), "y")], ["x", "y"]))
+    assert model.model_args["drop_path_rate"] == 0.2
+
+
+def test_drop_path_rate_is_ignored_with_a_warning_elsewhere():
+    config = apply_overrides(Config(), {"model.name": "convmixer_128_4", "model.args.dim": 8, "model.args.depth": 1,
+                                        "train.drop_path_rate": 0.2})
+    with pytest.warns(UserWarning, match="drop_path_rate"):
+        model = _build_model(config, Datalist([Case("a", ("a.nii",), "x"), Case("b", ("b.nii",), "y")], ["x", "y"]))
+    assert "drop_path_rate" not in model.model_args
+
+
+@pytest.mark.parametrize(("field", "value"), [("balance", "oversample"), ("accumulate", 0), ("label_smoothing", 1.0)])
+def test_bad_recipe_values_are_user_errors(csv_dataset, tmp_path, field, value):
+    with pytest.raises(UserError, match=f"train.{field}"):
+        train(tiny_config(csv_dataset, epochs=1, **{field: value}), tmp_path / "run")
+
+
+def test_early_stopping_with_a_frozen_model(csv_dataset, tmp_path):
+    # lr 0: the validation score never improves after epoch 1, so patience 1 stops after epoch 2
+    result = train(tiny_config(csv_dataset, epochs=4, lr=0.0, early_stopping_patience=1, balance="sampler"),
+                   tmp_path / "run")
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2] and result.best_epoch == 1
+
+
+def test_auto_mode_and_padding():
+    settings = InferenceConfig(mode="auto")
+    assert choose_mode(settings, (64, 64, 64), (32, 32, 32)) == "whole"
+    assert choose_mode(settings, (65, 64, 64), (32, 32, 32)) == "sliding"
+    assert tuple(_pad_to(torch.zeros(1, 10, 40, 31), (32, 32, 32)).shape) == (1, 32, 40, 32)

@@ -1,0 +1,67 @@
+"""import-medmnist: round trip on a tiny synthetic npz, and the real AdrenalMNIST3D when it is present."""
+
+from __future__ import annotations
+
+import csv
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import SHARED_DATA
+from typer.testing import CliRunner
+
+from medconvnext.cli.main import app
+from medconvnext.data.datalist import load_datalist
+from medconvnext.data.medmnist import import_medmnist
+from medconvnext.data.splits import train_val_split
+from medconvnext.errors import UserError
+
+runner = CliRunner()
+
+
+def tiny_npz(path, side: int = 28):
+    rng = np.random.default_rng(0)
+    sizes = {"train": 6, "val": 2, "test": 3}
+    arrays = {}
+    for split, n in sizes.items():
+        arrays[f"{split}_images"] = rng.integers(0, 255, (n, side, side, side), dtype=np.uint8)
+        arrays[f"{split}_labels"] = (np.arange(n) % 2).reshape(n, 1).astype(np.uint8)
+    np.savez(path, **arrays)
+    return arrays
+
+
+def test_round_trip(tmp_path):
+    arrays = tiny_npz(tmp_path / "tiny.npz")
+    result = import_medmnist(tmp_path / "tiny.npz", tmp_path / "out")
+    assert result.counts == {"train": 6, "val": 2, "test": 3}
+    rows = list(csv.DictReader(open(tmp_path / "out" / "labels.csv")))
+    assert [r["split"] for r in rows].count("val") == 2 and rows[1]["label"] == "1"
+    image = nib.load(tmp_path / "out" / rows[7]["image"])  # the second val volume
+    assert image.shape == (28, 28, 28)
+    np.testing.assert_allclose(image.header.get_zooms(), [64 / 28] * 3, rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(image.dataobj), arrays["val_images"][1])
+    datalist = load_datalist(tmp_path / "out")
+    split = train_val_split(datalist, 0.2, seed=0)
+    assert (len(split.train), len(split.val), len(split.test)) == (6, 2, 3)
+    with pytest.raises(UserError, match="not empty; pass --overwrite"):
+        import_medmnist(tmp_path / "tiny.npz", tmp_path / "out")
+    assert import_medmnist(tmp_path / "tiny.npz", tmp_path / "out", overwrite=True, limit=1).counts["train"] == 1
+
+
+def test_cli_and_bad_file(tmp_path):
+    tiny_npz(tmp_path / "tiny64.npz", side=64)
+    result = runner.invoke(app, ["data", "import-medmnist", str(tmp_path / "tiny64.npz"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    assert nib.load(tmp_path / "o" / "images" / "train_0000.nii.gz").header.get_zooms() == (1.0, 1.0, 1.0)
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    result = runner.invoke(app, ["data", "import-medmnist", str(tmp_path / "other.npz"), "--out", str(tmp_path / "p")])
+    assert result.exit_code == 2 and "not a MedMNIST 3D file" in result.output
+    assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "adrenalmnist3d.npz").is_file(), reason="AdrenalMNIST3D not present")
+def test_real_adrenalmnist3d(tmp_path):
+    result = import_medmnist(SHARED_DATA / "adrenalmnist3d.npz", tmp_path / "adrenal")
+    assert result.counts == {"train": 1188, "val": 98, "test": 298}
+    zooms = nib.load(tmp_path / "adrenal" / "images" / "test_0000.nii.gz").header.get_zooms()
+    np.testing.assert_allclose(zooms, [64 / 28] * 3, rtol=1e-6)

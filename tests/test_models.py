@@ -1,0 +1,168 @@
+"""Every registered model builds, runs forward/backward at its minimum size and rejects smaller inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medconvnext.layers import LayerNorm3d, drop_path, drop_path_rates
+from medconvnext.models import (
+    ConvMixer3d,
+    ConvNeXt3d,
+    ResNeXt3d,
+    create_model,
+    get_entry,
+    list_models,
+    model_info,
+    preferred_memory_format,
+)
+
+BIG_PARAMS = 60_000_000  # above this only the forward pass runs (CPU time)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_model_min_size_forward_backward_and_too_small(name: str) -> None:
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=3, in_channels=1)
+    assert model.model_args["name"] == name
+    size = tuple(model.min_input_size)
+    x = torch.randn(2, 1, *size)
+    big = sum(p.numel() for p in model.parameters()) > BIG_PARAMS
+    if big:
+        with torch.no_grad():
+            out = model(x)
+    else:
+        out = model(x)
+        out.sum().backward()
+        grads = [p.grad for p in model.parameters() if p.requires_grad]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert out.shape == (2, 3)
+    assert torch.isfinite(out).all()
+    too_small = torch.randn(1, 1, *size[:2], size[2] - 1)
+    with pytest.raises(ValueError, match="minimum"):
+        model(too_small)
+
+
+def test_registry_families_and_unknown_name() -> None:
+    families = {get_entry(name).family for name in list_models()}
+    assert families == {"convnext", "convmixer", "resnext", "monai"}
+    with pytest.raises(ValueError, match="unknown model"):
+        create_model("convnext_gigantic")
+
+
+def test_layernorm3d_is_per_voxel_groupnorm_is_not() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(1, 4, 6, 6, 6) * torch.linspace(0.5, 3, 6).view(1, 1, 6, 1, 1)
+    crop = (slice(None), slice(None), slice(1, 4), slice(0, 3), slice(2, 6))
+    ln = LayerNorm3d(4)
+    torch.testing.assert_close(ln(x[crop]), ln(x)[crop])
+    gn = torch.nn.GroupNorm(1, 4, eps=1e-6)
+    assert not torch.allclose(gn(x[crop]), gn(x)[crop], atol=1e-3)
+
+
+def test_drop_path_schedule_and_per_sample_mask() -> None:
+    rates = drop_path_rates(0.3, (2, 2, 6, 2))
+    flat = [r for stage in rates for r in stage]
+    assert [len(s) for s in rates] == [2, 2, 6, 2]
+    assert flat[0] == 0.0 and abs(flat[-1] - 0.3) < 1e-7
+    assert all(b > a for a, b in zip(flat, flat[1:], strict=False))
+    model = create_model("convnext_atto", drop_path_rate=0.3)
+    assert [b.drop_path.rate for stage in model.stages for b in stage] == pytest.approx(flat)
+    torch.manual_seed(0)
+    x = torch.ones(64, 3, 2, 2, 2)
+    y = drop_path(x, 0.5, training=True)
+    per_sample = y.flatten(1)
+    assert set(per_sample.unique().tolist()) <= {0.0, 2.0}
+    assert (per_sample == per_sample[:, :1]).all()  # one mask value per sample
+    assert torch.equal(drop_path(x, 0.5, training=False), x)
+
+
+def test_small_input_options() -> None:
+    x = torch.randn(2, 1, 28, 28, 28)
+    assert ConvNeXt3d(depths=(1, 1, 1, 1), dims=(8, 8, 8, 8), stem_stride=2).min_input_size == (16, 16, 16)
+    assert ConvNeXt3d(depths=(1, 1, 1, 1), dims=(8, 8, 8, 8), stem_stride=1).min_input_size == (8, 8, 8)
+    assert ConvNeXt3d(stem_stride=(1, 4, 4), downsample_strides=(1, 2, 2)).min_input_size == (1, 32, 32)
+    assert ConvNeXt3d(depths=(1, 1, 1, 1), dims=(8, 8, 8, 8), stem_stride=2)(x).shape == (2, 2)
+    small = create_model("resnext_tiny", stem="small")
+    assert small.min_input_size == (8, 8, 8) and create_model("resnext_tiny").min_input_size == (32, 32, 32)
+    assert small(x).shape == (2, 2)
+    with pytest.raises(ValueError, match="minimum"):
+        create_model("resnext_tiny")(x)
+
+
+def _clone_grads(model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    model.zero_grad()
+    model(x).square().sum().backward()
+    return [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda ckpt: ConvNeXt3d(
+            depths=(1, 2, 1, 1), dims=(8, 16, 16, 16), stem_stride=2, layer_scale_init=1.0, grad_checkpointing=ckpt
+        ),
+        lambda ckpt: ConvMixer3d(dim=16, depth=3, patch_size=4, kernel_size=3, grad_checkpointing=ckpt),
+        lambda ckpt: ResNeXt3d(
+            layers=(1, 2, 1, 1), groups=4, width_per_group=4, base_planes=16, stem="small", grad_checkpointing=ckpt
+        ),
+    ],
+    ids=["convnext", "convmixer", "resnext"],
+)
+def test_grad_checkpointing_matches_plain(build) -> None:
+    torch.manual_seed(0)
+    plain = build(False)
+    ckpt = build(True)
+    ckpt.load_state_dict(plain.state_dict())
+    for model in (plain, ckpt):
+        model.eval()  # BatchNorm running statistics would otherwise be updated twice by recomputation
+    x = torch.randn(2, 1, 16, 16, 16)
+    for a, b in zip(_clone_grads(plain, x), _clone_grads(ckpt, x), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_channels_last_3d_same_output() -> None:
+    torch.manual_seed(0)
+    model = create_model("convnext_atto", norm="layernorm").eval()
+    fmt = preferred_memory_format(model, "cpu")
+    assert fmt == torch.channels_last_3d
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+        got = model.to(memory_format=fmt)(x.contiguous(memory_format=fmt))
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_model_info_counts() -> None:
+    info = model_info("convnext_atto", (32, 32, 32))
+    assert info["family"] == "convnext" and info["min_input_size"] == [32, 32, 32]
+    assert info["params"] == sum(p.numel() for p in create_model("convnext_atto").parameters())
+    assert info["gflops"] > 0 and info["gmacs"] == pytest.approx(info["gflops"] / 2)
+    assert model_info("convnext_atto", 16)["gflops"] is None
+
+
+def test_depthwise_conv3d_fast_backward_matches_conv3d() -> None:
+    from medconvnext.models._dwconv import DepthwiseConv3d
+
+    torch.manual_seed(0)
+    for kernel, size, fmt in [
+        ((7, 7, 7), (5, 6, 7), torch.channels_last_3d),
+        ((1, 7, 7), (2, 9, 9), torch.contiguous_format),
+    ]:
+        fast = DepthwiseConv3d(4, kernel).double()
+        ref = torch.nn.Conv3d(4, 4, kernel, padding=tuple(k // 2 for k in kernel), groups=4).double()
+        ref.load_state_dict(fast.state_dict())
+        x = torch.randn(2, 4, *size, dtype=torch.double).contiguous(memory_format=fmt).requires_grad_()
+        g = torch.randn(2, 4, *size, dtype=torch.double)
+        got = torch.autograd.grad((fast(x) * g).sum(), (x, fast.weight, fast.bias))
+        expected = torch.autograd.grad((ref(x) * g).sum(), (x, ref.weight, ref.bias))
+        for a, b in zip(got, expected, strict=True):
+            torch.testing.assert_close(a, b)
