@@ -63,7 +63,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
         results["modes"][mode] = bench_mode(mode, records, plan, model, args.batch, work / "cache", args.train_steps)
     print_table(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
+    args.out.write_text(json.dumps(results, indent=2), encoding="utf-8")
     print(f"wrote {args.out}")
 
 

@@ -142,7 +142,7 @@ def _child(args: argparse.Namespace, size, mode: str, sw_batch_size: int) -> dic
     env = dict(os.environ)
     if args.malloc_mmap_threshold:
         env["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", env=env)
     if proc.returncode != 0:
         # e.g. killed for memory: record it instead of stopping the whole benchmark
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
@@ -256,7 +256,7 @@ def main() -> None:
         "results": rows,
         "flatness": flat,
     }
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {args.out}")
 
 

@@ -145,7 +145,7 @@ def main() -> None:
     print(f"  ratio ours/seed: {ratio:.3f} (medians), {ratio_best:.3f} (fastest steps)")
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"train_step_{device.type}_{args.size}_b{args.batch}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(f"  wrote {path}")
 
 

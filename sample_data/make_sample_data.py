@@ -78,7 +78,7 @@ def main() -> None:
         name = f"case_{i:03d}.nii.gz"
         nib.save(nib.Nifti1Image(volume, affine), images / name)
         rows.append({"image": f"images/{name}", "label": label})
-    with open(args.out / "labels.csv", "w", newline="") as f:
+    with open(args.out / "labels.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=["image", "label"])
         writer.writeheader()
         writer.writerows(rows)

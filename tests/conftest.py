@@ -39,7 +39,7 @@ def csv_dataset(tmp_path: Path) -> Path:
         label = "lesion" if i % 2 else "normal"
         write_volume(tmp_path / "img" / f"c{i:02d}.nii.gz", blob_volume(rng, label == "lesion"), (1.5, 1.5, 2.0))
         rows.append({"image": f"img/c{i:02d}.nii.gz", "label": label, "subject": f"s{i // 2}"})
-    with open(tmp_path / "labels.csv", "w", newline="") as f:
+    with open(tmp_path / "labels.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=["image", "label", "subject"])
         writer.writeheader()
         writer.writerows(rows)

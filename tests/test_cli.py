@@ -22,7 +22,8 @@ def test_help_lists_commands_and_does_not_import_torch():
     assert result.exit_code == 0
     assert "train" in result.output and "predict" in result.output
     code = "import sys, medconvnext.cli.main; print('torch' in sys.modules, 'monai' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", code],
+                         capture_output=True, text=True, encoding="utf-8", check=True).stdout
     assert out.split() == ["False", "False"]
 
 
@@ -36,7 +37,7 @@ def trained_run(tmp_path_factory):
 
 
 def test_train_writes_a_complete_run(trained_run):
-    records = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
     for record in records:
         assert {"train_loss", "val_auc", "val_accuracy"} <= record.keys()
@@ -44,19 +45,19 @@ def test_train_writes_a_complete_run(trained_run):
     for name in ("config.yaml", "dataset.json", "splits.json", "checkpoint_best.safetensors",
                  "checkpoint_last.safetensors", "val_predictions.csv"):
         assert (trained_run / name).is_file(), name
-    splits = json.loads((trained_run / "splits.json").read_text())
+    splits = json.loads((trained_run / "splits.json").read_text(encoding="utf-8"))
     assert len(splits["val"]) == 12 and len(splits["train"]) == 48
-    dataset = json.loads((trained_run / "dataset.json").read_text())
+    dataset = json.loads((trained_run / "dataset.json").read_text(encoding="utf-8"))
     assert dataset["classes"] == ["cystic", "solid"]
     assert dataset["preprocessing"]["input_size"] == [32, 32, 32]
 
 
 def test_train_refuses_to_overwrite_a_run(trained_run):
-    before = (trained_run / "metrics.jsonl").read_text()
+    before = (trained_run / "metrics.jsonl").read_text(encoding="utf-8")
     result = runner.invoke(app, ["train", "--data", str(SAMPLE_DATA), "--out", str(trained_run), "--epochs", "1"])
     assert result.exit_code == 2
     assert "--overwrite" in result.output
-    assert (trained_run / "metrics.jsonl").read_text() == before
+    assert (trained_run / "metrics.jsonl").read_text(encoding="utf-8") == before
 
 
 def test_predict_prints_and_writes_csv(trained_run, tmp_path):
@@ -65,7 +66,7 @@ def test_predict_prints_and_writes_csv(trained_run, tmp_path):
     result = runner.invoke(app, ["predict", *scans, "--model", str(trained_run), "--output", str(output)])
     assert result.exit_code == 0, result.output
     assert "case_000.nii.gz" in result.output
-    rows = list(csv.DictReader(output.open()))
+    rows = list(csv.DictReader(output.open(encoding="utf-8")))
     assert [r["image"] for r in rows] == scans
     for row in rows:
         assert row["prediction"] in ("cystic", "solid")
@@ -78,7 +79,7 @@ def test_predict_json_matches_the_library(trained_run, tmp_path):
     scan = str(SAMPLE_DATA / "images" / "case_003.nii.gz")
     output = tmp_path / "pred.json"
     assert runner.invoke(app, ["predict", scan, "--model", str(trained_run), "-o", str(output)]).exit_code == 0
-    row = json.loads(output.read_text())[0]
+    row = json.loads(output.read_text(encoding="utf-8"))[0]
     probs = Predictor.load(trained_run).predict_files([scan])[0]
     assert row["prob_solid"] == pytest.approx(float(probs[1]), abs=1e-5)
 
@@ -114,5 +115,6 @@ def test_corrupt_scan_is_a_user_error(trained_run, tmp_path):
 
 
 def test_python_dash_m_entry_point():
-    out = subprocess.run([sys.executable, "-m", "medconvnext", "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "medconvnext", "--help"],
+                         capture_output=True, text=True, encoding="utf-8")
     assert out.returncode == 0 and "predict" in out.stdout

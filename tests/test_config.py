@@ -6,7 +6,8 @@ from medconvnext.errors import UserError
 
 def test_yaml_round_trip_and_overrides(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("model:\n  name: convnext_femto\n  args: {drop_path_rate: 0.1}\ntrain:\n  lr: 0.0003\n")
+    path.write_text("model:\n  name: convnext_femto\n  args: {drop_path_rate: 0.1}\ntrain:\n  lr: 0.0003\n",
+                    encoding="utf-8")
     config = load_config(path)
     assert config.model.name == "convnext_femto"
     assert config.model.args == {"drop_path_rate": 0.1}
@@ -34,7 +35,7 @@ def test_defaults_are_a_config():
 )
 def test_bad_config_names_the_field(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
-    path.write_text(text)
+    path.write_text(text, encoding="utf-8")
     with pytest.raises(UserError, match=message):
         load_config(path)
 

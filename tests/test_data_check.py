@@ -23,7 +23,7 @@ def make_dataset(root, bad: bool):
         write_volume(root / "nan.nii.gz", nan)
         (root / "broken.nii.gz").write_bytes(b"\x1f\x8b garbage")
         lines += ["nan.nii.gz,yes", "broken.nii.gz,no"]
-    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def test_check_good_data_prints_summary_and_plan(tmp_path):

@@ -116,7 +116,7 @@ def test_csv_with_several_image_columns_and_dicom_class_folders(tmp_path):
     for i in range(4):
         write_nifti(tmp_path / f"a{i}_t1.nii.gz", volume(i))
         write_nifti(tmp_path / f"a{i}_t2.nii.gz", volume(i + 10))
-    with open(tmp_path / "labels.tsv", "w", newline="") as f:
+    with open(tmp_path / "labels.tsv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f, delimiter="\t")
         writer.writerow(["image_t1", "image_t2", "label"])
         writer.writerows([[f"a{i}_t1.nii.gz", f"a{i}_t2.nii.gz", "x" if i % 2 else "y"] for i in range(4)])

@@ -92,7 +92,8 @@ def test_header_claiming_a_huge_volume_is_rejected_before_reading(tmp_path):
 def test_label_only_in_val_and_json_datalist(tmp_path):
     for i in range(5):
         write_volume(tmp_path / f"c{i}.nii.gz", good())
-    (tmp_path / "labels.csv").write_text("image,label,split\nc0.nii.gz,a,train\nc1.nii.gz,b,train\nc2.nii.gz,z,val\n")
+    (tmp_path / "labels.csv").write_text("image,label,split\nc0.nii.gz,a,train\nc1.nii.gz,b,train\nc2.nii.gz,z,val\n",
+                                         encoding="utf-8")
     with pytest.raises(UserError, match="label 'z', which no training case has"):
         load_datalist(tmp_path)
     (tmp_path / "labels.csv").unlink()
@@ -101,14 +102,14 @@ def test_label_only_in_val_and_json_datalist(tmp_path):
         "validation": [{"image": "c2.nii.gz", "label": 1}],
         "test": [{"image": "c3.nii.gz"}],
     }
-    (tmp_path / "datalist.json").write_text(json.dumps(entries))
+    (tmp_path / "datalist.json").write_text(json.dumps(entries), encoding="utf-8")
     datalist = load_datalist(tmp_path)
     assert datalist.classes == ["0", "1"]
     assert [(c.case_id, c.label, c.split) for c in datalist.cases] == [
         ("c0", "0", "train"), ("c1", "1", "train"), ("c2", "1", "val"), ("c3", None, "test")
     ]
     entries["training"][0]["image"] = "missing.nii.gz"
-    (tmp_path / "datalist.json").write_text(json.dumps(entries))
+    (tmp_path / "datalist.json").write_text(json.dumps(entries), encoding="utf-8")
     with pytest.raises(UserError, match=r"training\[0\]: image missing.nii.gz not found"):
         load_datalist(tmp_path)
 
@@ -118,7 +119,7 @@ def test_validate_datalist_raises_or_skips(tmp_path):
     for i in range(4):
         write_volume(tmp_path / f"c{i}.nii.gz", good() if i else np.zeros((4, 4, 4), np.float32))
         lines.append(f"c{i}.nii.gz,{'ab'[i % 2]}")
-    (tmp_path / "labels.csv").write_text("\n".join(lines))
+    (tmp_path / "labels.csv").write_text("\n".join(lines), encoding="utf-8")
     datalist = load_datalist(tmp_path)
     with pytest.raises(UserError, match="c0.nii.gz: every voxel equals"):
         validate_datalist(datalist)

@@ -30,7 +30,7 @@ def test_numeric_class_names_sort_numerically(tmp_path):
     for i, label in enumerate(["10", "2", "1"]):
         write_volume(tmp_path / f"x{i}.nii.gz", np.zeros((4, 4, 4), np.float32))
         lines.append(f"x{i}.nii.gz,{label}")
-    (tmp_path / "labels.csv").write_text("\n".join(lines))
+    (tmp_path / "labels.csv").write_text("\n".join(lines), encoding="utf-8")
     assert load_datalist(tmp_path).classes == ["1", "2", "10"]
 
 
@@ -45,7 +45,7 @@ def test_numeric_class_names_sort_numerically(tmp_path):
     ],
 )
 def test_bad_label_tables_name_the_problem(csv_dataset, csv_text, message):
-    (csv_dataset / "labels.csv").write_text(csv_text)
+    (csv_dataset / "labels.csv").write_text(csv_text, encoding="utf-8")
     with pytest.raises(UserError, match=message):
         load_datalist(csv_dataset)
 
@@ -60,7 +60,7 @@ def test_missing_data_path_and_empty_folder(tmp_path):
 def test_non_image_file_in_class_folder(tmp_path):
     write_volume(tmp_path / "a" / "x.nii.gz", np.zeros((4, 4, 4), np.float32))
     (tmp_path / "b").mkdir()
-    (tmp_path / "b" / "notes.txt").write_text("hi")
+    (tmp_path / "b" / "notes.txt").write_text("hi", encoding="utf-8")
     with pytest.raises(UserError, match="notes.txt: not a supported image file"):
         load_datalist(tmp_path)
 
@@ -76,10 +76,10 @@ def test_stratified_split_keeps_both_classes_and_is_seeded():
 
 
 def test_split_column_is_respected(csv_dataset):
-    text = (csv_dataset / "labels.csv").read_text().splitlines()
+    text = (csv_dataset / "labels.csv").read_text(encoding="utf-8").splitlines()
     rows = [text[0] + ",split"] + [line + ("," + ("val" if i < 4 else "test" if i < 6 else "train")) for i, line in
                                    enumerate(text[1:])]
-    (csv_dataset / "labels.csv").write_text("\n".join(rows))
+    (csv_dataset / "labels.csv").write_text("\n".join(rows), encoding="utf-8")
     split = train_val_split(load_datalist(csv_dataset), 0.2, seed=0)
     assert split.val == ["c00", "c01", "c02", "c03"]
     assert split.test == ["c04", "c05"]

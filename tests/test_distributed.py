@@ -24,16 +24,16 @@ def test_two_process_gloo_run_matches_single_process_evaluation(csv_dataset, tmp
     args = [TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "medconvnext", "train", "--data",
             str(csv_dataset), "--out", str(run), "--epochs", "2", "--batch-size", "2", "--device", "cpu", *TINY]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env)
+    proc = subprocess.run(args, capture_output=True, text=True, encoding="utf-8", timeout=120, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
     assert not list(run.glob("*.tmp"))
     single = evaluate_run(run, "last")
-    splits = json.loads((run / "splits.json").read_text())
+    splits = json.loads((run / "splits.json").read_text(encoding="utf-8"))
     assert sorted(single["case_ids"]) == sorted(splits["val"])
     assert abs(single["loss"] - records[-1]["val_loss"]) < 1e-5
     assert single["metrics"]["accuracy"] == records[-1]["val_accuracy"]
     assert single["metrics"]["auc"] == pytest.approx(records[-1]["val_auc"])
-    predictions = (run / "val_predictions.csv").read_text().splitlines()
+    predictions = (run / "val_predictions.csv").read_text(encoding="utf-8").splitlines()
     assert len(predictions) - 1 == len(splits["val"])

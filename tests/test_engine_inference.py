@@ -24,7 +24,7 @@ def test_sliding_validation_and_predict_window_map(csv_dataset, tmp_path):
     config.preprocessing.input_size = [12, 12, 12]  # smaller than the volumes, so they are tiled
     config.inference.mode = "sliding"
     train(config, run)
-    record = json.loads((run / "metrics.jsonl").read_text())
+    record = json.loads((run / "metrics.jsonl").read_text(encoding="utf-8"))
     assert record["val_loss"] > 0
 
     scan = str(csv_dataset / "img" / "c01.nii.gz")
@@ -36,10 +36,10 @@ def test_sliding_validation_and_predict_window_map(csv_dataset, tmp_path):
     assert grid.ndim == 4 and grid.shape[3] == 2 and min(grid.shape[:3]) >= 2
     probs = np.asarray(grid.dataobj)
     np.testing.assert_allclose(probs.sum(axis=3), 1.0, atol=1e-5)
-    with open(out) as f:
+    with open(out, encoding="utf-8") as f:
         row = next(csv.DictReader(f))
     # mean aggregation: the case probability is the mean of the window probabilities
-    lesion = json.loads((run / "dataset.json").read_text())["classes"].index("lesion")
+    lesion = json.loads((run / "dataset.json").read_text(encoding="utf-8"))["classes"].index("lesion")
     assert abs(float(row["prob_lesion"]) - probs[..., lesion].mean()) < 1e-4
 
     predictor = Predictor.load(run, device="cpu")

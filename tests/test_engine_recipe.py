@@ -53,7 +53,8 @@ def test_early_stopping_with_a_frozen_model(csv_dataset, tmp_path):
     # lr 0: the validation score never improves after epoch 1, so patience 1 stops after epoch 2
     result = train(tiny_config(csv_dataset, epochs=4, lr=0.0, early_stopping_patience=1, balance="sampler"),
                    tmp_path / "run")
-    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    epochs = [json.loads(line)["epoch"] for line in lines]
     assert epochs == [1, 2] and result.best_epoch == 1
 
 

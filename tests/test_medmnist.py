@@ -34,7 +34,7 @@ def test_round_trip(tmp_path):
     arrays = tiny_npz(tmp_path / "tiny.npz")
     result = import_medmnist(tmp_path / "tiny.npz", tmp_path / "out")
     assert result.counts == {"train": 6, "val": 2, "test": 3}
-    rows = list(csv.DictReader(open(tmp_path / "out" / "labels.csv")))
+    rows = list(csv.DictReader(open(tmp_path / "out" / "labels.csv", encoding="utf-8")))
     assert [r["split"] for r in rows].count("val") == 2 and rows[1]["label"] == "1"
     image = nib.load(tmp_path / "out" / rows[7]["image"])  # the second val volume
     assert image.shape == (28, 28, 28)

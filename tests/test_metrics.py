@@ -124,5 +124,5 @@ def test_bootstrap_ci_auc_undefined_and_bad_metric():
 
 def test_metrics_module_does_not_import_torch():
     code = "import sys, medconvnext.engine.metrics; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8", check=True)
     assert out.stdout.strip() == "False"

@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_every_library_package_is_listed_in_pyproject():
     tomllib = pytest.importorskip("tomllib")
-    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["packages"])
     found = {"medconvnext." + p.parent.relative_to(REPO / "medconvnext").as_posix().replace("/", ".")
              for p in (REPO / "medconvnext").rglob("__init__.py")}
     found = {name.rstrip(".") for name in found} | {"medconvnext", "medconvnext.cli"}

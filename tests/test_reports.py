@@ -40,7 +40,7 @@ def _rows(num_classes: int = 3, n: int = 60, folds: int = 3, test_rows: int = 0,
 
 def _write_csv(path, rows, fields=None):
     fields = fields or list(rows[0])
-    with open(path, "w", newline="") as fh:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
@@ -57,7 +57,8 @@ def _training_logs(tmp_path, folds: int = 3) -> dict:
                         "val_auc": 0.5 + 0.1 * e})  # no val_accuracy: keys may be missing
             for e in range(4)
         ]
-        path.write_text("\n".join(lines) + '\n{"epoch": 4, "train_lo')  # truncated last line (killed run)
+        path.write_text("\n".join(lines) + '\n{"epoch": 4, "train_lo',  # truncated last line (killed run)
+                        encoding="utf-8")
         logs[f"fold_{fold}"] = path
     return logs
 
@@ -121,7 +122,7 @@ def test_summary_pooled_equals_sklearn_from_csv(tmp_path):
     path = _write_csv(tmp_path / "p.csv", _rows(test_rows=15))
     summary = summarize(read_predictions(path), n_boot=200, seed=1)
     # independent reading of the CSV: out-of-fold rows are those with fold >= 0
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8") as fh:
         rows = [r for r in csv.DictReader(fh) if int(r["fold"]) >= 0]
     y = np.array([CLASSES.index(r["label"]) for r in rows])
     p = np.array([[float(r[f"prob_{c}"]) for c in CLASSES] for r in rows])
@@ -143,7 +144,7 @@ def test_summary_pooled_equals_sklearn_from_csv(tmp_path):
     assert summary["test"]["n"] == 15
     # strict JSON: no NaN anywhere
     json.dumps(summary, allow_nan=False)
-    assert json.loads(save_summary(tmp_path / "cv_summary.json", summary).read_text()) == summary
+    assert json.loads(save_summary(tmp_path / "cv_summary.json", summary).read_text(encoding="utf-8")) == summary
 
 
 def test_summary_single_class_fold_is_json_safe():
@@ -162,7 +163,7 @@ def test_read_training_log(tmp_path):
     records = read_training_log(logs["fold_0"])
     assert [r["epoch"] for r in records] == [0, 1, 2, 3]
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"epoch": 0}\nnot json\n{"epoch": 2}\n')
+    bad.write_text('{"epoch": 0}\nnot json\n{"epoch": 2}\n', encoding="utf-8")
     with pytest.raises(UserError, match=r"bad\.jsonl: line 2"):
         read_training_log(bad)
 
@@ -177,13 +178,13 @@ def test_write_report(tmp_path, cv_csv):
     for path in written.values():
         assert path.exists() and path.stat().st_size > 0 and path.parent == out_dir
     assert written["roc"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    md = written["markdown"].read_text()
+    md = written["markdown"].read_text(encoding="utf-8")
     assert "# CV report" in md and "How to read this report" in md
     assert "Per-fold metrics" in md and "Per-class metrics" in md and "True \\ Predicted" in md
     assert "(roc.png)" in md and "(curves.png)" in md
     auc_low, auc_high = summary["pooled"]["ci"]["auc"]
     assert f"| AUC (ROC) | {summary['pooled']['auc']:.3f} | {auc_low:.3f} – {auc_high:.3f} |" in md
-    page = written["html"].read_text()
+    page = written["html"].read_text(encoding="utf-8")
     assert page.count("data:image/png;base64,") == 5
     assert 'src="http' not in page and "<link" not in page and "<script" not in page
     assert "How to read this report" in page
@@ -194,7 +195,7 @@ def test_write_report_binary_with_test_rows(tmp_path):
     preds = predictions_from_rows(_rows(num_classes=2, n=40, folds=2, test_rows=10))
     written = write_report(tmp_path, preds, summarize(preds, n_boot=50))
     assert "curves" not in written  # no training logs given
-    md = written["markdown"].read_text()
+    md = written["markdown"].read_text(encoding="utf-8")
     assert "Sensitivity (benign)" in md and "Test set (fold -1, 10 cases)" in md
 
 
@@ -205,6 +206,6 @@ def test_text_only_fallback_without_matplotlib(tmp_path, cv_csv, monkeypatch):
     written = write_report(tmp_path, preds, summarize(preds, n_boot=0), training_logs=_training_logs(tmp_path))
     assert set(written) == {"markdown", "html"}
     assert not list(tmp_path.glob("*.png"))
-    md = written["markdown"].read_text()
+    md = written["markdown"].read_text(encoding="utf-8")
     assert "matplotlib is not installed" in md and "Training" in md and "AUC (ROC)" in md
-    assert "data:image/png" not in written["html"].read_text()
+    assert "data:image/png" not in written["html"].read_text(encoding="utf-8")

@@ -36,7 +36,7 @@ def tiny_config(data: Path, epochs: int = 3, **train: object) -> Config:
 
 
 def metrics(run: Path) -> list[dict]:
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
 
 
@@ -86,7 +86,7 @@ def test_resume_after_kill_9(csv_dataset, tmp_path):
             "--epochs", "3", "--batch-size", "4", "--device", "cpu", *TINY]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
-    while not (run / "metrics.jsonl").is_file() or not (run / "metrics.jsonl").read_text().strip():
+    while not (run / "metrics.jsonl").is_file() or not (run / "metrics.jsonl").read_text(encoding="utf-8").strip():
         assert proc.poll() is None and time.monotonic() < deadline, "training ended before epoch 1 was logged"
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)

@@ -88,7 +88,7 @@ def _write(arrays: dict[str, tuple[np.ndarray, np.ndarray]], root: Path, limit: 
             name = f"images/{split}_{i:04d}.nii.gz"
             nib.save(nib.Nifti1Image(np.ascontiguousarray(images[i]), affine), root / name)
             rows.append((name, int(np.asarray(labels[i]).reshape(-1)[0]), split))
-    with open(root / "labels.csv", "w", newline="") as f:
+    with open(root / "labels.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["image", "label", "split"])
         writer.writerows(rows)

@@ -71,7 +71,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) ->
     state = {k: v.detach().cpu().contiguous() for k, v in plain.state_dict().items()}
     header = {META_KEY: json.dumps(meta)}
     atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=header))
-    atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
+    atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8"))
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:

@@ -39,14 +39,14 @@ def write_prediction_table(
     path = Path(path)
     rows = prediction_rows(images, probs, class_names, labels)
     if path.suffix.lower() == ".json":
-        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(rows, indent=2)))
+        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(rows, indent=2), encoding="utf-8"))
     else:
         atomic_write(path, lambda tmp: _write_csv(tmp, rows))
     return rows
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)

@@ -137,8 +137,8 @@ def resume(
     torch_device = _setup_device(config.train.device)
     if dist.is_main() and (epochs is not None or device is not None):
         save_config(config, run.config)
-    dataset = json.loads(run.dataset.read_text())
-    splits = json.loads(run.splits.read_text())
+    dataset = json.loads(run.dataset.read_text(encoding="utf-8"))
+    splits = json.loads(run.splits.read_text(encoding="utf-8"))
     datalist = load_datalist(config.data.path)
     split = Split(splits["train"], splits["val"], splits.get("test", []))
     plan = Preprocessing.from_dict(dataset["preprocessing"])
@@ -156,8 +156,8 @@ def evaluate_run(run_dir: str | Path, which: str = "last", device: str = "cpu") 
 
     run = RunDir(Path(run_dir))
     config = load_config(run.config)
-    plan = Preprocessing.from_dict(json.loads(run.dataset.read_text())["preprocessing"])
-    splits = json.loads(run.splits.read_text())
+    plan = Preprocessing.from_dict(json.loads(run.dataset.read_text(encoding="utf-8"))["preprocessing"])
+    splits = json.loads(run.splits.read_text(encoding="utf-8"))
     datalist = load_datalist(config.data.path)
     by_id = {c.case_id: c for c in datalist.cases}
     records = case_records(datalist, [by_id[i] for i in splits["val"]])
@@ -226,8 +226,8 @@ def _write_run_files(
         "skipped_bad_cases": skipped,
         "environment": environment_info(),
     }
-    run.dataset.write_text(json.dumps(dataset, indent=2))
-    run.splits.write_text(json.dumps(split.to_dict(), indent=2))
+    run.dataset.write_text(json.dumps(dataset, indent=2), encoding="utf-8")
+    run.splits.write_text(json.dumps(split.to_dict(), indent=2), encoding="utf-8")
 
 
 @dataclass
@@ -295,7 +295,8 @@ def _fit(
         start_epoch = _restore(loop, state) + 1
     if dist.is_main():
         # the state is the commit point of an epoch: drop any epoch logged after it (killed mid-write)
-        atomic_write(run.metrics, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in loop.history)))
+        lines = "".join(json.dumps(r) + "\n" for r in loop.history)
+        atomic_write(run.metrics, lambda tmp: tmp.write_text(lines, encoding="utf-8"))
 
     meta_base = {
         "model": unwrap_model(loop.model).model_args,
@@ -487,7 +488,7 @@ def _save_epoch(
         save_checkpoint(run.checkpoint("best"), loop.eval_model, meta)
         _write_val_predictions(run.val_predictions, val, class_names)
     save_training_state(run.training_state(), _training_state(loop, epoch))
-    with open(run.metrics, "a") as f:
+    with open(run.metrics, "a", encoding="utf-8") as f:
         f.write(json.dumps(loop.history[-1]) + "\n")
 
 

@@ -157,48 +157,48 @@ def _prod(values) -> int:
     return out
 
 
-def _convnext(depths: tuple[int, ...], dims: tuple[int, ...], **kwargs) -> ConvNeXt3d:
+def _convnext(depths: tuple[int, ...], dims: tuple[int, ...], overrides: dict) -> ConvNeXt3d:
     """A variant's depths and dims, unless the caller overrides them."""
-    return ConvNeXt3d(**{"depths": depths, "dims": dims, **kwargs})
+    return ConvNeXt3d(**{"depths": depths, "dims": dims, **overrides})
 
 
 @register_model("convnext")
 def convnext_atto(**kwargs) -> ConvNeXt3d:
     """ConvNeXt-Atto: depths (2, 2, 6, 2), dims (40, 80, 160, 320)."""
-    return _convnext((2, 2, 6, 2), (40, 80, 160, 320), **kwargs)
+    return _convnext((2, 2, 6, 2), (40, 80, 160, 320), kwargs)
 
 
 @register_model("convnext")
 def convnext_femto(**kwargs) -> ConvNeXt3d:
     """ConvNeXt-Femto: depths (2, 2, 6, 2), dims (48, 96, 192, 384)."""
-    return _convnext((2, 2, 6, 2), (48, 96, 192, 384), **kwargs)
+    return _convnext((2, 2, 6, 2), (48, 96, 192, 384), kwargs)
 
 
 @register_model("convnext")
 def convnext_pico(**kwargs) -> ConvNeXt3d:
     """ConvNeXt-Pico: depths (2, 2, 6, 2), dims (64, 128, 256, 512)."""
-    return _convnext((2, 2, 6, 2), (64, 128, 256, 512), **kwargs)
+    return _convnext((2, 2, 6, 2), (64, 128, 256, 512), kwargs)
 
 
 @register_model("convnext")
 def convnext_nano(**kwargs) -> ConvNeXt3d:
     """ConvNeXt-Nano: depths (2, 2, 8, 2), dims (80, 160, 320, 640)."""
-    return _convnext((2, 2, 8, 2), (80, 160, 320, 640), **kwargs)
+    return _convnext((2, 2, 8, 2), (80, 160, 320, 640), kwargs)
 
 
 @register_model("convnext")
 def convnext_tiny(**kwargs) -> ConvNeXt3d:
     """ConvNeXt-Tiny: depths (3, 3, 9, 3), dims (96, 192, 384, 768)."""
-    return _convnext((3, 3, 9, 3), (96, 192, 384, 768), **kwargs)
+    return _convnext((3, 3, 9, 3), (96, 192, 384, 768), kwargs)
 
 
 @register_model("convnext")
 def convnext_small(**kwargs) -> ConvNeXt3d:
     """ConvNeXt-Small: depths (3, 3, 27, 3), dims (96, 192, 384, 768)."""
-    return _convnext((3, 3, 27, 3), (96, 192, 384, 768), **kwargs)
+    return _convnext((3, 3, 27, 3), (96, 192, 384, 768), kwargs)
 
 
 @register_model("convnext")
 def convnext_base(**kwargs) -> ConvNeXt3d:
     """ConvNeXt-Base: depths (3, 3, 27, 3), dims (128, 256, 512, 1024)."""
-    return _convnext((3, 3, 27, 3), (128, 256, 512, 1024), **kwargs)
+    return _convnext((3, 3, 27, 3), (128, 256, 512, 1024), kwargs)
