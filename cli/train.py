@@ -26,6 +26,9 @@ def train(
         None, "--resume", help="Continue this run from its last epoch (uses its config.yaml; only --epochs/--device)."
     ),
     tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log to <out>/tensorboard (needs tensorboard)."),
+    init_2d: Path = typer.Option(
+        None, "--init-2d", help="Start a ConvNeXt from 2D ImageNet ConvNeXt weights (.pth/.safetensors, timm or FB)."
+    ),
 ) -> None:
     """Train a 3D classifier and save the best checkpoint (by validation AUC) in --out."""
 
@@ -39,7 +42,7 @@ def train(
             # the run's own config.yaml decides everything else, so a resumed run is the run that was started
             rejected = {"--data": data, "--out": out, "--model": model, "--batch-size": batch_size, "--lr": lr,
                         "--seed": seed, "--config": config, "--set": set_ or None, "--tensorboard": tensorboard or None,
-                        "--overwrite": overwrite or None}
+                        "--overwrite": overwrite or None, "--init-2d": init_2d}
             given = [name for name, value in rejected.items() if value is not None]
             if given:
                 raise UserError(f"--resume uses the run's config.yaml; drop {', '.join(given)} (only --epochs and "
@@ -59,6 +62,7 @@ def train(
                 "train.seed": seed,
                 "train.device": device,
                 "train.tensorboard": True if tensorboard else None,
+                "model.init_2d": str(init_2d) if init_2d is not None else None,
             }
             apply_overrides(cfg, {k: v for k, v in flags.items() if v is not None}, "command line")
             apply_overrides(cfg, dict(parse_set_option(item) for item in set_), "--set")

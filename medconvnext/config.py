@@ -24,6 +24,8 @@ class ModelConfig:
 
     name: str = "convnext_atto"
     args: dict[str, Any] = field(default_factory=dict)
+    init_2d: str | None = None  # a 2D ConvNeXt state dict (.pth/.safetensors) inflated into the 3D model
+    init_2d_mode: str = "center"  # center | mean (see medconvnext.models.inflate)
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 
 import pytest
@@ -176,3 +177,39 @@ def test_load_from_file(tmp_path, suffix: str) -> None:
     assert report.missing == [] and report.mode == "mean"
     with pytest.raises(UserError, match="not found"):
         load_2d_weights_file(_model_3d(), tmp_path / "missing.pth")
+
+
+def test_train_cli_init_2d_starts_from_the_inflated_weights(csv_dataset, tmp_path) -> None:
+    """`train --init-2d` with lr 0: the saved 3D weights are exactly the inflated 2D ones."""
+    from typer.testing import CliRunner
+
+    from medconvnext.cli.main import app
+    from medconvnext.engine.checkpoint import load_checkpoint
+
+    state = _random_2d(num_classes=7).state_dict()
+    weights = tmp_path / "convnext2d.pth"
+    torch.save(state, weights)
+    run = tmp_path / "run"
+    args = ["train", "--data", str(csv_dataset), "--out", str(run), "--epochs", "1", "--lr", "0", "--init-2d",
+            str(weights), "--set", f"model.args.depths={list(DEPTHS)}", "--set", f"model.args.dims={list(DIMS)}",
+            "--set", "model.args.norm=layernorm", "--set", "train.weight_decay=0"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    model = load_checkpoint(run / "checkpoint_best.safetensors").build_model()
+    expected = copy.deepcopy(model)
+    report = load_2d_weights(expected, state)
+    assert "stages.0.0.dwconv.weight" in report.loaded and model.state_dict()["stages.0.0.dwconv.weight"].shape[2] == 7
+    for key in report.loaded:
+        torch.testing.assert_close(model.state_dict()[key], expected.state_dict()[key], rtol=0, atol=0)
+    assert '"head_loaded": false' in (run / "init_2d.json").read_text(encoding="utf-8")
+
+
+def test_train_cli_init_2d_missing_file_is_a_user_error(csv_dataset, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from medconvnext.cli.main import app
+
+    result = CliRunner().invoke(app, ["train", "--data", str(csv_dataset), "--out", str(tmp_path / "run"),
+                                      "--init-2d", str(tmp_path / "nope.pth")])
+    assert result.exit_code == 2 and "nope.pth" in result.output and "not found" in result.output
+    assert not (tmp_path / "run").exists()

@@ -88,6 +88,7 @@ def train(
     if not config.data.path:
         raise UserError("data.path is not set: pass --data DIR")
     _check_recipe(config.train)
+    _check_init_2d(config)
     datalist = load_datalist(config.data.path)
     skipped: list[str] = []
     if config.data.skip_bad:
@@ -188,6 +189,16 @@ def _check_recipe(cfg: TrainConfig) -> None:
         raise UserError("train.balance=sampler is not supported with torchrun; use train.balance=weights")
 
 
+def _check_init_2d(config: Config) -> None:
+    """Fail on a bad ``model.init_2d`` before a run directory is created."""
+    from medconvnext.models.inflate import MODES
+
+    if config.model.init_2d_mode not in MODES:
+        raise UserError(f"model.init_2d_mode must be one of {', '.join(MODES)}, got {config.model.init_2d_mode!r}")
+    if config.model.init_2d and not Path(config.model.init_2d).is_file():
+        raise UserError(f"model.init_2d: 2D weights file not found: {config.model.init_2d}")
+
+
 def _setup_device(name: str) -> torch.device:
     """Resolve the device; under torchrun join the process group and use this rank's GPU."""
     device = resolve_device(name)
@@ -212,6 +223,22 @@ def _build_model(config: Config, datalist: Datalist) -> nn.Module:
         warnings.warn(f"model {config.model.name} has no drop_path_rate; train.drop_path_rate ignored", stacklevel=2)
         args.pop("drop_path_rate")
         return create_model(config.model.name, num_classes=num_classes, **args)
+
+
+def _init_from_2d(model: nn.Module, config: Config, run: RunDir) -> None:
+    """Start from inflated 2D ConvNeXt weights; what was loaded is written to ``init_2d.json`` in the run."""
+    from medconvnext.models.inflate import load_2d_weights_file
+
+    try:
+        report = load_2d_weights_file(model, config.model.init_2d, mode=config.model.init_2d_mode)
+    except ValueError as exc:
+        raise UserError(f"model.init_2d {config.model.init_2d}: {exc}") from None
+    if dist.is_main():
+        record = {"path": str(config.model.init_2d), **dataclasses.asdict(report)}
+        atomic_write(run.root / "init_2d.json",
+                     lambda tmp: tmp.write_text(json.dumps(record, indent=2), encoding="utf-8"))
+        for note in report.notes:
+            warnings.warn(f"model.init_2d: {note}", stacklevel=2)
 
 
 def _write_run_files(
@@ -266,6 +293,8 @@ def _fit(
     callbacks = callbacks if callbacks is not None and dist.is_main() else SilentCallbacks()
     seed_everything(cfg.seed)  # model init depends only on the seed, on every rank and on resume
     model = _build_model(config, datalist)
+    if config.model.init_2d and state is None:
+        _init_from_2d(model, config, run)
     by_id = {c.case_id: c for c in datalist.cases}
     train_records = case_records(datalist, [by_id[i] for i in split.train])
     val_records = case_records(datalist, [by_id[i] for i in split.val])
