@@ -21,12 +21,30 @@ def test_ema_is_the_decayed_average_of_the_weights():
     model = nn.Linear(2, 1)
     with torch.no_grad():
         model.weight.fill_(1.0)
-    ema = ModelEma(model, decay=0.75)
+    ema = ModelEma(model, decay=0.75, warmup=False)
     with torch.no_grad():
         model.weight.fill_(3.0)
     ema.update(model)
     assert torch.allclose(ema.module.weight, torch.full((1, 2), 0.75 * 1.0 + 0.25 * 3.0))
     assert not ema.module.weight.requires_grad
+
+
+def test_ema_warmup_ramps_the_decay_up_to_its_value():
+    model = nn.Linear(2, 1)
+    ema = ModelEma(model, decay=0.999)
+    decays = []
+    for _ in range(10000):
+        decays.append(ema.current_decay())
+        ema.update(model)
+    assert decays[0] == 0.1 and decays[10] == 11 / 20 and decays[-1] == 0.999
+    assert all(a <= b for a, b in zip(decays, decays[1:], strict=False)) and ema.updates == 10000
+    fresh = nn.Linear(2, 1)
+    init = fresh.weight.detach().clone()
+    ema = ModelEma(fresh, decay=0.999)
+    with torch.no_grad():
+        model.weight.fill_(5.0)
+    ema.update(model)  # the first update takes 90 % of the new weights instead of keeping the initialisation
+    assert torch.allclose(ema.module.weight, 0.1 * init + 0.9 * 5.0)
 
 
 def test_drop_path_rate_goes_to_models_that_take_it():

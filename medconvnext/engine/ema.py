@@ -9,27 +9,40 @@ from torch import nn
 
 
 class ModelEma:
-    """A frozen copy of the model whose floating-point weights and buffers track ``decay * ema + (1 - decay) * w``.
+    """A frozen copy of the model whose floating-point weights and buffers track ``d * ema + (1 - d) * w``.
 
-    Integer buffers (e.g. BatchNorm's ``num_batches_tracked``) are copied as they are.
+    With ``warmup`` the decay ramps up as ``d = min(decay, (1 + n) / (10 + n))`` after ``n`` updates (as
+    TensorFlow's and timm's EMA do): without it a short run's average (0.999 = ~1000 steps) would still be
+    dominated by the random initialisation. Integer buffers (e.g. BatchNorm's ``num_batches_tracked``) are
+    copied as they are.
     """
 
-    def __init__(self, model: nn.Module, decay: float) -> None:
+    def __init__(self, model: nn.Module, decay: float, warmup: bool = True) -> None:
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {decay}")
         self.decay = decay
+        self.warmup = warmup
+        self.updates = 0
         self.module = copy.deepcopy(model).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
 
+    def current_decay(self) -> float:
+        """The decay the next update uses."""
+        if not self.warmup:
+            return self.decay
+        return min(self.decay, (1 + self.updates) / (10 + self.updates))
+
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         """Move the average one step toward ``model``'s current weights."""
+        decay = self.current_decay()
+        self.updates += 1
         current = model.state_dict()
         for name, value in self.module.state_dict().items():
             source = current[name].detach()
             if value.dtype.is_floating_point:
-                value.mul_(self.decay).add_(source.to(value.dtype), alpha=1.0 - self.decay)
+                value.mul_(decay).add_(source.to(value.dtype), alpha=1.0 - decay)
             else:
                 value.copy_(source)
 

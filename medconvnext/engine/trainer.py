@@ -443,6 +443,7 @@ def _training_state(loop: _Loop, epoch: int) -> dict[str, Any]:
         "scheduler": loop.scheduler.state_dict(),
         "scaler": loop.scaler.state_dict(),
         "ema": loop.ema.state_dict() if loop.ema is not None else None,
+        "ema_updates": loop.ema.updates if loop.ema is not None else 0,
         "best": loop.best,
         "history": loop.history,
         "stopped": loop.stopped,
@@ -458,6 +459,7 @@ def _restore(loop: _Loop, state: dict[str, Any]) -> int:
     loop.scaler.load_state_dict(state["scaler"])
     if loop.ema is not None and state["ema"] is not None:
         loop.ema.load_state_dict(state["ema"])
+        loop.ema.updates = int(state.get("ema_updates", 0))
     loop.best, loop.history, loop.stopped = state["best"], list(state["history"]), bool(state["stopped"])
     set_rng_states(state["rng"], loop.generator)
     return int(state["epoch"])
