@@ -79,7 +79,7 @@ class TrainConfig:
     early_stopping_patience: int | None = None  # stop after N epochs without a better validation score
     compile: bool = False  # torch.compile the model
     tensorboard: bool = False  # also log to <run>/tensorboard when tensorboard is installed
-    patches: str = "none"  # none | random: train on random input-size crops of the full volumes
+    patches: str = "none"  # none | random | foreground: train on input-size crops of the full volumes
 
 
 @dataclass

@@ -20,7 +20,7 @@ runner = CliRunner()
 
 def test_sliding_validation_and_predict_window_map(csv_dataset, tmp_path):
     run = tmp_path / "run"
-    config = tiny_config(csv_dataset, epochs=1, patches="random")  # train on random 12^3 patches
+    config = tiny_config(csv_dataset, epochs=1, patches="foreground")  # foreground-weighted 12^3 patches
     config.preprocessing.input_size = [12, 12, 12]  # smaller than the volumes, so they are tiled
     config.inference.mode = "sliding"
     train(config, run)

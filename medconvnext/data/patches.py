@@ -1,12 +1,22 @@
 """Patch training: train on random crops of the input size from full (uncropped) volumes.
 
 The deterministic part (load, orient, resample, normalise, pad up to at least one patch) is cached;
-each epoch then draws a new uniformly random patch per volume, followed by the usual augmentation.
+each epoch then draws a new random patch per volume, followed by the usual augmentation:
+
+- ``random``: the patch position is uniform;
+- ``foreground``: half of the patches (``FOREGROUND_PROB``) are centred on a random foreground voxel, the rest
+  are uniform (nnU-Net oversamples foreground the same way, with a third). Without a segmentation, foreground
+  means "differs from the background value", the background being the median of the volume's 8 corners (air
+  in CT, zero outside the head in MRI, padding): so patches land on the body, not on empty space.
+
 Validation and predict of such a run should tile the full volume (``inference.mode: sliding | auto``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Mapping, Sequence
+
+import torch
 from monai import transforms as mt
 
 from medconvnext.data.preprocessing import Preprocessing
@@ -18,17 +28,68 @@ from medconvnext.data.transforms import (
     load_transforms,
 )
 
-PATCH_MODES = ("none", "random")
+PATCH_MODES = ("none", "random", "foreground")
+FOREGROUND_PROB = 0.5
 
 
-def patch_training_transforms(pre: Preprocessing, augment: str) -> mt.Compose:
-    """Full-volume preprocessing, then a random ``pre.input_size`` crop, then the augmentation."""
+class RandForegroundCropd(mt.Randomizable, mt.MapTransform):
+    """Crop ``roi_size`` around a random foreground voxel with probability ``prob``, else at a uniform position.
+
+    Expects a (C, D, H, W) tensor at least ``roi_size`` large (pad first); the crop is clamped inside the volume.
+    """
+
+    def __init__(self, keys: Sequence[Hashable], roi_size: Sequence[int], prob: float = FOREGROUND_PROB,
+                 tolerance: float = 1e-3) -> None:
+        mt.MapTransform.__init__(self, keys)
+        self.roi_size = tuple(int(s) for s in roi_size)
+        self.prob = prob
+        self.tolerance = tolerance
+
+    def __call__(self, data: Mapping) -> dict:
+        out = dict(data)
+        first = out[self.keys[0]]
+        start = self.crop_start(first)
+        for key in self.key_iterator(out):
+            out[key] = out[key][(slice(None),) + tuple(slice(s, s + r) for s, r in zip(start, self.roi_size,
+                                                                                         strict=True))]
+        return out
+
+    def crop_start(self, image: torch.Tensor) -> tuple[int, ...]:
+        """The corner of the next crop (draws from this transform's random state)."""
+        shape = image.shape[1:]
+        room = [s - r for s, r in zip(shape, self.roi_size, strict=True)]
+        if min(room) < 0:
+            raise ValueError(f"volume {tuple(shape)} is smaller than the patch {self.roi_size}; pad it first")
+        centre = None
+        if self.R.rand() < self.prob:
+            foreground = foreground_mask(image, self.tolerance).nonzero()
+            if len(foreground):
+                centre = foreground[self.R.randint(len(foreground))].tolist()
+        if centre is None:
+            return tuple(int(self.R.randint(r + 1)) for r in room)
+        return tuple(min(max(c - r // 2, 0), m) for c, r, m in zip(centre, self.roi_size, room, strict=True))
+
+
+def foreground_mask(image: torch.Tensor, tolerance: float = 1e-3) -> torch.Tensor:
+    """(D, H, W) mask of voxels whose first channel differs from the background (median of the 8 corners)."""
+    volume = torch.as_tensor(image)[0]
+    corners = volume[[0, -1]][:, [0, -1]][:, :, [0, -1]].flatten()
+    background = corners.median()
+    return (volume - background).abs() > tolerance
+
+
+def patch_training_transforms(pre: Preprocessing, augment: str, mode: str = "random") -> mt.Compose:
+    """Full-volume preprocessing, then a ``pre.input_size`` crop (``mode``: random | foreground), then augmentation."""
+    if mode == "foreground":
+        crop: mt.Transform = RandForegroundCropd(IMAGE, roi_size=pre.input_size)
+    else:
+        crop = mt.RandSpatialCropd(IMAGE, roi_size=pre.input_size, random_size=False)
     return mt.Compose([
         *load_transforms(),
         *geometry_transforms(pre),
         *intensity_transforms(pre),
         mt.SpatialPadd(IMAGE, spatial_size=pre.input_size),  # a volume smaller than a patch on some axis
         mt.EnsureTyped(IMAGE, dtype="float32", track_meta=False),
-        mt.RandSpatialCropd(IMAGE, roi_size=pre.input_size, random_size=False),
+        crop,
         *augmentation_transforms(augment, pre.input_size),
     ])

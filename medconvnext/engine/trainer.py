@@ -298,8 +298,8 @@ def _fit(
     by_id = {c.case_id: c for c in datalist.cases}
     train_records = case_records(datalist, [by_id[i] for i in split.train])
     val_records = case_records(datalist, [by_id[i] for i in split.val])
-    if cfg.patches == "random":
-        train_transform = patch_training_transforms(plan, config.data.augment)
+    if cfg.patches != "none":
+        train_transform = patch_training_transforms(plan, config.data.augment, cfg.patches)
     else:
         train_transform = training_transforms(plan, config.data.augment)
     train_ds = make_dataset(train_records, train_transform, config.data.cache, cache_dir=config.data.cache_dir)
