@@ -142,7 +142,9 @@ def main() -> None:
         for name in args.models:
             result = run_child(args, name)
             old = best.get(name)
-            if old is None or "error" in old or ("error" not in result and result["train_step_s"] < old["train_step_s"]):
+            faster = "error" not in result and (old is None or "error" in old
+                                                or result["train_step_s"] < old["train_step_s"])
+            if old is None or faster:
                 best[name] = result
     rows = summarise(best, args)
     report = {"size": args.size, "batch": args.batch, "device": args.device, "amp": args.amp,
