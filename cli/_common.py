@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 console = Console()
 err_console = Console(stderr=True)
@@ -33,7 +36,9 @@ def run_guarded(fn: Callable[[], T]) -> T:
     from medconvnext.errors import UserError
 
     try:
-        return fn()
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return fn()
     except typer.Exit:
         raise
     except KeyboardInterrupt:
@@ -50,4 +55,19 @@ def run_guarded(fn: Callable[[], T]) -> T:
 def _print_error(message: str) -> None:
     if State.debug:
         traceback.print_exc(file=sys.stderr)
-    err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    # escaped: a message may hold brackets (``pip install medconvnext[onnx]``, a path) that rich reads as markup
+    err_console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+# the library's and the CLI's folders (the same folder once installed; two in an editable install)
+_PACKAGE_DIRS = tuple({str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "medconvnext"),
+                       str(Path(sys.modules["medconvnext"].__file__).resolve().parent)})
+_default_showwarning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """The library's own warnings (e.g. the leakage audit) as one line ``warning: ...``; others as usual."""
+    if str(Path(filename).resolve()).startswith(_PACKAGE_DIRS):
+        err_console.print(f"[bold yellow]warning:[/bold yellow] {message}", highlight=False, soft_wrap=True)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from medconvnext.cli import cache, data, models, predict, train
+from medconvnext.cli import cache, cv, data, evaluate, export, models, predict, report, train
 from medconvnext.cli._common import State
 
 app = typer.Typer(
@@ -31,6 +31,10 @@ app.command("predict")(predict.predict)
 app.add_typer(data.data_app, name="data")
 app.add_typer(cache.cache_app, name="cache")
 app.command("models")(models.models)
+app.command("cv")(cv.cv)
+app.command("evaluate")(evaluate.evaluate)
+app.command("report")(report.report)
+app.command("export")(export.export)
 
 
 def main() -> None:

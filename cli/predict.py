@@ -1,4 +1,4 @@
-"""``medconvnext predict``: class probabilities for scans, from a trained run."""
+"""``medconvnext predict``: class probabilities for scans, from a trained run or a cross-validation's folds."""
 
 from __future__ import annotations
 
@@ -10,8 +10,14 @@ from medconvnext.cli._common import console, run_guarded
 
 
 def predict(
-    scans: list[Path] = typer.Argument(..., help="Scan files (.nii, .nii.gz, .nrrd, .mha, ...)."),
-    model: Path = typer.Option(..., "--model", help="Run directory (uses its best checkpoint) or a checkpoint file."),
+    inputs: list[Path] = typer.Argument(
+        ..., help="Scan files (.nii, .nii.gz, .nrrd, .mha, .mhd), DICOM series folders, folders of scans "
+                  "(searched recursively), or a .csv/.tsv with an 'image' column (and optionally 'label')."
+    ),
+    model: Path = typer.Option(
+        ..., "--model", help="Run directory (its best checkpoint), checkpoint file, or cross-validation run "
+                             "directory (its folds are ensembled: mean probability)."
+    ),
     output: Path = typer.Option(None, "--output", "-o", help="Write predictions to a .csv or .json file."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
     inference: str = typer.Option(
@@ -24,38 +30,65 @@ def predict(
     window_map: Path = typer.Option(
         None, "--window-map", help="Write each scan's per-window probability grid (NIfTI, grid x K) to this folder."
     ),
+    tta: bool = typer.Option(False, "--tta", help="Average the probabilities over the 8 flips of each volume."),
+    cam: Path = typer.Option(
+        None, "--cam", help="Write a saliency map per scan (NIfTI on the scan's own grid, values in [0, 1]) here."
+    ),
+    cam_class: str = typer.Option(None, "--cam-class", help="Class the maps explain (default: the predicted one)."),
+    cam_method: str = typer.Option("gradcam", "--cam-method", help="gradcam (last feature stage) | occlusion."),
+    strict: bool = typer.Option(
+        False, "--strict", help="Refuse scans whose voxel data equals a case the model trained or selected on."
+    ),
 ) -> None:
-    """Predict the class of each scan and print a table (optionally write CSV/JSON)."""
+    """Predict the class of each scan and print a table (optionally write CSV/JSON and saliency maps)."""
 
     def work() -> None:
         import numpy as np
         from rich.table import Table
 
-        from medconvnext.engine.inference import Predictor, check_inference, inference_from_options
+        from medconvnext.data.inputs import resolve_prediction_inputs
+        from medconvnext.data.leakage import audit_run, enforce
+        from medconvnext.engine.inference import FoldEnsemble
         from medconvnext.engine.predictions import prediction_rows, write_prediction_table
+        from medconvnext.engine.saliency import CAM_METHODS
         from medconvnext.errors import UserError
 
         if output is not None and output.suffix.lower() not in (".csv", ".json"):
             raise UserError(f"--output {output}: use a .csv or .json file name")
-        predictor = Predictor.load(model, device=device)
-        predictor.inference = inference_from_options(
-            predictor.inference, mode=inference, roi_size=_parse_size(roi_size), overlap=overlap,
-            sw_batch_size=sw_batch_size, aggregation=aggregation,
-        )
-        check_inference(predictor.inference)
-        results = [predictor.predict_file(scan) for scan in scans]
+        if cam_method not in CAM_METHODS:
+            raise UserError(f"--cam-method {cam_method!r}: choose one of {', '.join(CAM_METHODS)}")
+        cases = resolve_prediction_inputs(inputs)
+        if (model / "splits.json").is_file():  # a checkpoint alone does not say what it was trained on
+            report = audit_run(model, [case.images[0] for case in cases], eval_side="predicted")
+            enforce(report, "error" if strict else "warn")
+        ensemble = FoldEnsemble.load(model, device=device, tta=tta)
+        ensemble.set_inference(mode=inference, roi_size=_parse_size(roi_size), overlap=overlap,
+                               sw_batch_size=sw_batch_size, aggregation=aggregation)
+        names = ensemble.class_names
+        if cam_class is not None and cam_class not in names:
+            raise UserError(f"--cam-class {cam_class!r}: unknown class (classes: {', '.join(names)})")
+        if window_map is not None and ensemble.is_ensemble:
+            raise UserError(f"--window-map: {model} is an ensemble of {len(ensemble.members)} folds whose grids "
+                            "differ; pass one fold's directory (e.g. RUN/fold_0) to --model")
+        console.print(f"{model}: {ensemble.describe()}, {len(cases)} scan(s)")
+        results = [ensemble.predict_case(case.images) for case in cases]
         probs = np.stack([r.probabilities for r in results])
         if window_map is not None:
-            _write_window_maps(window_map, scans, results, predictor.class_names)
-        images = [str(s) for s in scans]
-        rows = prediction_rows(images, probs, predictor.class_names)
-        table = Table("image", "prediction", "probability", title=f"predictions ({model})")
+            _write_window_maps(window_map, cases, [r.members[0] for r in results], names)
+        if cam is not None:
+            _write_cams(cam, cases, ensemble, probs, cam_class, cam_method)
+        images = [case.image for case in cases]
+        labels = [case.label or "" for case in cases] if any(case.label for case in cases) else None
+        rows = prediction_rows(images, probs, names, labels)
+        table = Table("image", *(["label"] if labels else []), "prediction", "probability",
+                      title=f"predictions ({model}: {ensemble.describe()})")
         for row in rows:
             # the file name keeps the table readable in a narrow terminal; the CSV/JSON has the full path
-            table.add_row(Path(row["image"]).name, row["prediction"], f"{row['prob_' + row['prediction']]:.3f}")
+            table.add_row(Path(row["image"]).name, *([row["label"]] if labels else []), row["prediction"],
+                          f"{row['prob_' + row['prediction']]:.3f}")
         console.print(table)
         if output is not None:
-            write_prediction_table(output, images, probs, predictor.class_names)
+            write_prediction_table(output, images, probs, names, labels)
             console.print(f"wrote {output}")
 
     run_guarded(work)
@@ -78,14 +111,40 @@ def _parse_size(text: str | None) -> list[int] | None:
     return values
 
 
-def _write_window_maps(folder: Path, scans: list[Path], results: list, class_names: list[str]) -> None:
-    from medconvnext.data.datalist import case_id_from_path
+def _unique_names(cases: list, suffix: str) -> list[str]:
+    """``<case id><suffix>`` per case; a repeated case id (same file name in two folders) gets ``_2``, ``_3``..."""
+    seen: dict[str, int] = {}
+    names = []
+    for case in cases:
+        seen[case.case_id] = seen.get(case.case_id, 0) + 1
+        count = seen[case.case_id]
+        names.append(f"{case.case_id}{'' if count == 1 else f'_{count}'}{suffix}")
+    return names
+
+
+def _write_window_maps(folder: Path, cases: list, results: list, class_names: list[str]) -> None:
     from medconvnext.engine.inference import save_window_map
 
     written = 0
-    for scan, result in zip(scans, results, strict=True):
-        if save_window_map(result, class_names, folder / f"{case_id_from_path(scan)}_windows.nii.gz") is not None:
+    for name, result in zip(_unique_names(cases, "_windows.nii.gz"), results, strict=True):
+        if save_window_map(result, class_names, folder / name) is not None:
             written += 1
-    skipped = len(scans) - written
+    skipped = len(cases) - written
     note = f" ({skipped} scan(s) ran whole-volume: no window map)" if skipped else ""
     console.print(f"wrote {written} window map(s) to {folder}{note}")
+
+
+def _write_cams(folder: Path, cases: list, ensemble, probs, cam_class: str | None, method: str) -> None:
+    import time
+
+    from medconvnext.engine.saliency import ensemble_saliency, save_saliency
+
+    names = ensemble.class_names
+    start = time.perf_counter()
+    for name, case, p in zip(_unique_names(cases, "_cam.nii.gz"), cases, probs, strict=True):
+        target = names.index(cam_class) if cam_class is not None else int(p.argmax())
+        scan_map = ensemble_saliency(ensemble, case.images, target, method)
+        save_saliency(scan_map, folder / name, f"medconvnext {method} class={names[target]}")
+    seconds = (time.perf_counter() - start) / max(len(cases), 1)
+    console.print(f"wrote {len(cases)} {method} map(s) to {folder} ({seconds:.1f} s per scan; "
+                  f"class: {cam_class or 'the predicted one'})")

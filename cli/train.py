@@ -7,33 +7,34 @@ from typing import Any
 
 import typer
 
+from medconvnext.cli import _options as options
 from medconvnext.cli._common import console, run_guarded
 
 
 def train(
-    data: Path = typer.Option(None, "--data", help="Folder (labels.csv or one subfolder per class) or a CSV/TSV."),
+    data: Path = options.DATA,
     out: Path = typer.Option(None, "--out", help="Run directory to create."),
-    model: str = typer.Option(None, "--model", help="Registered model name (see `medconvnext models`)."),
-    epochs: int = typer.Option(None, "--epochs", min=1, help="Number of epochs."),
-    batch_size: int = typer.Option(None, "--batch-size", min=1, help="Volumes per batch."),
-    lr: float = typer.Option(None, "--lr", help="Peak learning rate (AdamW)."),
-    seed: int = typer.Option(None, "--seed", help="Random seed (split, init, augmentation)."),
-    device: str = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N"),
-    config: Path = typer.Option(None, "--config", help="YAML config; CLI flags override it."),
-    set_: list[str] = typer.Option([], "--set", help="Override any config field: section.key=value (repeatable)."),
+    model: str = options.MODEL,
+    epochs: int = options.EPOCHS,
+    batch_size: int = options.BATCH_SIZE,
+    lr: float = options.LR,
+    seed: int = options.SEED,
+    device: str = options.DEVICE,
+    config: Path = options.CONFIG,
+    set_: list[str] = options.SET,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run in --out."),
     resume: Path = typer.Option(
         None, "--resume", help="Continue this run from its last epoch (uses its config.yaml; only --epochs/--device)."
     ),
-    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log to <out>/tensorboard (needs tensorboard)."),
+    tensorboard: bool = options.TENSORBOARD,
     init_2d: Path = typer.Option(
         None, "--init-2d", help="Start a ConvNeXt from 2D ImageNet ConvNeXt weights (.pth/.safetensors, timm or FB)."
     ),
+    strict: bool = options.STRICT,
 ) -> None:
     """Train a 3D classifier and save the best checkpoint (by validation AUC) in --out."""
 
     def work() -> None:
-        from medconvnext.config import apply_overrides, load_config, parse_set_option
         from medconvnext.engine.trainer import resume as resume_training
         from medconvnext.engine.trainer import train as run_training
         from medconvnext.errors import UserError
@@ -42,7 +43,7 @@ def train(
             # the run's own config.yaml decides everything else, so a resumed run is the run that was started
             rejected = {"--data": data, "--out": out, "--model": model, "--batch-size": batch_size, "--lr": lr,
                         "--seed": seed, "--config": config, "--set": set_ or None, "--tensorboard": tensorboard or None,
-                        "--overwrite": overwrite or None, "--init-2d": init_2d}
+                        "--overwrite": overwrite or None, "--init-2d": init_2d, "--strict": strict or None}
             given = [name for name, value in rejected.items() if value is not None]
             if given:
                 raise UserError(f"--resume uses the run's config.yaml; drop {', '.join(given)} (only --epochs and "
@@ -52,20 +53,11 @@ def train(
         else:
             if out is None:
                 raise UserError("--out is required (or --resume RUN_DIR to continue a run)")
-            cfg = load_config(config)
-            flags = {
-                "data.path": str(data) if data is not None else None,
-                "model.name": model,
-                "train.epochs": epochs,
-                "train.batch_size": batch_size,
-                "train.lr": lr,
-                "train.seed": seed,
-                "train.device": device,
-                "train.tensorboard": True if tensorboard else None,
-                "model.init_2d": str(init_2d) if init_2d is not None else None,
-            }
-            apply_overrides(cfg, {k: v for k, v in flags.items() if v is not None}, "command line")
-            apply_overrides(cfg, dict(parse_set_option(item) for item in set_), "--set")
+            cfg = options.build_config(
+                config, set_, data=data, model=model, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                device=device, strict=strict, tensorboard=tensorboard,
+                **{"model.init_2d": str(init_2d) if init_2d is not None else None},
+            )
             with TrainingProgress() as progress:
                 result = run_training(cfg, out, overwrite=overwrite, callbacks=progress)
         from medconvnext.engine import distributed

@@ -39,6 +39,7 @@ class DataConfig:
     num_workers: int = 0
     augment: str = "light"  # none | light | medium | heavy
     skip_bad: bool = False  # leave out cases whose images fail validation (data.validate.validate_datalist)
+    leakage: str = "warn"  # warn | error | off: a subject or an identical image on both sides (data.leakage)
 
 
 @dataclass

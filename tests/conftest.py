@@ -44,3 +44,27 @@ def csv_dataset(tmp_path: Path) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return tmp_path
+
+
+def make_dataset(root: Path, classes=("benign", "malignant"), n: int = 18, test: int = 1) -> Path:
+    """``n`` small volumes, two per subject, the cases of the last ``test`` subjects marked test; labels.csv."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        k = (i + i // 6) % len(classes)  # balanced classes; a subject's two cases differ in class
+        subject = i // 2
+        data = blob_volume(rng, k > 0, 16) * (1 + k)
+        write_volume(root / "img" / f"c{i:02d}.nii.gz", data, (1.5, 1.5, 2.0))
+        rows.append({"image": f"img/c{i:02d}.nii.gz", "label": classes[k], "subject": f"s{subject}",
+                     "site": f"site{subject % 4}", "split": "test" if subject >= n // 2 - test else ""})
+    with open(root / "labels.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache_dir(tmp_path_factory, monkeypatch):
+    """Disk caches and the leakage audit's hash cache go to a temporary folder, never to ~/.cache."""
+    monkeypatch.setenv("MEDCONVNEXT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "medconvnext-cache"))

@@ -34,9 +34,18 @@ class Case:
     label: str | None
     subject: str | None = None
     split: str | None = None
+    # the other columns of a label table (or keys of a JSON entry), e.g. for ``cv --group-by COLUMN``
+    extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def group(self, column: str | None = "subject") -> str | None:
+        """The case's value in ``column`` (``subject`` or an extra column); None when empty or absent."""
+        if column is None:
+            return None
+        value = self.subject if column == "subject" else self.extra.get(column)
+        return value or None
 
 
 @dataclass
@@ -53,6 +62,13 @@ class Datalist:
 
     def labels(self) -> list[int]:
         return [self.label_index(c) for c in self.cases]
+
+    def columns(self) -> set[str]:
+        """Names usable as a grouping column: ``subject`` when any case has one, plus the extra columns."""
+        names = {"subject"} if any(c.subject for c in self.cases) else set()
+        for case in self.cases:
+            names.update(case.extra)
+        return names
 
 
 def is_image_file(path: Path) -> bool:
@@ -78,20 +94,26 @@ def sort_class_names(names: set[str]) -> list[str]:
     return sorted(names)
 
 
-def load_datalist(data: str | Path) -> Datalist:
-    """Read ``--data`` (folder or list file) into a :class:`Datalist`; UserError when it is unusable."""
+def load_datalist(data: str | Path, for_training: bool = True) -> Datalist:
+    """Read ``--data`` (folder or list file) into a :class:`Datalist`; UserError when it is unusable.
+
+    ``for_training=False`` (evaluation data) skips the checks that only training needs: at least two
+    classes, and every label present among the training cases.
+    """
     path = Path(data).expanduser()
     if not path.exists():
         raise UserError(f"--data {path}: no such file or folder")
     if path.is_file():
-        return read_json_datalist(path) if path.suffix.lower() == ".json" else read_label_table(path)
+        if path.suffix.lower() == ".json":
+            return read_json_datalist(path, for_training)
+        return read_label_table(path, for_training)
     for name in LIST_NAMES:
         if (path / name).is_file():
-            return load_datalist(path / name)
-    return read_class_folders(path)
+            return load_datalist(path / name, for_training)
+    return read_class_folders(path, for_training)
 
 
-def read_label_table(path: Path) -> Datalist:
+def read_label_table(path: Path, for_training: bool = True) -> Datalist:
     """Read a ``labels.csv``/``.tsv`` with columns image,label[,subject][,split]."""
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     with open(path, newline="", encoding="utf-8-sig") as f:
@@ -105,7 +127,21 @@ def read_label_table(path: Path) -> Datalist:
     if not rows:
         raise UserError(f"{path}: no rows")
     cases = [_row_to_case(path, line, row, image_columns) for line, row in enumerate(rows, start=2)]
-    return _finish(cases, str(path))
+    return _finish(cases, str(path), for_training)
+
+
+KNOWN_COLUMNS = ("image", "label", "subject", "split")
+
+
+def _extra_columns(row: dict) -> dict[str, str]:
+    """The row's other (non-image) columns with non-empty values."""
+    extra = {}
+    for key, value in row.items():
+        if key is None or key in KNOWN_COLUMNS or key.startswith("image_") or value is None:
+            continue
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool) and str(value).strip():
+            extra[str(key)] = str(value).strip()
+    return extra
 
 
 def _row_to_case(list_path: Path, line: int, row: dict, image_columns: list[str]) -> Case:
@@ -122,7 +158,7 @@ def _row_to_case(list_path: Path, line: int, row: dict, image_columns: list[str]
         raise UserError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
     subject = (row.get("subject") or "").strip() or None
     paths = tuple(_resolve_image(list_path, where, image) for image in images)
-    return Case(case_id_from_path(images[0]), paths, label, subject, split)
+    return Case(case_id_from_path(images[0]), paths, label, subject, split, _extra_columns(row))
 
 
 def _resolve_image(list_path: Path, where: str, image: str) -> str:
@@ -133,7 +169,7 @@ def _resolve_image(list_path: Path, where: str, image: str) -> str:
     return str(image_path)
 
 
-def read_json_datalist(path: Path) -> Datalist:
+def read_json_datalist(path: Path, for_training: bool = True) -> Datalist:
     """MONAI-style JSON: sections ``training``/``validation``/``test``, entries ``{"image", "label"[, "subject"]}``.
 
     ``image`` may be a list (several images stacked as channels). Test entries may omit the label.
@@ -150,7 +186,7 @@ def read_json_datalist(path: Path) -> Datalist:
             cases.append(_json_entry_to_case(path, f"{path}, {section}[{i}]", entry, split))
     if not cases:
         raise UserError(f"{path}: no entries")
-    return _finish(cases, str(path))
+    return _finish(cases, str(path), for_training)
 
 
 def _json_entry_to_case(path: Path, where: str, entry: object, split: str) -> Case:
@@ -165,10 +201,11 @@ def _json_entry_to_case(path: Path, where: str, entry: object, split: str) -> Ca
     subject = entry.get("subject")
     paths = tuple(_resolve_image(path, where, str(image)) for image in images)
     label_text = None if label is None else str(label)
-    return Case(case_id_from_path(images[0]), paths, label_text, str(subject) if subject else None, split)
+    return Case(case_id_from_path(images[0]), paths, label_text, str(subject) if subject else None, split,
+                _extra_columns(entry))
 
 
-def read_class_folders(root: Path) -> Datalist:
+def read_class_folders(root: Path, for_training: bool = True) -> Datalist:
     """One subfolder per class; every image file inside is a case of that class."""
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
@@ -187,16 +224,18 @@ def read_class_folders(root: Path) -> Datalist:
             cases.append(Case(case_id_from_path(file), (str(file.resolve()),), folder.name))
     if not cases:
         raise UserError(f"--data {root}: the class folders hold no images")
-    return _finish(cases, str(root))
+    return _finish(cases, str(root), for_training)
 
 
-def _finish(cases: list[Case], source: str) -> Datalist:
+def _finish(cases: list[Case], source: str, for_training: bool = True) -> Datalist:
     seen: dict[str, str] = {}
     for case in cases:
         if case.case_id in seen:
             raise UserError(f"{source}: duplicate case id {case.case_id!r} ({seen[case.case_id]} and {case.images[0]})")
         seen[case.case_id] = case.images[0]
     classes = sort_class_names({c.label for c in cases if c.label is not None})
+    if not for_training:
+        return Datalist(cases, classes, source)
     trainable = {c.label for c in cases if c.split not in ("val", "test")}
     for case in cases:
         if case.label is not None and case.label not in trainable:

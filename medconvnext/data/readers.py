@@ -68,7 +68,14 @@ class SimpleITKReader(ImageReader):
         return all(is_dicom_folder(n) or str(n).lower().endswith(SITK_SUFFIXES) for n in ensure_tuple(filename))
 
     def read(self, data: Sequence[str] | str, **kwargs):
-        """Read one image or a list of images (stacked as channels by ``get_data``)."""
+        """Read one image or a list of images (stacked as channels by ``get_data``).
+
+        Names that :meth:`verify_suffix` rejects are refused: when the matching reader fails (nibabel on a
+        truncated ``.nii.gz``), MONAI's LoadImage tries every reader, and ITK reads a truncated NIfTI as
+        zeros instead of failing.
+        """
+        if not self.verify_suffix(data):
+            raise ValueError(f"{data}: not a format read through SimpleITK here")
         images = [read_sitk_image(name) for name in ensure_tuple(data)]
         return images if len(images) > 1 else images[0]
 

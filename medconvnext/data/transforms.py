@@ -16,7 +16,7 @@ from medconvnext.data.readers import SimpleITKReader
 
 IMAGE = "image"
 LABEL = "label"
-AUGMENTATIONS = ("none", "light", "medium", "heavy")
+AUGMENTATIONS = ("none", "flips", "light", "medium", "heavy")
 INTENSITY_MODES = ("zscore", "nonzero_zscore", "clip_zscore", "none")
 
 
@@ -93,6 +93,7 @@ def deterministic_transforms(pre: Preprocessing, keep_meta: bool = False) -> mt.
 def augmentation_transforms(kind: str, input_size: tuple[int, int, int]) -> list[mt.Transform]:
     """Random transforms for training; every preset keeps the input shape.
 
+    - ``flips``: random flips on every axis only (keeps the anatomy's orientation up to mirroring);
     - ``light``: flips on every axis and 90° rotations in every plane whose two sides are equal;
     - ``medium``: light + small affine (±10°, ±10 % scale) + intensity scale/shift;
     - ``heavy``: medium with a larger affine (±20°, ±15 %, small shifts) + gamma, Gaussian noise, bias field.
@@ -102,6 +103,8 @@ def augmentation_transforms(kind: str, input_size: tuple[int, int, int]) -> list
     if kind not in AUGMENTATIONS:
         raise ValueError(f"data.augment must be one of {AUGMENTATIONS}, got {kind!r}")
     flips = [mt.RandFlipd(IMAGE, prob=0.5, spatial_axis=axis) for axis in range(3)]
+    if kind == "flips":
+        return flips
     planes = [(a, b) for a, b in ((0, 1), (0, 2), (1, 2)) if input_size[a] == input_size[b]]
     steps: list[mt.Transform] = flips + [mt.RandRotate90d(IMAGE, prob=0.5, spatial_axes=plane) for plane in planes]
     if kind == "light":

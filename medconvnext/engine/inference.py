@@ -7,12 +7,18 @@ Three ways to run the model over a preprocessed volume (``InferenceConfig.mode``
   (:func:`medconvnext.engine.sliding_window.sliding_window_classify`), outputs aggregated per case;
 - ``auto``: the full volume in one forward pass when it is at most ``AUTO_WHOLE_FACTOR`` x the input
   size on every axis (valid for these fully convolutional + global-pool models), else ``sliding``.
+
+Test-time augmentation (``tta=True``): the softmax probabilities are averaged over the 8 flips of the
+preprocessed volume (every subset of the three spatial axes, the identity included), the flips that the
+``light`` augmentation trains with. A :class:`FoldEnsemble` averages the probabilities of the folds of a
+cross-validation (each fold with its own preprocessing), as nnU-Net ensembles its folds.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +41,16 @@ from medconvnext.engine.checkpoint import load_checkpoint
 from medconvnext.engine.devices import autocast, resolve_device
 from medconvnext.engine.sliding_window import AGGREGATIONS, WindowResult, sliding_window_classify
 from medconvnext.errors import UserError
-from medconvnext.rundir import find_checkpoint
+from medconvnext.rundir import find_checkpoint, fold_checkpoints, glob_fold_checkpoints
 
 INFERENCE_MODES = ("whole", "sliding", "auto")
 AUTO_WHOLE_FACTOR = 2
+# test-time augmentation: every subset of the spatial axes (1, 2, 3) of a (C, D, H, W) volume, identity first
+TTA_FLIPS: tuple[tuple[int, ...], ...] = tuple(
+    dims for n in range(4) for dims in itertools.combinations((1, 2, 3), n)
+)
+
+ImagePaths = str | Path | Sequence[str | Path]
 
 
 @dataclass
@@ -89,23 +101,55 @@ def infer_volume(
     input_size: Sequence[int],
     device: torch.device,
     amp: bool,
+    tta: bool = False,
 ) -> VolumePrediction:
     """Probabilities of one preprocessed (C, D, H, W) volume, whole or by sliding windows.
 
     For ``whole`` the caller passes the volume as it should be seen (cropped or not); a volume smaller
-    than the input size on some axis is zero-padded (symmetrically) up to it.
+    than the input size on some axis is zero-padded (symmetrically) up to it. With ``tta`` the model also
+    sees the volume flipped along every subset of the spatial axes (:data:`TTA_FLIPS`, 8 passes) and the
+    softmax probabilities are averaged; a sliding-window grid is flipped back and averaged the same way.
     """
     affine = np.asarray(volume.affine) if hasattr(volume, "affine") else None
     plain = volume.as_tensor() if hasattr(volume, "as_tensor") else volume
     mode = choose_mode(settings, plain.shape[1:], input_size)
-    with autocast(device, amp):
-        if mode == "sliding":
-            roi = settings.roi_size or list(input_size)
-            result = sliding_window_classify(plain, model, roi, settings.overlap, settings.sw_batch_size,
-                                             settings.aggregation)
-            return VolumePrediction(result.probabilities.float().cpu().numpy(), mode, result, affine)
-        logits = model(_pad_to(plain, input_size).unsqueeze(0).to(device))
-    return VolumePrediction(torch.softmax(logits.float(), dim=1)[0].cpu().numpy(), mode, None, affine)
+    probabilities: list[torch.Tensor] = []
+    grids: list[WindowResult] = []
+    for dims in TTA_FLIPS if tta else ((),):
+        view = plain.flip(dims) if dims else plain
+        with autocast(device, amp):
+            if mode == "sliding":
+                roi = settings.roi_size or list(input_size)
+                result = sliding_window_classify(view, model, roi, settings.overlap, settings.sw_batch_size,
+                                                 settings.aggregation)
+                probabilities.append(result.probabilities.float().cpu())
+                grids.append(_flip_windows(result, dims))
+            else:
+                logits = model(_pad_to(view, input_size).unsqueeze(0).to(device))
+                probabilities.append(torch.softmax(logits.float(), dim=1)[0].cpu())
+    mean = torch.stack(probabilities).mean(dim=0).numpy()
+    windows = None
+    if grids:
+        windows = grids[0] if len(grids) == 1 else replace(
+            grids[0], probabilities=torch.from_numpy(mean),
+            window_probabilities=torch.stack([g.window_probabilities for g in grids]).mean(dim=0),
+            window_logits=torch.stack([g.window_logits for g in grids]).mean(dim=0),
+        )
+    return VolumePrediction(mean, mode, windows, affine)
+
+
+def _flip_windows(result: WindowResult, dims: tuple[int, ...]) -> WindowResult:
+    """The window grid of a volume flipped along ``dims`` (volume axes 1-3), flipped back to the volume's order.
+
+    The window starts are symmetric (spread evenly from 0 to size - roi), so window i of the flipped
+    volume is window n - 1 - i of the original (to within the rounding of the starts and the odd voxel of
+    symmetric padding).
+    """
+    if not dims:
+        return result
+    grid_dims = [d - 1 for d in dims]
+    return replace(result, window_probabilities=result.window_probabilities.flip(grid_dims),
+                   window_logits=result.window_logits.flip(grid_dims))
 
 
 def _pad_to(volume: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -119,7 +163,10 @@ def _pad_to(volume: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 
 @dataclass
 class Predictor:
-    """A model in eval mode plus the preprocessing and class names it was trained with."""
+    """A model in eval mode plus the preprocessing and class names it was trained with.
+
+    ``tta=True`` averages the probabilities over the 8 flips of the volume (see :func:`infer_volume`).
+    """
 
     model: nn.Module
     preprocessing: Preprocessing
@@ -127,9 +174,16 @@ class Predictor:
     device: torch.device
     amp: bool = True
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    tta: bool = False
 
     @classmethod
-    def load(cls, model_path: str | Path, device: str = "auto", inference: InferenceConfig | None = None) -> Predictor:
+    def load(
+        cls,
+        model_path: str | Path,
+        device: str = "auto",
+        inference: InferenceConfig | None = None,
+        tta: bool = False,
+    ) -> Predictor:
         """From a run directory (its best checkpoint) or a checkpoint file."""
         checkpoint = load_checkpoint(find_checkpoint(model_path))
         torch_device = resolve_device(device)
@@ -138,18 +192,31 @@ class Predictor:
         # the run's own inference settings (config.yaml's ``inference`` section) unless told otherwise
         settings = inference or InferenceConfig(**checkpoint.meta.get("inference", {}))
         check_inference(settings)
-        return cls(model, pre, checkpoint.class_names, torch_device, inference=settings)
+        return cls(model, pre, checkpoint.class_names, torch_device, inference=settings, tta=tta)
 
-    def preprocess(self, image: str | Path, crop: bool = True) -> torch.Tensor:
-        """(C, D, H, W) tensor exactly as in training (``crop=False``: without the final pad/crop)."""
-        path = Path(image)
-        if not path.exists():
-            raise UserError(f"{path}: no such file")
-        transform = deterministic_transforms(self.preprocessing) if crop else uncropped_transforms(self.preprocessing)
+    def transforms(self, crop: bool = True, keep_meta: bool = False) -> mt.Compose:
+        """The deterministic preprocessing (``crop=False``: without the final pad/crop, always with metadata).
+
+        Keep the returned object to invert it later (MONAI matches each inverse to its own transform).
+        """
+        return deterministic_transforms(self.preprocessing, keep_meta=keep_meta) if crop \
+            else uncropped_transforms(self.preprocessing)
+
+    def preprocess(self, image: ImagePaths, crop: bool = True, transform: mt.Compose | None = None) -> torch.Tensor:
+        """(C, D, H, W) tensor exactly as in training (``crop=False``: without the final pad/crop).
+
+        ``image`` is one path, or several (stacked as channels, as in training); ``transform`` replaces
+        :meth:`transforms` (e.g. one kept for inverting).
+        """
+        paths = [Path(image)] if isinstance(image, (str, Path)) else [Path(i) for i in image]
+        for path in paths:
+            if not path.exists():
+                raise UserError(f"{path}: no such file")
+        transform = transform or self.transforms(crop)
         try:
-            return transform({"image": str(path)})["image"]
+            return transform({"image": str(paths[0]) if len(paths) == 1 else [str(p) for p in paths]})["image"]
         except Exception as exc:  # noqa: BLE001 - MONAI wraps reader errors in RuntimeError
-            raise UserError(f"{path}: cannot read or preprocess the image ({_root_cause(exc)})") from None
+            raise UserError(f"{paths[0]}: cannot read or preprocess the image ({_root_cause(exc)})") from None
 
     @torch.no_grad()
     def predict_tensor(self, volume: torch.Tensor) -> np.ndarray:
@@ -158,15 +225,93 @@ class Predictor:
             logits = self.model(volume.unsqueeze(0).to(self.device))
         return torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
 
-    def predict_file(self, image: str | Path) -> VolumePrediction:
-        """One scan with the configured inference mode."""
+    def predict_case(self, images: ImagePaths) -> VolumePrediction:
+        """One case (a path, or several stacked as channels) with the configured inference mode and TTA."""
         crop = self.inference.mode == "whole"
-        volume = self.preprocess(image, crop=crop)
-        return infer_volume(self.model, volume, self.inference, self.preprocessing.input_size, self.device, self.amp)
+        volume = self.preprocess(images, crop=crop)
+        return infer_volume(self.model, volume, self.inference, self.preprocessing.input_size, self.device,
+                            self.amp, tta=self.tta)
 
-    def predict_files(self, images: Sequence[str | Path]) -> np.ndarray:
-        """Probabilities (N, K) for N image files."""
-        return np.stack([self.predict_file(image).probabilities for image in images])
+    def predict_file(self, image: ImagePaths) -> VolumePrediction:
+        """One scan with the configured inference mode (same as :meth:`predict_case`)."""
+        return self.predict_case(image)
+
+    def predict_files(self, images: Sequence[ImagePaths]) -> np.ndarray:
+        """Probabilities (N, K) for N image files (or cases)."""
+        return np.stack([self.predict_case(image).probabilities for image in images])
+
+
+def model_checkpoints(model_path: str | Path) -> list[Path]:
+    """Best checkpoint of every fold when ``model_path`` is a cross-validation run directory (its ``cv.json``,
+    or else the ``fold_*`` / ``repeat_*/fold_*`` folders holding one), else ``[the run's or file's checkpoint]``."""
+    return fold_checkpoints(model_path) or glob_fold_checkpoints(model_path) or [find_checkpoint(model_path)]
+
+
+@dataclass
+class EnsemblePrediction:
+    """One case predicted by every member: the mean probabilities (K,) and each member's prediction."""
+
+    probabilities: np.ndarray
+    members: list[VolumePrediction]
+
+
+@dataclass
+class FoldEnsemble:
+    """The folds of a cross-validation (or a single model), probabilities averaged over the members.
+
+    Every member keeps its own preprocessing (each fold planned its own), so a case is preprocessed once
+    per member.
+    """
+
+    members: list[Predictor]
+    checkpoints: list[Path]
+
+    @classmethod
+    def load(
+        cls,
+        model_path: str | Path,
+        device: str = "auto",
+        inference: InferenceConfig | None = None,
+        tta: bool = False,
+    ) -> FoldEnsemble:
+        """Every fold of a cross-validation run directory; a single model for a run directory or checkpoint."""
+        paths = model_checkpoints(model_path)
+        members = [Predictor.load(path, device=device, inference=inference, tta=tta) for path in paths]
+        first = members[0].class_names
+        for path, member in zip(paths, members, strict=True):
+            if member.class_names != first:
+                raise UserError(f"{path}: classes {member.class_names} differ from {paths[0]}'s {first}")
+        return cls(members, paths)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.members[0].class_names
+
+    @property
+    def is_ensemble(self) -> bool:
+        return len(self.members) > 1
+
+    def describe(self) -> str:
+        """One line for people: what predicts (a single model or an ensemble of N folds) and how."""
+        what = f"ensemble of {len(self.members)} folds (mean probability)" if self.is_ensemble else "single model"
+        if self.members[0].tta:
+            what += f", test-time augmentation ({len(TTA_FLIPS)} flips)"
+        return what
+
+    def set_inference(self, **options: Any) -> None:
+        """Replace the members' inference settings that are not None (e.g. from command-line options)."""
+        for member in self.members:
+            member.inference = inference_from_options(member.inference, **options)
+            check_inference(member.inference)
+
+    def predict_case(self, images: ImagePaths) -> EnsemblePrediction:
+        """Mean probabilities of the members for one case."""
+        members = [member.predict_case(images) for member in self.members]
+        return EnsemblePrediction(np.mean([m.probabilities for m in members], axis=0), members)
+
+    def predict_files(self, images: Sequence[ImagePaths]) -> np.ndarray:
+        """Mean probabilities (N, K) for N cases."""
+        return np.stack([self.predict_case(image).probabilities for image in images])
 
 
 def save_window_map(prediction: VolumePrediction, class_names: Sequence[str], path: str | Path) -> Path | None:

@@ -275,6 +275,7 @@ def bootstrap_ci(
     n_boot: int = 1000,
     alpha: float = 0.05,
     seed: int = 0,
+    clusters: Sequence | None = None,
 ) -> tuple[float | None, float | None]:
     """Percentile bootstrap confidence interval of a scalar metric, resampling cases with replacement.
 
@@ -285,6 +286,9 @@ def bootstrap_ci(
     Args:
         metric: one of :data:`SCALAR_METRICS`.
         alpha: 0.05 gives the 95% interval (the 2.5th and 97.5th percentiles).
+        clusters: (N,) cluster of each row (e.g. the case, when each case has one row per repeat of a
+            repeated cross-validation): whole clusters are resampled, so repeated rows of one case do not
+            narrow the interval. None: every row is its own cluster.
 
     Returns:
         (low, high), or (None, None) when no resample gives a defined value.
@@ -296,9 +300,19 @@ def bootstrap_ci(
     y, p = _check_inputs(y_true, probs)
     present = np.unique(y)
     rng = np.random.default_rng(seed)
+    members = None
+    if clusters is not None:
+        if len(clusters) != y.size:
+            raise ValueError(f"clusters must have length {y.size}, got {len(clusters)}")
+        _, cluster_id = np.unique(np.asarray(clusters), return_inverse=True)
+        order = np.argsort(cluster_id, kind="stable")
+        members = np.split(order, np.cumsum(np.bincount(cluster_id))[:-1])
     values = []
     for _ in range(n_boot):
-        idx = rng.integers(0, y.size, y.size)
+        if members is None:
+            idx = rng.integers(0, y.size, y.size)
+        else:
+            idx = np.concatenate([members[c] for c in rng.integers(0, len(members), len(members))])
         yb = y[idx]
         if metric == "auc" and np.unique(yb).size < present.size:
             continue

@@ -82,9 +82,21 @@ def seed_everything(seed: int) -> None:
 
 
 def train(
-    config: Config, out: str | Path, overwrite: bool = False, callbacks: TrainingCallbacks | None = None
+    config: Config,
+    out: str | Path,
+    overwrite: bool = False,
+    callbacks: TrainingCallbacks | None = None,
+    split: Split | None = None,
+    audit: bool = True,
 ) -> TrainResult:
-    """Train ``config.model`` on ``config.data.path`` into the run directory ``out``."""
+    """Train ``config.model`` on ``config.data.path`` into the run directory ``out``.
+
+    Args:
+        split: train/val/test case ids to use instead of :func:`~medconvnext.data.splits.train_val_split`
+            (e.g. one fold of a cross-validation); ``val`` is the model-selection set.
+        audit: run the leakage audit (``data.leakage``: warn, error or off) on the split before training;
+            the cross-validation audits all folds at once and turns it off here.
+    """
     if not config.data.path:
         raise UserError("data.path is not set: pass --data DIR")
     _check_recipe(config.train)
@@ -99,13 +111,18 @@ def train(
         get_entry(config.model.name)  # fail on an unknown model before touching the disk
     except ValueError as exc:
         raise UserError(f"model.name: {exc}") from None
+    if split is None:
+        split = train_val_split(datalist, config.data.val_fraction, config.train.seed)
+    else:
+        _check_split(split, datalist)
+    if audit:
+        audit_training_split(config, datalist, split)
     run = RunDir(Path(out))
     device = _setup_device(config.train.device)
     if dist.is_main():
         run.prepare_new(overwrite)
     dist.barrier()
 
-    split = train_val_split(datalist, config.data.val_fraction, config.train.seed)
     min_size = _build_model(config, datalist).min_input_size
     train_cases = [c for c in datalist.cases if c.case_id in set(split.train)]
     plan = plan_preprocessing(config.preprocessing, compute_fingerprint(train_cases), min_size)
@@ -171,6 +188,43 @@ def evaluate_run(run_dir: str | Path, which: str = "last", device: str = "cpu") 
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.train.label_smoothing)
     tiling = (config.inference, plan.input_size) if tiled else None
     return evaluate(model, loader, torch_device, config.train.amp, datalist.classes, loss_fn, tiling)
+
+
+def audit_training_split(
+    config: Config, datalist: Datalist, split: Split | Sequence[Any], group_by: str | None = "subject"
+) -> None:
+    """Leakage audit of a split (or of cross-validation folds) as ``data.leakage`` says: warn (once, on the
+    first process), error (UserError in every process) or off. Runs before any process group exists."""
+    import os
+
+    from medconvnext.data.leakage import LEAKAGE_MODES, audit_folds, audit_split, enforce
+
+    mode = config.data.leakage
+    if mode not in LEAKAGE_MODES:
+        raise UserError(f"data.leakage must be one of {', '.join(LEAKAGE_MODES)}, got {mode!r}")
+    if mode == "off" or (mode == "warn" and os.environ.get("RANK", "0") != "0"):
+        return
+    if isinstance(split, Split):
+        report = audit_split(datalist, split, group_by)
+    else:
+        report = audit_folds(datalist, split, group_by)
+    enforce(report, mode, "--strict (data.leakage=error)")
+
+
+def _check_split(split: Split, datalist: Datalist) -> None:
+    """An explicit split must name known cases, each on one side, with a training and a validation set."""
+    known = {c.case_id for c in datalist.cases}
+    sides = {"train": split.train, "val": split.val, "test": split.test}
+    for side, ids in sides.items():
+        unknown = [i for i in ids if i not in known]
+        if unknown:
+            raise UserError(f"split.{side}: unknown case id {unknown[0]!r} (not in {datalist.source})")
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        both = set(sides[a]) & set(sides[b])
+        if both:
+            raise UserError(f"split: case {sorted(both)[0]!r} is in both {a} and {b}")
+    if not split.train or not split.val:
+        raise UserError("split: needs at least one training and one validation case")
 
 
 def _check_recipe(cfg: TrainConfig) -> None:

@@ -207,8 +207,10 @@ def _build(title: str, summary: Mapping, figures: Mapping[str, Path], logs: Mapp
     doc.heading(1, title)
     folds = [str(m["fold"]) for m in summary["per_fold"]]
     scope = f"out-of-fold predictions of {len(folds)} folds" if oof else "all predictions (no folds)"
+    count = f"{pooled['n']} cases" if "n_images" not in pooled else (
+        f"{pooled['n']} predictions of {pooled['n_images']} cases (one per repeat)")
     doc.paragraph(
-        f"{pooled['n']} cases ({scope}); classes: {', '.join(summary['class_names'])}. "
+        f"{count} ({scope}); classes: {', '.join(summary['class_names'])}. "
         f"Confidence intervals: percentile bootstrap over cases, {summary['n_boot']} resamples, seed {summary['seed']}."
     )
     if note:
@@ -327,6 +329,7 @@ def write_report(
     summary: Mapping | None = None,
     title: str = "medconvnext evaluation report",
     training_logs: Mapping[str, str | Path] | None = None,
+    notes: Sequence[str] = (),
 ) -> dict[str, Path]:
     """Write ``report.md``, a self-contained ``report.html`` and the PNG figures into ``run_dir``.
 
@@ -338,6 +341,7 @@ def write_report(
         title: report heading.
         training_logs: fold label (e.g. ``"fold_0"``) -> path of its ``metrics.jsonl``, for the
             training table and ``curves.png``.
+        notes: paragraphs shown under the opening paragraph (e.g. how the test set was predicted).
 
     Returns:
         Written files by kind: ``markdown``, ``html`` and, when matplotlib is installed, ``roc``,
@@ -351,12 +355,12 @@ def write_report(
     run_dir.mkdir(parents=True, exist_ok=True)
     summary = summary if summary is not None else summarize(predictions)
     logs = {str(fold): read_training_log(path) for fold, path in (training_logs or {}).items()}
-    note = ""
+    note = " ".join(notes)
     figures: dict[str, Path] = {}
     if plots.matplotlib_available():
         figures = _draw_figures(run_dir, _pooled_predictions(predictions, summary), summary["pooled"], logs)
     else:
-        note = "Figures skipped: matplotlib is not installed (pip install 'medconvnext[plots]')."
+        note = " ".join([*notes, "Figures skipped: matplotlib is not installed (pip install 'medconvnext[plots]')."])
     doc = _build(title, summary, figures, logs, note)
     md_path = run_dir / REPORT_FILES["markdown"]
     html_path = run_dir / REPORT_FILES["html"]

@@ -23,12 +23,20 @@ CI_LEVEL = 0.95
 
 
 def _with_ci(predictions: Predictions, n_boot: int, seed: int) -> dict:
-    """Metrics of a set of predictions plus ``ci``: metric -> [low, high] (percentile bootstrap)."""
+    """Metrics of a set of predictions plus ``ci``: metric -> [low, high] (percentile bootstrap).
+
+    When an image has several rows (one per repeat of a repeated cross-validation) the bootstrap resamples
+    images, with all their rows, and ``n_images`` says how many distinct images there are.
+    """
     metrics = classification_metrics(predictions.y_true, predictions.probs, predictions.class_names)
+    clusters = predictions.images if len(set(predictions.images)) < len(predictions) else None
+    if clusters is not None:
+        metrics["n_images"] = len(set(predictions.images))
     ci = {}
     for name in CI_METRICS:
         if n_boot > 0:
-            low, high = bootstrap_ci(predictions.y_true, predictions.probs, name, n_boot, 1 - CI_LEVEL, seed)
+            low, high = bootstrap_ci(predictions.y_true, predictions.probs, name, n_boot, 1 - CI_LEVEL, seed,
+                                     clusters=clusters)
         else:
             low, high = None, None
         ci[name] = [low, high]

@@ -1,0 +1,71 @@
+"""``medconvnext cv``: K-fold cross-validation into one run directory, with out-of-fold predictions and a report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from medconvnext.cli import _options as options
+from medconvnext.cli._common import console, run_guarded
+
+
+def cv(
+    data: Path = options.DATA,
+    folds: int = typer.Option(5, "--folds", min=2, help="Number of folds K."),
+    out: Path = typer.Option(..., "--out", help="Run directory (continued when it holds the same cross-validation)."),
+    repeats: int = typer.Option(1, "--repeats", min=1, help="Repeat the K folds with different shuffles."),
+    group_by: str = typer.Option(
+        None, "--group-by", help="Keep cases with the same value of this column in one fold (default: subject)."
+    ),
+    model: str = options.MODEL,
+    epochs: int = options.EPOCHS,
+    batch_size: int = options.BATCH_SIZE,
+    lr: float = options.LR,
+    seed: int = options.SEED,
+    device: str = options.DEVICE,
+    config: Path = options.CONFIG,
+    set_: list[str] = options.SET,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start again, replacing what is in --out."),
+    strict: bool = options.STRICT,
+    n_boot: int = typer.Option(1000, "--n-boot", min=0, help="Bootstrap resamples for the report's 95% CIs."),
+) -> None:
+    """Cross-validate: train one model per fold, pool the out-of-fold predictions, write the report.
+
+    Re-running the same command continues an interrupted cross-validation fold by fold.
+    """
+
+    def work() -> None:
+        from medconvnext.cli.train import TrainingProgress
+        from medconvnext.engine.cv import cross_validate
+
+        cfg = options.build_config(config, set_, data=data, model=model, epochs=epochs, batch_size=batch_size,
+                                   lr=lr, seed=seed, device=device, strict=strict)
+        with TrainingProgress() as progress:
+            result = cross_validate(cfg, out, folds=folds, repeats=repeats, group_by=group_by, overwrite=overwrite,
+                                    callbacks=progress, log=lambda line: console.print(line, highlight=False),
+                                    n_boot=n_boot)
+        render_summary(result.summary, result.report, result.run_dir)
+
+    run_guarded(work)
+
+
+def render_summary(summary: dict, files: dict, where: Path) -> None:
+    """Headline metrics (pooled / test) with their CIs, and where the report is."""
+    from rich.table import Table
+
+    table = Table("set", "cases", "AUC", "95% CI", "accuracy", "balanced acc.", title="metrics")
+    sets = [("out-of-fold" if summary["scope"] == "out_of_fold" else "all", summary["pooled"])]
+    if summary.get("test"):
+        sets.append(("test (ensemble)", summary["test"]))
+    for name, m in sets:
+        ci = m.get("ci", {}).get("auc") or [None, None]
+        interval = f"{ci[0]:.3f}-{ci[1]:.3f}" if ci[0] is not None else "n/a"
+        table.add_row(name, str(m["n"]), _fmt(m["auc"]), interval, _fmt(m["accuracy"]), _fmt(m["balanced_accuracy"]))
+    console.print(table)
+    report = files.get("html")
+    console.print(f"[bold green]done[/bold green]: report in {report or where}", highlight=False)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

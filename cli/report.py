@@ -1,0 +1,26 @@
+"""``medconvnext report``: (re)write the report of a cv run, a train run or an evaluate folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from medconvnext.cli._common import run_guarded
+
+
+def report(
+    run_dir: Path = typer.Argument(..., help="A cv run directory, a train run directory or an evaluate folder."),
+    n_boot: int = typer.Option(1000, "--n-boot", min=0, help="Bootstrap resamples for the 95% CIs."),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed (cv and evaluate use 0)."),
+) -> None:
+    """Recompute the metrics (summary JSON) and rewrite report.md / report.html with the figures."""
+
+    def work() -> None:
+        from medconvnext.cli.cv import render_summary
+        from medconvnext.reports.run import report_run
+
+        result = report_run(run_dir, n_boot=n_boot, seed=seed)
+        render_summary(result.summary, result.files, run_dir)
+
+    run_guarded(work)

@@ -1,0 +1,347 @@
+"""Leakage audit: evaluation cases that are not independent of the training cases.
+
+Two checks between a training side and an evaluation side:
+
+- **shared subject**: a value of the grouping column (``subject`` by default) on both sides, e.g. two scans
+  of one patient, one trained on and one validated on;
+- **identical image**: the same voxel content on both sides (a copy of a training scan under another name,
+  a ``.nii`` and its ``.nii.gz``, a re-export with an edited header).
+
+Images are compared by a SHA-256 of their *decoded voxel array* (dtype, shape and bytes; the header, the
+affine, the file name and the compression are left out), not of the file bytes: gzip stores a timestamp and
+the original name, and header edits (anonymisation, a new description) change the bytes, so byte hashes miss
+exactly the copies that happen in practice. Decoding costs one read of each volume, so hashes are cached in
+``<cache dir>/image_hashes.json`` keyed by resolved path, size and modification time (the disk cache's
+notion of a file's identity): a later ``train``/``cv``/``evaluate`` on the same files hashes nothing.
+Near-duplicates (a resampled or cropped copy) are not detected.
+
+The callers decide what a finding does (:func:`enforce`): ``warn`` (a one-line warning naming the
+cases), ``error`` (a :class:`~medconvnext.errors.UserError`, exit code 2: ``--strict``) or ``off``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medconvnext.data.datalist import Case, case_id_from_path
+from medconvnext.errors import UserError
+
+__all__ = [
+    "LEAKAGE_MODES",
+    "Finding",
+    "LeakageReport",
+    "LeakageWarning",
+    "audit_cases",
+    "audit_folds",
+    "audit_run",
+    "audit_split",
+    "enforce",
+    "image_hash",
+]
+
+LEAKAGE_MODES = ("warn", "error", "off")
+HASH_CACHE_NAME = "image_hashes.json"
+HASH_FORMAT = 1
+SHOWN = 5  # findings named per kind in the one-line message
+
+_memo: dict[str, tuple[list, str]] = {}  # resolved path -> (identity, hash), for this process
+
+
+class LeakageWarning(UserWarning):
+    """Evaluation cases that share a subject or an image with training cases."""
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One evaluation case that is not independent of one training case."""
+
+    kind: str  # "subject" | "image"
+    train_case: str
+    eval_case: str
+    eval_side: str  # e.g. "val", "test", "fold 2", "evaluated"
+    detail: str  # the shared subject, or the shared image's hash prefix
+
+
+@dataclass
+class LeakageReport:
+    """Findings of an audit (empty: nothing found)."""
+
+    findings: list[Finding] = field(default_factory=list)
+    hashed: int = 0  # images hashed (cache hits included)
+    unreadable: list[str] = field(default_factory=list)  # images that could not be hashed (not compared)
+
+    def __bool__(self) -> bool:
+        return bool(self.findings)
+
+    def cases(self, kind: str | None = None) -> set[str]:
+        """Evaluation case ids with a finding (of ``kind``)."""
+        return {f.eval_case for f in self.findings if kind is None or f.kind == kind}
+
+    def message(self) -> str:
+        """One line naming the cases, e.g. ``possible leakage: shared subject s3 (train c06 / val c07); ...``."""
+        parts = []
+        for kind, title in (("subject", "shared subject"), ("image", "identical image")):
+            found = [f for f in self.findings if f.kind == kind]
+            if not found:
+                continue
+            items = [
+                f"{f.detail} (train {f.train_case} / {f.eval_side} {f.eval_case})" if kind == "subject"
+                else f"{f.eval_side} {f.eval_case} = train {f.train_case}"
+                for f in found[:SHOWN]
+            ]
+            more = f" and {len(found) - SHOWN} more" if len(found) > SHOWN else ""
+            parts.append(f"{len(found)} {title}{'s' if len(found) > 1 else ''}: {', '.join(items)}{more}")
+        return "possible leakage between training and evaluation cases: " + "; ".join(parts)
+
+    def merge(self, other: LeakageReport) -> LeakageReport:
+        seen = set(self.findings)
+        findings = self.findings + [f for f in other.findings if f not in seen]
+        unreadable = sorted(set(self.unreadable) | set(other.unreadable))
+        return LeakageReport(findings, max(self.hashed, other.hashed), unreadable)
+
+
+def enforce(report: LeakageReport, mode: str, hint: str = "--strict") -> None:
+    """``warn``: a :class:`LeakageWarning`; ``error``: UserError (exit 2); ``off``: nothing."""
+    if mode not in LEAKAGE_MODES:
+        raise UserError(f"data.leakage must be one of {', '.join(LEAKAGE_MODES)}, got {mode!r}")
+    if not report or mode == "off":
+        return
+    if mode == "error":
+        raise UserError(f"{report.message()} (refused because of {hint}; fix the split or drop {hint})")
+    warnings.warn(report.message(), LeakageWarning, stacklevel=2)
+
+
+# --------------------------------------------------------------------------------------------- hashing
+
+
+def _identity(path: Path) -> list:
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+
+
+def _voxels(path: Path):
+    """The stored voxel array: nibabel for NIfTI, SimpleITK for everything else (DICOM folders included)."""
+    import numpy as np
+
+    if path.is_file() and path.name.lower().endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+
+        return np.asanyarray(nib.load(str(path)).dataobj)
+    from medconvnext.data.readers import read_sitk_image, sitk_array
+
+    return sitk_array(read_sitk_image(path))
+
+
+def _hash_voxels(path: Path) -> str:
+    import numpy as np
+
+    array = np.ascontiguousarray(_voxels(path))
+    digest = hashlib.sha256(f"{array.dtype.str}|{array.shape}|".encode())
+    digest.update(array.reshape(-1).view(np.uint8))
+    return digest.hexdigest()
+
+
+def _cache_file(cache_dir: str | Path | None) -> Path:
+    if cache_dir is None:
+        cache_dir = os.environ.get("MEDCONVNEXT_CACHE_DIR") or Path.home() / ".cache" / "medconvnext"
+    return Path(cache_dir).expanduser() / HASH_CACHE_NAME
+
+
+def _load_cache(path: Path) -> dict:
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(values, dict) or values.get("format") != HASH_FORMAT:
+        return {}
+    return values.get("images", {}) if isinstance(values.get("images"), dict) else {}
+
+
+def _save_cache(path: Path, images: dict) -> None:
+    """Atomically; entries of files that no longer exist are dropped. A read-only cache folder is ignored."""
+    kept = {p: v for p, v in images.items() if Path(p).exists()}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".image_hashes.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump({"format": HASH_FORMAT, "images": kept}, f)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def image_hashes(paths: Iterable[str | Path], cache_dir: str | Path | None = None) -> dict[str, str | None]:
+    """Resolved path -> voxel hash (None when the image cannot be read) for each path."""
+    cache_path = _cache_file(cache_dir)
+    cache: dict | None = None
+    out: dict[str, str | None] = {}
+    changed = False
+    for raw in paths:
+        path = Path(raw).resolve()
+        key = str(path)
+        if key in out:
+            continue
+        try:
+            identity = _identity(path)
+        except OSError:
+            out[key] = None
+            continue
+        memo = _memo.get(key)
+        if memo is not None and memo[0] == identity:
+            out[key] = memo[1]
+            continue
+        if cache is None:
+            cache = _load_cache(cache_path)
+        entry = cache.get(key)
+        if isinstance(entry, dict) and entry.get("identity") == identity and isinstance(entry.get("sha256"), str):
+            digest = entry["sha256"]
+        else:
+            try:
+                digest = _hash_voxels(path)
+            except Exception:  # noqa: BLE001 - an unreadable image is reported by the data checks, not here
+                out[key] = None
+                continue
+            cache[key] = {"identity": identity, "sha256": digest}
+            changed = True
+        _memo[key] = (identity, digest)
+        out[key] = digest
+    if changed and cache is not None:
+        _save_cache(cache_path, cache)
+    return out
+
+
+def image_hash(path: str | Path, cache_dir: str | Path | None = None) -> str | None:
+    """SHA-256 of an image's voxel data (dtype, shape, values), cached per path + size + mtime."""
+    return image_hashes([path], cache_dir)[str(Path(path).resolve())]
+
+
+# --------------------------------------------------------------------------------------------- audits
+
+
+def audit_cases(
+    train: Sequence[Case],
+    evaluated: Sequence[Case],
+    eval_side: str | Sequence[str] = "evaluated",
+    group_by: str | None = "subject",
+    check_images: bool = True,
+    cache_dir: str | Path | None = None,
+) -> LeakageReport:
+    """Findings between ``train`` and ``evaluated`` cases.
+
+    Args:
+        eval_side: how to name the evaluation side in the message, one name or one per evaluated case.
+        group_by: the subject column (``subject`` or an extra column of the datalist); None skips that check.
+        check_images: compare voxel hashes of every image of every case.
+    """
+    sides = [eval_side] * len(evaluated) if isinstance(eval_side, str) else list(eval_side)
+    findings: list[Finding] = []
+    if group_by is not None:
+        by_group: dict[str, str] = {}
+        for case in train:
+            group = case.group(group_by)
+            if group is not None:
+                by_group.setdefault(group, case.case_id)
+        for case, side in zip(evaluated, sides, strict=True):
+            group = case.group(group_by)
+            if group is not None and group in by_group:
+                label = group if group_by == "subject" else f"{group_by} {group}"
+                findings.append(Finding("subject", by_group[group], case.case_id, side, label))
+    report = LeakageReport(findings)
+    if check_images:
+        paths = [p for case in [*train, *evaluated] for p in case.images]
+        hashes = image_hashes(paths, cache_dir)
+        report.hashed = sum(h is not None for h in hashes.values())
+        report.unreadable = sorted(p for p, h in hashes.items() if h is None)
+        by_hash: dict[str, str] = {}
+        for case in train:
+            for image in case.images:
+                digest = hashes[str(Path(image).resolve())]
+                if digest is not None:
+                    by_hash.setdefault(digest, case.case_id)
+        for case, side in zip(evaluated, sides, strict=True):
+            for image in case.images:
+                digest = hashes[str(Path(image).resolve())]
+                if digest is not None and digest in by_hash:
+                    report.findings.append(Finding("image", by_hash[digest], case.case_id, side, digest[:12]))
+                    break
+    return report
+
+
+def audit_split(datalist, split, group_by: str | None = "subject", check_images: bool = True) -> LeakageReport:
+    """Training cases of a :class:`~medconvnext.data.splits.Split` against its validation and test cases."""
+    by_id = {c.case_id: c for c in datalist.cases}
+    train = [by_id[i] for i in split.train]
+    evaluated = [by_id[i] for i in split.val] + [by_id[i] for i in split.test]
+    sides = ["val"] * len(split.val) + ["test"] * len(split.test)
+    return audit_cases(train, evaluated, sides, group_by, check_images)
+
+
+def audit_folds(datalist, folds, group_by: str | None = "subject", check_images: bool = True) -> LeakageReport:
+    """Every fold's training cases against its held-out fold, and all non-test cases against the test cases."""
+    by_id = {c.case_id: c for c in datalist.cases}
+    if check_images:  # hash every image once, up front
+        image_hashes(p for c in datalist.cases for p in c.images)
+    report = LeakageReport()
+    for fold in folds:
+        name = f"fold {fold.index}" if fold.repeat == 0 else f"repeat {fold.repeat} fold {fold.index}"
+        train = [by_id[i] for i in fold.split.train]
+        report = report.merge(audit_cases(train, [by_id[i] for i in fold.split.val], name, group_by, check_images))
+    if folds and folds[0].split.test:
+        pool = [by_id[i] for i in {*folds[0].split.train, *folds[0].split.val}]
+        test = [by_id[i] for i in folds[0].split.test]
+        report = report.merge(audit_cases(pool, test, "test", group_by, check_images))
+    return report
+
+
+def _case_from_dict(values: dict) -> Case:
+    return Case(
+        str(values["case_id"]), tuple(values.get("images") or ()), values.get("label"), values.get("subject"),
+        values.get("split"), dict(values.get("extra") or {}),
+    )
+
+
+def training_cases(run_dir: str | Path) -> tuple[list[Case], str | None]:
+    """The cases a run (or every fold of a cross-validation) trained on or selected its model with, and the
+    grouping column it used."""
+    from medconvnext.rundir import RunDir
+
+    run = RunDir(Path(run_dir))
+    if not run.splits.is_file():
+        raise UserError(f"{run.root}: no {run.splits.name}; the leakage audit needs a run directory (not a checkpoint "
+                        "file)")
+    if run.is_cv():
+        params = json.loads(run.cv_params.read_text(encoding="utf-8"))
+        first = run.folds()[0][2]
+        dataset_path, splits = first.dataset, json.loads(run.splits.read_text(encoding="utf-8"))
+        ids = {i for fold in splits["folds"] for i in (*fold["train"], *fold["val"])}
+        group_by = params.get("group_by") or "subject"
+    else:
+        dataset_path, splits = run.dataset, json.loads(run.splits.read_text(encoding="utf-8"))
+        ids = {*splits["train"], *splits["val"]}
+        group_by = "subject"
+    if not dataset_path.is_file():
+        raise UserError(f"{run.root}: {dataset_path.name} missing; not a finished run directory")
+    cases = [_case_from_dict(c) for c in json.loads(dataset_path.read_text(encoding="utf-8"))["cases"]]
+    return [c for c in cases if c.case_id in ids], group_by
+
+
+def audit_run(
+    run_dir: str | Path,
+    evaluated: Sequence[Case | str | Path],
+    eval_side: str = "evaluated",
+    check_images: bool = True,
+) -> LeakageReport:
+    """Cases (or image paths, e.g. the scans given to ``predict``) against the cases that the run in
+    ``run_dir`` trained on or selected its model with (for a cross-validation: all its non-test cases)."""
+    train, group_by = training_cases(run_dir)
+    cases = [
+        c if isinstance(c, Case) else Case(case_id_from_path(c), (str(Path(c).resolve()),), None) for c in evaluated
+    ]
+    return audit_cases(train, cases, eval_side, group_by, check_images)

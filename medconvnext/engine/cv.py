@@ -1,0 +1,294 @@
+"""K-fold cross-validation: one training run per fold, out-of-fold predictions, a test-set fold ensemble, the report.
+
+Layout of the run directory (file names in :mod:`medconvnext.rundir`)::
+
+    RUN_DIR/
+      cv.json                 the cross-validation parameters and the resolved config (checked on resume)
+      splits.json             per fold: train / val case ids; the test ids; the grouping column and groups
+      fold_0/ ... fold_K-1/   a complete ``train`` run each (repeats > 1: repeat_R/fold_I/)
+      oof_predictions.csv     image, label, [repeat,] fold, prediction, prob_<class>: every non-test case
+                              once (per repeat), predicted by the fold model that held it out
+      test_predictions.csv    test cases, predicted once by the ensemble of all fold models (fold = -1)
+      cv_summary.json  report.md  report.html  roc.png  pr.png  confusion.png  calibration.png  curves.png
+
+Within a fold, the held-out fold is the validation set: it selects the best epoch (checkpoint_best) and its
+predictions at that epoch are the out-of-fold predictions. This is the usual choice (nnU-Net, most papers);
+it makes the pooled estimate slightly optimistic, because the same cases chose the epoch; the test cases,
+never used for training or selection, give the unbiased number when there are any.
+
+Re-running the same call on an existing run directory continues it: finished folds are skipped, an
+interrupted fold resumes from its last epoch (:func:`medconvnext.engine.trainer.resume`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medconvnext.config import Config
+from medconvnext.data.datalist import Case, Datalist, load_datalist
+from medconvnext.data.splits import Fold, cv_splits, resolve_group_column
+from medconvnext.errors import UserError
+from medconvnext.rundir import RunDir
+
+__all__ = ["CV_FORMAT", "CvResult", "FoldResult", "cross_validate", "cv_params"]
+
+CV_FORMAT = 1
+# config fields that may differ when a cross-validation is continued: they change where and how fast it
+# runs, not what it computes
+OPERATIONAL_FIELDS = ("train.device", "train.tensorboard", "data.num_workers", "data.cache", "data.cache_dir",
+                      "data.leakage")
+
+
+@dataclass
+class FoldResult:
+    """One fold: where it ran and how its best epoch scored; ``action`` is trained, resumed or skipped."""
+
+    repeat: int
+    index: int
+    run_dir: Path
+    action: str
+    best_epoch: int | None
+    best_metrics: dict[str, Any]
+
+
+@dataclass
+class CvResult:
+    """The whole cross-validation."""
+
+    run_dir: Path
+    folds: list[FoldResult]
+    summary: dict[str, Any]
+    report: dict[str, Path] = field(default_factory=dict)
+
+
+def cv_params(config: Config, folds: int, repeats: int, group_by: str | None) -> dict[str, Any]:
+    """What ``cv.json`` stores and a continued run must match."""
+    return {"format": CV_FORMAT, "folds": folds, "repeats": repeats, "group_by": group_by,
+            "config": config.to_dict()}
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and value and not prefix.startswith("config.model.args"):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _differences(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    a, b = _flatten(stored), _flatten(wanted)
+    ignored = {f"config.{name}" for name in OPERATIONAL_FIELDS}
+    keys = [k for k in sorted(set(a) | set(b)) if k not in ignored and a.get(k) != b.get(k)]
+    return [f"{k.removeprefix('config.')}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys]
+
+
+def _splits_document(folds: list[Fold], column: str | None) -> dict[str, Any]:
+    return {
+        "group_by": column,
+        "folds": [f.to_dict() for f in folds],
+        "test": folds[0].split.test,
+        "groups": folds[0].groups,
+    }
+
+
+def _prepare(run: RunDir, params: dict[str, Any], splits: dict[str, Any], overwrite: bool) -> bool:
+    """Create the run directory, or check that the existing one is this cross-validation; True when continued."""
+    if run.root.exists() and any(run.root.iterdir()):
+        if overwrite:
+            shutil.rmtree(run.root)
+        elif not run.is_cv():
+            raise UserError(f"--out {run.root}: already holds something that is not a cross-validation; "
+                            "pass --overwrite to replace it or choose another --out")
+        else:
+            try:
+                stored = json.loads(run.cv_params.read_text(encoding="utf-8"))
+                stored_splits = json.loads(run.splits.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise UserError(f"{run.cv_params}: unreadable ({exc}); pass --overwrite to start again") from None
+            changed = _differences(stored, params)
+            if changed:
+                raise UserError(f"--out {run.root}: holds a cross-validation with other parameters "
+                                f"({'; '.join(changed[:4])}{'; ...' if len(changed) > 4 else ''}); rerun with the "
+                                "same options to continue it, or pass --overwrite to start again")
+            if stored_splits.get("folds") != splits["folds"] or stored_splits.get("test") != splits["test"]:
+                raise UserError(f"--out {run.root}: the data changed since this cross-validation started (the folds "
+                                "differ); pass --overwrite to start again")
+            return True
+    run.root.mkdir(parents=True, exist_ok=True)
+    run.cv_params.write_text(json.dumps(params, indent=2), encoding="utf-8")
+    run.splits.write_text(json.dumps(splits, indent=2), encoding="utf-8")
+    return False
+
+
+def _fold_status(fold: RunDir, epochs: int) -> tuple[str, dict[str, Any] | None]:
+    """``done`` (marked), ``finished`` (trained, not yet marked), ``resume`` (interrupted after an epoch) or
+    ``new``; with the best epoch's record when known."""
+    from medconvnext.engine.resume import load_training_state
+
+    if fold.done.is_file():
+        return "done", json.loads(fold.done.read_text(encoding="utf-8"))
+    needed = (fold.config, fold.dataset, fold.splits, fold.training_state())
+    if not all(p.is_file() for p in needed):
+        return "new", None
+    state = load_training_state(fold.training_state())
+    if state.get("stopped") or int(state["epoch"]) >= epochs:
+        best = state.get("best") or {}
+        return "finished", {"best_epoch": best.get("epoch"), "best_metrics": best}
+    return "resume", None
+
+
+def _train_fold(
+    config: Config, fold: Fold, run: RunDir, callbacks: Any, log: Callable[[str], None], total: int, repeats: int
+) -> FoldResult:
+    from medconvnext.engine.trainer import resume, train
+
+    folder = run.fold(fold.index, fold.repeat if repeats > 1 else None)
+    name = folder.root.relative_to(run.root).as_posix()
+    position = fold.repeat * (total // repeats) + fold.index + 1
+    status, done = _fold_status(folder, config.train.epochs)
+    if status in ("done", "finished"):
+        if status == "finished":
+            folder.done.write_text(json.dumps(done, indent=2), encoding="utf-8")
+        log(f"{name} ({position}/{total}): finished earlier, skipped")
+        return FoldResult(fold.repeat, fold.index, folder.root, "skipped", done.get("best_epoch"),
+                          done.get("best_metrics", {}))
+    if status == "resume":
+        log(f"{name} ({position}/{total}): resuming from its last epoch")
+        result = resume(folder.root, device=config.train.device, callbacks=callbacks)
+        action = "resumed"
+    else:
+        log(f"{name} ({position}/{total}): training on {len(fold.split.train)} cases, "
+            f"validating on {len(fold.split.val)}")
+        result = train(config, folder.root, overwrite=True, callbacks=callbacks, split=fold.split, audit=False)
+        action = "trained"
+    done = {"best_epoch": result.best_epoch, "best_metrics": result.best_metrics}
+    folder.done.write_text(json.dumps(done, indent=2), encoding="utf-8")
+    return FoldResult(fold.repeat, fold.index, folder.root, action, result.best_epoch, result.best_metrics)
+
+
+def cross_validate(
+    config: Config,
+    out: str | Path,
+    folds: int = 5,
+    repeats: int = 1,
+    group_by: str | None = None,
+    overwrite: bool = False,
+    callbacks: Any = None,
+    log: Callable[[str], None] | None = None,
+    n_boot: int = 1000,
+) -> CvResult:
+    """Stratified (grouped, when a subject column applies) K-fold cross-validation of ``config`` into ``out``.
+
+    Args:
+        folds, repeats: K folds, repeated with different shuffles (seed ``train.seed + repeat``).
+        group_by: grouping column (default: ``subject`` when the data has one); no group in two folds.
+        overwrite: replace an existing run directory; without it an existing cross-validation with the same
+            parameters is continued and anything else is refused.
+        callbacks: :class:`~medconvnext.engine.trainer.TrainingCallbacks` for every fold's training.
+        log: receives one line per fold (what is done with it).
+        n_boot: bootstrap resamples of the report's confidence intervals.
+    """
+    from medconvnext.engine.trainer import audit_training_split
+
+    if not config.data.path:
+        raise UserError("data.path is not set: pass --data DIR")
+    log = log or (lambda line: None)
+    datalist = load_datalist(config.data.path)
+    if config.data.skip_bad:
+        from medconvnext.data.validate import validate_datalist
+
+        datalist, _ = validate_datalist(datalist, skip_bad=True)
+    column = resolve_group_column(datalist, group_by)
+    fold_list = cv_splits(datalist, folds, config.train.seed, repeats, column)
+    run = RunDir(Path(out))
+    params = cv_params(config, folds, repeats, column)
+    audit_training_split(config, datalist, fold_list, column)  # before anything is written
+    _prepare(run, params, _splits_document(fold_list, column), overwrite)
+    results = [_train_fold(config, fold, run, callbacks, log, len(fold_list), repeats) for fold in fold_list]
+    _write_oof(run, datalist, fold_list, repeats)
+    test = [c for c in datalist.cases if c.case_id in set(fold_list[0].split.test)]
+    if test:
+        log(f"test: predicting {len(test)} case(s) with the ensemble of {len(fold_list)} fold models")
+        _write_test_predictions(run, datalist, test, config.train.device)
+    from medconvnext.reports.run import report_run
+
+    report = report_run(run.root, n_boot=n_boot, seed=0)
+    return CvResult(run.root, results, report.summary, report.files)
+
+
+# ---------------------------------------------------------------------------------------- prediction tables
+
+
+def _write_table(path: Path, rows: list[dict[str, Any]], classes: Sequence[str], with_repeat: bool) -> None:
+    from medconvnext.engine.checkpoint import atomic_write
+    from medconvnext.reports.predictions import PROB_PREFIX
+
+    fields = ["image", "label", *(["repeat"] if with_repeat else []), "fold", "prediction",
+              *[PROB_PREFIX + c for c in classes]]
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_write(path, write)
+
+
+def _row(case: Case, probs: Sequence[float], classes: Sequence[str], fold: int, repeat: int | None) -> dict:
+    from medconvnext.reports.predictions import PROB_PREFIX
+
+    best = max(range(len(classes)), key=lambda k: probs[k])
+    row: dict[str, Any] = {"image": case.images[0], "label": case.label or ""}
+    if repeat is not None:
+        row["repeat"] = repeat
+    row.update({"fold": fold, "prediction": classes[best]})
+    row.update({PROB_PREFIX + c: round(float(p), 6) for c, p in zip(classes, probs, strict=True)})
+    return row
+
+
+def _write_oof(run: RunDir, datalist: Datalist, folds: list[Fold], repeats: int) -> Path:
+    """Collect every fold's ``val_predictions.csv`` (its best epoch) into ``oof_predictions.csv``."""
+    from medconvnext.reports.predictions import read_predictions
+
+    by_id = {c.case_id: c for c in datalist.cases}
+    per_repeat = len(folds) // repeats
+    rows = []
+    for fold in folds:
+        folder = run.fold(fold.index, fold.repeat if repeats > 1 else None)
+        if not folder.val_predictions.is_file():
+            raise UserError(f"{folder.val_predictions}: missing; rerun the cv command to finish this fold")
+        predictions = read_predictions(folder.val_predictions)
+        if predictions.class_names != datalist.classes:
+            raise UserError(f"{folder.val_predictions}: classes {predictions.class_names} differ from the data's "
+                            f"{datalist.classes}; pass --overwrite to start again")
+        if sorted(predictions.images) != sorted(fold.split.val):
+            raise UserError(f"{folder.val_predictions}: does not hold exactly the fold's validation cases; "
+                            "pass --overwrite to start again")
+        number = fold.repeat * per_repeat + fold.index
+        for case_id, probs in zip(predictions.images, predictions.probs, strict=True):
+            rows.append((fold.repeat, by_id[case_id],
+                         _row(by_id[case_id], probs, datalist.classes, number, fold.repeat if repeats > 1 else None)))
+    order = {c.case_id: i for i, c in enumerate(datalist.cases)}
+    rows.sort(key=lambda r: (r[0], order[r[1].case_id]))
+    _write_table(run.oof_predictions, [r[2] for r in rows], datalist.classes, repeats > 1)
+    return run.oof_predictions
+
+
+def _write_test_predictions(run: RunDir, datalist: Datalist, test: list[Case], device: str) -> Path:
+    from medconvnext.engine.ensemble import ensemble_probabilities, load_ensemble
+    from medconvnext.reports.predictions import TEST_FOLD
+
+    predictors = load_ensemble(run.root, device=device)
+    probs = ensemble_probabilities(predictors, [list(c.images) for c in test])
+    rows = [_row(case, p, datalist.classes, TEST_FOLD, None) for case, p in zip(test, probs, strict=True)]
+    _write_table(run.test_predictions, rows, datalist.classes, False)
+    return run.test_predictions

@@ -1,0 +1,119 @@
+"""Evaluate a trained run on any labelled set: predictions, metrics and the report.
+
+The model is the ensemble of the folds (mean probability) when the run directory is a cross-validation,
+else the run's best checkpoint. Output folder (default ``RUN_DIR/eval_<split>``)::
+
+    predictions.csv   image, label, prediction, prob_<class>
+    evaluation.json   what was evaluated (run, data, split, models, cases)
+    summary.json      metrics with bootstrap CIs (medconvnext.reports.summarize)
+    report.md  report.html  roc.png  pr.png  confusion.png  calibration.png
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medconvnext.data.datalist import Case, Datalist, load_datalist
+from medconvnext.data.leakage import LeakageReport, audit_run, enforce
+from medconvnext.errors import UserError
+from medconvnext.rundir import RunDir
+
+__all__ = ["EVAL_SPLITS", "EvaluationResult", "evaluate_run_on", "select_cases"]
+
+EVAL_SPLITS = ("test", "val", "train", "all")
+
+
+@dataclass
+class EvaluationResult:
+    """Where the evaluation went, what it covered and how it scored."""
+
+    out_dir: Path
+    cases: int
+    models: int
+    summary: dict[str, Any]
+    files: dict[str, Path] = field(default_factory=dict)
+    leakage: LeakageReport = field(default_factory=LeakageReport)
+    skipped_unlabelled: int = 0
+
+
+def select_cases(datalist: Datalist, split: str, run: RunDir | None = None) -> list[Case]:
+    """The cases of ``split`` by the data's ``split`` column: ``test``, ``val``, ``train`` (rows marked train or
+    unmarked) or ``all``. When the data marks no split at all, ``train``/``val`` mean the run's own split
+    (its ``splits.json``, for a ``train`` run)."""
+    if split not in EVAL_SPLITS:
+        raise UserError(f"--split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
+    if split == "all":
+        return list(datalist.cases)
+    marked = any(c.split for c in datalist.cases)
+    if not marked and split in ("train", "val") and run is not None and run.splits.is_file() and not run.is_cv():
+        ids = set(json.loads(run.splits.read_text(encoding="utf-8"))[split])
+        chosen = [c for c in datalist.cases if c.case_id in ids]
+    elif split == "train":
+        chosen = [c for c in datalist.cases if c.split in (None, "train")]
+    else:
+        chosen = [c for c in datalist.cases if c.split == split]
+    if not chosen:
+        raise UserError(f"--data {datalist.source}: no {split} cases (its split column marks none); "
+                        "use --split all to evaluate every case")
+    return chosen
+
+
+def evaluate_run_on(
+    run_dir: str | Path,
+    data: str | Path,
+    split: str = "test",
+    out: str | Path | None = None,
+    device: str = "auto",
+    leakage: str = "warn",
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> EvaluationResult:
+    """Predict the labelled ``split`` cases of ``data`` with the run in ``run_dir`` and write the report.
+
+    ``leakage``: what a case sharing a subject or an image with the run's training cases does
+    (``warn``, ``error`` -> UserError, ``off``; see :mod:`medconvnext.data.leakage`).
+    """
+    from medconvnext.engine.ensemble import ensemble_probabilities, load_ensemble
+    from medconvnext.engine.predictions import write_prediction_table
+    from medconvnext.reports.run import report_run
+
+    run = RunDir(Path(run_dir))
+    if not run.root.is_dir() or not (run.is_cv() or run.checkpoint("best").is_file()):
+        raise UserError(f"{run.root}: not a run directory (expected cv.json or {run.checkpoint('best').name})")
+    out_dir = Path(out) if out is not None else run.root / f"eval_{split}"
+    if out_dir.resolve() == run.root.resolve():
+        raise UserError(f"--out {out_dir}: would overwrite the run's own report; choose another folder")
+    datalist = load_datalist(data, for_training=False)
+    chosen = select_cases(datalist, split, run)
+    labelled = [c for c in chosen if c.label is not None]
+    if not labelled:
+        raise UserError(f"--data {datalist.source}: none of the {len(chosen)} {split} case(s) has a label")
+    report = audit_run(run.root, labelled, eval_side=split) if leakage != "off" else LeakageReport()
+    enforce(report, leakage)
+    predictors = load_ensemble(run.root, device=device)
+    classes = predictors[0].class_names
+    unknown = sorted({c.label for c in labelled} - set(classes))
+    if unknown:
+        raise UserError(f"--data {datalist.source}: label {unknown[0]!r} is not one of the model's classes "
+                        f"({', '.join(classes)})")
+    probs = ensemble_probabilities(predictors, [list(c.images) for c in labelled])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = RunDir(out_dir)
+    write_prediction_table(target.predictions, [c.images[0] for c in labelled], probs, classes,
+                           labels=[c.label for c in labelled])
+    how = (f"the ensemble of its {len(predictors)} fold models (mean probability)" if run.is_cv()
+           else "its best checkpoint")
+    note = f"{len(labelled)} {split} case(s) of {datalist.source}, predicted by {how}."
+    if len(chosen) > len(labelled):
+        note += f" {len(chosen) - len(labelled)} unlabelled case(s) left out."
+    if report:
+        note += f" Leakage audit: {report.message()}."
+    meta = {"run": str(run.root), "data": str(data), "split": split, "n_cases": len(labelled),
+            "models": len(predictors), "note": note}
+    target.evaluation.write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    written = report_run(out_dir, n_boot=n_boot, seed=seed)
+    return EvaluationResult(out_dir, len(labelled), len(predictors), written.summary, written.files, report,
+                            len(chosen) - len(labelled))

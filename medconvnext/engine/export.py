@@ -1,0 +1,202 @@
+"""Export a trained model for deployment: TorchScript (``torch.jit.trace``) or ONNX, plus its preprocessing as JSON.
+
+The exported model maps the *preprocessed* tensor, (N, C, D, H, W) float32 at the run's input size, to
+(N, K) logits (softmax over axis 1 gives the class probabilities). The preprocessing that produces that
+tensor (orientation, spacing, intensity normalisation, pad/crop size, channel order) and the class names are
+written beside the model as ``<model file stem>.preprocessing.json``. After export the model is loaded back
+and run on a random batch; its outputs must match the eager model's to ``tolerance`` (1e-4 by default).
+
+ONNX needs the optional dependencies ``onnx``, ``onnxscript`` and ``onnxruntime``
+(``pip install medconvnext[onnx]``); the batch axis is dynamic.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from medconvnext.data.preprocessing import Preprocessing
+from medconvnext.engine.checkpoint import atomic_write, load_checkpoint
+from medconvnext.errors import UserError
+from medconvnext.rundir import find_checkpoint, fold_checkpoints, glob_fold_checkpoints
+
+EXPORT_FORMATS = ("torchscript", "onnx")
+DEFAULT_NAMES = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx"}
+TOLERANCE = 1e-4
+ONNX_OPSET = 18
+
+
+class ExportMismatchError(RuntimeError):
+    """The exported model's outputs differ from the eager model's by more than the tolerance."""
+
+
+@dataclass
+class ExportResult:
+    """Where the model and its preprocessing were written, and how closely the export matches eager PyTorch."""
+
+    model_path: Path
+    preprocessing_path: Path
+    max_abs_diff: float
+    format: str
+
+
+def default_output(model_path: str | Path, fmt: str) -> Path:
+    """``RUN/model.torchscript.pt`` / ``RUN/model.onnx`` (beside the checkpoint when given a file)."""
+    path = Path(model_path)
+    return (path if path.is_dir() else path.parent) / DEFAULT_NAMES[fmt]
+
+
+def preprocessing_path(model_file: str | Path) -> Path:
+    """``model.onnx`` -> ``model.preprocessing.json`` (beside it)."""
+    path = Path(model_file)
+    stem = path.name.split(".")[0] or path.stem
+    return path.with_name(f"{stem}.preprocessing.json")
+
+
+def export_model(
+    model_path: str | Path,
+    fmt: str = "torchscript",
+    out: str | Path | None = None,
+    tolerance: float = TOLERANCE,
+    batch_size: int = 2,
+) -> ExportResult:
+    """Export the best checkpoint of a run (or a checkpoint file) and check it against the eager model.
+
+    Raises:
+        UserError: unknown format, a cross-validation directory (export one fold), ONNX extras missing.
+        ExportMismatchError: max |exported - eager| > ``tolerance`` (the file is removed).
+    """
+    if fmt not in EXPORT_FORMATS:
+        raise UserError(f"--format {fmt!r}: choose one of {', '.join(EXPORT_FORMATS)}")
+    if fmt == "onnx":
+        _require_onnx()
+    folds = fold_checkpoints(model_path) or glob_fold_checkpoints(model_path)
+    if folds:
+        raise UserError(f"{model_path} is a cross-validation run with {len(folds)} folds (each with its own "
+                        f"preprocessing); export one fold, e.g. {folds[0].parent}")
+    checkpoint_path = find_checkpoint(model_path)
+    checkpoint = load_checkpoint(checkpoint_path)
+    model = checkpoint.build_model().float().cpu().eval()
+    pre = Preprocessing.from_dict(checkpoint.meta["preprocessing"])
+    out_path = Path(out) if out is not None else default_output(model_path, fmt)
+    generator = torch.Generator().manual_seed(0)
+    example = torch.randn(batch_size, pre.in_channels, *pre.input_size, generator=generator)
+    with torch.no_grad():
+        expected = model(example)
+    if fmt == "torchscript":
+        atomic_write(out_path, lambda tmp: _save_torchscript(model, example, tmp))
+        actual = _run_torchscript(out_path, example)
+    else:
+        atomic_write(out_path, lambda tmp: _save_onnx(model, example, tmp))
+        actual = _run_onnx(out_path, example)
+    diff = float(np.abs(actual - expected.numpy()).max())
+    if not diff <= tolerance:
+        out_path.unlink(missing_ok=True)
+        raise ExportMismatchError(f"{fmt} export of {checkpoint_path} differs from the eager model by {diff:.3g} "
+                                  f"(> {tolerance:g}); nothing was kept")
+    json_path = preprocessing_path(out_path)
+    info = export_info(checkpoint.meta, pre, fmt, out_path, checkpoint_path, diff, tolerance)
+    atomic_write(json_path, lambda tmp: tmp.write_text(json.dumps(info, indent=2), encoding="utf-8"))
+    return ExportResult(out_path, json_path, diff, fmt)
+
+
+def export_info(meta: dict, pre: Preprocessing, fmt: str, out_path: Path, checkpoint_path: Path, diff: float,
+                tolerance: float) -> dict:
+    """What a deployment needs to reproduce the input tensor and read the output (the JSON beside the model)."""
+    return {
+        "format": fmt,
+        "model_file": out_path.name,
+        "source_checkpoint": str(checkpoint_path),
+        "model": meta.get("model"),
+        "classes": list(meta["class_names"]),
+        "input": {
+            "name": "image",
+            "shape": ["N", pre.in_channels, *pre.input_size],
+            "axes": "N, C, D, H, W: D, H, W are the scan's x, y, z voxel axes after reorientation",
+            "dtype": "float32",
+            "dynamic_axes": ["N"] if fmt == "onnx" else [],
+        },
+        "output": {"name": "logits", "shape": ["N", len(meta["class_names"])],
+                   "meaning": "logits; softmax over axis 1 gives the probabilities of 'classes' in order"},
+        "preprocessing": {
+            **pre.to_dict(),
+            "steps": [
+                "read the scan as an (x, y, z) array with its voxel-to-RAS affine (NIfTI, or ITK formats with "
+                "LPS converted to RAS); several images of a case are resampled to the first and stacked as channels",
+                f"reorient to {pre.orientation} (MONAI Orientation)",
+                f"resample to spacing {list(pre.spacing)} mm, bilinear (MONAI Spacing)",
+                _intensity_step(pre),
+                f"pad (zeros) or crop, centred, to {list(pre.input_size)} (MONAI ResizeWithPadOrCrop)",
+            ],
+        },
+        "check": {"max_abs_diff_vs_eager": diff, "tolerance": tolerance},
+    }
+
+
+def _intensity_step(pre: Preprocessing) -> str:
+    if pre.intensity == "zscore":
+        return "z-score each channel over all voxels (MONAI NormalizeIntensity, channel_wise=True)"
+    if pre.intensity == "nonzero_zscore":
+        return "z-score each channel over its non-zero voxels (MONAI NormalizeIntensity, nonzero=True)"
+    if pre.intensity == "clip_zscore":
+        return f"clip to {list(pre.clip or [])}, then (x - {pre.mean}) / {pre.std}"
+    return "no intensity normalisation"
+
+
+def _save_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    with warnings.catch_warnings(), torch.no_grad():
+        # the models' input-size checks are Python conditions: traced once, as they should be
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # torch >= 2.10 deprecates TorchScript in favour of torch.export; it still loads in C++ (libtorch) and Python
+        warnings.simplefilter("ignore", DeprecationWarning)
+        traced = torch.jit.trace(model, example, check_trace=False)
+        torch.jit.save(traced, str(path))
+
+
+def _run_torchscript(path: Path, example: torch.Tensor) -> np.ndarray:
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        loaded = torch.jit.load(str(path), map_location="cpu")
+        return loaded(example).numpy()
+
+
+def _require_onnx() -> None:
+    import importlib.util
+
+    missing = [name for name in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UserError(f"--format onnx needs {', '.join(missing)}: pip install medconvnext[onnx]")
+
+
+def _save_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    import logging
+
+    onnx_logger = logging.getLogger("torch.onnx")
+    level = onnx_logger.level
+    onnx_logger.setLevel(logging.ERROR)  # "torchvision is not installed. Skipping torchvision::nms" etc.
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                model, (example,), input_names=["image"], output_names=["logits"], opset_version=ONNX_OPSET,
+                dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), dynamo=True, verbose=False,
+            )
+    finally:
+        onnx_logger.setLevel(level)
+    program.save(str(path))
+
+
+def _run_onnx(path: Path, example: torch.Tensor) -> np.ndarray:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    # a batch of another size than the traced one: the batch axis must be dynamic
+    first = session.run(["logits"], {"image": example[:1].numpy()})[0]
+    rest = session.run(["logits"], {"image": example[1:].numpy()})[0] if len(example) > 1 else first[:0]
+    return np.concatenate([first, rest])

@@ -1,0 +1,129 @@
+"""The report of a run directory: a cross-validation, a single ``train`` run, or an ``evaluate`` output folder.
+
+- cross-validation (``cv.json``): ``oof_predictions.csv`` (+ the labelled rows of ``test_predictions.csv``,
+  fold -1) -> ``cv_summary.json`` and the report; training curves of every fold;
+- ``train`` run (``val_predictions.csv``): the validation predictions of the best epoch -> ``summary.json`` and
+  the report; its training curve;
+- ``evaluate`` output (``predictions.csv``): those predictions -> ``summary.json`` and the report.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medconvnext.errors import UserError
+from medconvnext.reports.predictions import TEST_FOLD, Predictions, predictions_from_rows, read_predictions
+from medconvnext.reports.render import write_report
+from medconvnext.reports.summary import save_summary, summarize
+from medconvnext.rundir import RunDir
+
+__all__ = ["RunReport", "concat_predictions", "report_run"]
+
+
+@dataclass
+class RunReport:
+    """What :func:`report_run` read and wrote."""
+
+    kind: str  # "cv" | "train" | "evaluate"
+    predictions: Predictions
+    summary: dict[str, Any]
+    summary_path: Path
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def concat_predictions(parts: list[Predictions]) -> Predictions:
+    """Rows of several tables with the same classes, in order."""
+    names = parts[0].class_names
+    for part in parts[1:]:
+        if part.class_names != names:
+            raise UserError(f"prediction tables with different classes: {names} and {part.class_names}")
+    return Predictions(
+        images=[i for p in parts for i in p.images],
+        y_true=np.concatenate([p.y_true for p in parts]),
+        probs=np.concatenate([p.probs for p in parts]),
+        folds=np.concatenate([p.folds for p in parts]),
+        class_names=list(names),
+    )
+
+
+def _labelled_test_rows(path: Path) -> tuple[Predictions | None, int]:
+    """The labelled rows of ``test_predictions.csv`` as fold -1, and how many rows had no label."""
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    labelled = [{**r, "fold": str(TEST_FOLD)} for r in rows if (r.get("label") or "").strip()]
+    return (predictions_from_rows(labelled, str(path)) if labelled else None), len(rows) - len(labelled)
+
+
+def report_run(run_dir: str | Path, n_boot: int = 1000, seed: int = 0) -> RunReport:
+    """(Re)write the summary JSON and ``report.md``/``report.html`` (+ figures) of a run directory."""
+    run = RunDir(Path(run_dir))
+    if not run.root.is_dir():
+        raise UserError(f"{run.root}: no such run directory")
+    if run.is_cv():
+        return _cv_report(run, n_boot, seed)
+    if run.predictions.is_file():
+        meta = {}
+        if run.evaluation.is_file():
+            meta = json.loads(run.evaluation.read_text(encoding="utf-8"))
+        predictions = read_predictions(run.predictions)
+        predictions.folds[:] = TEST_FOLD
+        title = f"Evaluation: {Path(meta.get('run', run.root)).name} on {meta.get('split', 'the given')} cases"
+        notes = [meta["note"]] if meta.get("note") else []
+        return _write(run, "evaluate", predictions, run.evaluation_summary, title, {}, notes, n_boot, seed)
+    if run.val_predictions.is_file():
+        predictions = read_predictions(run.val_predictions)
+        predictions.folds[:] = TEST_FOLD
+        logs = {"train": run.metrics} if run.metrics.is_file() else {}
+        notes = ["Validation cases of a single training run, predicted by its best checkpoint. They also chose "
+                 "that epoch, so these numbers are somewhat optimistic; use `medconvnext cv` or `evaluate` on "
+                 "held-out test cases for an unbiased estimate."]
+        return _write(run, "train", predictions, run.evaluation_summary, f"Validation report: {run.root.name}", logs,
+                      notes, n_boot, seed)
+    raise UserError(f"{run.root}: nothing to report (expected a cross-validation with cv.json, a train run with "
+                    f"{run.val_predictions.name}, or an evaluate folder with {run.predictions.name})")
+
+
+def _cv_report(run: RunDir, n_boot: int, seed: int) -> RunReport:
+    params = json.loads(run.cv_params.read_text(encoding="utf-8"))
+    if not run.oof_predictions.is_file():
+        raise UserError(f"{run.oof_predictions}: missing; the cross-validation has not finished (rerun the cv "
+                        "command to continue it)")
+    oof = read_predictions(run.oof_predictions)
+    parts, notes = [oof], []
+    folds, repeats = int(params["folds"]), int(params["repeats"])
+    if repeats > 1:
+        notes.append(f"{repeats} repeats of {folds}-fold cross-validation: every case has one out-of-fold "
+                     f"prediction per repeat; fold r*{folds}+i is fold i of repeat r. Confidence intervals "
+                     "resample cases (with all their repeats).")
+    group_by = params.get("group_by")
+    if group_by:
+        notes.append(f"Folds grouped by '{group_by}': no {group_by} has cases in two folds.")
+    if run.test_predictions.is_file():
+        test, unlabelled = _labelled_test_rows(run.test_predictions)
+        n_models = folds * repeats
+        if test is not None:
+            parts.append(test)
+            notes.append(f"Test set: {len(test)} cases never used for training or model selection, predicted once "
+                         f"by the ensemble of the {n_models} fold models (mean probability).")
+        if unlabelled:
+            notes.append(f"{unlabelled} unlabelled test case(s) are in test_predictions.csv but not in the metrics.")
+    predictions = concat_predictions(parts)
+    logs = {fold.root.relative_to(run.root).as_posix(): fold.metrics for _, _, fold in run.folds()
+            if fold.metrics.is_file()}
+    title = f"Cross-validation report: {run.root.name} ({folds} folds" + (f" x {repeats} repeats)" if repeats > 1
+                                                                           else ")")
+    return _write(run, "cv", predictions, run.summary, title, logs, notes, n_boot, seed)
+
+
+def _write(run: RunDir, kind: str, predictions: Predictions, summary_path: Path, title: str, logs: dict,
+           notes: list[str], n_boot: int, seed: int) -> RunReport:
+    summary = summarize(predictions, n_boot=n_boot, seed=seed)
+    save_summary(summary_path, summary)
+    files = write_report(run.root, predictions, summary, title=title, training_logs=logs, notes=notes)
+    return RunReport(kind, predictions, summary, summary_path, files)

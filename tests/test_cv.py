@@ -1,0 +1,237 @@
+"""Cross-validation: folds (stratified, grouped), out-of-fold predictions, report numbers, resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_dataset
+from sklearn import metrics as skm
+
+from medconvnext.config import Config, apply_overrides
+from medconvnext.data.datalist import Case, Datalist
+from medconvnext.data.splits import cv_splits, train_val_split
+from medconvnext.engine.cv import cross_validate
+from medconvnext.engine.trainer import SilentCallbacks
+from medconvnext.errors import UserError
+
+
+def tiny_config(data: Path, epochs: int = 1) -> Config:
+    overrides = {"data.path": str(data), "model.name": "convmixer_128_4", "model.args.dim": 16, "model.args.depth": 1,
+                 "train.epochs": epochs, "train.batch_size": 4, "train.device": "cpu", "data.leakage": "off"}
+    return apply_overrides(Config(), overrides)
+
+
+def _datalist(n: int, classes=("a", "b"), subjects: int | None = None, test: int = 0) -> Datalist:
+    cases = []
+    for i in range(n):
+        subject = f"s{i % subjects}" if subjects else None
+        cases.append(Case(f"c{i:02d}", (f"c{i:02d}.nii",), classes[i % len(classes)], subject,
+                          "test" if i >= n - test else None, {"site": f"site{i % 3}"}))
+    return Datalist(cases, sorted(classes), "mem")
+
+
+def _read(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_folds_are_stratified_and_cover_every_non_test_case_once():
+    datalist = _datalist(30, classes=("a", "b", "c"), test=3)
+    folds = cv_splits(datalist, 3, seed=0)
+    pool = {c.case_id for c in datalist.cases if c.split != "test"}
+    val = [i for f in folds for i in f.split.val]
+    assert sorted(val) == sorted(pool)  # every non-test case in exactly one validation fold
+    labels = {c.case_id: c.label for c in datalist.cases}
+    for fold in folds:
+        assert not set(fold.split.train) & set(fold.split.val)
+        assert set(fold.split.train) | set(fold.split.val) == pool
+        assert fold.split.test == ["c27", "c28", "c29"]
+        assert sorted({labels[i] for i in fold.split.val}) == ["a", "b", "c"]
+        counts = [sum(labels[i] == k for i in fold.split.val) for k in "abc"]
+        assert max(counts) - min(counts) <= 1
+    assert [f.split.val for f in folds] == [f.split.val for f in cv_splits(datalist, 3, seed=0)]
+    assert [f.split.val for f in folds] != [f.split.val for f in cv_splits(datalist, 3, seed=1)]
+    repeated = cv_splits(datalist, 3, seed=0, repeats=2)
+    assert [(f.repeat, f.index) for f in repeated] == [(r, i) for r in range(2) for i in range(3)]
+    assert [f.split.val for f in repeated[:3]] == [f.split.val for f in folds]
+
+
+@pytest.mark.parametrize("group_by", [None, "subject", "site"])
+def test_grouped_folds_keep_each_group_in_one_fold(group_by):
+    datalist = _datalist(36, subjects=9)
+    folds = cv_splits(datalist, 3, seed=0, group_by=group_by)
+    column = group_by or "subject"  # a subject column is used by default
+    by_id = {c.case_id: c for c in datalist.cases}
+    fold_of_group: dict[str, int] = {}
+    for fold in folds:
+        for case_id in fold.split.val:
+            group = by_id[case_id].group(column)
+            assert fold_of_group.setdefault(group, fold.index) == fold.index, f"{group} in two folds"
+        train_groups = {by_id[i].group(column) for i in fold.split.train}
+        assert not train_groups & {by_id[i].group(column) for i in fold.split.val}
+    assert sorted(i for f in folds for i in f.split.val) == sorted(by_id)
+
+
+def test_fold_errors_are_user_errors():
+    with pytest.raises(UserError, match="--group-by scanner"):
+        cv_splits(_datalist(12, subjects=4), 3, group_by="scanner")
+    with pytest.raises(UserError, match="4 subjects for 5 folds"):
+        cv_splits(_datalist(12, subjects=4), 5)
+    with pytest.raises(UserError, match="at least 2"):
+        cv_splits(_datalist(12), 1)
+
+
+def test_train_split_keeps_subjects_together():
+    datalist = _datalist(40, subjects=10)
+    split = train_val_split(datalist, 0.2, seed=0)
+    by_id = {c.case_id: c for c in datalist.cases}
+    assert not {by_id[i].subject for i in split.train} & {by_id[i].subject for i in split.val}
+    assert 4 <= len(split.val) <= 12
+
+
+class StopInFold(SilentCallbacks):
+    """Simulates a crash after the first epoch of the ``fold``-th fold that trains (0-based)."""
+
+    def __init__(self, fold: int) -> None:
+        self.fold, self.started = fold, -1
+
+    def on_start(self, total_epochs: int, steps_per_epoch: int) -> None:
+        self.started += 1
+
+    def on_epoch_end(self, record: dict) -> None:
+        if self.started == self.fold:
+            raise KeyboardInterrupt
+
+
+@pytest.fixture(scope="module")
+def binary_cv(tmp_path_factory):
+    """A 3-fold binary cross-validation (2 epochs) that is interrupted in fold 1, then continued."""
+    root = tmp_path_factory.mktemp("cv")
+    data = make_dataset(root / "data")
+    config = tiny_config(data, epochs=2)
+    with pytest.raises(KeyboardInterrupt):
+        cross_validate(config, root / "run", folds=3, callbacks=StopInFold(1), n_boot=200)
+    stamps = {p: p.stat().st_mtime_ns for p in (root / "run").glob("fold_*/checkpoint_last.safetensors")}
+    lines: list[str] = []
+    result = cross_validate(config, root / "run", folds=3, log=lines.append, n_boot=200)
+    return {"data": data, "run": root / "run", "result": result, "lines": lines, "stamps": stamps, "config": config}
+
+
+def test_cv_run_layout_and_oof_predictions(binary_cv):
+    run = binary_cv["run"]
+    for name in ("cv.json", "splits.json", "oof_predictions.csv", "test_predictions.csv", "cv_summary.json",
+                 "report.md", "report.html"):
+        assert (run / name).is_file(), name
+    params = json.loads((run / "cv.json").read_text(encoding="utf-8"))
+    assert (params["folds"], params["repeats"], params["group_by"]) == (3, 1, "subject")
+    rows = _read(run / "oof_predictions.csv")
+    assert list(rows[0]) == ["image", "label", "fold", "prediction", "prob_benign", "prob_malignant"]
+    labels = _read(binary_cv["data"] / "labels.csv")
+    non_test = sorted(str((binary_cv["data"] / r["image"]).resolve()) for r in labels if r["split"] != "test")
+    assert sorted(r["image"] for r in rows) == non_test  # every non-test case exactly once
+    splits = json.loads((run / "splits.json").read_text(encoding="utf-8"))
+    for row in rows:  # each case predicted by the fold that held it out
+        case_id = Path(row["image"]).name.removesuffix(".nii.gz")
+        assert case_id in splits["folds"][int(row["fold"])]["val"]
+    test_rows = _read(run / "test_predictions.csv")
+    assert [Path(r["image"]).name for r in test_rows] == ["c16.nii.gz", "c17.nii.gz"]
+    assert {r["fold"] for r in test_rows} == {"-1"}
+
+
+def test_report_numbers_equal_sklearn(binary_cv):
+    run = binary_cv["run"]
+    rows = _read(run / "oof_predictions.csv")
+    y = np.array([r["label"] == "malignant" for r in rows], dtype=int)
+    p = np.array([float(r["prob_malignant"]) for r in rows])
+    pred = (np.array([float(r["prob_benign"]) for r in rows]) < p).astype(int)
+    summary = json.loads((run / "cv_summary.json").read_text(encoding="utf-8"))
+    pooled = summary["pooled"]
+    assert pooled["n"] == len(rows)
+    assert pooled["auc"] == pytest.approx(skm.roc_auc_score(y, p))
+    assert pooled["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
+    assert pooled["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, pred))
+    assert pooled["sensitivity"] == pytest.approx(skm.recall_score(y, pred, zero_division=0))
+    assert pooled["f1"] == pytest.approx(skm.f1_score(y, pred, zero_division=0))
+    assert pooled["mcc"] == pytest.approx(skm.matthews_corrcoef(y, pred))
+    assert pooled["brier"] == pytest.approx(skm.brier_score_loss(y, p))
+    assert pooled["confusion_matrix"] == skm.confusion_matrix(y, pred).tolist()
+    low, high = pooled["ci"]["auc"]
+    assert low <= pooled["auc"] <= high
+    assert [m["fold"] for m in summary["per_fold"]] == [0, 1, 2]
+    test = _read(run / "test_predictions.csv")
+    yt = np.array([r["label"] == "malignant" for r in test], dtype=int)
+    assert summary["test"]["n"] == 2
+    assert summary["test"]["accuracy"] == pytest.approx(
+        np.mean(yt == np.array([float(r["prob_malignant"]) > float(r["prob_benign"]) for r in test])))
+    report = (run / "report.md").read_text(encoding="utf-8")
+    assert f"| AUC (ROC) | {pooled['auc']:.3f} |" in report
+    assert "Test set (fold -1, 2 cases)" in report and "ensemble of the 3 fold models" in report
+    assert "fold_2" in report  # per-fold training table
+
+
+def test_cv_resumes_fold_by_fold(binary_cv):
+    run, lines = binary_cv["run"], binary_cv["lines"]
+    assert "fold_0 (1/3): finished earlier, skipped" in lines[0]
+    assert "fold_1 (2/3): resuming" in lines[1]
+    assert "fold_2 (3/3): training" in lines[2]
+    assert [r.action for r in binary_cv["result"].folds] == ["skipped", "resumed", "trained"]
+    fold_0 = run / "fold_0" / "checkpoint_last.safetensors"
+    assert fold_0.stat().st_mtime_ns == binary_cv["stamps"][fold_0]  # not retrained
+    log = (run / "fold_1" / "metrics.jsonl").read_text(encoding="utf-8")
+    epochs = [json.loads(line)["epoch"] for line in log.splitlines()]
+    assert epochs == [1, 2]
+    # a third run with the same parameters retrains nothing
+    again: list[str] = []
+    cross_validate(binary_cv["config"], run, folds=3, log=again.append, n_boot=0)
+    assert all("skipped" in line for line in again if line.startswith("fold_"))
+
+
+def test_cv_with_other_parameters_is_refused(binary_cv):
+    config = tiny_config(binary_cv["data"], epochs=3)
+    with pytest.raises(UserError, match=r"other parameters \(train.epochs: 2 -> 3\)"):
+        cross_validate(config, binary_cv["run"], folds=3)
+    with pytest.raises(UserError, match="folds: 3 -> 4"):
+        cross_validate(binary_cv["config"], binary_cv["run"], folds=4)
+
+
+def test_multiclass_cv_report_equals_sklearn(tmp_path):
+    data = make_dataset(tmp_path / "data", classes=("a", "b", "c"), n=18, test=0)
+    result = cross_validate(tiny_config(data), tmp_path / "run", folds=3, n_boot=50)
+    rows = _read(tmp_path / "run" / "oof_predictions.csv")
+    assert len(rows) == 18 and not (tmp_path / "run" / "test_predictions.csv").exists()
+    names = ["a", "b", "c"]
+    y = np.array([names.index(r["label"]) for r in rows])
+    p = np.array([[float(r[f"prob_{c}"]) for c in names] for r in rows])
+    pooled = result.summary["pooled"]
+    assert pooled["auc"] == pytest.approx(skm.roc_auc_score(y, p, multi_class="ovr", average="macro"))
+    pred = p.argmax(axis=1)
+    assert pooled["f1_macro"] == pytest.approx(skm.f1_score(y, pred, average="macro", zero_division=0))
+    assert pooled["f1_weighted"] == pytest.approx(skm.f1_score(y, pred, average="weighted", zero_division=0))
+    assert pooled["mcc"] == pytest.approx(skm.matthews_corrcoef(y, pred))
+    for k, name in enumerate(names):
+        assert pooled["per_class"][name]["auc"] == pytest.approx(skm.roc_auc_score(y == k, p[:, k]))
+    assert result.summary["test"] is None
+
+
+def test_repeated_rows_are_resampled_per_case():
+    """With --repeats every case has one out-of-fold row per repeat: the bootstrap resamples cases, so the
+    interval of a table whose rows are all duplicated is the one of the table itself, not narrower."""
+    from medconvnext.reports.predictions import Predictions
+    from medconvnext.reports.summary import summarize
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 40)
+    p1 = np.clip(0.5 + 0.3 * (y - 0.5) + rng.normal(0, 0.25, 40), 0.01, 0.99)
+    probs = np.stack([1 - p1, p1], axis=1)
+    images = [f"c{i}" for i in range(40)]
+    once = Predictions(images, y, probs, np.zeros(40, dtype=np.int64), ["a", "b"])
+    twice = Predictions(images * 2, np.tile(y, 2), np.tile(probs, (2, 1)), np.repeat([0, 1], 40), ["a", "b"])
+    ci_once = summarize(once, n_boot=300)["pooled"]["ci"]["auc"]
+    pooled = summarize(twice, n_boot=300)["pooled"]
+    assert pooled["n"] == 80 and pooled["n_images"] == 40
+    width = pooled["ci"]["auc"][1] - pooled["ci"]["auc"][0]
+    assert width == pytest.approx(ci_once[1] - ci_once[0], rel=0.25)

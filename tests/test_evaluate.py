@@ -1,0 +1,109 @@
+"""evaluate and report end to end through the CLI, with tiny models."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from conftest import make_dataset
+from sklearn import metrics as skm
+from typer.testing import CliRunner
+
+from medconvnext.cli.main import app
+
+runner = CliRunner()
+TINY_CONVMIXER = ["--model", "convmixer_128_4", "--set", "model.args.dim=16", "--set", "model.args.depth=1",
+                  "--device", "cpu", "--batch-size", "4", "--epochs", "1"]
+
+
+def _read(path):
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate")
+    data = make_dataset(root / "data", n=16, test=2)  # 12 cases in the folds, 4 test cases
+    cv = runner.invoke(app, ["cv", "--data", str(data), "--folds", "2", "--out", str(root / "cv"), "--n-boot", "50",
+                             *TINY_CONVMIXER])
+    assert cv.exit_code == 0, cv.output
+    assert "out-of-fold" in cv.output and "test (ensemble)" in cv.output
+    train = runner.invoke(app, ["train", "--data", str(data), "--out", str(root / "train"), *TINY_CONVMIXER])
+    assert train.exit_code == 0, train.output
+    return {"data": data, "cv": root / "cv", "train": root / "train", "root": root}
+
+
+def test_evaluate_test_split_with_the_fold_ensemble(runs):
+    out = runs["root"] / "eval_cv"
+    result = runner.invoke(app, ["evaluate", str(runs["cv"]), "--data", str(runs["data"]), "--split", "test",
+                                 "--out", str(out), "--device", "cpu", "--n-boot", "50"])
+    assert result.exit_code == 0, result.output
+    assert "evaluated 4 test case(s) with 2 model(s)" in result.output
+    assert "possible leakage" not in result.output
+    rows = _read(out / "predictions.csv")
+    assert [r["image"].rsplit("/", 1)[-1] for r in rows] == [f"c{i}.nii.gz" for i in range(12, 16)]
+    # the same ensemble as the cv's own test-set predictions
+    cv_rows = _read(runs["cv"] / "test_predictions.csv")
+    for row, cv_row in zip(rows, cv_rows, strict=True):
+        assert float(row["prob_malignant"]) == pytest.approx(float(cv_row["prob_malignant"]), abs=1e-5)
+    y = np.array([r["label"] == "malignant" for r in rows], dtype=int)
+    p = np.array([float(r["prob_malignant"]) for r in rows])
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["pooled"]["n"] == 4
+    assert summary["pooled"]["auc"] == pytest.approx(skm.roc_auc_score(y, p))
+    assert summary["pooled"]["accuracy"] == pytest.approx(skm.accuracy_score(y, (p > 0.5).astype(int)))
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert "ensemble of its 2 fold models" in report
+    assert (out / "report.html").read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+
+
+def test_evaluate_single_run_and_training_cases_warn(runs):
+    result = runner.invoke(app, ["evaluate", str(runs["train"]), "--data", str(runs["data"]), "--split", "train",
+                                 "--device", "cpu", "--n-boot", "0"])
+    assert result.exit_code == 0, result.output
+    assert "with 1 model(s)" in result.output
+    assert "warning: possible leakage" in result.output  # these cases trained the model
+    assert (runs["train"] / "eval_train" / "predictions.csv").is_file()
+    strict = runner.invoke(app, ["evaluate", str(runs["train"]), "--data", str(runs["data"]), "--split", "all",
+                                 "--out", str(runs["root"] / "strict"), "--strict", "--device", "cpu"])
+    assert strict.exit_code == 2 and "refused because of --strict" in strict.output
+    assert not (runs["root"] / "strict").exists()
+
+
+def test_report_regenerates_cv_and_train_reports(runs):
+    before = json.loads((runs["cv"] / "cv_summary.json").read_text(encoding="utf-8"))
+    (runs["cv"] / "report.md").unlink()
+    result = runner.invoke(app, ["report", str(runs["cv"]), "--n-boot", "50"])
+    assert result.exit_code == 0, result.output
+    assert (runs["cv"] / "report.md").is_file()
+    after = json.loads((runs["cv"] / "cv_summary.json").read_text(encoding="utf-8"))
+    assert after == before
+    result = runner.invoke(app, ["report", str(runs["train"]), "--n-boot", "0"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((runs["train"] / "summary.json").read_text(encoding="utf-8"))
+    val = _read(runs["train"] / "val_predictions.csv")
+    assert summary["pooled"]["n"] == len(val) and summary["scope"] == "all"
+    assert "Validation report" in (runs["train"] / "report.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--split", "holdout"], "--split must be one of"),
+        (["--split", "val"], "no val cases"),
+        (["--out", "RUN"], "would overwrite the run's own report"),
+    ],
+)
+def test_evaluate_user_errors(runs, args, message):
+    args = [str(runs["cv"]) if a == "RUN" else a for a in args]
+    result = runner.invoke(app, ["evaluate", str(runs["cv"]), "--data", str(runs["data"]), *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+def test_report_of_an_empty_folder_is_a_user_error(tmp_path):
+    result = runner.invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 2 and "nothing to report" in result.output

@@ -1,0 +1,129 @@
+"""Leakage audit: shared subjects and identical images between training and evaluation cases."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import blob_volume, write_volume
+from typer.testing import CliRunner
+
+from medconvnext.cli.main import app
+from medconvnext.data import leakage
+from medconvnext.data.datalist import load_datalist
+from medconvnext.data.leakage import LeakageWarning, audit_run, audit_split, enforce, image_hash
+from medconvnext.data.splits import train_val_split
+from medconvnext.errors import UserError
+
+runner = CliRunner()
+TINY_CONVMIXER = ["--model", "convmixer_128_4", "--set", "model.args.dim=16", "--set", "model.args.depth=1",
+                  "--device", "cpu", "--batch-size", "4"]
+
+
+@pytest.fixture(autouse=True)
+def hash_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDCONVNEXT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(leakage, "_memo", {})
+    return tmp_path / "cache"
+
+
+def _rewrite(dataset: Path, splits: dict[str, str], extra: list[dict] = ()) -> None:
+    """labels.csv with a split column (``splits``: case id -> split, default train) and ``extra`` rows."""
+    path = dataset / "labels.csv"
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        row["split"] = splits.get(Path(row["image"]).name.removesuffix(".nii.gz"), "train")
+    rows += list(extra)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=["image", "label", "subject", "split"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _plant_duplicates(dataset: Path) -> None:
+    """c00 copied byte for byte as dup; c02's voxels re-saved uncompressed with another header as c02_resaved."""
+    shutil.copy(dataset / "img" / "c00.nii.gz", dataset / "img" / "dup.nii.gz")
+    image = nib.load(dataset / "img" / "c02.nii.gz")
+    copy = nib.Nifti1Image(image.get_fdata(dtype="float32"), image.affine * 1.1)  # other spacing, same voxels
+    copy.header["descrip"] = b"anonymised"
+    nib.save(copy, dataset / "img" / "c02_resaved.nii")
+    _rewrite(dataset, {"c03": "val"}, [
+        {"image": "img/dup.nii.gz", "label": "normal", "subject": "x1", "split": "val"},
+        {"image": "img/c02_resaved.nii", "label": "normal", "subject": "x2", "split": "test"},
+    ])
+
+
+def test_planted_duplicate_images_are_found(csv_dataset):
+    _plant_duplicates(csv_dataset)
+    datalist = load_datalist(csv_dataset)
+    report = audit_split(datalist, train_val_split(datalist, 0.2, seed=0))
+    assert report.cases("image") == {"dup", "c02_resaved"}
+    assert report.cases("subject") == {"c03"}  # c03 shares subject s1 with c02 (train)
+    message = report.message()
+    assert "\n" not in message
+    assert "val dup = train c00" in message and "test c02_resaved = train c02" in message
+    assert "s1 (train c02 / val c03)" in message
+    with pytest.warns(LeakageWarning, match="identical image"):
+        enforce(report, "warn")
+    with pytest.raises(UserError, match="refused because of --strict"):
+        enforce(report, "error")
+    enforce(report, "off")
+
+
+def test_clean_split_has_no_findings(csv_dataset):
+    _rewrite(csv_dataset, {"c04": "val", "c05": "val", "c10": "test", "c11": "test"})  # whole subjects s2, s5
+    datalist = load_datalist(csv_dataset)
+    report = audit_split(datalist, train_val_split(datalist, 0.2, seed=0))
+    assert not report and report.hashed == 12 and not report.unreadable
+
+
+def test_hashes_are_cached_per_path_size_and_mtime(csv_dataset, hash_cache, monkeypatch):
+    path = csv_dataset / "img" / "c00.nii.gz"
+    first = image_hash(path)
+    assert (hash_cache / "image_hashes.json").is_file()
+    monkeypatch.setattr(leakage, "_memo", {})
+
+    def fail(_):
+        raise AssertionError("hashed again")
+
+    monkeypatch.setattr(leakage, "_hash_voxels", fail)
+    assert image_hash(path) == first  # from the cache file
+    monkeypatch.setattr(leakage, "_memo", {})
+    path.write_bytes(path.read_bytes())  # same content, new mtime: a miss
+    with pytest.raises(AssertionError, match="hashed again"):
+        leakage._hash_voxels(path)
+    assert image_hash(path) is None  # the failing hash counts as unreadable
+
+
+def test_train_warns_in_one_line_and_strict_refuses(csv_dataset, tmp_path):
+    _plant_duplicates(csv_dataset)
+    out = tmp_path / "strict"
+    result = runner.invoke(app, ["train", "--data", str(csv_dataset), "--out", str(out), "--epochs", "1",
+                                 *TINY_CONVMIXER, "--strict"])
+    assert result.exit_code == 2, result.output
+    assert "possible leakage" in result.output and "dup = train c00" in result.output
+    assert not out.exists()
+    out = tmp_path / "warned"
+    result = runner.invoke(app, ["train", "--data", str(csv_dataset), "--out", str(out), "--epochs", "1",
+                                 *TINY_CONVMIXER])
+    assert result.exit_code == 0, result.output
+    warning = [line for line in result.output.splitlines() if "possible leakage" in line]
+    assert len(warning) == 1 and warning[0].startswith("warning:")
+    # the function the predict command can call: scans against the cases that trained or selected the model
+    shutil.copy(csv_dataset / "img" / "c00.nii.gz", tmp_path / "scan_a.nii.gz")
+    write_volume(tmp_path / "scan_b.nii.gz", blob_volume(np.random.default_rng(7), True))
+    found = audit_run(out, [tmp_path / "scan_a.nii.gz", tmp_path / "scan_b.nii.gz", csv_dataset / "img" / "c03.nii.gz"])
+    assert found.cases("image") == {"scan_a", "c03"}  # c03 is a validation case of the run
+    # and predict itself: a warning by default, a refusal with --strict
+    result = runner.invoke(app, ["predict", str(tmp_path / "scan_a.nii.gz"), str(tmp_path / "scan_b.nii.gz"),
+                                 "--model", str(out), "--device", "cpu"])
+    assert result.exit_code == 0 and "possible leakage" in result.output and "scan_a" in result.output
+    result = runner.invoke(app, ["predict", str(tmp_path / "scan_b.nii.gz"), "--model", str(out), "--device", "cpu"])
+    assert result.exit_code == 0 and "possible leakage" not in result.output
+    result = runner.invoke(app, ["predict", str(tmp_path / "scan_a.nii.gz"), "--model", str(out), "--strict"])
+    assert result.exit_code == 2 and "possible leakage" in result.output
