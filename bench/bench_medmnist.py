@@ -1,7 +1,8 @@
 """AdrenalMNIST3D accuracy under the official protocol, through the normal CLI.
 
 For each model and seed: ``medconvnext train`` (train on ``train``, select on ``val``), then the best checkpoint
-predicts ``test`` once. Prints per-run test AUC / accuracy and mean ± std per model, and writes JSON.
+predicts ``test`` once. Prints per-run test AUC / accuracy and mean ± std per model, and writes JSON (the runs
+in docs/benchmarks.md: bench/results/adrenal28.json).
 Runs that already finished (``checkpoint_best`` + a complete metrics.jsonl) are not trained again, so the
 script can be stopped and restarted.
 
