@@ -1,8 +1,8 @@
 """AdrenalMNIST3D accuracy under the official protocol, through the normal CLI.
 
-For each model and seed: ``medconvnext train`` (train on ``train``, select on ``val``), then the best checkpoint
-predicts ``test`` once. Prints per-run test AUC / accuracy and mean ± std per model, and writes JSON (the runs
-in docs/benchmarks.md: bench/results/adrenal28.json).
+For each model and seed: ``medconvnext train`` (train on ``train``, select on ``val``), then
+``medconvnext evaluate --split test`` scores the best checkpoint on ``test`` once. Prints per-run test AUC /
+accuracy and mean ± std per model, and writes JSON (the runs in docs/benchmarks.md: bench/results/adrenal28.json).
 Runs that already finished (``checkpoint_best`` + a complete metrics.jsonl) are not trained again, so the
 script can be stopped and restarted.
 
@@ -43,7 +43,7 @@ def main() -> None:
             name = f"{model}{args.tag}_seed{seed}"
             run_dir = args.out / name
             wall = train_once(args, model, seed, run_dir)
-            record = evaluate_test(run_dir)
+            record = evaluate_test(run_dir, args.data)
             record.update(model=model, seed=seed, tag=args.tag, set=args.set_, config=str(args.config))
             if wall is not None:
                 record["train_wall_s"] = wall
@@ -85,25 +85,20 @@ def _finished(run_dir: Path) -> bool:
     return bool(records) and (records[-1]["epoch"] >= epochs)
 
 
-def evaluate_test(run_dir: Path) -> dict:
-    """Test metrics of the best checkpoint, with medmnist's conventions (AUC of class 1, accuracy at argmax)."""
-    from sklearn.metrics import accuracy_score, roc_auc_score
-
-    from medconvnext.engine.inference import Predictor
-
-    dataset = json.loads((run_dir / "dataset.json").read_text(encoding="utf-8"))
-    splits = json.loads((run_dir / "splits.json").read_text(encoding="utf-8"))
-    cases = {c["case_id"]: c for c in dataset["cases"]}
-    test = [cases[i] for i in splits["test"]]
-    predictor = Predictor.load(run_dir, device="cpu")
-    probs = predictor.predict_files([c["images"][0] for c in test])
-    labels = np.array([dataset["classes"].index(c["label"]) for c in test])
+def evaluate_test(run_dir: Path, data: Path) -> dict:
+    """Test metrics of the best checkpoint by ``medconvnext evaluate --split test`` (AUC of class 1, accuracy at
+    argmax: medmnist's conventions), plus the epoch the run selected on ``val``."""
+    out = run_dir / "eval_test"
+    cmd = [sys.executable, "-m", "medconvnext", "evaluate", str(run_dir), "--data", str(data), "--split", "test",
+           "--out", str(out), "--n-boot", "0", "--device", "cpu"]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    pooled = json.loads((out / "summary.json").read_text(encoding="utf-8"))["pooled"]
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     best = max(metrics, key=lambda r: (r["val_auc"] or 0.0, -r["val_loss"]))
     return {
-        "test_auc": float(roc_auc_score(labels, probs[:, 1])),
-        "test_accuracy": float(accuracy_score(labels, probs.argmax(1))),
-        "n_test": len(test),
+        "test_auc": pooled["auc"],
+        "test_accuracy": pooled["accuracy"],
+        "n_test": pooled["n"],
         "best_epoch": best["epoch"],
         "val_auc": best["val_auc"],
         "epochs_run": metrics[-1]["epoch"],

@@ -52,13 +52,14 @@ def predict(
         from medconvnext.engine.predictions import prediction_rows, write_prediction_table
         from medconvnext.engine.saliency import CAM_METHODS
         from medconvnext.errors import UserError
+        from medconvnext.rundir import RunDir
 
         if output is not None and output.suffix.lower() not in (".csv", ".json"):
             raise UserError(f"--output {output}: use a .csv or .json file name")
         if cam_method not in CAM_METHODS:
             raise UserError(f"--cam-method {cam_method!r}: choose one of {', '.join(CAM_METHODS)}")
         cases = resolve_prediction_inputs(inputs)
-        if (model / "splits.json").is_file():  # a checkpoint alone does not say what it was trained on
+        if RunDir(model).splits.is_file():  # a checkpoint alone does not say what it was trained on
             report = audit_run(model, [case.images[0] for case in cases], eval_side="predicted")
             enforce(report, "error" if strict else "warn")
         ensemble = FoldEnsemble.load(model, device=device, tta=tta)
