@@ -1,19 +1,24 @@
 """AdrenalMNIST3D accuracy under the official protocol, through the normal CLI.
 
-For each model and seed: ``medconvnext train`` (train on ``train``, select on ``val``), then
-``medconvnext evaluate --split test`` scores the best checkpoint on ``test`` once. Prints per-run test AUC /
-accuracy and mean ± std per model, and writes JSON (the runs in docs/benchmarks.md: bench/results/adrenal28.json).
-Runs that already finished (``checkpoint_best`` + a complete metrics.jsonl) are not trained again, so the
-script can be stopped and restarted.
+For each model and seed: ``medconvnext train`` (train on ``train``, select the epoch on ``val``), then
+``medconvnext evaluate --split test`` scores the best checkpoint on ``test`` once (and again with ``--tta``:
+the mean over the 8 flips). With ``--ensemble`` the seeds of a model are also evaluated together as one
+ensemble (``medconvnext evaluate RUN1 RUN2 RUN3``). Prints per-run test AUC / accuracy and mean ± std over the
+seeds, and writes JSON (the runs in docs/benchmarks.md: bench/results/adrenal28.json). Finished runs are not
+trained again, so the script can be stopped and restarted; several copies may share one results file (each
+run updates its own entry under a lock), e.g. one process per seed with ``OMP_NUM_THREADS=1``.
 
     medconvnext data import-medmnist ../shared/data/adrenalmnist3d.npz --out data/adrenal28
     python bench/bench_medmnist.py --data data/adrenal28 --config configs/medmnist.yaml \
-        --models convnext_atto monai_densenet121 --seeds 0 1 2 --out runs/adrenal28
+        --models convnext_atto monai_densenet121 --seeds 0 1 2 --tta --out runs/adrenal28
+    python bench/bench_medmnist.py --summary --results runs/adrenal28/results.json
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import subprocess
 import sys
@@ -25,35 +30,44 @@ import numpy as np
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, required=True, help="folder written by `data import-medmnist`")
-    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--data", type=Path, help="folder written by `data import-medmnist`")
+    parser.add_argument("--config", type=Path)
     parser.add_argument("--models", nargs="+", default=["convnext_atto"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=None, help="override train.epochs")
     parser.add_argument("--set", dest="set_", action="append", default=[], help="extra --set for every run")
     parser.add_argument("--tag", default="", help="suffix of the run names (e.g. a variant of --set)")
-    parser.add_argument("--out", type=Path, required=True, help="folder of the runs")
+    parser.add_argument("--tta", action="store_true", help="also evaluate with test-time flips")
+    parser.add_argument("--ensemble", action="store_true", help="also evaluate the seeds of a model together")
+    parser.add_argument("--out", type=Path, help="folder of the runs")
     parser.add_argument("--results", type=Path, default=None, help="JSON (default: OUT/results.json)")
+    parser.add_argument("--summary", action="store_true", help="only print the table of --results")
     args = parser.parse_args()
+    if args.summary:
+        print_summary(json.loads(args.results.read_text(encoding="utf-8")))
+        return
+    if args.data is None or args.config is None or args.out is None:
+        parser.error("--data, --config and --out are required (unless --summary)")
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.results or args.out / "results.json"
-    results = json.loads(results_path.read_text(encoding="utf-8")) if results_path.is_file() else {}
     for model in args.models:
-        for seed in args.seeds:
-            name = f"{model}{args.tag}_seed{seed}"
+        names = [f"{model}{args.tag}_seed{seed}" for seed in args.seeds]
+        for seed, name in zip(args.seeds, names, strict=True):
             run_dir = args.out / name
             wall = train_once(args, model, seed, run_dir)
-            record = evaluate_test(run_dir, args.data)
+            record = {**evaluate_test([run_dir], args.data, run_dir / "eval_test", args.tta), **run_facts(run_dir)}
             record.update(model=model, seed=seed, tag=args.tag, set=args.set_, config=str(args.config))
             if wall is not None:
                 record["train_wall_s"] = wall
-            elif name in results and "train_wall_s" in results[name]:
-                record["train_wall_s"] = results[name]["train_wall_s"]
-            results[name] = record
-            results_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+            update_results(results_path, name, record)
             print(f"{name}: test AUC {record['test_auc']:.3f}  ACC {record['test_accuracy']:.3f}  "
                   f"(best epoch {record['best_epoch']}, val AUC {record['val_auc']:.3f})", flush=True)
-    print_summary(results)
+        if args.ensemble and len(names) > 1:
+            runs = [args.out / name for name in names]
+            record = evaluate_test(runs, args.data, args.out / f"{model}{args.tag}_ensemble", args.tta)
+            record.update(model=model, seeds=args.seeds, tag=args.tag, ensemble=True, config=str(args.config))
+            update_results(results_path, f"{model}{args.tag}_ensemble", record)
+    print_summary(json.loads(results_path.read_text(encoding="utf-8")))
 
 
 def train_once(args: argparse.Namespace, model: str, seed: int, run_dir: Path) -> float | None:
@@ -85,38 +99,71 @@ def _finished(run_dir: Path) -> bool:
     return bool(records) and (records[-1]["epoch"] >= epochs)
 
 
-def evaluate_test(run_dir: Path, data: Path) -> dict:
-    """Test metrics of the best checkpoint by ``medconvnext evaluate --split test`` (AUC of class 1, accuracy at
-    argmax: medmnist's conventions), plus the epoch the run selected on ``val``."""
-    out = run_dir / "eval_test"
-    cmd = [sys.executable, "-m", "medconvnext", "evaluate", str(run_dir), "--data", str(data), "--split", "test",
-           "--out", str(out), "--n-boot", "0", "--device", "cpu"]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    pooled = json.loads((out / "summary.json").read_text(encoding="utf-8"))["pooled"]
+def evaluate_test(runs: list[Path], data: Path, out: Path, tta: bool) -> dict:
+    """Test AUC (of class 1) and accuracy (at argmax), medmnist's conventions, by ``medconvnext evaluate``;
+    with ``tta`` also ``test_auc_tta`` / ``test_accuracy_tta``."""
+    record = {}
+    for suffix, extra in (("", []), ("_tta", ["--tta"])) if tta else (("", []),):
+        target = out.with_name(out.name + suffix)
+        cmd = [sys.executable, "-m", "medconvnext", "evaluate", *map(str, runs), "--data", str(data),
+               "--split", "test", "--out", str(target), "--n-boot", "0", "--device", "cpu", *extra]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        pooled = json.loads((target / "summary.json").read_text(encoding="utf-8"))["pooled"]
+        record.update({f"test_auc{suffix}": pooled["auc"], f"test_accuracy{suffix}": pooled["accuracy"],
+                       "n_test": pooled["n"]})
+    return record
+
+
+def run_facts(run_dir: Path) -> dict:
+    """The epoch the run selected on ``val`` (its best val AUC) and its epoch times."""
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     best = max(metrics, key=lambda r: (r["val_auc"] or 0.0, -r["val_loss"]))
-    return {
-        "test_auc": pooled["auc"],
-        "test_accuracy": pooled["accuracy"],
-        "n_test": pooled["n"],
-        "best_epoch": best["epoch"],
-        "val_auc": best["val_auc"],
-        "epochs_run": metrics[-1]["epoch"],
-        "mean_epoch_s": float(np.mean([r["epoch_time_s"] for r in metrics])),
-    }
+    return {"best_epoch": best["epoch"], "val_auc": best["val_auc"], "epochs_run": metrics[-1]["epoch"],
+            "mean_epoch_s": float(np.mean([r["epoch_time_s"] for r in metrics])),
+            "total_epoch_s": float(np.sum([r["epoch_time_s"] for r in metrics]))}
+
+
+def update_results(path: Path, name: str, record: dict) -> None:
+    """Set ``results[name] = record`` in the JSON file, under a lock (several bench processes may share it)."""
+    with open(path.with_suffix(".lock"), "w", encoding="utf-8") as lock, _locked(lock):
+        results = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        results[name] = record
+        path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+
+
+@contextlib.contextmanager
+def _locked(handle):
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def print_summary(results: dict) -> None:
+    """Mean ± std over the seeds of each model (+ tag), then the seed ensembles."""
     groups: dict[str, list[dict]] = {}
     for record in results.values():
-        groups.setdefault(record["model"] + record.get("tag", ""), []).append(record)
-    print(f"\n{'model':32s} {'seeds':>5s} {'test AUC':>15s} {'test ACC':>15s} {'epoch s':>8s}")
+        if not record.get("ensemble"):
+            groups.setdefault(record["model"] + record.get("tag", ""), []).append(record)
+    print(f"\n{'model':36s} {'seeds':>5s} {'test AUC':>15s} {'test ACC':>15s} {'AUC (TTA)':>15s} "
+          f"{'ACC (TTA)':>15s} {'train min':>9s}")
     for name, records in groups.items():
-        auc = np.array([r["test_auc"] for r in records])
-        acc = np.array([r["test_accuracy"] for r in records])
-        epoch_s = np.mean([r["mean_epoch_s"] for r in records])
-        print(f"{name:32s} {len(records):5d} {auc.mean():8.3f} ± {auc.std():.3f} {acc.mean():8.3f} ± {acc.std():.3f} "
-              f"{epoch_s:8.1f}")
+        cells = [_mean_std([r.get(key) for r in records])
+                 for key in ("test_auc", "test_accuracy", "test_auc_tta", "test_accuracy_tta")]
+        minutes = np.mean([r.get("total_epoch_s", r["mean_epoch_s"] * r["epochs_run"]) for r in records]) / 60
+        print(f"{name:36s} {len(records):5d} {' '.join(f'{c:>15s}' for c in cells)} {minutes:9.1f}")
+    for name, record in results.items():
+        if record.get("ensemble"):
+            cells = [f"{record[k]:.3f}" if k in record else "-"
+                     for k in ("test_auc", "test_accuracy", "test_auc_tta", "test_accuracy_tta")]
+            print(f"{name:36s} {len(record['seeds']):5d} {' '.join(f'{c:>15s}' for c in cells)}")
+
+
+def _mean_std(values: list) -> str:
+    if any(v is None for v in values):
+        return "-"
+    return f"{np.mean(values):.3f} ± {np.std(values):.3f}"
 
 
 if __name__ == "__main__":

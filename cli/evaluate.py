@@ -11,22 +11,25 @@ from medconvnext.cli._common import console, run_guarded
 
 
 def evaluate(
-    run_dir: Path = typer.Argument(..., help="A cv run directory (ensemble of its folds) or a train run (best)."),
+    run_dirs: list[Path] = typer.Argument(
+        ..., help="A cv run directory (ensemble of its folds) or a train run (best); several runs are ensembled."
+    ),
     data: Path = typer.Option(..., "--data", help="Labelled data: folder, CSV/TSV or JSON datalist."),
     split: str = typer.Option("test", "--split", help="test | val | train | all (by the data's split column)."),
     out: Path = typer.Option(None, "--out", help="Output folder (default RUN_DIR/eval_<split>)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
     strict: bool = options.STRICT,
     n_boot: int = typer.Option(1000, "--n-boot", min=0, help="Bootstrap resamples for the 95% CIs."),
+    tta: bool = typer.Option(False, "--tta", help="Average each model's probabilities over the 8 flips."),
 ) -> None:
-    """Evaluate a trained run on a labelled set: predictions.csv, summary.json and report.md/html."""
+    """Evaluate a trained run (or an ensemble of runs) on a labelled set: predictions.csv, summary.json, report."""
 
     def work() -> None:
         from medconvnext.cli.cv import render_summary
         from medconvnext.engine.evaluate import evaluate_run_on
 
-        result = evaluate_run_on(run_dir, data, split=split, out=out, device=device,
-                                 leakage="error" if strict else "warn", n_boot=n_boot)
+        result = evaluate_run_on(run_dirs, data, split=split, out=out, device=device,
+                                 leakage="error" if strict else "warn", n_boot=n_boot, tta=tta)
         console.print(f"evaluated {result.cases} {split} case(s) with {result.models} model(s)", highlight=False)
         render_summary(result.summary, result.files, result.out_dir)
 

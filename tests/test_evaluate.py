@@ -89,12 +89,48 @@ def test_report_regenerates_cv_and_train_reports(runs):
     assert "Validation report" in (runs["train"] / "report.md").read_text(encoding="utf-8")
 
 
+def _probs(path, column="prob_malignant"):
+    return np.array([float(r[column]) for r in _read(path)])
+
+
+def test_evaluate_ensemble_of_runs_and_tta(runs):
+    from medconvnext.engine.inference import Predictor
+
+    data, root = str(runs["data"]), runs["root"]
+    for name, run in (("cv", runs["cv"]), ("train", runs["train"])):
+        alone = runner.invoke(app, ["evaluate", str(run), "--data", data, "--out", str(root / f"alone_{name}"),
+                                    "--device", "cpu", "--n-boot", "0"])
+        assert alone.exit_code == 0, alone.output
+    both = runner.invoke(app, ["evaluate", str(runs["cv"]), str(runs["train"]), "--data", data,
+                               "--out", str(root / "both"), "--device", "cpu", "--n-boot", "0"])
+    assert both.exit_code == 0, both.output
+    assert "with 3 model(s)" in both.output  # 2 folds + 1 run, every model weighs the same
+    cv_probs, train_probs = (_probs(root / f"alone_{name}" / "predictions.csv") for name in ("cv", "train"))
+    expected = (2 * cv_probs + train_probs) / 3
+    np.testing.assert_allclose(_probs(root / "both" / "predictions.csv"), expected, atol=1e-5)
+    assert "ensemble of 2 runs" in (root / "both" / "report.md").read_text(encoding="utf-8")
+
+    tta = runner.invoke(app, ["evaluate", str(runs["train"]), "--data", data, "--out", str(root / "tta"),
+                              "--tta", "--device", "cpu", "--n-boot", "0"])
+    assert tta.exit_code == 0, tta.output
+    rows = _read(root / "tta" / "predictions.csv")
+    flipped = Predictor.load(runs["train"], device="cpu", tta=True).predict_files([r["image"] for r in rows])
+    np.testing.assert_allclose(_probs(root / "tta" / "predictions.csv"), flipped[:, 1], atol=1e-5)
+    assert not np.allclose(flipped[:, 1], _probs(root / "alone_train" / "predictions.csv"), atol=1e-6)
+    assert json.loads((root / "tta" / "evaluation.json").read_text(encoding="utf-8"))["tta"] is True
+
+
+def test_evaluate_several_runs_needs_out(runs):
+    result = runner.invoke(app, ["evaluate", str(runs["cv"]), str(runs["train"]), "--data", str(runs["data"])])
+    assert result.exit_code == 2 and "--out is required" in result.output
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--split", "holdout"], "--split must be one of"),
         (["--split", "val"], "no val cases"),
-        (["--out", "RUN"], "would overwrite the run's own report"),
+        (["--out", "RUN"], "would overwrite a run's own report"),
     ],
 )
 def test_evaluate_user_errors(runs, args, message):

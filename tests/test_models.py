@@ -98,6 +98,23 @@ def test_small_input_options() -> None:
         create_model("resnext_tiny")(x)
 
 
+def test_overlapping_stem_keeps_the_patchify_grid() -> None:
+    patchify = ConvNeXt3d(depths=(1, 1, 1, 1), dims=(8, 8, 8, 8))
+    overlapping = ConvNeXt3d(depths=(1, 1, 1, 1), dims=(8, 8, 8, 8), stem_kernel_size=7)
+    assert patchify.stem[0].kernel_size == (4, 4, 4) and overlapping.stem[0].kernel_size == (7, 7, 7)
+    for shape in ((32, 32, 32), (28, 36, 40)):
+        x = torch.randn(1, 1, *shape)
+        assert overlapping.stem(x).shape == patchify.stem(x).shape
+    # each stem output sees 7 input voxels per axis: a change 1 voxel outside its 4-voxel patch reaches it
+    x = torch.zeros(1, 1, 32, 32, 32)
+    bumped = x.clone()
+    bumped[0, 0, 4, 1, 1] = 1.0  # first voxel of the second patch along D
+    assert torch.equal(patchify.stem[0](x)[..., 0, 0, 0], patchify.stem[0](bumped)[..., 0, 0, 0])
+    assert not torch.equal(overlapping.stem[0](x)[..., 0, 0, 0], overlapping.stem[0](bumped)[..., 0, 0, 0])
+    with pytest.raises(ValueError, match="stem_kernel_size"):
+        ConvNeXt3d(stem_stride=4, stem_kernel_size=3)
+
+
 def _clone_grads(model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     model.zero_grad()
     model(x).square().sum().backward()

@@ -20,11 +20,12 @@ __all__ = ["ensemble_probabilities", "load_ensemble"]
 
 
 def load_ensemble(
-    model_path: str | Path, device: str = "auto", inference: InferenceConfig | None = None
+    model_path: str | Path, device: str = "auto", inference: InferenceConfig | None = None, tta: bool = False
 ) -> list[Predictor]:
     """One :class:`Predictor` per model: every fold's best checkpoint of a cross-validation run directory,
-    else the single run (or checkpoint file) ``model_path`` names. UserError when the classes differ."""
-    return FoldEnsemble.load(model_path, device=device, inference=inference).members
+    else the single run (or checkpoint file) ``model_path`` names. UserError when the classes differ.
+    ``tta``: each predictor averages over the 8 flips of a volume."""
+    return FoldEnsemble.load(model_path, device=device, inference=inference, tta=tta).members
 
 
 def ensemble_probabilities(predictors: Sequence[Predictor], images: Sequence[ImagePaths]) -> np.ndarray:

@@ -12,6 +12,7 @@ else the run's best checkpoint. Output folder (default ``RUN_DIR/eval_<split>``)
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,15 @@ class EvaluationResult:
     skipped_unlabelled: int = 0
 
 
+def _describe(runs: Sequence[RunDir], models: int) -> str:
+    """What predicted, for the report: a run's best checkpoint, a cv's folds, or an ensemble of runs."""
+    if len(runs) > 1:
+        return f"the ensemble of {len(runs)} runs ({models} models, mean probability)"
+    if runs[0].is_cv():
+        return f"the ensemble of its {models} fold models (mean probability)"
+    return "its best checkpoint"
+
+
 def select_cases(datalist: Datalist, split: str, run: RunDir | None = None) -> list[Case]:
     """The cases of ``split`` by the data's ``split`` column: ``test``, ``val``, ``train`` (rows marked train or
     unmarked) or ``all``. When the data marks no split at all, ``train``/``val`` mean the run's own split
@@ -62,7 +72,7 @@ def select_cases(datalist: Datalist, split: str, run: RunDir | None = None) -> l
 
 
 def evaluate_run_on(
-    run_dir: str | Path,
+    run_dir: str | Path | Sequence[str | Path],
     data: str | Path,
     split: str = "test",
     out: str | Path | None = None,
@@ -70,31 +80,46 @@ def evaluate_run_on(
     leakage: str = "warn",
     n_boot: int = 1000,
     seed: int = 0,
+    tta: bool = False,
 ) -> EvaluationResult:
     """Predict the labelled ``split`` cases of ``data`` with the run in ``run_dir`` and write the report.
 
-    ``leakage``: what a case sharing a subject or an image with the run's training cases does
-    (``warn``, ``error`` -> UserError, ``off``; see :mod:`medconvnext.data.leakage`).
+    ``run_dir`` may also be several runs (e.g. the same recipe trained with different seeds): their models
+    are ensembled (mean probability), and ``out`` must then be given. ``tta`` averages each model's
+    probabilities over the 8 flips of every volume. ``leakage``: what a case sharing a subject or an image
+    with a run's training cases does (``warn``, ``error`` -> UserError, ``off``; see
+    :mod:`medconvnext.data.leakage`).
     """
     from medconvnext.engine.ensemble import ensemble_probabilities, load_ensemble
     from medconvnext.engine.predictions import write_prediction_table
     from medconvnext.reports.run import report_run
 
-    run = RunDir(Path(run_dir))
-    if not run.root.is_dir() or not (run.is_cv() or run.checkpoint("best").is_file()):
-        raise UserError(f"{run.root}: not a run directory (expected cv.json or {run.checkpoint('best').name})")
-    out_dir = Path(out) if out is not None else run.root / f"eval_{split}"
-    if out_dir.resolve() == run.root.resolve():
-        raise UserError(f"--out {out_dir}: would overwrite the run's own report; choose another folder")
+    runs = [RunDir(Path(r)) for r in ([run_dir] if isinstance(run_dir, (str, Path)) else run_dir)]
+    if not runs:
+        raise UserError("evaluate needs at least one run directory")
+    for run in runs:
+        if not run.root.is_dir() or not (run.is_cv() or run.checkpoint("best").is_file()):
+            raise UserError(f"{run.root}: not a run directory (expected cv.json or {run.checkpoint('best').name})")
+    if out is None and len(runs) > 1:
+        raise UserError("--out is required when several runs are evaluated together")
+    out_dir = Path(out) if out is not None else runs[0].root / f"eval_{split}"
+    if any(out_dir.resolve() == run.root.resolve() for run in runs):
+        raise UserError(f"--out {out_dir}: would overwrite a run's own report; choose another folder")
     datalist = load_datalist(data, for_training=False)
-    chosen = select_cases(datalist, split, run)
+    chosen = select_cases(datalist, split, runs[0] if len(runs) == 1 else None)
     labelled = [c for c in chosen if c.label is not None]
     if not labelled:
         raise UserError(f"--data {datalist.source}: none of the {len(chosen)} {split} case(s) has a label")
-    report = audit_run(run.root, labelled, eval_side=split) if leakage != "off" else LeakageReport()
+    report = LeakageReport()
+    for run in runs if leakage != "off" else []:
+        report = report.merge(audit_run(run.root, labelled, eval_side=split))
     enforce(report, leakage)
-    predictors = load_ensemble(run.root, device=device)
-    classes = predictors[0].class_names
+    per_run = [load_ensemble(run.root, device=device, tta=tta) for run in runs]
+    classes = per_run[0][0].class_names
+    for run, members in zip(runs, per_run, strict=True):
+        if members[0].class_names != classes:
+            raise UserError(f"{run.root}: classes {members[0].class_names} differ from {runs[0].root}'s {classes}")
+    predictors = [p for members in per_run for p in members]
     unknown = sorted({c.label for c in labelled} - set(classes))
     if unknown:
         raise UserError(f"--data {datalist.source}: label {unknown[0]!r} is not one of the model's classes "
@@ -104,15 +129,14 @@ def evaluate_run_on(
     target = RunDir(out_dir)
     write_prediction_table(target.predictions, [c.images[0] for c in labelled], probs, classes,
                            labels=[c.label for c in labelled])
-    how = (f"the ensemble of its {len(predictors)} fold models (mean probability)" if run.is_cv()
-           else "its best checkpoint")
-    note = f"{len(labelled)} {split} case(s) of {datalist.source}, predicted by {how}."
+    note = f"{len(labelled)} {split} case(s) of {datalist.source}, predicted by {_describe(runs, len(predictors))}"
+    note += " with test-time augmentation (8 flips)." if tta else "."
     if len(chosen) > len(labelled):
         note += f" {len(chosen) - len(labelled)} unlabelled case(s) left out."
     if report:
         note += f" Leakage audit: {report.message()}."
-    meta = {"run": str(run.root), "data": str(data), "split": split, "n_cases": len(labelled),
-            "models": len(predictors), "note": note}
+    meta = {"runs": [str(run.root) for run in runs], "data": str(data), "split": split, "n_cases": len(labelled),
+            "models": len(predictors), "tta": tta, "note": note}
     target.evaluation.write_text(json.dumps(meta, indent=2), encoding="utf-8")
     written = report_run(out_dir, n_boot=n_boot, seed=seed)
     return EvaluationResult(out_dir, len(labelled), len(predictors), written.summary, written.files, report,

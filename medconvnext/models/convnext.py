@@ -77,6 +77,7 @@ class ConvNeXt3d(nn.Module):
         dims: Sequence[int] = (96, 192, 384, 768),
         kernel_size: IntOr3 | Sequence[IntOr3] = 7,
         stem_stride: IntOr3 = 4,
+        stem_kernel_size: IntOr3 | None = None,
         downsample_strides: IntOr3 | Sequence[IntOr3] = 2,
         norm: str = "groupnorm",
         drop_path_rate: float = 0.0,
@@ -91,6 +92,9 @@ class ConvNeXt3d(nn.Module):
             kernel_size: depthwise kernel; int, (D, H, W), or one per stage, e.g. ``[(1,7,7), (1,7,7), 7, 7]``.
             stem_stride: patchify stem kernel = stride; int or (D, H, W), e.g. ``(1, 4, 4)`` for thick slices;
                 ``2`` (or 1) keeps resolution for small (28-32³) inputs.
+            stem_kernel_size: ``None`` (the paper's patchify stem: kernel = stride) or a larger kernel, e.g. 7,
+                for overlapping patches (padded to keep ``size / stride`` outputs); costs little, since the stem
+                sees only the input channels, and makes the stem's output change smoothly with sub-patch shifts.
             downsample_strides: kernel = stride of the 3 downsampling layers; int, (D, H, W) or one per layer.
             norm: ``"groupnorm"`` (GroupNorm(1), default) or ``"layernorm"`` (per-voxel, as in the paper).
             drop_path_rate: stochastic depth, linear from 0 to this rate over all blocks.
@@ -100,6 +104,10 @@ class ConvNeXt3d(nn.Module):
         stages = len(depths)
         kernels = _per_stage(kernel_size, stages, "kernel_size")
         stem = as_triple(stem_stride, "stem_stride")
+        stem_kernel = stem if stem_kernel_size is None else as_triple(stem_kernel_size, "stem_kernel_size")
+        if any(k < s for k, s in zip(stem_kernel, stem, strict=True)):
+            raise ValueError(f"stem_kernel_size {stem_kernel} must be >= stem_stride {stem} on every axis")
+        stem_padding = tuple((k - s + 1) // 2 for k, s in zip(stem_kernel, stem, strict=True))
         downs = _per_stage(downsample_strides, stages - 1, "downsample_strides")
         self.grad_checkpointing = grad_checkpointing
         self.num_classes = num_classes
@@ -108,7 +116,9 @@ class ConvNeXt3d(nn.Module):
             stem[axis] * _prod(d[axis] for d in downs) for axis in range(3)
         )
 
-        self.stem = nn.Sequential(nn.Conv3d(in_channels, dims[0], stem, stride=stem), make_norm3d(norm, dims[0]))
+        self.stem = nn.Sequential(
+            nn.Conv3d(in_channels, dims[0], stem_kernel, stride=stem, padding=stem_padding), make_norm3d(norm, dims[0])
+        )
         self.downsample = nn.ModuleList(
             nn.Sequential(make_norm3d(norm, dims[i]), nn.Conv3d(dims[i], dims[i + 1], downs[i], stride=downs[i]))
             for i in range(stages - 1)
