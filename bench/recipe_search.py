@@ -1,0 +1,150 @@
+"""Quick, in-memory recipe search on a MedMNIST 3D ``.npz`` (not the benchmark: see bench_medmnist.py).
+
+Loads the official split into tensors (28³ zero-padded to ``--size``, per-case z-score as in
+configs/medmnist.yaml), trains one model with the trainer's recipe pieces (AdamW without decay on 1-D
+parameters, linear warm-up + cosine per step, optional EMA with warm-up) and flips, and prints val and test
+AUC / accuracy after every epoch: a cheap way to compare architecture arguments and augmentations before
+running the full CLI protocol. It reads test every epoch for the record only; choose on val.
+
+    OMP_NUM_THREADS=1 python bench/recipe_search.py --npz ../shared/data/adrenalmnist3d.npz --name atto \
+        --epochs 12 --ema 0 --args '{"stem_kernel_size": 7}' --out runs/recipe_search
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
+
+from medconvnext.engine.ema import ModelEma
+from medconvnext.engine.trainer import _param_groups, warmup_cosine
+from medconvnext.models import create_model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--npz", type=Path, required=True)
+    parser.add_argument("--name", required=True, help="name of the JSON written to --out")
+    parser.add_argument("--out", type=Path, default=Path("runs/recipe_search"))
+    parser.add_argument("--model", default="convnext_atto")
+    parser.add_argument("--args", default="{}", help="model arguments as JSON")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--weight-decay", type=float, default=0.05)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--ema", type=float, default=0.999, help="EMA decay; 0 = no EMA")
+    parser.add_argument("--shift", type=int, default=0, help="random translation of up to N voxels per axis")
+    parser.add_argument("--batchnorm", action="store_true", help="replace every GroupNorm by BatchNorm3d")
+    parser.add_argument("--torch-init", action="store_true", help="PyTorch's default init instead of trunc-normal")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.manual_seed(args.seed)
+    images, labels = load_split(args.npz, args.size)
+    model = build(args)
+    optimizer = torch.optim.AdamW(_param_groups(model, args.weight_decay), lr=args.lr)
+    steps = math.ceil(len(images["train"]) / args.batch_size)
+    scheduler = warmup_cosine(optimizer, steps, steps * args.epochs)
+    ema = ModelEma(model, args.ema) if args.ema > 0 else None
+    history = []
+    for epoch in range(1, args.epochs + 1):
+        start = time.perf_counter()
+        loss = train_epoch(model, optimizer, scheduler, ema, images["train"], labels["train"], args)
+        scored = ema.module if ema else model
+        record = {"epoch": epoch, "loss": loss, "s": time.perf_counter() - start}
+        for split in ("val", "test"):
+            auc, acc = score(scored, images[split], labels[split])
+            record.update({f"{split}_auc": auc, f"{split}_acc": acc})
+        history.append(record)
+        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}), flush=True)
+    best = max(history, key=lambda r: r["val_auc"])
+    print(f"{args.name}: best val AUC {best['val_auc']:.3f} (epoch {best['epoch']}) -> "
+          f"test AUC {best['test_auc']:.3f} ACC {best['test_acc']:.3f}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = {"args": {k: str(v) for k, v in vars(args).items()}, "history": history, "best": best}
+    (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+
+
+def load_split(npz: Path, size: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(N, 1, size, size, size) z-scored float volumes and (N,) labels of train / val / test."""
+    data = np.load(npz)
+    images, labels = {}, {}
+    for split in ("train", "val", "test"):
+        x = torch.from_numpy(data[f"{split}_images"]).float()[:, None]
+        pad = (size - x.shape[-1]) // 2
+        x = F.pad(x, (pad,) * 6) if pad > 0 else x
+        mean, std = x.mean(dim=(1, 2, 3, 4), keepdim=True), x.std(dim=(1, 2, 3, 4), keepdim=True)
+        images[split] = (x - mean) / std
+        labels[split] = torch.from_numpy(data[f"{split}_labels"][:, 0].astype(np.int64))
+    return images, labels
+
+
+def build(args: argparse.Namespace) -> torch.nn.Module:
+    model = create_model(args.model, num_classes=2, in_channels=1, **json.loads(args.args))
+    if args.batchnorm:
+        _swap_groupnorm(model)
+    if args.torch_init:
+        for module in model.modules():
+            if isinstance(module, (torch.nn.Conv3d, torch.nn.Linear)):
+                module.reset_parameters()
+    return model
+
+
+def _swap_groupnorm(module: torch.nn.Module) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, torch.nn.GroupNorm):
+            setattr(module, name, torch.nn.BatchNorm3d(child.num_channels))
+        else:
+            _swap_groupnorm(child)
+
+
+def augment(batch: torch.Tensor, shift: int) -> torch.Tensor:
+    """Random flips on every axis, then (``shift`` > 0) a random translation, per volume."""
+    out = batch.clone()
+    for i in range(len(out)):
+        dims = [axis + 1 for axis in range(3) if torch.rand(1) < 0.5]
+        out[i] = out[i].flip(dims) if dims else out[i]
+    if shift:
+        padded = F.pad(out, (shift,) * 6, mode="replicate")
+        n = out.shape[-1]
+        for i in range(len(out)):
+            d, h, w = torch.randint(0, 2 * shift + 1, (3,)).tolist()
+            out[i] = padded[i, :, d:d + n, h:h + n, w:w + n]
+    return out
+
+
+def train_epoch(model, optimizer, scheduler, ema, images, labels, args) -> float:
+    model.train()
+    order = torch.randperm(len(images))
+    losses = []
+    for start in range(0, len(images), args.batch_size):
+        index = order[start:start + args.batch_size]
+        loss = F.cross_entropy(model(augment(images[index], args.shift)), labels[index])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if ema is not None:
+            ema.update(model)
+        losses.append(loss.item())
+    return float(np.mean(losses))
+
+
+@torch.no_grad()
+def score(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """AUC of class 1 and accuracy at 0.5 (medmnist's conventions)."""
+    model.eval()
+    probs = torch.cat([model(images[i:i + 64]).softmax(1)[:, 1] for i in range(0, len(images), 64)]).numpy()
+    y = labels.numpy()
+    return float(roc_auc_score(y, probs)), float(((probs > 0.5) == y).mean())
+
+
+if __name__ == "__main__":
+    main()
