@@ -5,8 +5,9 @@ For each model and seed: ``medconvnext train`` (train on ``train``, select the e
 the mean over the 8 flips). With ``--ensemble`` the seeds of a model are also evaluated together as one
 ensemble (``medconvnext evaluate RUN1 RUN2 RUN3``). Prints per-run test AUC / accuracy and mean ± std over the
 seeds, and writes JSON (the runs in docs/benchmarks.md: bench/results/adrenal28.json). Finished runs are not
-trained again, so the script can be stopped and restarted; several copies may share one results file (each
-run updates its own entry under a lock), e.g. one process per seed with ``OMP_NUM_THREADS=1``.
+trained again, nor are their up-to-date evaluations run again, so the script can be stopped and restarted;
+several copies may share one results file (each run updates its own entry under a lock), e.g. one process
+per seed with ``OMP_NUM_THREADS=1``.
 
     medconvnext data import-medmnist ../shared/data/adrenalmnist3d.npz --out data/adrenal28
     python bench/bench_medmnist.py --data data/adrenal28 --config configs/medmnist.yaml \
@@ -105,13 +106,21 @@ def evaluate_test(runs: list[Path], data: Path, out: Path, tta: bool) -> dict:
     record = {}
     for suffix, extra in (("", []), ("_tta", ["--tta"])) if tta else (("", []),):
         target = out.with_name(out.name + suffix)
-        cmd = [sys.executable, "-m", "medconvnext", "evaluate", *map(str, runs), "--data", str(data),
-               "--split", "test", "--out", str(target), "--n-boot", "0", "--device", "cpu", *extra]
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        if not _up_to_date(target / "summary.json", runs):
+            cmd = [sys.executable, "-m", "medconvnext", "evaluate", *map(str, runs), "--data", str(data),
+                   "--split", "test", "--out", str(target), "--n-boot", "0", "--device", "cpu", *extra]
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         pooled = json.loads((target / "summary.json").read_text(encoding="utf-8"))["pooled"]
         record.update({f"test_auc{suffix}": pooled["auc"], f"test_accuracy{suffix}": pooled["accuracy"],
                        "n_test": pooled["n"]})
     return record
+
+
+def _up_to_date(summary: Path, runs: list[Path]) -> bool:
+    """An evaluation written after every run's best checkpoint need not run again (a TTA pass of DenseNet121
+    over the test set takes minutes on one CPU thread)."""
+    checkpoints = [run / "checkpoint_best.safetensors" for run in runs]
+    return summary.is_file() and all(summary.stat().st_mtime > c.stat().st_mtime for c in checkpoints)
 
 
 def run_facts(run_dir: Path) -> dict:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from medconvnext.engine.ema import ModelEma
-from medconvnext.engine.trainer import _param_groups, warmup_cosine
+from medconvnext.engine.trainer import param_groups, warmup_cosine
 from medconvnext.models import create_model
 
 
@@ -49,7 +49,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     images, labels = load_split(args.npz, args.size)
     model = build(args)
-    optimizer = torch.optim.AdamW(_param_groups(model, args.weight_decay), lr=args.lr)
+    optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr)
     steps = math.ceil(len(images["train"]) / args.batch_size)
     scheduler = warmup_cosine(optimizer, steps, steps * args.epochs)
     ema = ModelEma(model, args.ema) if args.ema > 0 else None

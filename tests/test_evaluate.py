@@ -108,7 +108,11 @@ def test_evaluate_ensemble_of_runs_and_tta(runs):
     cv_probs, train_probs = (_probs(root / f"alone_{name}" / "predictions.csv") for name in ("cv", "train"))
     expected = (2 * cv_probs + train_probs) / 3
     np.testing.assert_allclose(_probs(root / "both" / "predictions.csv"), expected, atol=1e-5)
-    assert "ensemble of 2 runs" in (root / "both" / "report.md").read_text(encoding="utf-8")
+    report = (root / "both" / "report.md").read_text(encoding="utf-8")
+    assert "ensemble of 2 runs" in report
+    assert f"Evaluation: {runs['cv'].name} + {runs['train'].name} on test cases" in report
+    assert f"Evaluation: {runs['train'].name} on test cases" in (root / "alone_train" / "report.md").read_text(
+        encoding="utf-8")
 
     tta = runner.invoke(app, ["evaluate", str(runs["train"]), "--data", data, "--out", str(root / "tta"),
                               "--tta", "--device", "cpu", "--n-boot", "0"])

@@ -111,8 +111,9 @@ def evaluate_run_on(
     if not labelled:
         raise UserError(f"--data {datalist.source}: none of the {len(chosen)} {split} case(s) has a label")
     report = LeakageReport()
-    for run in runs if leakage != "off" else []:
-        report = report.merge(audit_run(run.root, labelled, eval_side=split))
+    if leakage != "off":
+        for run in runs:
+            report = report.merge(audit_run(run.root, labelled, eval_side=split))
     enforce(report, leakage)
     per_run = [load_ensemble(run.root, device=device, tta=tta) for run in runs]
     classes = per_run[0][0].class_names

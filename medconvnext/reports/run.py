@@ -73,7 +73,10 @@ def report_run(run_dir: str | Path, n_boot: int = 1000, seed: int = 0) -> RunRep
             meta = json.loads(run.evaluation.read_text(encoding="utf-8"))
         predictions = read_predictions(run.predictions)
         predictions.folds[:] = TEST_FOLD
-        title = f"Evaluation: {Path(meta.get('run', run.root)).name} on {meta.get('split', 'the given')} cases"
+        # "runs" since evaluate takes several runs; "run" in evaluation folders written before that
+        evaluated = meta.get("runs") or [meta.get("run", run.root)]
+        names = " + ".join(Path(r).name for r in evaluated)
+        title = f"Evaluation: {names} on {meta.get('split', 'the given')} cases"
         notes = [meta["note"]] if meta.get("note") else []
         return _write(run, "evaluate", predictions, run.evaluation_summary, title, {}, notes, n_boot, seed)
     if run.val_predictions.is_file():
