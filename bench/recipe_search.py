@@ -1,7 +1,7 @@
 """Quick, in-memory recipe search on a MedMNIST 3D ``.npz`` (not the benchmark: see bench_medmnist.py).
 
-Loads the official split into tensors (28³ zero-padded to ``--size``, per-case z-score as in
-configs/medmnist.yaml), trains one model with the trainer's recipe pieces (AdamW without decay on 1-D
+Loads the official split into tensors (28³ zero-padded to ``--size``; per-case z-score, or with
+``--intensity unit`` the masks' 0/255 as 0/1), trains one model with the trainer's recipe pieces (AdamW without decay on 1-D
 parameters, linear warm-up + cosine per step, optional EMA with warm-up) and flips, and prints val and test
 AUC / accuracy after every epoch: a cheap way to compare architecture arguments and augmentations before
 running the full CLI protocol. It reads test every epoch for the record only; choose on val.
@@ -44,14 +44,19 @@ def main() -> None:
     parser.add_argument("--shift", type=int, default=0, help="random translation of up to N voxels per axis")
     parser.add_argument("--batchnorm", action="store_true", help="replace every GroupNorm by BatchNorm3d")
     parser.add_argument("--torch-init", action="store_true", help="PyTorch's default init instead of trunc-normal")
+    parser.add_argument("--intensity", choices=("zscore", "unit"), default="zscore",
+                        help="per-case z-score (the benchmark config) or the masks' 0/255 scaled to 0/1")
+    parser.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
+                        help="linear warm-up + cosine per step (the trainer's) or a constant learning rate")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.manual_seed(args.seed)
-    images, labels = load_split(args.npz, args.size)
+    images, labels = load_split(args.npz, args.size, args.intensity)
     model = build(args)
     optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr)
     steps = math.ceil(len(images["train"]) / args.batch_size)
-    scheduler = warmup_cosine(optimizer, steps, steps * args.epochs)
+    scheduler = (warmup_cosine(optimizer, steps, steps * args.epochs) if args.schedule == "cosine"
+                 else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0))
     ema = ModelEma(model, args.ema) if args.ema > 0 else None
     history = []
     for epoch in range(1, args.epochs + 1):
@@ -72,16 +77,19 @@ def main() -> None:
     (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
 
 
-def load_split(npz: Path, size: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(N, 1, size, size, size) z-scored float volumes and (N,) labels of train / val / test."""
+def load_split(npz: Path, size: int, intensity: str = "zscore") -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(N, 1, size, size, size) float volumes (z-scored or 0/1) and (N,) labels of train / val / test."""
     data = np.load(npz)
     images, labels = {}, {}
     for split in ("train", "val", "test"):
         x = torch.from_numpy(data[f"{split}_images"]).float()[:, None]
         pad = (size - x.shape[-1]) // 2
         x = F.pad(x, (pad,) * 6) if pad > 0 else x
-        mean, std = x.mean(dim=(1, 2, 3, 4), keepdim=True), x.std(dim=(1, 2, 3, 4), keepdim=True)
-        images[split] = (x - mean) / std
+        if intensity == "unit":
+            images[split] = x / 255.0
+        else:
+            mean, std = x.mean(dim=(1, 2, 3, 4), keepdim=True), x.std(dim=(1, 2, 3, 4), keepdim=True)
+            images[split] = (x - mean) / std
         labels[split] = torch.from_numpy(data[f"{split}_labels"][:, 0].astype(np.int64))
     return images, labels
 

@@ -56,3 +56,20 @@ def test_augmentation_presets_keep_the_shape(kind):
     steps.set_random_state(0)
     image = torch.rand(1, 8, 8, 12)
     assert steps({"image": image})["image"].shape == (1, 8, 8, 12)
+
+
+def test_minmax_intensity_maps_a_mask_to_zero_and_one_whatever_its_size(tmp_path):
+    """z-score would give a small mask a brighter foreground than a large one; minmax gives both 1, background 0."""
+    outputs = []
+    for name, side in (("small", 2), ("large", 6)):
+        data = np.zeros((10, 10, 10), np.float32)
+        data[2:2 + side, 2:2 + side, 2:2 + side] = 255.0
+        path = write_volume(tmp_path / f"{name}.nii.gz", data)
+        pre = Preprocessing("RAS", None, (12, 12, 12), "minmax")
+        outputs.append(deterministic_transforms(pre)({"image": str(path)})["image"])
+    for out, side in zip(outputs, (2, 6)):
+        assert float(out.min()) == 0.0 and float(out.max()) == 1.0
+        assert int((out == 1.0).sum()) == side**3 and int((out == 0.0).sum()) == 12**3 - side**3
+    zscored = [deterministic_transforms(Preprocessing("RAS", None, (12, 12, 12), "zscore"))(
+        {"image": str(tmp_path / f"{name}.nii.gz")})["image"].max() for name in ("small", "large")]
+    assert zscored[0] > 2 * zscored[1]

@@ -17,7 +17,7 @@ from medconvnext.data.readers import SimpleITKReader
 IMAGE = "image"
 LABEL = "label"
 AUGMENTATIONS = ("none", "flips", "light", "medium", "heavy")
-INTENSITY_MODES = ("zscore", "nonzero_zscore", "clip_zscore", "none")
+INTENSITY_MODES = ("zscore", "nonzero_zscore", "clip_zscore", "minmax", "none")
 
 
 class LoadCaseImaged(mt.MapTransform):
@@ -71,6 +71,10 @@ def intensity_transforms(pre: Preprocessing) -> list[mt.Transform]:
         low, high = pre.clip
         clip = mt.ScaleIntensityRanged(IMAGE, a_min=low, a_max=high, b_min=low, b_max=high, clip=True)
         return [clip, mt.NormalizeIntensityd(IMAGE, subtrahend=pre.mean, divisor=pre.std)]
+    if pre.intensity == "minmax":
+        # per case to [0, 1]: for label maps / shape masks, where z-scoring would tie the foreground value to
+        # the object's size (1 / sqrt(foreground fraction)) and shift the background below the zero padding
+        return [mt.ScaleIntensityd(IMAGE, minv=0.0, maxv=1.0, channel_wise=True)]
     if pre.intensity == "none":
         return []
     raise ValueError(f"preprocessing.intensity must be one of {INTENSITY_MODES}, got {pre.intensity!r}")

@@ -146,6 +146,8 @@ def _intensity_step(pre: Preprocessing) -> str:
         return "z-score each channel over its non-zero voxels (MONAI NormalizeIntensity, nonzero=True)"
     if pre.intensity == "clip_zscore":
         return f"clip to {list(pre.clip or [])}, then (x - {pre.mean}) / {pre.std}"
+    if pre.intensity == "minmax":
+        return "rescale each channel linearly to [0, 1] (min -> 0, max -> 1; MONAI ScaleIntensity, channel_wise=True)"
     return "no intensity normalisation"
 
 
