@@ -1,9 +1,9 @@
 """Quick, in-memory recipe search on a MedMNIST 3D ``.npz`` (not the benchmark: see bench_medmnist.py).
 
 Loads the official split into tensors (28³ zero-padded to ``--size``; per-case z-score, or with
-``--intensity unit`` the masks' 0/255 as 0/1), trains one model with the trainer's recipe pieces (AdamW without decay on 1-D
-parameters, linear warm-up + cosine per step, optional EMA with warm-up) and flips, and prints val and test
-AUC / accuracy after every epoch: a cheap way to compare architecture arguments and augmentations before
+``--intensity unit`` the masks' 0/255 as 0/1), trains one model with the trainer's recipe pieces (AdamW
+without decay on 1-D parameters, linear warm-up + cosine per step, optional EMA with warm-up) and flips, and
+prints val and test AUC / accuracy after every epoch: a cheap way to compare architecture arguments and augmentations before
 running the full CLI protocol. It reads test every epoch for the record only; choose on val.
 
     OMP_NUM_THREADS=1 python bench/recipe_search.py --npz ../shared/data/adrenalmnist3d.npz --name atto \
@@ -77,8 +77,8 @@ def main() -> None:
     (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
 
 
-def load_split(npz: Path, size: int, intensity: str = "zscore") -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(N, 1, size, size, size) float volumes (z-scored or 0/1) and (N,) labels of train / val / test."""
+def load_split(npz: Path, size: int, intensity: str = "zscore") -> tuple[dict, dict]:
+    """Per split: (N, 1, size, size, size) float volumes (z-scored or 0/1) and (N,) labels."""
     data = np.load(npz)
     images, labels = {}, {}
     for split in ("train", "val", "test"):

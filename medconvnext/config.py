@@ -50,7 +50,8 @@ class PreprocessingConfig:
     spacing: list[float] | None = None
     input_size: list[int] | None = None
     modality: str = "generic"  # ct | mri | generic: picks the intensity normalisation when intensity is auto
-    # auto (ct -> clip_zscore, mri -> nonzero_zscore, generic -> zscore) | zscore | nonzero_zscore | clip_zscore | minmax | none
+    # auto (ct -> clip_zscore, mri -> nonzero_zscore, generic -> zscore)
+    # | zscore | nonzero_zscore | clip_zscore | minmax | none
     intensity: str = "auto"
     clip: list[float] | None = None  # intensity window for clip_zscore, e.g. CT HU [-1000, 1000]; None -> percentiles
     mean: float | None = None  # dataset statistics for clip_zscore; None -> computed from the training cases

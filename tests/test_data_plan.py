@@ -67,7 +67,7 @@ def test_minmax_intensity_maps_a_mask_to_zero_and_one_whatever_its_size(tmp_path
         path = write_volume(tmp_path / f"{name}.nii.gz", data)
         pre = Preprocessing("RAS", None, (12, 12, 12), "minmax")
         outputs.append(deterministic_transforms(pre)({"image": str(path)})["image"])
-    for out, side in zip(outputs, (2, 6)):
+    for out, side in zip(outputs, (2, 6), strict=True):
         assert float(out.min()) == 0.0 and float(out.max()) == 1.0
         assert int((out == 1.0).sum()) == side**3 and int((out == 0.0).sum()) == 12**3 - side**3
     zscored = [deterministic_transforms(Preprocessing("RAS", None, (12, 12, 12), "zscore"))(
