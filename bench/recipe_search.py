@@ -3,8 +3,8 @@
 Loads the official split into tensors (28³ zero-padded to ``--size``; per-case z-score, or with
 ``--intensity unit`` the masks' 0/255 as 0/1), trains one model with the trainer's recipe pieces (AdamW
 without decay on 1-D parameters, linear warm-up + cosine per step, optional EMA with warm-up) and flips, and
-prints val and test AUC / accuracy after every epoch: a cheap way to compare architecture arguments and augmentations before
-running the full CLI protocol. It reads test every epoch for the record only; choose on val.
+prints val and test AUC / accuracy after every epoch: a cheap way to compare architecture arguments and
+augmentations before running the full CLI protocol. It reads test every epoch for the record only; choose on val.
 
     OMP_NUM_THREADS=1 python bench/recipe_search.py --npz ../shared/data/adrenalmnist3d.npz --name atto \
         --epochs 12 --ema 0 --args '{"stem_kernel_size": 7}' --out runs/recipe_search
