@@ -49,8 +49,8 @@ class PreprocessingConfig:
     orientation: str = "RAS"
     spacing: list[float] | None = None
     input_size: list[int] | None = None
-    modality: str = "generic"  # ct | mri | generic: picks the intensity normalisation when intensity is auto
-    # auto (ct -> clip_zscore, mri -> nonzero_zscore, generic -> zscore)
+    modality: str = "generic"  # ct | mri | mask | generic: picks the intensity normalisation when intensity is auto
+    # auto (ct -> clip_zscore, mri -> nonzero_zscore, mask -> minmax, generic -> zscore)
     # | zscore | nonzero_zscore | clip_zscore | minmax | none
     intensity: str = "auto"
     clip: list[float] | None = None  # intensity window for clip_zscore, e.g. CT HU [-1000, 1000]; None -> percentiles

@@ -43,6 +43,7 @@ def test_ct_plan_computes_clip_and_statistics(tmp_path):
     assert abs(float(out[:, 4:12, 4:12, 4:12].mean())) < 0.5
     mri = plan_preprocessing(PreprocessingConfig(modality="mri"), fingerprint, (8, 8, 8))
     assert mri.intensity == "nonzero_zscore" and mri.clip is None
+    assert plan_preprocessing(PreprocessingConfig(modality="mask"), fingerprint, (8, 8, 8)).intensity == "minmax"
     generic = plan_preprocessing(PreprocessingConfig(), Fingerprint(np.ones((1, 3)), np.full((1, 3), 20.0)), (8, 8, 8))
     assert generic.intensity == "zscore" and generic.input_size == (24, 24, 24)
 

@@ -16,8 +16,8 @@ from medconvnext.errors import UserError
 
 MAX_AUTO_INPUT = 256  # above this per axis, whole-volume training stops being sensible on one GPU
 ANISOTROPY_RATIO = 3.0  # nnU-Net: a coarse axis > 3x the finest one is planned at its 10th percentile
-MODALITIES = ("ct", "mri", "generic")
-INTENSITY_BY_MODALITY = {"ct": "clip_zscore", "mri": "nonzero_zscore", "generic": "zscore"}
+MODALITIES = ("ct", "mri", "mask", "generic")
+INTENSITY_BY_MODALITY = {"ct": "clip_zscore", "mri": "nonzero_zscore", "mask": "minmax", "generic": "zscore"}
 SAMPLES_PER_CASE = 10_000  # foreground voxels sampled per case for CT statistics (nnU-Net uses 10k too)
 CT_PERCENTILES = (0.5, 99.5)
 
