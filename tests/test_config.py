@@ -1,7 +1,12 @@
+from pathlib import Path
+
 import pytest
 
 from medconvnext.config import Config, apply_overrides, load_config, parse_set_option, save_config
+from medconvnext.data.fingerprint import resolve_intensity
+from medconvnext.data.transforms import AUGMENTATIONS, INTENSITY_MODES
 from medconvnext.errors import UserError
+from medconvnext.models import list_models
 
 
 def test_yaml_round_trip_and_overrides(tmp_path):
@@ -43,3 +48,11 @@ def test_bad_config_names_the_field(tmp_path, text, message):
 def test_set_option_needs_equals():
     with pytest.raises(UserError, match="expected section.key=value"):
         parse_set_option("train.lr")
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_committed_configs_load_and_name_real_choices(path):
+    config = load_config(path)
+    assert config.model.name in list_models()
+    assert resolve_intensity(config.preprocessing) in INTENSITY_MODES
+    assert config.data.augment in AUGMENTATIONS
