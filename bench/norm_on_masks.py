@@ -1,9 +1,10 @@
-"""Why per-voxel LayerNorm struggles on sparse shape masks: what each ConvNeXt norm does at initialisation.
+"""Why per-voxel LayerNorm struggles on z-scored shape masks: what each ConvNeXt norm does at initialisation.
 
-Feeds real AdrenalMNIST3D training masks (28³ padded to 32³, per-case z-score as in configs/medmnist.yaml)
-through a freshly initialised ``convnext_atto`` with ``norm=groupnorm`` and ``norm=layernorm`` (same seed) and
-prints: the mean magnitude of the stem's normalised output on background patches (no mask voxel in the 4³ patch)
-and on foreground patches; how much the globally pooled features differ between cases; and a few gradient norms.
+Feeds real AdrenalMNIST3D training masks (28³ padded to 32³; per-case z-score, or with ``--intensity minmax``
+0/1 as configs/medmnist.yaml now does) through a freshly initialised ``convnext_atto`` with ``norm=groupnorm``
+and ``norm=layernorm`` (same seed) and prints: the mean magnitude of the stem's normalised output on background
+patches (no mask voxel in the 4³ patch) and on foreground patches; how much the globally pooled features differ
+between cases; and a few gradient norms.
 
     python bench/norm_on_masks.py --npz ../shared/data/adrenalmnist3d.npz
 """
@@ -27,13 +28,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--npz", type=Path, required=True)
     parser.add_argument("--cases", type=int, default=32)
+    parser.add_argument("--intensity", choices=("zscore", "minmax"), default="zscore")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     data = np.load(args.npz)
     x = torch.from_numpy(data["train_images"][: args.cases]).float()[:, None]
     x = F.pad(x, (2,) * 6)
     mask = x > 0
-    x = (x - x.mean(dim=(1, 2, 3, 4), keepdim=True)) / x.std(dim=(1, 2, 3, 4), keepdim=True)
+    if args.intensity == "zscore":
+        x = (x - x.mean(dim=(1, 2, 3, 4), keepdim=True)) / x.std(dim=(1, 2, 3, 4), keepdim=True)
+    else:
+        x = x / 255.0
     y = torch.from_numpy(data["train_labels"][: args.cases, 0].astype(np.int64))
     results = {norm: measure(norm, x, mask, y) for norm in ("groupnorm", "layernorm")}
     print(f"{'norm':10s} {'|stem| bg':>10s} {'|stem| fg':>10s} {'pooled std':>11s} " +
