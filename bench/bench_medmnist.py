@@ -124,10 +124,12 @@ def _up_to_date(summary: Path, runs: list[Path]) -> bool:
 
 
 def run_facts(run_dir: Path) -> dict:
-    """The epoch the run selected on ``val`` (its best val AUC) and its epoch times."""
+    """The epoch the run selected on ``val`` (its best val AUC), its epoch times and its resolved intensity."""
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     best = max(metrics, key=lambda r: (r["val_auc"] or 0.0, -r["val_loss"]))
+    checkpoint = json.loads((run_dir / "checkpoint_best.json").read_text(encoding="utf-8"))
     return {"best_epoch": best["epoch"], "val_auc": best["val_auc"], "epochs_run": metrics[-1]["epoch"],
+            "intensity": checkpoint["preprocessing"]["intensity"],
             "mean_epoch_s": float(np.mean([r["epoch_time_s"] for r in metrics])),
             "total_epoch_s": float(np.sum([r["epoch_time_s"] for r in metrics]))}
 
