@@ -66,7 +66,8 @@ def main() -> None:
         if args.ensemble and len(names) > 1:
             runs = [args.out / name for name in names]
             record = evaluate_test(runs, args.data, args.out / f"{model}{args.tag}_ensemble", args.tta)
-            record.update(model=model, seeds=args.seeds, tag=args.tag, ensemble=True, config=str(args.config))
+            record.update(model=model, seeds=args.seeds, tag=args.tag, ensemble=True, config=str(args.config),
+                          intensity=run_intensity(runs[0]))
             update_results(results_path, f"{model}{args.tag}_ensemble", record)
     print_summary(json.loads(results_path.read_text(encoding="utf-8")))
 
@@ -127,11 +128,16 @@ def run_facts(run_dir: Path) -> dict:
     """The epoch the run selected on ``val`` (its best val AUC), its epoch times and its resolved intensity."""
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     best = max(metrics, key=lambda r: (r["val_auc"] or 0.0, -r["val_loss"]))
-    checkpoint = json.loads((run_dir / "checkpoint_best.json").read_text(encoding="utf-8"))
     return {"best_epoch": best["epoch"], "val_auc": best["val_auc"], "epochs_run": metrics[-1]["epoch"],
-            "intensity": checkpoint["preprocessing"]["intensity"],
+            "intensity": run_intensity(run_dir),
             "mean_epoch_s": float(np.mean([r["epoch_time_s"] for r in metrics])),
             "total_epoch_s": float(np.sum([r["epoch_time_s"] for r in metrics]))}
+
+
+def run_intensity(run_dir: Path) -> str:
+    """The intensity normalisation the run resolved (``auto`` -> what the modality gave), from its checkpoint."""
+    checkpoint = json.loads((run_dir / "checkpoint_best.json").read_text(encoding="utf-8"))
+    return checkpoint["preprocessing"]["intensity"]
 
 
 def update_results(path: Path, name: str, record: dict) -> None:
