@@ -15,9 +15,9 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+from recipe_search import load_split  # bench/ is on sys.path when run as a script
 
 from medconvnext.models import create_model
 
@@ -31,15 +31,9 @@ def main() -> None:
     parser.add_argument("--intensity", choices=("zscore", "minmax"), default="zscore")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    data = np.load(args.npz)
-    x = torch.from_numpy(data["train_images"][: args.cases]).float()[:, None]
-    x = F.pad(x, (2,) * 6)
-    mask = x > 0
-    if args.intensity == "zscore":
-        x = (x - x.mean(dim=(1, 2, 3, 4), keepdim=True)) / x.std(dim=(1, 2, 3, 4), keepdim=True)
-    else:
-        x = x / 255.0
-    y = torch.from_numpy(data["train_labels"][: args.cases, 0].astype(np.int64))
+    images, labels = load_split(args.npz, 32, args.intensity, splits=("train",))
+    x, y = images["train"][: args.cases], labels["train"][: args.cases]
+    mask = x > x.amin(dim=(1, 2, 3, 4), keepdim=True)  # the background is each case's minimum, either way
     results = {norm: measure(norm, x, mask, y) for norm in ("groupnorm", "layernorm")}
     print(f"{'norm':10s} {'|stem| bg':>10s} {'|stem| fg':>10s} {'pooled std':>11s} " +
           " ".join(f"{'grad ' + p:>24s}" for p in PARAMETERS))

@@ -1,10 +1,11 @@
 """Quick, in-memory recipe search on a MedMNIST 3D ``.npz`` (not the benchmark: see bench_medmnist.py).
 
 Loads the official split into tensors (28³ zero-padded to ``--size``; per-case z-score, or with
-``--intensity unit`` the masks' 0/255 as 0/1), trains one model with the trainer's recipe pieces (AdamW
-without decay on 1-D parameters, linear warm-up + cosine per step, optional EMA with warm-up) and flips, and
-prints val and test AUC / accuracy after every epoch: a cheap way to compare architecture arguments and
-augmentations before running the full CLI protocol. It reads test every epoch for the record only; choose on val.
+``--intensity minmax`` each case to [0, 1], as the toolkit's intensity modes), trains one model with the
+trainer's recipe pieces (AdamW without decay on 1-D parameters, linear warm-up + cosine per step, optional EMA
+with warm-up) and flips, and prints val and test AUC / accuracy after every epoch: a cheap way to compare
+architecture arguments and augmentations before running the full CLI protocol. It reads test every epoch for
+the record only; choose on val.
 
     OMP_NUM_THREADS=1 python bench/recipe_search.py --npz ../shared/data/adrenalmnist3d.npz --name atto \
         --epochs 12 --ema 0 --args '{"stem_kernel_size": 7}' --out runs/recipe_search
@@ -44,8 +45,8 @@ def main() -> None:
     parser.add_argument("--shift", type=int, default=0, help="random translation of up to N voxels per axis")
     parser.add_argument("--batchnorm", action="store_true", help="replace every GroupNorm by BatchNorm3d")
     parser.add_argument("--torch-init", action="store_true", help="PyTorch's default init instead of trunc-normal")
-    parser.add_argument("--intensity", choices=("zscore", "unit"), default="zscore",
-                        help="per-case z-score (the benchmark config) or the masks' 0/255 scaled to 0/1")
+    parser.add_argument("--intensity", choices=("zscore", "minmax"), default="zscore",
+                        help="per-case z-score or per-case [0, 1] (configs/medmnist.yaml's modality mask)")
     parser.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
                         help="linear warm-up + cosine per step (the trainer's) or a constant learning rate")
     parser.add_argument("--seed", type=int, default=0)
@@ -77,21 +78,26 @@ def main() -> None:
     (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
 
 
-def load_split(npz: Path, size: int, intensity: str = "zscore") -> tuple[dict, dict]:
-    """Per split: (N, 1, size, size, size) float volumes (z-scored or 0/1) and (N,) labels."""
+def load_split(npz: Path, size: int, intensity: str = "zscore",
+               splits: tuple[str, ...] = ("train", "val", "test")) -> tuple[dict, dict]:
+    """Per split: (N, 1, size, size, size) float volumes, zero-padded then normalised per case, and (N,) labels."""
     data = np.load(npz)
     images, labels = {}, {}
-    for split in ("train", "val", "test"):
+    for split in splits:
         x = torch.from_numpy(data[f"{split}_images"]).float()[:, None]
         pad = (size - x.shape[-1]) // 2
-        x = F.pad(x, (pad,) * 6) if pad > 0 else x
-        if intensity == "unit":
-            images[split] = x / 255.0
-        else:
-            mean, std = x.mean(dim=(1, 2, 3, 4), keepdim=True), x.std(dim=(1, 2, 3, 4), keepdim=True)
-            images[split] = (x - mean) / std
+        images[split] = normalise(F.pad(x, (pad,) * 6) if pad > 0 else x, intensity)
         labels[split] = torch.from_numpy(data[f"{split}_labels"][:, 0].astype(np.int64))
     return images, labels
+
+
+def normalise(x: torch.Tensor, intensity: str) -> torch.Tensor:
+    """Per case (over each volume of the batch), as the toolkit's ``zscore`` / ``minmax`` intensity modes."""
+    dims = tuple(range(1, x.ndim))
+    if intensity == "minmax":
+        low, high = x.amin(dim=dims, keepdim=True), x.amax(dim=dims, keepdim=True)
+        return (x - low) / (high - low).clamp_min(1e-8)
+    return (x - x.mean(dim=dims, keepdim=True)) / x.std(dim=dims, keepdim=True)
 
 
 def build(args: argparse.Namespace) -> torch.nn.Module:
