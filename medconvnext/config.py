@@ -72,6 +72,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # training recipe (defaults = plain cross-entropy training)
     label_smoothing: float = 0.0
+    mixup: float = 0.0  # Beta(alpha, alpha) of mixup; 0 = off (the ConvNeXt recipe: 0.8)
+    cutmix: float = 0.0  # Beta(alpha, alpha) of 3D CutMix; 0 = off (the ConvNeXt recipe: 1.0)
+    mix_prob: float = 1.0  # share of batches mixed when mixup or cutmix is on
     drop_path_rate: float | None = None  # stochastic depth; None keeps the model's own default
     ema: bool = False  # evaluate and save an exponential moving average of the weights
     ema_decay: float = 0.999

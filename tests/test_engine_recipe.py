@@ -61,7 +61,8 @@ def test_drop_path_rate_is_ignored_with_a_warning_elsewhere():
     assert "drop_path_rate" not in model.model_args
 
 
-@pytest.mark.parametrize(("field", "value"), [("balance", "oversample"), ("accumulate", 0), ("label_smoothing", 1.0)])
+@pytest.mark.parametrize(("field", "value"), [("balance", "oversample"), ("accumulate", 0), ("label_smoothing", 1.0),
+                                              ("mixup", -0.2), ("mix_prob", 1.5)])
 def test_bad_recipe_values_are_user_errors(csv_dataset, tmp_path, field, value):
     with pytest.raises(UserError, match=f"train.{field}"):
         train(tiny_config(csv_dataset, epochs=1, **{field: value}), tmp_path / "run")

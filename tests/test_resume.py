@@ -59,8 +59,9 @@ def test_same_seed_gives_identical_metrics(csv_dataset, tmp_path):
 
 
 def test_resume_equals_an_uninterrupted_run(csv_dataset, tmp_path):
-    # the full recipe, so resume must restore EMA, accumulation, clipping and the class weights too
-    recipe = dict(ema=True, ema_decay=0.9, accumulate=2, clip_grad_norm=1.0, balance="weights", label_smoothing=0.1)
+    # the full recipe, so resume must restore EMA, accumulation, clipping, the class weights and the mixing draws too
+    recipe = dict(ema=True, ema_decay=0.9, accumulate=2, clip_grad_norm=1.0, balance="weights", label_smoothing=0.1,
+                  mixup=0.4, cutmix=1.0)
     straight = train(tiny_config(csv_dataset, **recipe), tmp_path / "straight")
     with pytest.raises(KeyboardInterrupt):
         train(tiny_config(csv_dataset, **recipe), tmp_path / "resumed", callbacks=StopAfter(2))

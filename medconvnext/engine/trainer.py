@@ -34,6 +34,7 @@ from medconvnext.engine.devices import autocast, needs_grad_scaler, resolve_devi
 from medconvnext.engine.ema import ModelEma
 from medconvnext.engine.inference import check_inference, infer_volume, uncropped_transforms
 from medconvnext.engine.metrics import classification_metrics
+from medconvnext.engine.mixing import BatchMixer
 from medconvnext.engine.provenance import environment_info
 from medconvnext.engine.resume import load_training_state, rng_states, save_training_state, set_rng_states
 from medconvnext.errors import UserError
@@ -237,6 +238,11 @@ def _check_recipe(cfg: TrainConfig) -> None:
         raise UserError(f"train.accumulate must be >= 1, got {cfg.accumulate}")
     if not 0.0 <= cfg.label_smoothing < 1.0:
         raise UserError(f"train.label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
+    for name in ("mixup", "cutmix"):
+        if getattr(cfg, name) < 0:
+            raise UserError(f"train.{name} (a Beta alpha) must be >= 0, got {getattr(cfg, name)}")
+    if not 0.0 <= cfg.mix_prob <= 1.0:
+        raise UserError(f"train.mix_prob must be in [0, 1], got {cfg.mix_prob}")
     if not 0.0 <= cfg.ema_decay < 1.0:
         raise UserError(f"train.ema_decay must be in [0, 1), got {cfg.ema_decay}")
     if cfg.balance == "sampler" and dist.env_world_size() > 1:
@@ -323,6 +329,7 @@ class _Loop:
     loss_fn: nn.Module
     generator: torch.Generator
     train_transform: Any
+    mixer: BatchMixer | None = None  # mixup / CutMix; None when both are off
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] | None = None
     stopped: bool = False
@@ -486,7 +493,9 @@ def _make_loop(
         counts = torch.tensor(_class_counts(train_records, num_classes), dtype=torch.float32)
         weight = (counts.sum() / (num_classes * counts)).to(device)  # inverse frequency, mean 1
     loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
-    return _Loop(model, optimizer, scheduler, scaler, ema, loss_fn, generator, train_transform)
+    mixer = BatchMixer(num_classes, cfg.mixup, cfg.cutmix, cfg.mix_prob)
+    return _Loop(model, optimizer, scheduler, scaler, ema, loss_fn, generator, train_transform,
+                 mixer if mixer.enabled else None)
 
 
 def _training_state(loop: _Loop, epoch: int) -> dict[str, Any]:
@@ -647,8 +656,11 @@ def _train_epoch(
     for step, batch in enumerate(loader, start=1):
         images = batch["image"].to(device, non_blocking=True)
         labels = batch["label"].to(device, non_blocking=True)
+        targets = labels
+        if loop.mixer is not None:
+            images, targets = loop.mixer(images, labels, loop.generator, stream=dist.rank())
         with autocast(device, cfg.amp):
-            loss = loop.loss_fn(loop.model(images), labels)
+            loss = loop.loss_fn(loop.model(images), targets)
         loop.scaler.scale(loss / cfg.accumulate).backward()
         if step % cfg.accumulate == 0 or step == len(loader):
             _optimizer_step(loop, cfg.clip_grad_norm)
