@@ -43,7 +43,6 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--ema", type=float, default=0.999, help="EMA decay; 0 = no EMA")
     parser.add_argument("--shift", type=int, default=0, help="random translation of up to N voxels per axis")
-    parser.add_argument("--batchnorm", action="store_true", help="replace every GroupNorm by BatchNorm3d")
     parser.add_argument("--torch-init", action="store_true", help="PyTorch's default init instead of trunc-normal")
     parser.add_argument("--intensity", choices=("zscore", "minmax"), default="zscore",
                         help="per-case z-score or per-case [0, 1] (configs/medmnist.yaml's modality mask)")
@@ -102,21 +101,11 @@ def normalise(x: torch.Tensor, intensity: str) -> torch.Tensor:
 
 def build(args: argparse.Namespace) -> torch.nn.Module:
     model = create_model(args.model, num_classes=2, in_channels=1, **json.loads(args.args))
-    if args.batchnorm:
-        _swap_groupnorm(model)
     if args.torch_init:
         for module in model.modules():
             if isinstance(module, (torch.nn.Conv3d, torch.nn.Linear)):
                 module.reset_parameters()
     return model
-
-
-def _swap_groupnorm(module: torch.nn.Module) -> None:
-    for name, child in module.named_children():
-        if isinstance(child, torch.nn.GroupNorm):
-            setattr(module, name, torch.nn.BatchNorm3d(child.num_channels))
-        else:
-            _swap_groupnorm(child)
 
 
 def augment(batch: torch.Tensor, shift: int) -> torch.Tensor:

@@ -68,6 +68,15 @@ def test_bad_recipe_values_are_user_errors(csv_dataset, tmp_path, field, value):
         train(tiny_config(csv_dataset, epochs=1, **{field: value}), tmp_path / "run")
 
 
+@pytest.mark.parametrize(("key", "value", "message"), [("norm", "instancenorm", "norm must be one of"),
+                                                        ("widht", 8, "unexpected keyword argument 'widht'")])
+def test_bad_model_args_are_user_errors(csv_dataset, tmp_path, key, value, message):
+    config = apply_overrides(Config(), {"data.path": str(csv_dataset), "model.name": "convnext_atto",
+                                        f"model.args.{key}": value})
+    with pytest.raises(UserError, match=f"model.args: .*{message}"):
+        train(config, tmp_path / "run")
+
+
 def test_early_stopping_with_a_frozen_model(csv_dataset, tmp_path):
     # lr 0: the validation score never improves after epoch 1, so patience 1 stops after epoch 2
     result = train(tiny_config(csv_dataset, epochs=4, lr=0.0, early_stopping_patience=1, balance="sampler"),

@@ -183,3 +183,19 @@ def test_depthwise_conv3d_fast_backward_matches_conv3d() -> None:
         expected = torch.autograd.grad((ref(x) * g).sum(), (x, ref.weight, ref.bias))
         for a, b in zip(got, expected, strict=True):
             torch.testing.assert_close(a, b)
+
+
+def test_convnext_batchnorm_normalises_across_the_batch() -> None:
+    torch.manual_seed(0)
+    model = create_model("convnext_atto", norm="batchnorm")
+    assert not any(isinstance(m, torch.nn.GroupNorm) for m in model.modules())
+    x = torch.randn(2, 1, 32, 32, 32)
+    model.train()
+    alone = model(x[:1].repeat(2, 1, 1, 1, 1))[0]
+    together = model(x)[0]
+    assert not torch.allclose(alone, together)  # a case's output depends on its batch in training
+    model.eval()
+    with torch.no_grad():  # and not at inference (running statistics)
+        torch.testing.assert_close(model(x[:1]), model(x)[:1], atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="norm must be one of"):
+        create_model("convnext_atto", norm="instancenorm")

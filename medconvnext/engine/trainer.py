@@ -276,13 +276,21 @@ def _build_model(config: Config, datalist: Datalist) -> nn.Module:
     if config.train.drop_path_rate is not None:
         args["drop_path_rate"] = config.train.drop_path_rate
     try:
-        return create_model(config.model.name, num_classes=num_classes, **args)
+        return _create_configured_model(config.model.name, num_classes, args)
     except TypeError as exc:
         if "drop_path_rate" not in str(exc) or "drop_path_rate" in config.model.args:
-            raise
+            raise UserError(f"model.args: {exc}") from exc
         warnings.warn(f"model {config.model.name} has no drop_path_rate; train.drop_path_rate ignored", stacklevel=2)
         args.pop("drop_path_rate")
-        return create_model(config.model.name, num_classes=num_classes, **args)
+        return _create_configured_model(config.model.name, num_classes, args)
+
+
+def _create_configured_model(name: str, num_classes: int, args: dict[str, Any]) -> nn.Module:
+    """``create_model`` with a bad argument value reported as a user error naming ``model.args``."""
+    try:
+        return create_model(name, num_classes=num_classes, **args)
+    except ValueError as exc:
+        raise UserError(f"model.args: {exc}") from exc
 
 
 def _init_from_2d(model: nn.Module, config: Config, run: RunDir) -> None:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-NORMS = ("groupnorm", "layernorm")
+NORMS = ("groupnorm", "layernorm", "batchnorm")
 
 
 class LayerNorm3d(nn.LayerNorm):
@@ -31,10 +31,14 @@ def make_norm3d(kind: str, num_channels: int, eps: float = 1e-6) -> nn.Module:
 
     ``"groupnorm"`` is GroupNorm with one group (normalises over C, D, H, W jointly,
     the MetaFormer/PoolFormer norm: the product card's "GroupNorm-as-LayerNorm");
-    ``"layernorm"`` is :class:`LayerNorm3d` (over C per voxel, as in the paper).
+    ``"layernorm"`` is :class:`LayerNorm3d` (over C per voxel, as in the paper);
+    ``"batchnorm"`` is BatchNorm3d (per channel over the batch: statistics shared across cases, running
+    averages at inference; converted to SyncBatchNorm under DDP on CUDA).
     """
     if kind == "groupnorm":
         return nn.GroupNorm(1, num_channels, eps=eps)
     if kind == "layernorm":
         return LayerNorm3d(num_channels, eps=eps)
+    if kind == "batchnorm":
+        return nn.BatchNorm3d(num_channels, eps=eps)
     raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")

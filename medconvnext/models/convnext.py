@@ -96,7 +96,8 @@ class ConvNeXt3d(nn.Module):
                 for overlapping patches (padded to keep ``size / stride`` outputs); costs little, since the stem
                 sees only the input channels, and makes the stem's output change smoothly with sub-patch shifts.
             downsample_strides: kernel = stride of the 3 downsampling layers; int, (D, H, W) or one per layer.
-            norm: ``"groupnorm"`` (GroupNorm(1), default) or ``"layernorm"`` (per-voxel, as in the paper).
+            norm: ``"groupnorm"`` (GroupNorm(1), default) or ``"layernorm"`` (per-voxel, as in the paper)
+                or ``"batchnorm"`` (BatchNorm3d; not the paper's).
             drop_path_rate: stochastic depth, linear from 0 to this rate over all blocks.
             grad_checkpointing: recompute block activations in backward to save memory.
         """
