@@ -48,6 +48,25 @@ def test_ct_plan_computes_clip_and_statistics(tmp_path):
     assert generic.intensity == "zscore" and generic.input_size == (24, 24, 24)
 
 
+def test_generic_auto_plans_minmax_for_two_valued_masks_only(tmp_path):
+    rng = np.random.default_rng(0)
+    masks, images = [], []
+    for i in range(7):
+        mask = np.zeros((12, 12, 12), np.float32)
+        mask[3 : 5 + i, 4:8, 4:8] = 255.0  # 0/255 like MedMNIST, objects of different sizes
+        masks.append(Case(f"m{i}", (str(write_volume(tmp_path / f"m{i}.nii.gz", mask)),), "a"))
+        image = rng.normal(0, 1, (12, 12, 12)).astype(np.float32)
+        images.append(Case(f"i{i}", (str(write_volume(tmp_path / f"i{i}.nii.gz", image)),), "a"))
+    with pytest.warns(UserWarning, match="two values only .*minmax"):
+        assert plan_preprocessing(PreprocessingConfig(), compute_fingerprint(masks), (8, 8, 8)).intensity == "minmax"
+    assert plan_preprocessing(PreprocessingConfig(), compute_fingerprint(images), (8, 8, 8)).intensity == "zscore"
+    # one intensity image among the sampled cases keeps z-score; an explicit choice is never overridden
+    mixed = compute_fingerprint(masks[:6] + images[:1])
+    assert plan_preprocessing(PreprocessingConfig(), mixed, (8, 8, 8)).intensity == "zscore"
+    explicit = PreprocessingConfig(intensity="zscore")
+    assert plan_preprocessing(explicit, compute_fingerprint(masks), (8, 8, 8)).intensity == "zscore"
+
+
 @pytest.mark.parametrize("kind", AUGMENTATIONS)
 def test_augmentation_presets_keep_the_shape(kind):
     from monai.transforms import Compose
