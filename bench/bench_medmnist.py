@@ -140,10 +140,19 @@ def run_intensity(run_dir: Path) -> str:
     return checkpoint["preprocessing"]["intensity"]
 
 
+TRAINING_FACTS = ("train_wall_s", "set", "config")  # how a run was trained; kept when it is only re-evaluated
+
+
 def update_results(path: Path, name: str, record: dict) -> None:
-    """Set ``results[name] = record`` in the JSON file, under a lock (several bench processes may share it)."""
+    """Set ``results[name] = record`` in the JSON file, under a lock (several bench processes may share it).
+
+    A run re-evaluated without retraining (no ``train_wall_s``) keeps what was recorded when it was trained: its
+    training time, overrides and config."""
     with open(path.with_suffix(".lock"), "w", encoding="utf-8") as lock, _locked(lock):
         results = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        if "train_wall_s" not in record and not record.get("ensemble"):
+            kept = {k: results.get(name, {})[k] for k in TRAINING_FACTS if k in results.get(name, {})}
+            record = {**record, **kept}
         results[name] = record
         path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
