@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+TRAINING_FACTS = ("train_wall_s", "set", "config")  # how a run was trained; kept when it is only re-evaluated
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -140,9 +142,6 @@ def run_intensity(run_dir: Path) -> str:
     return checkpoint["preprocessing"]["intensity"]
 
 
-TRAINING_FACTS = ("train_wall_s", "set", "config")  # how a run was trained; kept when it is only re-evaluated
-
-
 def update_results(path: Path, name: str, record: dict) -> None:
     """Set ``results[name] = record`` in the JSON file, under a lock (several bench processes may share it).
 
@@ -151,8 +150,8 @@ def update_results(path: Path, name: str, record: dict) -> None:
     with open(path.with_suffix(".lock"), "w", encoding="utf-8") as lock, _locked(lock):
         results = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
         if "train_wall_s" not in record and not record.get("ensemble"):
-            kept = {k: results.get(name, {})[k] for k in TRAINING_FACTS if k in results.get(name, {})}
-            record = {**record, **kept}
+            previous = results.get(name, {})
+            record = {**record, **{k: previous[k] for k in TRAINING_FACTS if k in previous}}
         results[name] = record
         path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 

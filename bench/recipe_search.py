@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--shift", type=int, default=0, help="random translation of up to N voxels per axis")
     parser.add_argument("--torch-init", action="store_true", help="PyTorch's default init instead of trunc-normal")
     parser.add_argument("--intensity", choices=("zscore", "minmax"), default="zscore",
-                        help="per-case z-score or per-case [0, 1] (configs/medmnist.yaml's modality mask)")
+                        help="per-case z-score or per-case [0, 1] (what configs/medmnist.yaml plans for masks)")
     parser.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
                         help="linear warm-up + cosine per step (the trainer's) or a constant learning rate")
     parser.add_argument("--seed", type=int, default=0)

@@ -68,7 +68,8 @@ def _paste_box(
         length = int(round(size * side))
         centre = int(rng.integers(0, size))
         box.append(slice(max(0, centre - length // 2), min(size, centre + length - length // 2)))
+    region = (slice(None), slice(None), *box)
     mixed = images.clone()
-    mixed[(slice(None), slice(None), *box)] = images[perm][(slice(None), slice(None), *box)]
+    mixed[region] = images[region][perm]  # permute only the box, not the whole batch
     pasted = float(np.prod([s.stop - s.start for s in box])) / float(np.prod(spatial))
     return mixed, 1.0 - pasted
