@@ -2,11 +2,12 @@
 
 from medconvnext.layers.drop import DropPath, drop_path, drop_path_rates
 from medconvnext.layers.init import init_weights
-from medconvnext.layers.norm import LayerNorm3d, make_norm3d
+from medconvnext.layers.norm import GRN3d, LayerNorm3d, make_norm3d
 from medconvnext.layers.shapes import as_triple, check_input_size
 
 __all__ = [
     "DropPath",
+    "GRN3d",
     "LayerNorm3d",
     "as_triple",
     "check_input_size",

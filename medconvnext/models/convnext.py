@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from medconvnext.layers import DropPath, as_triple, check_input_size, drop_path_rates, init_weights, make_norm3d
+from medconvnext.layers import DropPath, GRN3d, as_triple, check_input_size, drop_path_rates, init_weights, make_norm3d
 from medconvnext.layers.shapes import Triple
 from medconvnext.models._dwconv import DepthwiseConv3d
 from medconvnext.models._registry import register_model
@@ -43,6 +43,7 @@ class ConvNeXtBlock(nn.Module):
         layer_scale_init: float = 1e-6,
         norm: str = "groupnorm",
         mlp_ratio: int = 4,
+        grn: bool = False,
     ) -> None:
         super().__init__()
         # an nn.Conv3d (same state-dict names) whose CPU backward is several times faster
@@ -51,6 +52,8 @@ class ConvNeXtBlock(nn.Module):
         # Linear on channels-last == 1x1x1 conv, and is faster on CPU and GPU
         self.pwconv1 = nn.Linear(dim, mlp_ratio * dim)
         self.act = nn.GELU()
+        # ConvNeXt V2 puts GRN after the GELU and drops layer scale (layer_scale_init=0 turns it off here)
+        self.grn = GRN3d(mlp_ratio * dim) if grn else nn.Identity()
         self.pwconv2 = nn.Linear(mlp_ratio * dim, dim)
         self.gamma = nn.Parameter(layer_scale_init * torch.ones(dim)) if layer_scale_init > 0 else None
         self.drop_path = DropPath(drop_path)
@@ -59,7 +62,7 @@ class ConvNeXtBlock(nn.Module):
         shortcut = x
         x = self.norm(self.dwconv(x))
         x = x.permute(0, 2, 3, 4, 1)  # (N, D, H, W, C)
-        x = self.pwconv2(self.act(self.pwconv1(x)))
+        x = self.pwconv2(self.grn(self.act(self.pwconv1(x))))
         if self.gamma is not None:
             x = x * self.gamma
         x = x.permute(0, 4, 1, 2, 3)
@@ -82,6 +85,8 @@ class ConvNeXt3d(nn.Module):
         norm: str = "groupnorm",
         drop_path_rate: float = 0.0,
         layer_scale_init: float = 1e-6,
+        mlp_ratio: int = 4,
+        grn: bool = False,
         head_init_scale: float = 1.0,
         head_dropout: float = 0.0,
         grad_checkpointing: bool = False,
@@ -97,7 +102,11 @@ class ConvNeXt3d(nn.Module):
                 sees only the input channels, and makes the stem's output change smoothly with sub-patch shifts.
             downsample_strides: kernel = stride of the 3 downsampling layers; int, (D, H, W) or one per layer.
             norm: ``"groupnorm"`` (GroupNorm(1), default) or ``"layernorm"`` (per-voxel, as in the paper)
-                or ``"batchnorm"`` (BatchNorm3d; not the paper's).
+                or ``"batchnorm"`` (BatchNorm3d; not the paper's) or ``"channelnorm"`` (GroupNorm with one
+                group per channel, MedNeXt's).
+            layer_scale_init: initial layer-scale γ (1e-6 in the paper); 0 turns layer scale off (ConvNeXt V2).
+            mlp_ratio: hidden width of the block MLP over its input width (4 in the paper).
+            grn: Global Response Normalization after the MLP's GELU (ConvNeXt V2).
             drop_path_rate: stochastic depth, linear from 0 to this rate over all blocks.
             grad_checkpointing: recompute block activations in backward to save memory.
         """
@@ -126,7 +135,9 @@ class ConvNeXt3d(nn.Module):
         )
         rates = drop_path_rates(drop_path_rate, depths)
         self.stages = nn.ModuleList(
-            nn.Sequential(*(ConvNeXtBlock(dims[i], kernels[i], rate, layer_scale_init, norm) for rate in rates[i]))
+            nn.Sequential(
+                *(ConvNeXtBlock(dims[i], kernels[i], rate, layer_scale_init, norm, mlp_ratio, grn) for rate in rates[i])
+            )
             for i in range(stages)
         )
         self.head_norm = nn.LayerNorm(dims[-1], eps=1e-6)
