@@ -199,3 +199,31 @@ def test_convnext_batchnorm_normalises_across_the_batch() -> None:
         torch.testing.assert_close(model(x[:1]), model(x)[:1], atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="norm must be one of"):
         create_model("convnext_atto", norm="instancenorm")
+
+
+def test_channelnorm_normalises_each_channel_of_each_case() -> None:
+    norm = create_model("convnext_atto", norm="channelnorm").stem[1]
+    assert isinstance(norm, torch.nn.GroupNorm) and norm.num_groups == norm.num_channels == 40
+    x = torch.randn(2, 40, 4, 4, 4) * torch.arange(1, 41).view(1, 40, 1, 1, 1) + 3
+    with torch.no_grad():
+        y = norm(x)
+    torch.testing.assert_close(y.mean(dim=(2, 3, 4)), torch.zeros(2, 40), atol=1e-5, rtol=0)
+    torch.testing.assert_close(y.std(dim=(2, 3, 4), unbiased=False), torch.ones(2, 40), atol=1e-3, rtol=0)
+
+
+def test_grn_starts_as_identity_and_follows_convnext_v2() -> None:
+    from medconvnext.layers import GRN3d
+
+    grn = GRN3d(6)
+    x = torch.randn(2, 3, 4, 5, 6)  # channels-last (N, D, H, W, C)
+    torch.testing.assert_close(grn(x), x)  # gamma = beta = 0
+    with torch.no_grad():
+        grn.gamma.fill_(1.0)
+        grn.beta.fill_(0.5)
+    g = x.pow(2).sum(dim=(1, 2, 3), keepdim=True).sqrt()  # ConvNeXt-V2 models/utils.py, in 3D
+    expected = x * (g / (g.mean(dim=-1, keepdim=True) + 1e-6)) + 0.5 + x
+    torch.testing.assert_close(grn(x), expected)
+    model = create_model("convnext_atto", grn=True, layer_scale_init=0.0, mlp_ratio=2)
+    block = model.stages[0][0]
+    assert isinstance(block.grn, GRN3d) and block.gamma is None and block.pwconv1.out_features == 80
+    assert model(torch.randn(2, 1, 32, 32, 32)).shape == (2, 2)
