@@ -82,6 +82,9 @@ class TrainConfig:
     clip_grad_norm: float | None = None
     balance: str = "none"  # none | weights (class-weighted loss) | sampler (class-balanced sampling)
     early_stopping_patience: int | None = None  # stop after N epochs without a better validation score
+    # which epoch becomes checkpoint_best: the best validation AUC (loss breaks ties), or the last epoch (the
+    # reference recipes' final weights; safer when the validation set is small: see docs/benchmarks.md)
+    select: str = "val_auc"  # val_auc | last
     compile: bool = False  # torch.compile the model
     tensorboard: bool = False  # also log to <run>/tensorboard when tensorboard is installed
     patches: str = "none"  # none | random | foreground: train on input-size crops of the full volumes

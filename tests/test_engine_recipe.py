@@ -62,7 +62,8 @@ def test_drop_path_rate_is_ignored_with_a_warning_elsewhere():
 
 
 @pytest.mark.parametrize(("field", "value"), [("balance", "oversample"), ("accumulate", 0), ("label_smoothing", 1.0),
-                                              ("mixup", -0.2), ("mix_prob", 1.5)])
+                                              ("mixup", -0.2), ("mix_prob", 1.5),
+                                              ("select", "best")])
 def test_bad_recipe_values_are_user_errors(csv_dataset, tmp_path, field, value):
     with pytest.raises(UserError, match=f"train.{field}"):
         train(tiny_config(csv_dataset, epochs=1, **{field: value}), tmp_path / "run")
@@ -84,6 +85,13 @@ def test_early_stopping_with_a_frozen_model(csv_dataset, tmp_path):
     lines = (tmp_path / "run" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
     epochs = [json.loads(line)["epoch"] for line in lines]
     assert epochs == [1, 2] and result.best_epoch == 1
+
+
+def test_select_last_keeps_the_final_epoch(csv_dataset, tmp_path):
+    # lr 0: every epoch scores the same, so val_auc selection keeps epoch 1 and "last" must keep epoch 3
+    result = train(tiny_config(csv_dataset, epochs=3, lr=0.0, select="last"), tmp_path / "run")
+    meta = json.loads((tmp_path / "run" / "checkpoint_best.json").read_text(encoding="utf-8"))
+    assert result.best_epoch == 3 and meta["epoch"] == 3
 
 
 def test_auto_mode_and_padding():

@@ -42,6 +42,7 @@ from medconvnext.models import create_model, get_entry
 from medconvnext.rundir import RunDir
 
 BALANCE_MODES = ("none", "weights", "sampler")
+SELECT_MODES = ("val_auc", "last")
 
 
 class TrainingCallbacks(Protocol):
@@ -234,6 +235,8 @@ def _check_recipe(cfg: TrainConfig) -> None:
         raise UserError(f"train.balance must be one of {', '.join(BALANCE_MODES)}, got {cfg.balance!r}")
     if cfg.patches not in PATCH_MODES:
         raise UserError(f"train.patches must be one of {', '.join(PATCH_MODES)}, got {cfg.patches!r}")
+    if cfg.select not in SELECT_MODES:
+        raise UserError(f"train.select must be one of {', '.join(SELECT_MODES)}, got {cfg.select!r}")
     if cfg.accumulate < 1:
         raise UserError(f"train.accumulate must be >= 1, got {cfg.accumulate}")
     if not 0.0 <= cfg.label_smoothing < 1.0:
@@ -411,7 +414,7 @@ def _fit(
             break
         record, val = _run_epoch(loop, epoch, train_loader, (val_loader, tiling), device, cfg, datalist.classes,
                                  callbacks)
-        improved = loop.best is None or _is_better(record, loop.best)
+        improved = cfg.select == "last" or loop.best is None or _is_better(record, loop.best)
         if improved:
             loop.best = record
         patience = cfg.early_stopping_patience
