@@ -1,0 +1,62 @@
+"""FCMAE in 3D: masking emulation, loss on masked units only, patch round trip."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medconvnext.models import create_model
+from medconvnext.models.fcmae import FCMAE3d, mask_at, masked_forward_features, masked_patch_loss, patchify, random_mask
+
+
+@pytest.mark.parametrize("norm", ["groupnorm", "layernorm", "batchnorm", "channelnorm"])
+def test_masked_positions_stay_empty_and_do_not_leak(norm: str) -> None:
+    torch.manual_seed(0)
+    encoder = create_model("convnext_atto", norm=norm, grn=True, dims=(8, 16, 32, 64), depths=(1, 1, 1, 1))
+    encoder.train()
+    x = torch.rand(2, 1, 64, 64, 64)
+    mask = random_mask(2, (8, 8, 8), 0.6, torch.Generator().manual_seed(1))
+    visible = 1 - mask
+    with torch.no_grad():
+        features = masked_forward_features(encoder, x, visible)
+        # a cell whose units are all masked holds exactly zero at every stage
+        for f in features:
+            m = mask_at(visible, tuple(f.shape[2:]))
+            assert (m == 0).any() or f.shape[-1] <= 2
+            assert torch.count_nonzero(f * (1 - m)) == 0
+        # changing the masked voxels changes nothing the encoder computes
+        noise = torch.rand_like(x) * mask_at(mask, (64, 64, 64))
+        again = masked_forward_features(encoder, x + 10 * noise, visible)
+    for a, b in zip(features, again, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_random_mask_masks_the_ratio_of_units() -> None:
+    mask = random_mask(3, (4, 4, 4), 0.6, torch.Generator().manual_seed(0))
+    assert mask.shape == (3, 1, 4, 4, 4)
+    assert mask.flatten(1).sum(1).tolist() == [38.0, 38.0, 38.0]
+    assert not torch.equal(mask[0], mask[1])
+
+
+def test_loss_ignores_visible_units() -> None:
+    torch.manual_seed(0)
+    pred, target = torch.randn(2, 8, 5), torch.randn(2, 8, 5)
+    mask = torch.tensor([[1, 0, 1, 0, 0, 0, 0, 1], [0, 0, 0, 1, 1, 0, 0, 0]], dtype=torch.float32)
+    changed = pred + 100 * (1 - mask).unsqueeze(-1)
+    assert masked_patch_loss(changed, target, mask) == masked_patch_loss(pred, target, mask)
+    by_hand = sum(((pred[n, i] - target[n, i]) ** 2).mean() for n in range(2) for i in range(8) if mask[n, i]) / 5
+    torch.testing.assert_close(masked_patch_loss(pred, target, mask), by_hand)
+
+
+def test_patchify_round_trip_and_shapes() -> None:
+    model = FCMAE3d(create_model("convnext_atto", dims=(8, 16, 32, 64), depths=(1, 1, 1, 1)), mask_unit=8)
+    x = torch.randn(2, 1, 32, 32, 32)
+    torch.testing.assert_close(model.reconstruct(patchify(x, (8, 8, 8)), (32, 32, 32)), x)
+    out = model(x, generator=torch.Generator().manual_seed(0))
+    assert out["pred"].shape == out["target"].shape == (2, 64, 512) and out["mask"].shape == (2, 1, 4, 4, 4)
+    out["loss"].backward()
+    assert model.encoder.stem[0].weight.grad is not None and model.mask_token.grad is not None
+    with pytest.raises(ValueError, match="multiple of the stem stride"):
+        FCMAE3d(create_model("convnext_atto"), mask_unit=6)
+    with pytest.raises(ValueError, match="not a multiple of mask_unit"):
+        model(torch.randn(1, 1, 36, 32, 32))
