@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from medconvnext.cli import cache, cv, data, evaluate, export, models, predict, report, train
+from medconvnext.cli import cache, cv, data, evaluate, export, models, predict, pretrain, report, train
 from medconvnext.cli._common import State
 
 app = typer.Typer(
@@ -28,6 +28,7 @@ def _global_options(
 
 app.command("train")(train.train)
 app.command("predict")(predict.predict)
+app.command("pretrain")(pretrain.pretrain)
 app.add_typer(data.data_app, name="data")
 app.add_typer(cache.cache_app, name="cache")
 app.command("models")(models.models)

@@ -30,6 +30,9 @@ def train(
     init_2d: Path = typer.Option(
         None, "--init-2d", help="Start a ConvNeXt from 2D ImageNet ConvNeXt weights (.pth/.safetensors, timm or FB)."
     ),
+    init: Path = typer.Option(
+        None, "--init", help="Start from 3D weights: a `pretrain` run, a train run or a .safetensors checkpoint."
+    ),
     strict: bool = options.STRICT,
 ) -> None:
     """Train a 3D classifier and save the best checkpoint (by validation AUC) in --out."""
@@ -43,7 +46,8 @@ def train(
             # the run's own config.yaml decides everything else, so a resumed run is the run that was started
             rejected = {"--data": data, "--out": out, "--model": model, "--batch-size": batch_size, "--lr": lr,
                         "--seed": seed, "--config": config, "--set": set_ or None, "--tensorboard": tensorboard or None,
-                        "--overwrite": overwrite or None, "--init-2d": init_2d, "--strict": strict or None}
+                        "--overwrite": overwrite or None, "--init-2d": init_2d, "--init": init,
+                        "--strict": strict or None}
             given = [name for name, value in rejected.items() if value is not None]
             if given:
                 raise UserError(f"--resume uses the run's config.yaml; drop {', '.join(given)} (only --epochs and "
@@ -56,7 +60,8 @@ def train(
             cfg = options.build_config(
                 config, set_, data=data, model=model, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                 device=device, strict=strict, tensorboard=tensorboard,
-                **{"model.init_2d": str(init_2d) if init_2d is not None else None},
+                **{"model.init_2d": str(init_2d) if init_2d is not None else None,
+                   "model.init": str(init) if init is not None else None},
             )
             with TrainingProgress() as progress:
                 result = run_training(cfg, out, overwrite=overwrite, callbacks=progress)

@@ -26,6 +26,7 @@ class ModelConfig:
     args: dict[str, Any] = field(default_factory=dict)
     init_2d: str | None = None  # a 2D ConvNeXt state dict (.pth/.safetensors) inflated into the 3D model
     init_2d_mode: str = "center"  # center | mean (see medconvnext.models.inflate)
+    init: str | None = None  # 3D weights: a pretrain/train run folder or a .safetensors checkpoint (not the head)
 
 
 @dataclass
@@ -85,6 +86,7 @@ class TrainConfig:
     # which epoch becomes checkpoint_best: the best validation AUC (loss breaks ties), or the last epoch (the
     # reference recipes' final weights; safer when the validation set is small: see docs/benchmarks.md)
     select: str = "val_auc"  # val_auc | last
+    layer_decay: float | None = None  # layer-wise lr decay for fine-tuning (ConvNeXt), e.g. 0.8; None = off
     compile: bool = False  # torch.compile the model
     tensorboard: bool = False  # also log to <run>/tensorboard when tensorboard is installed
     patches: str = "none"  # none | random | foreground: train on input-size crops of the full volumes

@@ -237,6 +237,8 @@ def _check_recipe(cfg: TrainConfig) -> None:
         raise UserError(f"train.patches must be one of {', '.join(PATCH_MODES)}, got {cfg.patches!r}")
     if cfg.select not in SELECT_MODES:
         raise UserError(f"train.select must be one of {', '.join(SELECT_MODES)}, got {cfg.select!r}")
+    if cfg.layer_decay is not None and not 0.0 < cfg.layer_decay <= 1.0:
+        raise UserError(f"train.layer_decay must be in (0, 1], got {cfg.layer_decay}")
     if cfg.accumulate < 1:
         raise UserError(f"train.accumulate must be >= 1, got {cfg.accumulate}")
     if not 0.0 <= cfg.label_smoothing < 1.0:
@@ -260,6 +262,10 @@ def _check_init_2d(config: Config) -> None:
         raise UserError(f"model.init_2d_mode must be one of {', '.join(MODES)}, got {config.model.init_2d_mode!r}")
     if config.model.init_2d and not Path(config.model.init_2d).is_file():
         raise UserError(f"model.init_2d: 2D weights file not found: {config.model.init_2d}")
+    if config.model.init:
+        from medconvnext.engine.warm_start import init_checkpoint
+
+        init_checkpoint(config.model.init)  # UserError when there is no checkpoint there
 
 
 def _setup_device(name: str) -> torch.device:
@@ -310,6 +316,15 @@ def _init_from_2d(model: nn.Module, config: Config, run: RunDir) -> None:
                      lambda tmp: tmp.write_text(json.dumps(record, indent=2), encoding="utf-8"))
         for note in report.notes:
             warnings.warn(f"model.init_2d: {note}", stacklevel=2)
+
+
+def _init_from_3d(model: nn.Module, config: Config, run: RunDir) -> None:
+    """Start from a pretraining run's encoder or another checkpoint; what was loaded goes to ``init.json``."""
+    from medconvnext.engine.warm_start import load_3d_weights
+
+    report = load_3d_weights(model, config.model.init)
+    if dist.is_main():
+        atomic_write(run.root / "init.json", lambda tmp: tmp.write_text(json.dumps(report, indent=2), encoding="utf-8"))
 
 
 def _write_run_files(
@@ -367,6 +382,8 @@ def _fit(
     model = _build_model(config, datalist)
     if config.model.init_2d and state is None:
         _init_from_2d(model, config, run)
+    if config.model.init and state is None:
+        _init_from_3d(model, config, run)
     by_id = {c.case_id: c for c in datalist.cases}
     train_records = case_records(datalist, [by_id[i] for i in split.train])
     val_records = case_records(datalist, [by_id[i] for i in split.val])
@@ -495,7 +512,13 @@ def _make_loop(
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         model = torch.compile(model)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    if cfg.layer_decay is not None:
+        from medconvnext.engine.warm_start import layer_decay_groups
+
+        groups = layer_decay_groups(model, cfg.weight_decay, cfg.lr, cfg.layer_decay)
+    else:
+        groups = param_groups(model, cfg.weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
     steps = math.ceil(batches_per_epoch / cfg.accumulate)
     scheduler = warmup_cosine(optimizer, cfg.warmup_epochs * steps, cfg.epochs * steps)
     scaler = torch.amp.GradScaler("cuda", enabled=needs_grad_scaler(device, cfg.amp))

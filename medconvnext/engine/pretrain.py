@@ -1,0 +1,261 @@
+"""Self-supervised pretraining: FCMAE (masked reconstruction) of a ConvNeXt encoder on unlabelled scans.
+
+The same plan, cache, augmentation, AMP and resume machinery as ``train``; the run directory holds
+``config.yaml``, ``pretrain.json`` (the masking options and the case ids seen, for the leakage audit),
+``metrics.jsonl`` (loss per epoch), ``checkpoint_encoder.safetensors`` (the encoder, loadable by
+``train --init``), ``training_state.pt`` and ``reconstructions.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from medconvnext.config import Config, load_config, save_config
+from medconvnext.data.datalist import Case, case_id_from_path, is_image_file, load_datalist
+from medconvnext.data.dataset import make_dataset
+from medconvnext.data.fingerprint import compute_fingerprint, plan_preprocessing
+from medconvnext.data.preprocessing import Preprocessing
+from medconvnext.data.transforms import deterministic_transforms, training_transforms
+from medconvnext.data.validate import validate_datalist
+from medconvnext.engine.checkpoint import atomic_write, save_checkpoint
+from medconvnext.engine.devices import autocast, needs_grad_scaler, resolve_device
+from medconvnext.engine.provenance import environment_info
+from medconvnext.engine.resume import load_training_state, rng_states, save_training_state, set_rng_states
+from medconvnext.errors import UserError
+from medconvnext.models import create_model
+from medconvnext.models.convnext import ConvNeXt3d
+from medconvnext.models.fcmae import FCMAE3d, patchify
+from medconvnext.rundir import RunDir
+
+ENCODER = "encoder"  # checkpoint_encoder.safetensors
+OPTIONS_FILE = "pretrain.json"
+
+
+@dataclass
+class PretrainOptions:
+    """Masking and decoder settings (ConvNeXt V2's FCMAE; see :mod:`medconvnext.models.fcmae`)."""
+
+    mask_ratio: float = 0.6
+    mask_unit: int = 8  # voxels per axis of one masking unit
+    decoder_dim: int = 128
+    norm_target: bool = False
+    include_test: bool = False
+
+
+@dataclass
+class PretrainResult:
+    run_dir: Path
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def pretrain_cases(data: str | Path, include_test: bool = False) -> tuple[list[Case], str]:
+    """Cases to pretrain on: any form ``train`` takes (labels ignored; ``test`` rows left out unless
+    ``include_test``), or a folder holding the scans themselves."""
+    path = Path(data).expanduser()
+    if path.is_dir() and not any((path / n).is_file() for n in ("labels.csv", "labels.tsv", "datalist.json")):
+        scans = sorted(p for p in path.iterdir() if not p.name.startswith(".") and is_image_file(p))
+        if scans:
+            return [Case(case_id_from_path(p), (str(p.resolve()),), None) for p in scans], str(path)
+    datalist = load_datalist(path, for_training=False)
+    return [c for c in datalist.cases if include_test or c.split != "test"], datalist.source
+
+
+def build_fcmae(config: Config, in_channels: int, options: PretrainOptions) -> FCMAE3d:
+    """The configured ConvNeXt wrapped for masked reconstruction; UserError for other families or bad options."""
+    try:
+        encoder = create_model(config.model.name, num_classes=2, in_channels=in_channels, **config.model.args)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"model.args: {exc}") from None
+    if not isinstance(encoder, ConvNeXt3d):
+        raise UserError(f"--model {config.model.name}: pretrain supports the ConvNeXt family only (masked "
+                        "pretraining relies on its sparse-convolution emulation); pick a convnext_* model")
+    try:
+        return FCMAE3d(encoder, options.mask_unit, options.mask_ratio, options.decoder_dim, options.norm_target)
+    except ValueError as exc:
+        raise UserError(f"pretrain: {exc}") from None
+
+
+def pretrain(
+    config: Config, out: str | Path, options: PretrainOptions, overwrite: bool = False, callbacks: Any = None
+) -> PretrainResult:
+    """Pretrain ``config.model`` on the scans of ``config.data.path`` into the run directory ``out``."""
+    found, source = pretrain_cases(config.data.path, options.include_test)
+    datalist, skipped = validate_datalist(_as_datalist(found, source), skip_bad=config.data.skip_bad)
+    for problem in skipped:
+        warnings.warn(f"skipped bad case: {problem}", stacklevel=2)
+    cases = datalist.cases
+    in_channels = len(cases[0].images)
+    model = build_fcmae(config, in_channels, options)  # refuse a bad model before writing anything
+    unit = model.mask_unit
+    min_size = [math.lcm(int(m), int(u)) for m, u in zip(model.encoder.min_input_size, unit, strict=True)]
+    plan = plan_preprocessing(config.preprocessing, compute_fingerprint(cases), min_size)
+    if any(s % u for s, u in zip(plan.input_size, unit, strict=True)):
+        raise UserError(f"preprocessing.input_size {list(plan.input_size)} must be a multiple of the mask unit "
+                        f"{list(unit)} (--patch-size)")
+    run = RunDir(Path(out))
+    run.prepare_new(overwrite)
+    save_config(config, run.config)
+    record = {"options": dataclasses.asdict(options), "source": source, "preprocessing": plan.to_dict(),
+              "cases": [c.case_id for c in cases], "images": [list(c.images) for c in cases],
+              "skipped_bad_cases": skipped, "environment": environment_info()}
+    atomic_write(run.root / OPTIONS_FILE, lambda tmp: tmp.write_text(json.dumps(record, indent=2), encoding="utf-8"))
+    return _fit(config, run, cases, plan, options, callbacks, state=None)
+
+
+def resume_pretrain(run_dir: str | Path, epochs: int | None = None, callbacks: Any = None) -> PretrainResult:
+    """Continue a pretraining run from its last completed epoch (``epochs`` may extend it)."""
+    run = RunDir(Path(run_dir))
+    if not (run.root / OPTIONS_FILE).is_file() or not run.config.is_file():
+        raise UserError(f"--resume {run.root}: not a pretraining run ({OPTIONS_FILE} or config.yaml missing)")
+    config = load_config(run.config)
+    if epochs is not None:
+        config.train.epochs = epochs
+        save_config(config, run.config)
+    record = json.loads((run.root / OPTIONS_FILE).read_text(encoding="utf-8"))
+    options = PretrainOptions(**record["options"])
+    cases = [Case(case_id, tuple(images), None) for case_id, images in zip(record["cases"], record["images"],
+                                                                           strict=True)]
+    state = load_training_state(run.training_state()) if run.training_state().is_file() else None
+    return _fit(config, run, cases, Preprocessing.from_dict(record["preprocessing"]), options, callbacks, state)
+
+
+def _as_datalist(cases: list[Case], source: str) -> Any:
+    from medconvnext.data.datalist import Datalist
+
+    if not cases:
+        raise UserError(f"--data {source}: no scans to pretrain on")
+    return Datalist(cases, [], source)
+
+
+def _fit(config: Config, run: RunDir, cases: list[Case], plan: Preprocessing, options: PretrainOptions,
+         callbacks: Any, state: dict[str, Any] | None) -> PretrainResult:
+    cfg = config.train
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    model = build_fcmae(config, plan.in_channels, options).to(device)
+    records = [{"image": c.images[0] if len(c.images) == 1 else list(c.images), "label": -1, "case_id": c.case_id}
+               for c in cases]
+    transform = training_transforms(plan, config.data.augment)
+    dataset = make_dataset(records, transform, config.data.cache, cache_dir=config.data.cache_dir)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=len(dataset) > cfg.batch_size,
+                        num_workers=config.data.num_workers, generator=generator)
+    from medconvnext.engine.trainer import param_groups, warmup_cosine
+
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
+    scheduler = warmup_cosine(optimizer, cfg.warmup_epochs * len(loader), cfg.epochs * len(loader))
+    scaler = torch.amp.GradScaler("cuda", enabled=needs_grad_scaler(device, cfg.amp))
+    history: list[dict[str, Any]] = []
+    start = 1
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        history = list(state["history"])
+        set_rng_states(state["rng"], generator)
+        start = int(state["epoch"]) + 1
+    lines = "".join(json.dumps(r) + "\n" for r in history)
+    atomic_write(run.metrics, lambda tmp: tmp.write_text(lines, encoding="utf-8"))
+    if callbacks is not None:
+        callbacks.on_start(cfg.epochs, len(loader))
+    meta = {"class_names": [], "preprocessing": plan.to_dict(), "pretrain": dataclasses.asdict(options),
+            "environment": environment_info()}
+    for epoch in range(start, cfg.epochs + 1):
+        began = time.perf_counter()
+        # MONAI's random transforms keep their own states: seeded per epoch, as in train, so a resumed run
+        # augments (and masks, through ``generator``) exactly as an uninterrupted one
+        transform.set_random_state(seed=(cfg.seed * 100_003 + epoch * 1_009) % 2**32)
+        loss = _train_epoch(model, loader, optimizer, scheduler, scaler, generator, device, cfg.amp, epoch, callbacks)
+        history.append({"epoch": epoch, "loss": loss, "lr": optimizer.param_groups[0]["lr"],
+                        "epoch_time_s": round(time.perf_counter() - began, 3)})
+        save_checkpoint(run.checkpoint(ENCODER), model.encoder, {**meta, "epoch": epoch, "metrics": history[-1]})
+        save_training_state(run.training_state(), {
+            "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "history": history,
+            "rng": rng_states(generator)})
+        with open(run.metrics, "a", encoding="utf-8") as f:
+            f.write(json.dumps(history[-1]) + "\n")
+        if callbacks is not None:
+            callbacks.on_epoch_end(history[-1])
+    if not history:
+        raise UserError(f"--resume {run.root}: the run already finished ({cfg.epochs} epochs); pass --epochs to extend")
+    _save_reconstructions(model, records, plan, run.root / "reconstructions.png", device)
+    return PretrainResult(run.root, history)
+
+
+def _train_epoch(model: FCMAE3d, loader: DataLoader, optimizer: torch.optim.Optimizer, scheduler: Any,
+                 scaler: torch.amp.GradScaler, generator: torch.Generator, device: torch.device, amp: bool,
+                 epoch: int, callbacks: Any) -> float:
+    model.train()
+    total, seen = 0.0, 0
+    for step, batch in enumerate(loader, start=1):
+        images = _plain(batch["image"]).to(device, non_blocking=True)
+        with autocast(device, amp):
+            loss = model(images, generator=generator)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        total += loss.item() * len(images)
+        seen += len(images)
+        if callbacks is not None:
+            callbacks.on_step(epoch, step, loss.item())
+    return total / max(1, seen)
+
+
+def _plain(x: torch.Tensor) -> torch.Tensor:
+    """A MONAI MetaTensor as a plain tensor (the model never sees the metadata)."""
+    return x.as_tensor() if hasattr(x, "as_tensor") else x
+
+
+@torch.no_grad()
+def _save_reconstructions(model: FCMAE3d, records: list[dict], plan: Preprocessing, path: Path,
+                          device: torch.device, cases: int = 4) -> None:
+    """Middle slices of masked inputs, reconstructions (visible units kept) and targets of a few cases."""
+    from medconvnext.reports.plots import matplotlib_available
+
+    if not matplotlib_available():
+        warnings.warn(f"{path.name} not written: matplotlib is not installed", stacklevel=2)
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    transform = deterministic_transforms(plan)
+    x = torch.stack([_plain(transform(dict(r))["image"]) for r in records[:cases]]).to(device)
+    model.eval()
+    out = model(x, generator=torch.Generator().manual_seed(0))
+    size = tuple(x.shape[2:])
+    mask = nn.functional.interpolate(out["mask"], size=size, mode="nearest")
+    pred = out["pred"].float()
+    if model.norm_target:  # back to the input's scale, unit by unit
+        units = patchify(x.float(), model.mask_unit)
+        pred = pred * (units.var(dim=-1, keepdim=True) + 1e-6).sqrt() + units.mean(dim=-1, keepdim=True)
+    pred = model.reconstruct(pred, size)
+    shown = [x * (1 - mask), pred * mask + x * (1 - mask), x]
+    mid = size[0] // 2
+    fig, axes = plt.subplots(len(x), 3, figsize=(7.5, 2.5 * len(x)), squeeze=False)
+    for row in range(len(x)):
+        for col, (title, volume) in enumerate(zip(("masked input", "reconstruction", "target"), shown, strict=True)):
+            ax = axes[row][col]
+            ax.imshow(volume[row, 0, mid].float().cpu().numpy(), cmap="gray")
+            ax.set_axis_off()
+            if row == 0:
+                ax.set_title(title)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
+    plt.close(fig)

@@ -1,0 +1,96 @@
+"""Starting a 3D model from 3D weights: a pretraining run's encoder or any compatible checkpoint.
+
+``train --init RUN_OR_CHECKPOINT`` loads every tensor of the model except the classification layer
+(``head.*``, which depends on the number of classes) from a medconvnext safetensors checkpoint (no pickle),
+strictly: a missing tensor, an unexpected one or a shape mismatch is a user error naming the first few.
+Also the layer-wise learning-rate decay of fine-tuning (BEiT; ConvNeXt V2's ``optim_factory.py``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from medconvnext.engine.checkpoint import load_checkpoint
+from medconvnext.errors import UserError
+
+HEAD_PREFIX = "head."
+
+
+def init_checkpoint(path: str | Path) -> Path:
+    """The checkpoint file behind ``path``: a file, or a run directory's encoder (pretraining) or best
+    checkpoint (training)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    for name in ("checkpoint_encoder.safetensors", "checkpoint_best.safetensors"):
+        if (path / name).is_file():
+            return path / name
+    raise UserError(f"model.init {path}: no checkpoint there (a .safetensors file, or a pretrain/train run folder)")
+
+
+def load_3d_weights(model: nn.Module, path: str | Path) -> dict[str, Any]:
+    """Copy the checkpoint's tensors into ``model`` (all but ``head.*``); returns what was loaded.
+
+    Raises:
+        UserError: unreadable checkpoint, or tensors missing, unexpected or of another shape.
+    """
+    file = init_checkpoint(path)
+    state = load_checkpoint(file).state_dict
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith(HEAD_PREFIX)}
+    given = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
+    missing = sorted(set(own) - set(given))
+    unexpected = sorted(set(given) - set(own))
+    mismatched = sorted(k for k in set(own) & set(given) if tuple(own[k].shape) != tuple(given[k].shape))
+    for kind, keys in (("missing from it", missing), ("not in the model", unexpected),
+                       ("of another shape", mismatched)):
+        if keys:
+            shown = ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+            raise UserError(f"model.init {file}: {len(keys)} tensor(s) {kind} ({shown}); the checkpoint must come "
+                            "from the same model and arguments")
+    model.load_state_dict(given, strict=False)
+    return {"path": str(file), "loaded": len(given), "not_loaded": sorted(k for k in model.state_dict()
+                                                                          if k.startswith(HEAD_PREFIX))}
+
+
+def convnext_layer_id(name: str, depths: list[int]) -> int:
+    """Depth index of a ConvNeXt parameter: stem 0, blocks 1..sum(depths) in order (a downsampling layer
+    with the first block of its stage), the head sum(depths) + 1."""
+    parts = name.split(".")
+    if parts[0] == "stem":
+        return 0
+    if parts[0] == "downsample":
+        return 1 + sum(depths[: int(parts[1]) + 1])
+    if parts[0] == "stages":
+        stage, block = int(parts[1]), int(parts[2])
+        return 1 + sum(depths[:stage]) + block
+    return sum(depths) + 1
+
+
+def layer_decay_groups(model: nn.Module, weight_decay: float, lr: float, decay: float) -> list[dict[str, Any]]:
+    """AdamW groups with lr × decay^(head depth − layer depth): the head at ``lr``, the stem the lowest;
+    no weight decay on 1-D parameters (biases, norms, layer scales), as in :func:`param_groups`.
+
+    Raises:
+        UserError: ``decay`` outside (0, 1], or a model that is not a ConvNeXt (its depth is not defined here).
+    """
+    from medconvnext.models.convnext import ConvNeXt3d
+
+    if not 0.0 < decay <= 1.0:
+        raise UserError(f"train.layer_decay must be in (0, 1], got {decay}")
+    plain = getattr(getattr(model, "module", model), "_orig_mod", getattr(model, "module", model))
+    if not isinstance(plain, ConvNeXt3d):
+        raise UserError("train.layer_decay: supported for ConvNeXt models only")
+    depths = [len(stage) for stage in plain.stages]
+    top = sum(depths) + 1
+    groups: dict[tuple[int, bool], dict[str, Any]] = {}
+    for name, param in plain.named_parameters():
+        if not param.requires_grad:
+            continue
+        layer, no_decay = convnext_layer_id(name, depths), param.ndim <= 1
+        group = groups.setdefault((layer, no_decay), {
+            "params": [], "weight_decay": 0.0 if no_decay else weight_decay, "lr": lr * decay ** (top - layer)})
+        group["params"].append(param)
+    return list(groups.values())

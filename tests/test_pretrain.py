@@ -1,0 +1,111 @@
+"""``pretrain`` (FCMAE) end to end on tiny volumes, ``train --init`` and layer-wise lr decay."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import blob_volume, write_volume
+from safetensors.torch import load_file
+from test_resume import StopAfter
+from typer.testing import CliRunner
+
+from medconvnext.cli.main import app
+from medconvnext.config import Config, apply_overrides
+from medconvnext.engine.pretrain import PretrainOptions, pretrain, pretrain_cases, resume_pretrain
+from medconvnext.engine.trainer import train
+from medconvnext.engine.warm_start import convnext_layer_id, layer_decay_groups
+from medconvnext.errors import UserError
+from medconvnext.models import create_model
+
+TINY = {"model.name": "convnext_atto", "model.args.dims": [8, 16, 24, 32], "model.args.depths": [1, 1, 1, 1],
+        "model.args.kernel_size": 3, "preprocessing.input_size": [32, 32, 32], "train.device": "cpu",
+        "train.batch_size": 4, "train.warmup_epochs": 0}
+
+
+def tiny(data, epochs: int, **more) -> Config:
+    return apply_overrides(Config(), {"data.path": str(data), "train.epochs": epochs, **TINY, **more})
+
+
+def test_pretrain_lowers_its_loss_and_records_its_cases(tmp_path):
+    # smooth volumes (a bright ball on a dark background): unlike noise, what is masked can be predicted
+    grid = np.stack(np.meshgrid(*[np.arange(24)] * 3, indexing="ij"))
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        centre = rng.uniform(8, 16, 3).reshape(3, 1, 1, 1)
+        ball = (((grid - centre) ** 2).sum(0) < rng.uniform(16, 36)).astype(np.float32)
+        write_volume(tmp_path / "scans" / f"s{i:02d}.nii.gz", ball + 0.05 * rng.normal(size=ball.shape))
+    config = tiny(tmp_path / "scans", 8, **{"train.lr": 3e-3, "preprocessing.intensity": "minmax"})
+    result = pretrain(config, tmp_path / "pt", PretrainOptions(mask_unit=8))
+    losses = [r["loss"] for r in result.history]
+    assert np.mean(losses[-2:]) < 0.7 * losses[0]
+    record = json.loads((tmp_path / "pt" / "pretrain.json").read_text(encoding="utf-8"))
+    assert len(record["cases"]) == 12 and record["options"]["mask_ratio"] == 0.6
+    assert (tmp_path / "pt" / "reconstructions.png").stat().st_size > 1000
+    encoder = load_file(str(tmp_path / "pt" / "checkpoint_encoder.safetensors"))
+    assert "stem.0.weight" in encoder and not any(k.startswith(("proj", "decoder", "mask_token")) for k in encoder)
+
+
+def test_a_folder_of_scans_without_labels_and_test_rows_left_out(tmp_path, csv_dataset):
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        write_volume(tmp_path / "scans" / f"s{i}.nii.gz", blob_volume(rng, True))
+    cases, _ = pretrain_cases(tmp_path / "scans")
+    assert [c.case_id for c in cases] == ["s0", "s1", "s2"] and all(c.label is None for c in cases)
+    table = csv_dataset / "labels.csv"
+    lines = table.read_text(encoding="utf-8").splitlines()
+    table.write_text("\n".join([lines[0] + ",split"] + [f"{line},{'test' if i < 2 else 'train'}"
+                                                         for i, line in enumerate(lines[1:])]) + "\n")
+    assert len(pretrain_cases(csv_dataset)[0]) == 10 and len(pretrain_cases(csv_dataset, include_test=True)[0]) == 12
+
+
+def test_pretrain_then_train_init_loads_every_encoder_tensor(csv_dataset, tmp_path):
+    pretrain(tiny(csv_dataset, 1), tmp_path / "pt", PretrainOptions())
+    encoder = load_file(str(tmp_path / "pt" / "checkpoint_encoder.safetensors"))
+    train(tiny(csv_dataset, 1, **{"model.init": str(tmp_path / "pt"), "train.lr": 0.0, "train.layer_decay": 0.7}),
+          tmp_path / "ft")
+    init = json.loads((tmp_path / "ft" / "init.json").read_text(encoding="utf-8"))
+    assert init["loaded"] == len([k for k in encoder if not k.startswith("head.")])
+    tuned = load_file(str(tmp_path / "ft" / "checkpoint_last.safetensors"))
+    for key, value in encoder.items():  # lr 0: every encoder tensor arrives unchanged
+        if not key.startswith("head.") and "running" not in key:
+            torch.testing.assert_close(tuned[key], value)
+
+
+def test_init_refuses_another_architecture(csv_dataset, tmp_path):
+    pretrain(tiny(csv_dataset, 1), tmp_path / "pt", PretrainOptions())
+    with pytest.raises(UserError, match="of another shape"):
+        train(tiny(csv_dataset, 1, **{"model.init": str(tmp_path / "pt"), "model.args.dims": [8, 16, 24, 40]}),
+              tmp_path / "ft")
+
+
+def test_pretrain_resume_after_a_kill_matches_an_uninterrupted_run(csv_dataset, tmp_path):
+    full = pretrain(tiny(csv_dataset, 3), tmp_path / "full", PretrainOptions())
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(tiny(csv_dataset, 3), tmp_path / "cut", PretrainOptions(), callbacks=StopAfter(2))
+    resumed = resume_pretrain(tmp_path / "cut")
+    assert [r["loss"] for r in resumed.history] == pytest.approx([r["loss"] for r in full.history], rel=1e-5)
+
+
+def test_pretrain_cli_refuses_other_families(csv_dataset, tmp_path):
+    result = CliRunner().invoke(app, ["pretrain", "--data", str(csv_dataset), "--out", str(tmp_path / "r"),
+                                      "--model", "resnext_tiny"])
+    assert result.exit_code == 2 and "ConvNeXt family only" in result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_layer_decay_scales_the_lr_by_depth():
+    model = create_model("convnext_atto", depths=(1, 1, 2, 1), dims=(8, 16, 24, 32))
+    assert convnext_layer_id("stem.0.weight", [1, 1, 2, 1]) == 0
+    assert convnext_layer_id("downsample.0.1.weight", [1, 1, 2, 1]) == 2
+    assert convnext_layer_id("stages.2.1.pwconv1.weight", [1, 1, 2, 1]) == 4
+    assert convnext_layer_id("head.weight", [1, 1, 2, 1]) == 6
+    groups = layer_decay_groups(model, 0.05, 1.0, 0.5)
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    assert lr_of[id(model.head.weight)] == 1.0 and lr_of[id(model.stem[0].weight)] == 0.5**6
+    assert lr_of[id(model.stages[2][1].pwconv1.weight)] == 0.5**2
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    with pytest.raises(UserError, match="ConvNeXt models only"):
+        layer_decay_groups(create_model("resnext_tiny"), 0.05, 1.0, 0.5)
