@@ -28,6 +28,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, required=True)
     parser.add_argument("--selection", type=Path, default=None)
+    parser.add_argument("--runs", type=Path, default=None,
+                        help="folder of the run directories: also print mean val AUC / train loss per epoch")
     args = parser.parse_args()
     results = json.loads(args.results.read_text(encoding="utf-8"))
     selection = json.loads(args.selection.read_text(encoding="utf-8")) if args.selection else {}
@@ -52,6 +54,24 @@ def main() -> None:
             f"{np.mean([r['total_epoch_s'] for r in records]) / 60:.0f}",
         ]
         print(f"| {group} | {len(records)} | " + " | ".join(cells) + " |")
+    if args.runs is not None:
+        print_curves(args.runs, groups)
+
+
+def print_curves(runs: Path, groups: dict[str, list[str]]) -> None:
+    """Mean over seeds of val AUC and train loss at each epoch: where each variant peaks and how fast it fits."""
+    print("\n| run group | val AUC by epoch (1, 3, 5, ...) | train loss at epochs 1 / 5 / last |")
+    print("| --- | --- | --- |")
+    for group, names in groups.items():
+        curves = [[json.loads(line) for line in (runs / n / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+                  for n in names if (runs / n / "metrics.jsonl").is_file()]
+        if not curves:
+            continue
+        epochs = min(len(c) for c in curves)
+        auc = [np.mean([c[e]["val_auc"] for c in curves]) for e in range(epochs)]
+        loss = [np.mean([c[e]["train_loss"] for c in curves]) for e in range(epochs)]
+        shown = " ".join(f"{a:.3f}" for a in auc[::2])
+        print(f"| {group} | {shown} | {loss[0]:.3f} / {loss[min(4, epochs - 1)]:.3f} / {loss[-1]:.3f} |")
 
 
 if __name__ == "__main__":
