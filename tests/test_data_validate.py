@@ -41,7 +41,7 @@ def nan_volume() -> np.ndarray:
 @pytest.mark.parametrize(
     ("data", "spacing", "message"),
     [
-        (np.zeros((6, 6, 6, 3), np.float32), (1, 1, 1), "4D series with 3 frames"),
+        (np.zeros((6, 6, 6, 3), np.float32), (1, 1, 1), "a 4D series of 3 frames"),
         (nan_volume(), (1, 1, 1), "2 NaN/Inf voxel"),
         (np.zeros((6, 6, 6), np.float32), (1, 1, 1), "every voxel equals 0.0"),
         (good(), (1, 0, 1), "zero or negative spacing"),

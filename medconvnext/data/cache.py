@@ -1,9 +1,11 @@
 """Content-aware disk cache of the deterministic transforms' output.
 
-The key of an entry covers each input file's identity (resolved path, size, mtime_ns), the concrete
-:class:`Preprocessing` and the versions of the libraries that computed it, so a rewritten file or a changed
-preprocessing value is a miss and never serves stale data (MONAI's PersistentDataset hashes only the data
-dict, i.e. the path). Entries are written to a temporary file and renamed into place; an unreadable entry
+The key of an entry covers each input file's resolved path and the digest of its bytes
+(:mod:`medconvnext.data.content`: BLAKE2b, memoised per size, mtime, ctime and inode), the concrete
+:class:`Preprocessing` and the versions of the libraries that computed it, so a rewritten file (even one whose
+size and modification time were restored, as ``cp -p`` and ``rsync -a`` do) or a changed preprocessing value is a
+miss and never serves stale data (MONAI's PersistentDataset hashes only the data dict, i.e. the path). The path
+stays in the key because an entry also holds the record's label and case id. Entries are written to a temporary file and renamed into place; an unreadable entry
 is rebuilt. Several processes (DDP ranks) may share one cache folder: each computes and writes only the
 items it reads, and the atomic rename makes concurrent writes of the same entry harmless.
 """
@@ -23,7 +25,7 @@ from monai.transforms import Compose, Randomizable
 
 from medconvnext.data.preprocessing import Preprocessing
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: files keyed by content digest instead of size + mtime
 ENTRY_SUFFIX = ".pt"
 
 
@@ -51,19 +53,21 @@ def library_versions() -> dict[str, str]:
     }
 
 
-def file_identity(path: str | Path) -> list:
-    """(resolved path, size, mtime_ns) of a file, or of every file in a folder (DICOM series)."""
-    path = Path(path).resolve()
-    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
-    return [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+def file_identity(path: str | Path, cache_dir: str | Path | None = None) -> list[str]:
+    """[resolved path, content digest] of a file, or of a folder (a DICOM series: all its files' bytes)."""
+    from medconvnext.data.content import file_digest
+
+    resolved = Path(path).resolve()
+    return [str(resolved), file_digest(resolved, cache_dir)]
 
 
-def cache_key(record: dict, pre: Preprocessing, versions: dict[str, str] | None = None) -> str:
-    """SHA-256 over the files' identities, the preprocessing and the library versions."""
+def cache_key(record: dict, pre: Preprocessing, versions: dict[str, str] | None = None,
+              cache_dir: str | Path | None = None) -> str:
+    """SHA-256 over the files' paths and content digests, the preprocessing and the library versions."""
     images = record["image"] if isinstance(record["image"], (list, tuple)) else [record["image"]]
     payload = {
         "format": CACHE_FORMAT,
-        "files": [file_identity(image) for image in images],
+        "files": [file_identity(image, cache_dir) for image in images],
         "preprocessing": pre.to_dict(),
         "versions": versions or library_versions(),
     }
@@ -90,8 +94,8 @@ class DiskCacheDataset(Dataset):
         self.misses = 0
 
     def entry_path(self, record: dict) -> Path:
-        """Where the record's entry lives (depends on the current file identities)."""
-        key = cache_key(record, self.pre, self.versions)
+        """Where the record's entry lives (depends on the files' current contents)."""
+        key = cache_key(record, self.pre, self.versions, self.cache_dir)
         return self.cache_dir / key[:2] / f"{key}{ENTRY_SUFFIX}"
 
     def _transform(self, index: int) -> dict:

@@ -10,9 +10,11 @@ Two checks between a training side and an evaluation side:
 Images are compared by a SHA-256 of their *decoded voxel array* (dtype, shape and bytes; the header, the
 affine, the file name and the compression are left out), not of the file bytes: gzip stores a timestamp and
 the original name, and header edits (anonymisation, a new description) change the bytes, so byte hashes miss
-exactly the copies that happen in practice. Decoding costs one read of each volume, so hashes are cached in
-``<cache dir>/image_hashes.json`` keyed by resolved path, size and modification time (the disk cache's
-notion of a file's identity): a later ``train``/``cv``/``evaluate`` on the same files hashes nothing.
+exactly the copies that happen in practice. Decoding costs one read of each volume, so voxel hashes are
+cached in ``<cache dir>/image_hashes.json`` keyed by the digest of the file's bytes
+(:mod:`medconvnext.data.content`, the disk cache's key, memoised per size, mtime, ctime and inode): a later
+``train``/``cv``/``evaluate`` on the same files decodes nothing, and a file rewritten with other voxels is decoded
+again even when its size and modification time were restored (``cp -p``, ``rsync -a``).
 Near-duplicates (a resampled or cropped copy) are not detected.
 
 The callers decide what a finding does (:func:`enforce`): ``warn`` (a one-line warning naming the
@@ -48,10 +50,10 @@ __all__ = [
 
 LEAKAGE_MODES = ("warn", "error", "off")
 HASH_CACHE_NAME = "image_hashes.json"
-HASH_FORMAT = 1
+HASH_FORMAT = 2  # 2: keyed by the file content digest (1: by path, size and mtime)
 SHOWN = 5  # findings named per kind in the one-line message
 
-_memo: dict[str, tuple[list, str]] = {}  # resolved path -> (identity, hash), for this process
+_memo: dict[str, str] = {}  # file content digest -> voxel hash, for this process
 
 
 class LeakageWarning(UserWarning):
@@ -121,11 +123,6 @@ def enforce(report: LeakageReport, mode: str, hint: str = "--strict") -> None:
 # --------------------------------------------------------------------------------------------- hashing
 
 
-def _identity(path: Path) -> list:
-    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
-    return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
-
-
 def _voxels(path: Path):
     """The stored voxel array: nibabel for NIfTI, SimpleITK for everything else (DICOM folders included)."""
     import numpy as np
@@ -165,13 +162,13 @@ def _load_cache(path: Path) -> dict:
 
 
 def _save_cache(path: Path, images: dict) -> None:
-    """Atomically; entries of files that no longer exist are dropped. A read-only cache folder is ignored."""
-    kept = {p: v for p, v in images.items() if Path(p).exists()}
+    """Atomically; entries whose last file no longer exists are dropped. A read-only cache folder is ignored."""
+    images = {k: v for k, v in images.items() if isinstance(v, dict) and Path(str(v.get("path"))).exists()}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".image_hashes.", suffix=".tmp")
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"format": HASH_FORMAT, "images": kept}, f)
+            json.dump({"format": HASH_FORMAT, "images": images}, f)
         os.replace(tmp, path)
     except OSError:
         pass
@@ -179,6 +176,8 @@ def _save_cache(path: Path, images: dict) -> None:
 
 def image_hashes(paths: Iterable[str | Path], cache_dir: str | Path | None = None) -> dict[str, str | None]:
     """Resolved path -> voxel hash (None when the image cannot be read) for each path."""
+    from medconvnext.data.content import file_digests
+
     cache_path = _cache_file(cache_dir)
     cache: dict | None = None
     out: dict[str, str | None] = {}
@@ -189,18 +188,17 @@ def image_hashes(paths: Iterable[str | Path], cache_dir: str | Path | None = Non
         if key in out:
             continue
         try:
-            identity = _identity(path)
+            content = file_digests([path], cache_path.parent)[key]
         except OSError:
             out[key] = None
             continue
-        memo = _memo.get(key)
-        if memo is not None and memo[0] == identity:
-            out[key] = memo[1]
+        if content in _memo:
+            out[key] = _memo[content]
             continue
         if cache is None:
             cache = _load_cache(cache_path)
-        entry = cache.get(key)
-        if isinstance(entry, dict) and entry.get("identity") == identity and isinstance(entry.get("sha256"), str):
+        entry = cache.get(content)
+        if isinstance(entry, dict) and isinstance(entry.get("sha256"), str):
             digest = entry["sha256"]
         else:
             try:
@@ -208,9 +206,9 @@ def image_hashes(paths: Iterable[str | Path], cache_dir: str | Path | None = Non
             except Exception:  # noqa: BLE001 - an unreadable image is reported by the data checks, not here
                 out[key] = None
                 continue
-            cache[key] = {"identity": identity, "sha256": digest}
+            cache[content] = {"sha256": digest, "path": key}  # the path only lets _save_cache drop old entries
             changed = True
-        _memo[key] = (identity, digest)
+        _memo[content] = digest
         out[key] = digest
     if changed and cache is not None:
         _save_cache(cache_path, cache)
@@ -218,7 +216,7 @@ def image_hashes(paths: Iterable[str | Path], cache_dir: str | Path | None = Non
 
 
 def image_hash(path: str | Path, cache_dir: str | Path | None = None) -> str | None:
-    """SHA-256 of an image's voxel data (dtype, shape, values), cached per path + size + mtime."""
+    """SHA-256 of an image's voxel data (dtype, shape, values), cached per digest of the file's bytes."""
     return image_hashes([path], cache_dir)[str(Path(path).resolve())]
 
 

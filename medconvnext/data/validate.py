@@ -1,12 +1,23 @@
-"""Validation of every image of a case before training: readable, 3D, finite, non-constant, sane geometry.
+"""The one validator of input images, run by ``data check``, ``train``, ``cv``, ``evaluate`` and ``predict`` before
+any work or any write: readable, one value per voxel (not RGB), 3D (not a 2D slice, a one-slice volume or a 4D
+series), finite, non-constant, sane geometry.
 
-Headers are checked before any voxel is read, so a corrupt header claiming a huge size never allocates it.
+Headers are checked before any voxel is read, so a corrupt header claiming a huge size never allocates it. The
+result of each image is cached in ``<cache dir>/image_checks.json`` keyed by the digest of the file's bytes
+(:mod:`medconvnext.data.content`) and by the source of the checks, so a second run on the same files reads no
+voxels for validation, and a rewritten file or a changed check is validated again.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -16,6 +27,13 @@ from medconvnext.errors import UserError
 MAX_AXIS = 4096
 MAX_VOXELS = 512 * 1024 * 1024  # 512 Mi voxels: 2 GiB as float32, more than any sane single scan
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+CHECKS_CACHE_NAME = "image_checks.json"
+
+
+class HasImages(Protocol):
+    """A case of a datalist or a scan given to ``predict``: its image path(s), several = channels."""
+
+    images: tuple[str, ...]
 
 
 @dataclass
@@ -31,9 +49,18 @@ class ImageReport:
     percentiles: tuple[float, ...] = ()  # 0.5, 50, 99.5
 
 
-def validate_case(case: Case, max_voxels: int = MAX_VOXELS) -> list[str]:
+def validate_case(case: HasImages, max_voxels: int = MAX_VOXELS) -> list[str]:
     """Problems of every image of ``case``, each ``"<path>: <problem>"``; empty when all are usable."""
     return [f"{r.path}: {p}" for r in inspect_case(case, max_voxels) for p in r.problems]
+
+
+def require_valid(cases: Sequence[HasImages], hint: str = "") -> None:
+    """The gate of ``predict`` and ``evaluate``: UserError naming the first bad image and what is wrong with it
+    (one line, plus how many more), before any model is loaded or anything written."""
+    problems = [p for case in cases for p in validate_case(case)]
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise UserError(f"{problems[0]}{more}{hint}")
 
 
 def validate_datalist(datalist: Datalist, skip_bad: bool = False) -> tuple[Datalist, list[str]]:
@@ -52,20 +79,58 @@ def validate_datalist(datalist: Datalist, skip_bad: bool = False) -> tuple[Datal
     return Datalist(good, datalist.classes, datalist.source, dict(datalist.extra, skipped=problems)), problems
 
 
-def inspect_case(case: Case, max_voxels: int = MAX_VOXELS) -> list[ImageReport]:
+def inspect_case(case: HasImages, max_voxels: int = MAX_VOXELS) -> list[ImageReport]:
     """One report per image of the case."""
-    return [inspect_image(image, max_voxels) for image in case.images]
+    return inspect_images(case.images, max_voxels)
+
+
+def inspect_images(paths: Iterable[str | Path], max_voxels: int = MAX_VOXELS) -> list[ImageReport]:
+    """:func:`inspect_image` of each path, from the cache (keyed by content) when the file was checked before."""
+    from medconvnext.data.content import default_memo_dir, file_digest
+
+    cache_path = default_memo_dir() / CHECKS_CACHE_NAME
+    cache: dict | None = None
+    changed = False
+    reports = []
+    for path in paths:
+        try:
+            key = _checks_key(file_digest(path), Path(path).name, max_voxels)
+        except OSError:  # missing or unreadable: nothing to cache
+            reports.append(inspect_image(path, max_voxels))
+            continue
+        if cache is None:
+            cache = _load_checks(cache_path)
+        report = _cached_report(cache.get(key), path)
+        if report is None:
+            report = inspect_image(path, max_voxels)
+            cache[key] = asdict(report) | {"path": str(Path(path).resolve())}
+            changed = True
+        reports.append(report)
+    if changed and cache is not None:
+        _save_checks(cache_path, cache)
+    return reports
+
+
+def _cached_report(entry: object, path: str | Path) -> ImageReport | None:
+    if not isinstance(entry, dict):
+        return None
+    try:
+        return ImageReport(str(path), [str(p) for p in entry["problems"]], tuple(entry["shape"]),
+                           int(entry["channels"]), tuple(entry["spacing"]), str(entry["orientation"]),
+                           tuple(entry["percentiles"]))
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def inspect_image(path: str | Path, max_voxels: int = MAX_VOXELS) -> ImageReport:
-    """Read and check one image: header first (size, spacing, affine), then the voxels."""
+    """Read and check one image: header first (size, components, spacing, affine), then the voxels."""
     report = ImageReport(str(path))
     try:
         shape, affine, load = _open(Path(path))
     except Exception as exc:  # noqa: BLE001 - whatever the reader says, the file is unusable
         report.problems.append(f"unreadable ({_reason(exc)})")
         return report
-    report.problems += _shape_problems(shape, max_voxels)
+    report.problems += _component_problems(Path(path), shape) or _shape_problems(shape, max_voxels)
     report.shape, report.channels = tuple(shape[:3]), int(np.prod(shape[3:], dtype=np.int64)) if len(shape) > 3 else 1
     report.problems += _geometry_problems(affine) or _raw_nifti_spacing_problems(Path(path))
     if report.problems:
@@ -126,15 +191,43 @@ def _header_affine(reader) -> np.ndarray:
     return affine
 
 
+def _component_problems(path: Path, shape: tuple[int, ...]) -> list[str]:
+    """An RGB(A) or vector image: several values per voxel that are not channels of one scan."""
+    if path.name.lower().endswith(NIFTI_SUFFIXES):
+        import nibabel as nib
+
+        names = nib.load(str(path)).get_data_dtype().names  # RGB24 / RGBA32 NIfTI: a structured dtype
+        if names:
+            kind = "an RGBA" if len(names) == 4 else "an RGB" if len(names) == 3 else "a multi-component"
+            return [f"{kind} image ({len(names)} colour components per voxel); expected a grayscale 3D volume "
+                    "(one value per voxel)"]
+        return []
+    if not path.is_dir() and len(shape) > 3 and _sitk_components(path) > 1:
+        return [f"an image with {shape[-1]} components per voxel (RGB or vector); expected a grayscale 3D volume "
+                "(one value per voxel)"]
+    return []
+
+
+def _sitk_components(path: Path) -> int:
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    return int(reader.GetNumberOfComponents())
+
+
 def _shape_problems(shape: tuple[int, ...], max_voxels: int) -> list[str]:
     if len(shape) < 3:
-        return [f"a {len(shape)}D image of shape {shape}; expected a 3D volume"]
+        return [f"a {len(shape)}D image (shape {shape}); expected a 3D volume"]
     if len(shape) == 4 and shape[3] > 1:
-        return [f"a 4D series with {shape[3]} frames (shape {shape}); expected a 3D volume"]
+        return [f"a 4D series of {shape[3]} frames (shape {shape}); expected a 3D volume"]
     if len(shape) > 5 or (len(shape) == 5 and shape[3] != 1):
-        return [f"shape {shape} is not 3D or 3D + channels"]
+        return [f"a {len(shape)}D image (shape {shape}); expected a 3D volume (or 3D + channels)"]
     if any(s < 1 or s > MAX_AXIS for s in shape[:3]):
         return [f"implausible size {shape[:3]}; each axis must be 1..{MAX_AXIS}"]
+    if 1 in shape[:3]:
+        return [f"a single slice (shape {shape[:3]}, one voxel thick); expected a 3D volume"]
     total = int(np.prod(shape, dtype=np.int64))
     if total > max_voxels:
         return [f"{total} voxels is more than the limit of {max_voxels}"]
@@ -177,6 +270,48 @@ def _voxel_problems(data: np.ndarray) -> list[str]:
     if data.size and data.min() == data.max():
         return [f"every voxel equals {data.reshape(-1)[0]} (an empty or blank volume)"]
     return []
+
+
+_checks_source: str | None = None
+
+
+def _checks_key(content: str, name: str, max_voxels: int) -> str:
+    """Content digest + file name suffix + the limits + the code and library versions that check it."""
+    global _checks_source
+    if _checks_source is None:
+        import nibabel
+        import SimpleITK
+
+        digest = hashlib.blake2b(digest_size=16)
+        here = Path(__file__).resolve().parent
+        for module in ("validate.py", "io.py", "readers.py"):  # any change to the checks or readers: checked again
+            source = here / module
+            digest.update(source.read_bytes() if source.is_file() else module.encode())
+        digest.update(f"{np.__version__}|{nibabel.__version__}|{SimpleITK.Version_VersionString()}".encode())
+        _checks_source = digest.hexdigest()
+    suffix = "".join(Path(name).suffixes[-2:]).lower()
+    return hashlib.sha256(f"{_checks_source}|{content}|{suffix}|{max_voxels}".encode()).hexdigest()[:32]
+
+
+def _load_checks(path: Path) -> dict:
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return values if isinstance(values, dict) else {}
+
+
+def _save_checks(path: Path, entries: dict) -> None:
+    """Atomically; entries of files that no longer exist are dropped; a read-only cache folder is ignored."""
+    kept = {k: v for k, v in entries.items() if isinstance(v, dict) and Path(str(v.get("path"))).exists()}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{CHECKS_CACHE_NAME}.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(kept, f)
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 def _orientation(affine: np.ndarray) -> str:

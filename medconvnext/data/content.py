@@ -1,0 +1,149 @@
+"""What a file holds, as a digest: the key of every cache that must never serve stale data.
+
+A file's *identity* (path, size, modification time) is not its content: ``cp -p``, ``rsync -a`` and ``tar x``
+restore the source's modification time, and scans of one shape and data type have the same size, so a corrected
+scan copied over an old one keeps all three. The disk cache, the leakage audit's voxel hashes and the validation
+results are therefore keyed by a **BLAKE2b digest of the file's bytes** (of every file of a DICOM folder).
+
+Hashing the bytes costs a fraction of decoding them (``bench/bench_content_hash.py``: about a tenth of a
+gzip read on a 512x512x300 CT-sized ``.nii.gz``), and it is not repeated for an unchanged file: the digest is
+memoised per resolved path together with the file's size, mtime, **ctime**, inode and device, as git's index
+does. The kernel sets ctime on every write, rename or metadata change and no user program can set it back
+(``utime`` sets only atime and mtime), so a rewritten file always misses the memo, even when its size and mtime
+were restored. A file whose ctime lies within :data:`RACY_SECONDS` of the moment it was hashed is not memoised
+(git's "racily clean" rule: on a file system with coarse timestamps a rewrite within the same tick could keep
+all five values). The memo lives in the process and in ``<cache dir>/file_digests.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+__all__ = ["DIGEST_NAME", "RACY_SECONDS", "file_digest", "file_digests"]
+
+DIGEST_NAME = "blake2b-128"
+RACY_SECONDS = 2.0
+MEMO_NAME = "file_digests.json"
+MEMO_FORMAT = 1
+CHUNK = 1 << 20
+
+_memo: dict[str, tuple[list, str]] = {}  # resolved path -> (stat identity, digest), for this process
+
+
+def default_memo_dir() -> Path:
+    """``$MEDCONVNEXT_CACHE_DIR``, else ``~/.cache/medconvnext`` (the disk cache's folder)."""
+    return Path(os.environ.get("MEDCONVNEXT_CACHE_DIR") or Path.home() / ".cache" / "medconvnext").expanduser()
+
+
+def _files(path: Path) -> list[Path]:
+    """The file itself, or every file of a folder (a DICOM series), sorted by name."""
+    return sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+
+
+def _identity(path: Path) -> tuple[list, float]:
+    """(per file: name, size, mtime_ns, ctime_ns, inode, device; the newest ctime in seconds)."""
+    rows, newest = [], 0.0
+    for f in _files(path):
+        st = f.stat()
+        rows.append([f.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev])
+        newest = max(newest, st.st_ctime)
+    return rows, newest
+
+
+def _hash_bytes(path: Path) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _hash(path: Path) -> str:
+    if not path.is_dir():
+        return _hash_bytes(path)
+    digest = hashlib.blake2b(digest_size=16)  # a series: names and contents of its files, in order
+    for f in _files(path):
+        digest.update(f"{f.name}\0{_hash_bytes(f)}\0".encode())
+    return digest.hexdigest()
+
+
+def _load_memo(path: Path) -> dict:
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(values, dict) or values.get("format") != MEMO_FORMAT or not isinstance(values.get("files"),
+                                                                                              dict):
+        return {}
+    return values["files"]
+
+
+def _save_memo(path: Path, files: dict) -> None:
+    """Atomically (concurrent writers lose updates, never data); entries of vanished files are dropped; a
+    read-only cache folder is ignored (the memo only saves time)."""
+    kept = {p: v for p, v in files.items() if Path(p).exists()}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{MEMO_NAME}.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump({"format": MEMO_FORMAT, "digest": DIGEST_NAME, "files": kept}, f)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def file_digests(paths: Iterable[str | Path], cache_dir: str | Path | None = None) -> dict[str, str]:
+    """Resolved path -> BLAKE2b-128 hex digest of the file's bytes (a folder: of its files' names and bytes).
+
+    Raises OSError for a path that cannot be read. ``cache_dir`` holds the persistent memo (default
+    ``$MEDCONVNEXT_CACHE_DIR`` or ``~/.cache/medconvnext``).
+    """
+    out: dict[str, str] = {}
+    pending: list[tuple[Path, list, float]] = []
+    queued: set[str] = set()
+    for raw in paths:
+        path = Path(raw).resolve()
+        key = str(path)
+        if key in out or key in queued:
+            continue
+        identity, newest = _identity(path)
+        memo = _memo.get(key)
+        if memo is not None and memo[0] == identity:
+            out[key] = memo[1]
+        else:
+            pending.append((path, identity, newest))
+            queued.add(key)
+    if not pending:
+        return out
+    memo_path = Path(cache_dir).expanduser() / MEMO_NAME if cache_dir is not None else default_memo_dir() / MEMO_NAME
+    stored = _load_memo(memo_path)
+    changed = False
+    for path, identity, newest in pending:
+        key = str(path)
+        entry = stored.get(key)
+        if isinstance(entry, dict) and entry.get("identity") == identity and isinstance(entry.get("digest"), str):
+            digest = entry["digest"]
+        else:
+            started = time.time()
+            digest = _hash(path)
+            if started - newest <= RACY_SECONDS:
+                out[key] = digest  # racily clean: a rewrite within the same timestamp tick would look the same
+                continue
+            stored[key] = {"identity": identity, "digest": digest}
+            changed = True
+        _memo[key] = (identity, digest)
+        out[key] = digest
+    if changed:
+        _save_memo(memo_path, stored)
+    return out
+
+
+def file_digest(path: str | Path, cache_dir: str | Path | None = None) -> str:
+    """BLAKE2b-128 hex digest of one file's bytes (or of a DICOM folder's files); see :func:`file_digests`."""
+    return file_digests([path], cache_dir)[str(Path(path).resolve())]
