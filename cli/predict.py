@@ -48,6 +48,7 @@ def predict(
 
         from medconvnext.data.inputs import resolve_prediction_inputs
         from medconvnext.data.leakage import audit_run, enforce
+        from medconvnext.data.validate import require_valid
         from medconvnext.engine.inference import FoldEnsemble
         from medconvnext.engine.predictions import prediction_rows, write_prediction_table
         from medconvnext.engine.saliency import CAM_METHODS
@@ -59,6 +60,7 @@ def predict(
         if cam_method not in CAM_METHODS:
             raise UserError(f"--cam-method {cam_method!r}: choose one of {', '.join(CAM_METHODS)}")
         cases = resolve_prediction_inputs(inputs)
+        require_valid(cases)  # the checks of data check/train: a NaN or blank scan is refused, not predicted
         if RunDir(model).splits.is_file():  # a checkpoint alone does not say what it was trained on
             report = audit_run(model, [case.images[0] for case in cases], eval_side="predicted")
             enforce(report, "error" if strict else "warn")
@@ -142,10 +144,12 @@ def _write_cams(folder: Path, cases: list, ensemble, probs, cam_class: str | Non
 
     names = ensemble.class_names
     start = time.perf_counter()
+    used = set()
     for name, case, p in zip(_unique_names(cases, "_cam.nii.gz"), cases, probs, strict=True):
         target = names.index(cam_class) if cam_class is not None else int(p.argmax())
         scan_map = ensemble_saliency(ensemble, case.images, target, method)
-        save_saliency(scan_map, folder / name, f"medconvnext {method} class={names[target]}")
+        used.add(scan_map.method)
+        save_saliency(scan_map, folder / name, f"medconvnext {scan_map.method} class={names[target]}")
     seconds = (time.perf_counter() - start) / max(len(cases), 1)
-    console.print(f"wrote {len(cases)} {method} map(s) to {folder} ({seconds:.1f} s per scan; "
-                  f"class: {cam_class or 'the predicted one'})")
+    console.print(f"wrote {len(cases)} {'/'.join(sorted(used)) or method} map(s) to {folder} ({seconds:.1f} s per "
+                  f"scan; class: {cam_class or 'the predicted one'})")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,19 @@ from pathlib import Path
 from medconvnext.errors import UserError
 
 CHECKPOINT_SUFFIX = ".safetensors"
+# Every name medconvnext writes into a run directory (train, cv, report, evaluate): ``--overwrite`` deletes only
+# these, so a user's own files in the folder survive, and a folder holding none of them is not a run.
+RUN_FILES = frozenset({
+    "config.yaml", "dataset.json", "splits.json", "metrics.jsonl", "val_predictions.csv", "progress.png",
+    "training_state.pt", "init_2d.json", "done.json", "cv.json", "oof_predictions.csv", "test_predictions.csv",
+    "cv_summary.json", "summary.json", "predictions.csv", "evaluation.json",
+    # medconvnext.reports.render.REPORT_FILES
+    "report.md", "report.html", "roc.png", "pr.png", "confusion.png", "calibration.png", "curves.png",
+})
+RUN_FILE_PATTERN = re.compile(r"checkpoint_\w+\.(safetensors|json)|\..+\.tmp")  # checkpoints, atomic-write temps
+RUN_FOLDER_PATTERN = re.compile(r"fold_\d+|repeat_\d+|eval_\w+")  # folds, repeats, evaluate's default output
+TENSORBOARD = "tensorboard"
+MARKERS = ("config.yaml", "dataset.json", "cv.json", "evaluation.json")  # the first files a run writes
 
 
 @dataclass(frozen=True)
@@ -103,13 +117,64 @@ class RunDir:
         repeats, folds = int(params["repeats"]), int(params["folds"])
         return [(r, i, self.fold(i, r if repeats > 1 else None)) for r in range(repeats) for i in range(folds)]
 
+    def is_run(self) -> bool:
+        """True when the folder holds a file that starts a medconvnext run (or fold folders of one)."""
+        if not self.root.is_dir():
+            return False
+        return any((self.root / m).is_file() for m in MARKERS) or any(
+            p.is_dir() and RUN_FOLDER_PATTERN.fullmatch(p.name) and RunDir(p).is_run() for p in self.root.iterdir())
+
+    def check_foreign(self) -> None:
+        """UserError when ``root`` is a file, or a non-empty folder that is not a run: never written into."""
+        if self.root.exists() and not self.root.is_dir():
+            raise UserError(f"--out {self.root}: is a file, not a folder; choose a new or empty folder")
+        if self.root.is_dir() and any(self.root.iterdir()) and not self.is_run():
+            names = sorted(p.name + ("/" if p.is_dir() else "") for p in self.root.iterdir())
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            raise UserError(f"--out {self.root}: not empty and not a medconvnext run (holds {shown}); medconvnext "
+                            "never deletes files it did not write: choose a new or empty folder")
+
+    def check_new(self, overwrite: bool) -> None:
+        """What :meth:`prepare_new` refuses, checked before any work: a foreign folder (even with ``overwrite``),
+        or a folder holding a run without ``overwrite``."""
+        self.check_foreign()
+        if self.root.is_dir() and any(self.root.iterdir()) and not overwrite:
+            raise UserError(f"--out {self.root}: already holds a run; pass --overwrite to replace it")
+
     def prepare_new(self, overwrite: bool) -> None:
-        """Create the folder; refuse to reuse one that holds a run unless ``overwrite``."""
-        if self.root.exists() and any(self.root.iterdir()):
-            if not overwrite:
-                raise UserError(f"--out {self.root}: already holds a run; pass --overwrite to replace it")
-            shutil.rmtree(self.root)
+        """Create the folder; with ``overwrite`` an existing run's files are deleted (only those, see
+        :data:`RUN_FILES`: anything else in the folder stays). Refusals as :meth:`check_new`."""
+        self.check_new(overwrite)
+        if self.root.is_dir():
+            self.remove_run_files()
         self.root.mkdir(parents=True, exist_ok=True)
+
+    def remove_run_files(self) -> list[Path]:
+        """Delete what medconvnext wrote here (run files, checkpoints, fold and evaluation folders, TensorBoard
+        logs), recursively; other files and the folders that hold them are kept. Returns what was kept."""
+        return _remove_owned(self.root)
+
+
+def _remove_owned(folder: Path) -> list[Path]:
+    kept: list[Path] = []
+    for entry in sorted(folder.iterdir()):
+        if entry.is_symlink() or not entry.is_dir():
+            if not entry.is_symlink() and (entry.name in RUN_FILES or RUN_FILE_PATTERN.fullmatch(entry.name)):
+                entry.unlink()
+            else:
+                kept.append(entry)
+        elif entry.name == TENSORBOARD and all(p.is_file() and p.name.startswith("events.out.tfevents.")
+                                               for p in entry.rglob("*") if not p.is_dir()):
+            shutil.rmtree(entry)
+        elif RUN_FOLDER_PATTERN.fullmatch(entry.name):
+            inner = _remove_owned(entry)
+            if inner:
+                kept += inner
+            else:
+                entry.rmdir()
+        else:
+            kept.append(entry)
+    return kept
 
 
 def fold_checkpoints(path: str | Path) -> list[Path]:

@@ -80,7 +80,7 @@ def test_unreadable_scan_and_unknown_cam_class(run, tmp_path):
     bad = tmp_path / "broken.nii.gz"
     bad.write_bytes(SCANS[0].read_bytes()[:200])
     result = runner.invoke(app, ["predict", str(bad), "--model", str(run)])
-    assert result.exit_code == 2 and "broken.nii.gz: cannot read" in result.output
+    assert result.exit_code == 2 and "broken.nii.gz: unreadable" in result.output
     result = runner.invoke(app, ["predict", str(SCANS[0]), "--model", str(run), "--cam", str(tmp_path / "c"),
                                  "--cam-class", "benign"])
     assert result.exit_code == 2 and "--cam-class 'benign': unknown class (classes: cystic, solid)" in result.output

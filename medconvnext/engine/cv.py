@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,14 +99,22 @@ def _splits_document(folds: list[Fold], column: str | None) -> dict[str, Any]:
     }
 
 
+def _check_out(run: RunDir, overwrite: bool) -> None:
+    """Refuse, before any work, an ``--out`` that holds files medconvnext did not write, or a run of another kind."""
+    if not run.root.exists() or (run.root.is_dir() and not any(run.root.iterdir())):
+        return
+    run.check_foreign()
+    if not overwrite and not run.is_cv():
+        raise UserError(f"--out {run.root}: holds a train run, not a cross-validation; pass --overwrite to "
+                        "replace it or choose another --out")
+
+
 def _prepare(run: RunDir, params: dict[str, Any], splits: dict[str, Any], overwrite: bool) -> bool:
     """Create the run directory, or check that the existing one is this cross-validation; True when continued."""
+    _check_out(run, overwrite)
     if run.root.exists() and any(run.root.iterdir()):
         if overwrite:
-            shutil.rmtree(run.root)
-        elif not run.is_cv():
-            raise UserError(f"--out {run.root}: already holds something that is not a cross-validation; "
-                            "pass --overwrite to replace it or choose another --out")
+            run.remove_run_files()
         else:
             try:
                 stored = json.loads(run.cv_params.read_text(encoding="utf-8"))
@@ -167,7 +175,8 @@ def _train_fold(
     else:
         log(f"{name} ({position}/{total}): training on {len(fold.split.train)} cases, "
             f"validating on {len(fold.split.val)}")
-        result = train(config, folder.root, overwrite=True, callbacks=callbacks, split=fold.split, audit=False)
+        result = train(config, folder.root, overwrite=True, callbacks=callbacks, split=fold.split, audit=False,
+                       validated=True)
         action = "trained"
     done = {"best_epoch": result.best_epoch, "best_metrics": result.best_metrics}
     folder.done.write_text(json.dumps(done, indent=2), encoding="utf-8")
@@ -201,14 +210,17 @@ def cross_validate(
     if not config.data.path:
         raise UserError("data.path is not set: pass --data DIR")
     log = log or (lambda line: None)
+    run = RunDir(Path(out))
+    _check_out(run, overwrite)
     datalist = load_datalist(config.data.path)
-    if config.data.skip_bad:
-        from medconvnext.data.validate import validate_datalist
+    from medconvnext.data.validate import validate_datalist
 
-        datalist, _ = validate_datalist(datalist, skip_bad=True)
+    # the gate: every image is checked before anything is written (folds then reuse the cached results)
+    datalist, skipped = validate_datalist(datalist, skip_bad=config.data.skip_bad)
+    for problem in skipped:
+        warnings.warn(f"skipped bad case: {problem}", stacklevel=2)
     column = resolve_group_column(datalist, group_by)
     fold_list = cv_splits(datalist, folds, config.train.seed, repeats, column)
-    run = RunDir(Path(out))
     params = cv_params(config, folds, repeats, column)
     audit_training_split(config, datalist, fold_list, column)  # before anything is written
     _prepare(run, params, _splits_document(fold_list, column), overwrite)

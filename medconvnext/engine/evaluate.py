@@ -19,6 +19,7 @@ from typing import Any
 
 from medconvnext.data.datalist import Case, Datalist, load_datalist
 from medconvnext.data.leakage import LeakageReport, audit_run, enforce
+from medconvnext.data.validate import require_valid
 from medconvnext.errors import UserError
 from medconvnext.rundir import RunDir
 
@@ -110,6 +111,7 @@ def evaluate_run_on(
     labelled = [c for c in chosen if c.label is not None]
     if not labelled:
         raise UserError(f"--data {datalist.source}: none of the {len(chosen)} {split} case(s) has a label")
+    require_valid(labelled)  # the same checks as data check / train / predict, before anything is loaded or written
     report = LeakageReport()
     if leakage != "off":
         for run in runs:

@@ -4,7 +4,10 @@
   ``model.forward_features`` returns for the ConvNeXt, ConvMixer and ResNeXt families, and the logits are
   ``model.forward_head(A)``; so the gradient of the class logit with respect to A needs no hooks (and works
   with gradient checkpointing). Channel weights = gradients averaged over d, h, w; map = ReLU(sum_c w_c A_c),
-  upsampled (trilinear) to the input and divided by its maximum, so it lies in [0, 1].
+  upsampled (trilinear) to the input and divided by its maximum, so it lies in [0, 1]. When the last stage is
+  one voxel (e.g. ``convnext_atto``, total stride 32, at a 32³ input) the map would be the same value everywhere:
+  :func:`grad_cam` refuses, and :func:`scan_saliency` (what ``predict --cam`` runs) uses occlusion instead and
+  says so in a warning.
 - ``occlusion`` (Zeiler & Fergus): a cube of zeros (the mean intensity after z-scoring) slides over the
   preprocessed volume; each voxel gets the mean drop of the class probability over the cubes that covered
   it (negative drops count as 0), divided by its maximum like Grad-CAM (``normalise=False`` keeps the raw
@@ -19,6 +22,7 @@ so it is written with the scan's own shape and affine and overlays on it in ITK-
 from __future__ import annotations
 
 import itertools
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +47,11 @@ class ScanMap:
 
     array: np.ndarray
     affine: np.ndarray
+    method: str = "gradcam"  # the method that made it (occlusion when Grad-CAM had no spatial resolution)
+
+
+class NoSpatialResolution(UserError):
+    """Grad-CAM of a model whose last feature stage is a single voxel: the map would be constant."""
 
 
 def supports_grad_cam(model: nn.Module) -> bool:
@@ -74,12 +83,29 @@ def grad_cam(model: nn.Module, volume: torch.Tensor, class_index: int) -> torch.
     with torch.enable_grad():
         x.requires_grad_(frozen)  # the features need a graph; without trainable weights, through the input
         features = model.forward_features(x)
+        if int(np.prod(features.shape[2:])) == 1:
+            raise NoSpatialResolution(_one_voxel_message(model, x.shape[2:]))
         logits = model.forward_head(features)
         (grads,) = torch.autograd.grad(logits[0, class_index], features)
     weights = grads.mean(dim=(2, 3, 4), keepdim=True)
     cam = F.relu((weights * features.detach()).sum(dim=1, keepdim=True))
     cam = F.interpolate(cam, size=x.shape[2:], mode="trilinear", align_corners=False)[0, 0]
     return _unit_max(cam).cpu()
+
+
+def _one_voxel_message(model: nn.Module, size: Sequence[int]) -> str:
+    shown = "x".join(str(int(v)) for v in size)
+    return (f"Grad-CAM: the last feature stage of {type(model).__name__} is 1x1x1 for a {shown} input, so its map "
+            "would be the same value everywhere")
+
+
+def last_stage_is_one_voxel(model: nn.Module, volume: torch.Tensor) -> bool:
+    """True when Grad-CAM on ``volume`` (C, D, H, W) would have a single voxel of resolution."""
+    if not supports_grad_cam(model):
+        return False
+    with torch.no_grad():
+        features = model.forward_features(_batched(volume).to(_model_device(model), dtype=torch.float32))
+    return int(np.prod(features.shape[2:])) == 1
 
 
 def _unit_max(values: torch.Tensor) -> torch.Tensor:
@@ -157,6 +183,10 @@ def scan_saliency(predictor: Predictor, images: ImagePaths, class_index: int, me
     volume = predictor.preprocess(images, transform=transform)
     plain = volume.as_tensor()
     padded = _pad_to(plain, predictor.preprocessing.input_size)
+    if method == "gradcam" and last_stage_is_one_voxel(predictor.model, padded):
+        warnings.warn(f"{_one_voxel_message(predictor.model, padded.shape[1:])}; using occlusion instead (a cube "
+                      "sliding over the volume, slower)", stacklevel=2)
+        method = "occlusion"
     heat = volume_saliency(predictor.model, padded, class_index, method, **options)
     # undo _pad_to's symmetric padding (a volume smaller than the input size on some axis)
     heat = heat[tuple(slice((p - s) // 2, (p - s) // 2 + s) for p, s in
@@ -167,14 +197,15 @@ def scan_saliency(predictor: Predictor, images: ImagePaths, class_index: int, me
     restored = inverse({"image": volume, SALIENCY_KEY: MetaTensor(heat[None].float())})
     result = restored[SALIENCY_KEY]
     array = np.clip(np.nan_to_num(result.as_tensor()[0].numpy().astype(np.float32)), 0.0, 1.0)
-    return ScanMap(array, np.asarray(result.affine, dtype=np.float64))
+    return ScanMap(array, np.asarray(result.affine, dtype=np.float64), method)
 
 
 def ensemble_saliency(ensemble: FoldEnsemble, images: ImagePaths, class_index: int, method: str = "gradcam",
                       **options) -> ScanMap:
     """The members' maps (each on the scan's grid) averaged: in [0, 1] as each member's is."""
     maps = [scan_saliency(member, images, class_index, method, **options) for member in ensemble.members]
-    return ScanMap(np.mean([m.array for m in maps], axis=0).astype(np.float32), maps[0].affine)
+    used = sorted({m.method for m in maps})
+    return ScanMap(np.mean([m.array for m in maps], axis=0).astype(np.float32), maps[0].affine, "+".join(used))
 
 
 def save_saliency(scan_map: ScanMap, path: str | Path, description: str = "") -> Path:

@@ -90,6 +90,7 @@ def train(
     callbacks: TrainingCallbacks | None = None,
     split: Split | None = None,
     audit: bool = True,
+    validated: bool = False,
 ) -> TrainResult:
     """Train ``config.model`` on ``config.data.path`` into the run directory ``out``.
 
@@ -98,15 +99,23 @@ def train(
             (e.g. one fold of a cross-validation); ``val`` is the model-selection set.
         audit: run the leakage audit (``data.leakage``: warn, error or off) on the split before training;
             the cross-validation audits all folds at once and turns it off here.
+        validated: the caller has validated the data and warned about skipped cases (the cross-validation);
+            the check still runs (from the cache) to leave out the same bad cases, without warning again.
+
+    Raises:
+        UserError: a bad image (named, with the reason) unless ``data.skip_bad``; ``out`` not empty and not a
+            run, or a run without ``overwrite``; before anything is written.
     """
     if not config.data.path:
         raise UserError("data.path is not set: pass --data DIR")
     _check_recipe(config.train)
     _check_init_2d(config)
+    run = RunDir(Path(out))
+    run.check_new(overwrite)  # a foreign or existing folder is refused before any work
     datalist = load_datalist(config.data.path)
-    skipped: list[str] = []
-    if config.data.skip_bad:
-        datalist, skipped = validate_datalist(datalist, skip_bad=True)
+    # the gate: every image is checked (cached by content) before anything is planned or written
+    datalist, skipped = validate_datalist(datalist, skip_bad=config.data.skip_bad)
+    if not validated:
         for problem in skipped:
             warnings.warn(f"skipped bad case: {problem}", stacklevel=2)
     try:
@@ -119,7 +128,6 @@ def train(
         _check_split(split, datalist)
     if audit:
         audit_training_split(config, datalist, split)
-    run = RunDir(Path(out))
     device = _setup_device(config.train.device)
     if dist.is_main():
         run.prepare_new(overwrite)
