@@ -124,6 +124,19 @@ def _cached_report(entry: object, path: str | Path) -> ImageReport | None:
 
 def inspect_image(path: str | Path, max_voxels: int = MAX_VOXELS) -> ImageReport:
     """Read and check one image: header first (size, components, spacing, affine), then the voxels."""
+    import logging
+
+    from nibabel.imageglobals import logger
+
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)  # nibabel logs what it repairs (a zero pixdim): the report names it instead
+    try:
+        return _inspect_image(path, max_voxels)
+    finally:
+        logger.setLevel(level)
+
+
+def _inspect_image(path: str | Path, max_voxels: int) -> ImageReport:
     report = ImageReport(str(path))
     try:
         shape, affine, load = _open(Path(path))
