@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from medconvnext.cli.main import app
 from medconvnext.engine.inference import FoldEnsemble, Predictor
-from medconvnext.engine.saliency import grad_cam, occlusion_map, scan_saliency
+from medconvnext.engine.saliency import NoSpatialResolution, grad_cam, occlusion_map, scan_saliency
 from medconvnext.models import create_model
 
 runner = CliRunner()
@@ -136,3 +136,21 @@ def test_sliding_mode_cam_also_lands_on_the_scan_grid(tmp_path):
     image = nib.load(SCAN)
     assert scan_map.array.shape == image.shape
     np.testing.assert_allclose(scan_map.affine, image.affine, atol=1e-5)
+
+
+def test_grad_cam_without_spatial_resolution_falls_back_to_occlusion_and_says_so(tmp_path):
+    # convnext_atto at the 32³ input of sample_data/lesions: total stride 32, the last stage is 1x1x1
+    run = make_checkpoint(tmp_path / "run" / "checkpoint_best.safetensors").parent
+    predictor = Predictor.load(run, device="cpu")
+    with pytest.raises(NoSpatialResolution, match="1x1x1 for a 32x32x32 input"):
+        grad_cam(predictor.model, torch.randn(1, 32, 32, 32), 0)
+    out = tmp_path / "cams"
+    result = runner.invoke(app, ["predict", str(SCAN), "--model", str(run), "--cam", str(out)])
+    assert result.exit_code == 0, result.output
+    warning = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "1x1x1" in warning[0] and "using occlusion instead" in warning[0]
+    assert "wrote 1 occlusion map(s)" in result.output
+    cam = nib.load(out / "case_002_cam.nii.gz")
+    values = np.asarray(cam.dataobj)
+    assert values.std() > 0.01 and values.max() == pytest.approx(1.0)  # not the constant map Grad-CAM would give
+    assert b"occlusion" in cam.header["descrip"].tobytes()
