@@ -19,6 +19,8 @@ RUN_FILES = frozenset({
     "cv_summary.json", "summary.json", "predictions.csv", "evaluation.json",
     # medconvnext.reports.render.REPORT_FILES
     "report.md", "report.html", "roc.png", "pr.png", "confusion.png", "calibration.png", "curves.png",
+    # medconvnext.engine.export default outputs
+    "model.torchscript.pt", "model.onnx", "model.preprocessing.json",
 })
 RUN_FILE_PATTERN = re.compile(r"checkpoint_\w+\.(safetensors|json)|\..+\.tmp")  # checkpoints, atomic-write temps
 RUN_FOLDER_PATTERN = re.compile(r"fold_\d+|repeat_\d+|eval_\w+")  # folds, repeats, evaluate's default output

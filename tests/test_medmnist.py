@@ -43,9 +43,13 @@ def test_round_trip(tmp_path):
     datalist = load_datalist(tmp_path / "out")
     split = train_val_split(datalist, 0.2, seed=0)
     assert (len(split.train), len(split.val), len(split.test)) == (6, 2, 3)
-    with pytest.raises(UserError, match="not empty; pass --overwrite"):
+    with pytest.raises(UserError, match="holds an earlier import; pass --overwrite"):
         import_medmnist(tmp_path / "tiny.npz", tmp_path / "out")
     assert import_medmnist(tmp_path / "tiny.npz", tmp_path / "out", overwrite=True, limit=1).counts["train"] == 1
+    (tmp_path / "out" / "my_notes.txt").write_text("mine\n", encoding="utf-8")  # no longer only an import
+    with pytest.raises(UserError, match="not an earlier MedMNIST import"):
+        import_medmnist(tmp_path / "tiny.npz", tmp_path / "out", overwrite=True)
+    assert (tmp_path / "out" / "my_notes.txt").read_text(encoding="utf-8") == "mine\n"
 
 
 def test_cli_and_bad_file(tmp_path):

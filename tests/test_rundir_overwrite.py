@@ -89,3 +89,31 @@ def test_check_new_messages(tmp_path):
     (tmp_path / "empty").mkdir()
     RunDir(tmp_path / "empty").prepare_new(overwrite=False)
     assert (tmp_path / "empty").is_dir()
+
+
+def test_evaluate_out_refuses_a_folder_of_other_files(tmp_path):
+    from helpers_predict import make_checkpoint
+
+    data = good_dataset(tmp_path / "data", n=4)
+    run = make_checkpoint(tmp_path / "run" / "checkpoint_best.safetensors", classes=["a", "b"]).parent
+    out = tmp_path / "thesis"
+    before = _users_folder(out)
+    result = runner.invoke(app, ["evaluate", str(run), "--data", str(data), "--split", "all", "--out", str(out),
+                                 "--n-boot", "0", "--device", "cpu"])
+    assert result.exit_code == 2 and "not empty and not a medconvnext run" in result.output
+    assert _files(out) == before
+
+
+def test_resume_checks_the_data_again(tmp_path):
+    from bad_inputs import write_bad
+
+    data = good_dataset(tmp_path / "data")
+    out = tmp_path / "run"
+    assert runner.invoke(app, ["train", "--data", str(data), "--out", str(out), *TINY]).exit_code == 0
+    bad, reason = write_bad(tmp_path, "nan_voxel")
+    (data / "img" / "c03.nii.gz").write_bytes(bad.read_bytes())  # replaced after the run started
+    before = _files(out)
+    result = runner.invoke(app, ["train", "--resume", str(out), "--epochs", "2"])
+    assert result.exit_code == 2, result.output
+    assert "c03.nii.gz: 1 NaN/Inf voxel(s)" in result.output and "the run's data changed" in result.output
+    assert _files(out) == before

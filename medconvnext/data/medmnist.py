@@ -39,8 +39,12 @@ def import_medmnist(
     ``limit`` keeps only the first N volumes of each split (for quick tests).
     """
     npz, out = Path(npz).expanduser(), Path(out).expanduser()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise UserError(f"--out {out}: exists and is not empty; pass --overwrite to replace it")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not _is_import(out):  # --overwrite replaces an earlier import, never a folder of other files
+            raise UserError(f"--out {out}: exists and is not an earlier MedMNIST import (only labels.csv and "
+                            "images/*.nii.gz); medconvnext never deletes files it did not write: choose a new folder")
+        if not overwrite:
+            raise UserError(f"--out {out}: holds an earlier import; pass --overwrite to replace it")
     arrays = _read_npz(npz)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -54,6 +58,14 @@ def import_medmnist(
         raise
     result.out = out
     return result
+
+
+def _is_import(folder: Path) -> bool:
+    """True for a folder holding what :func:`import_medmnist` writes and nothing else."""
+    if not folder.is_dir() or {p.name for p in folder.iterdir()} != {"images", "labels.csv"}:
+        return False
+    images = folder / "images"
+    return images.is_dir() and all(p.is_file() and p.name.endswith(".nii.gz") for p in images.iterdir())
 
 
 def _read_npz(npz: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -106,6 +106,7 @@ def evaluate_run_on(
     out_dir = Path(out) if out is not None else runs[0].root / f"eval_{split}"
     if any(out_dir.resolve() == run.root.resolve() for run in runs):
         raise UserError(f"--out {out_dir}: would overwrite a run's own report; choose another folder")
+    RunDir(out_dir).check_foreign()  # an earlier evaluation is replaced; a folder of other files is never written
     datalist = load_datalist(data, for_training=False)
     chosen = select_cases(datalist, split, runs[0] if len(runs) == 1 else None)
     labelled = [c for c in chosen if c.label is not None]

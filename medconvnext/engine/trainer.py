@@ -27,7 +27,7 @@ from medconvnext.data.patches import PATCH_MODES, patch_training_transforms
 from medconvnext.data.preprocessing import Preprocessing
 from medconvnext.data.splits import Split, train_val_split
 from medconvnext.data.transforms import deterministic_transforms, training_transforms
-from medconvnext.data.validate import validate_datalist
+from medconvnext.data.validate import require_valid, validate_datalist
 from medconvnext.engine import distributed as dist
 from medconvnext.engine.checkpoint import atomic_write, save_checkpoint, unwrap_model
 from medconvnext.engine.devices import autocast, needs_grad_scaler, resolve_device
@@ -162,13 +162,15 @@ def resume(
         config.train.epochs = epochs
     if device is not None:
         config.train.device = device
-    torch_device = _setup_device(config.train.device)
-    if dist.is_main() and (epochs is not None or device is not None):
-        save_config(config, run.config)
     dataset = json.loads(run.dataset.read_text(encoding="utf-8"))
     splits = json.loads(run.splits.read_text(encoding="utf-8"))
     datalist = load_datalist(config.data.path)
     split = Split(splits["train"], splits["val"], splits.get("test", []))
+    used = {*split.train, *split.val}  # a scan replaced since the run started is checked again (cache by content)
+    require_valid([c for c in datalist.cases if c.case_id in used], "; the run's data changed since it started")
+    torch_device = _setup_device(config.train.device)
+    if dist.is_main() and (epochs is not None or device is not None):
+        save_config(config, run.config)
     plan = Preprocessing.from_dict(dataset["preprocessing"])
     state = load_training_state(run.training_state()) if run.training_state().is_file() else None
     return _fit(config, run, datalist, split, plan, torch_device, callbacks, state)
