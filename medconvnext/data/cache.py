@@ -5,9 +5,10 @@ The key of an entry covers each input file's resolved path and the digest of its
 :class:`Preprocessing` and the versions of the libraries that computed it, so a rewritten file (even one whose
 size and modification time were restored, as ``cp -p`` and ``rsync -a`` do) or a changed preprocessing value is a
 miss and never serves stale data (MONAI's PersistentDataset hashes only the data dict, i.e. the path). The path
-stays in the key because an entry also holds the record's label and case id. Entries are written to a temporary file and renamed into place; an unreadable entry
-is rebuilt. Several processes (DDP ranks) may share one cache folder: each computes and writes only the
-items it reads, and the atomic rename makes concurrent writes of the same entry harmless.
+stays in the key because an entry also holds the record's label and case id. Entries are written to a
+temporary file and renamed into place; an unreadable entry is rebuilt. Several processes (DDP ranks) may share
+one cache folder: each computes and writes only the items it reads, and the atomic rename makes concurrent
+writes of the same entry harmless.
 """
 
 from __future__ import annotations
