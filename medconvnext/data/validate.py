@@ -296,10 +296,9 @@ def _checks_key(content: str, name: str, max_voxels: int) -> str:
         import SimpleITK
 
         digest = hashlib.blake2b(digest_size=16)
-        here = Path(__file__).resolve().parent
-        for module in ("validate.py", "io.py", "readers.py"):  # any change to the checks or readers: checked again
-            source = here / module
-            digest.update(source.read_bytes() if source.is_file() else module.encode())
+        # the source of medconvnext.data: after a change to any check or reader, every file is checked again
+        for source in sorted(Path(__file__).resolve().parent.glob("*.py")):
+            digest.update(source.name.encode() + source.read_bytes())
         digest.update(f"{np.__version__}|{nibabel.__version__}|{SimpleITK.Version_VersionString()}".encode())
         _checks_source = digest.hexdigest()
     suffix = "".join(Path(name).suffixes[-2:]).lower()
