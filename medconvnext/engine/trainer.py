@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import random
 import time
 import warnings
@@ -111,7 +112,8 @@ def train(
     _check_recipe(config.train)
     _check_init_2d(config)
     run = RunDir(Path(out))
-    run.check_new(overwrite)  # a foreign or existing folder is refused before any work
+    if os.environ.get("RANK", "0") == "0":  # (no process group yet) only rank 0 creates the folder: a later rank
+        run.check_new(overwrite)  # could see it already; a foreign or existing folder is refused before any work
     datalist = load_datalist(config.data.path)
     # the gate: every image is checked (cached by content) before anything is planned or written
     datalist, skipped = validate_datalist(datalist, skip_bad=config.data.skip_bad)
