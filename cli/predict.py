@@ -50,7 +50,7 @@ def predict(
         from medconvnext.data.leakage import audit_run, enforce
         from medconvnext.data.validate import require_valid
         from medconvnext.engine.inference import FoldEnsemble
-        from medconvnext.engine.predictions import prediction_rows, write_prediction_table
+        from medconvnext.engine.predictions import prediction_rows, require_finite, write_prediction_table
         from medconvnext.engine.saliency import CAM_METHODS
         from medconvnext.errors import UserError
         from medconvnext.rundir import RunDir
@@ -76,6 +76,7 @@ def predict(
         console.print(f"{model}: {ensemble.describe()}, {len(cases)} scan(s)")
         results = [ensemble.predict_case(case.images) for case in cases]
         probs = np.stack([r.probabilities for r in results])
+        require_finite([case.image for case in cases], probs)
         if window_map is not None:
             _write_window_maps(window_map, cases, [r.members[0] for r in results], names)
         if cam is not None:

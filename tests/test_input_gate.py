@@ -9,11 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from bad_inputs import BAD_SCANS, good_dataset, write_bad
-from helpers_predict import make_checkpoint
+from helpers_predict import TINY_CONVNEXT, make_checkpoint
 from typer.testing import CliRunner
 
 from medconvnext.cli.main import app
+from medconvnext.models import create_model
 
 runner = CliRunner()
 TINY = ["--model", "convmixer_128_4", "--set", "model.args.dim=8", "--set", "model.args.depth=1", "--device", "cpu",
@@ -106,3 +108,22 @@ def test_skip_bad_warns_trains_without_the_case_and_lists_it(tmp_path):
     dataset = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
     assert "bad_one_slice" not in {c["case_id"] for c in dataset["cases"]} and len(dataset["cases"]) == 8
     assert len(dataset["skipped_bad_cases"]) == 1 and str(bad) in dataset["skipped_bad_cases"][0]
+
+
+def test_predict_and_evaluate_refuse_nan_probabilities_from_a_diverged_model(tmp_path):
+    model = create_model("convnext_atto", num_classes=2, **TINY_CONVNEXT)
+    with torch.no_grad():
+        model.head.weight.fill_(float("nan"))  # what a diverged training run leaves
+    run = make_checkpoint(tmp_path / "run" / "checkpoint_best.safetensors", model=model, classes=["a", "b"]).parent
+    data = good_dataset(tmp_path / "data", n=2)
+    scan = data / "img" / "c00.nii.gz"
+    output = tmp_path / "predictions.csv"
+    result = runner.invoke(app, ["predict", str(scan), "--model", str(run), "--output", str(output), "--device", "cpu"])
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]  # after the model's line
+    assert result.exit_code == 2 and len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert f"{scan}: the model gave NaN/Inf probabilities" in lines[0] and not output.exists()
+    (run / "splits.json").write_text('{"train": [], "val": [], "test": []}', encoding="utf-8")  # for the audit
+    (run / "dataset.json").write_text('{"cases": []}', encoding="utf-8")
+    result = runner.invoke(app, ["evaluate", str(run), "--data", str(data), "--split", "all", "--device", "cpu"])
+    assert result.exit_code == 2 and "c00.nii.gz: the model gave NaN/Inf probabilities" in result.output
+    assert not (run / "eval_all").exists()

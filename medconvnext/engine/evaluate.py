@@ -92,7 +92,7 @@ def evaluate_run_on(
     :mod:`medconvnext.data.leakage`).
     """
     from medconvnext.engine.ensemble import ensemble_probabilities, load_ensemble
-    from medconvnext.engine.predictions import write_prediction_table
+    from medconvnext.engine.predictions import require_finite, write_prediction_table
     from medconvnext.reports.run import report_run
 
     runs = [RunDir(Path(r)) for r in ([run_dir] if isinstance(run_dir, (str, Path)) else run_dir)]
@@ -129,6 +129,7 @@ def evaluate_run_on(
         raise UserError(f"--data {datalist.source}: label {unknown[0]!r} is not one of the model's classes "
                         f"({', '.join(classes)})")
     probs = ensemble_probabilities(predictors, [list(c.images) for c in labelled])
+    require_finite([c.images[0] for c in labelled], probs)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = RunDir(out_dir)
     write_prediction_table(target.predictions, [c.images[0] for c in labelled], probs, classes,

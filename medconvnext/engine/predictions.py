@@ -12,6 +12,20 @@ import numpy as np
 from medconvnext.engine.checkpoint import atomic_write
 
 
+def require_finite(images: Sequence[str], probs: np.ndarray) -> None:
+    """UserError naming the first scan whose probabilities (N, K) hold NaN/Inf: never written as a prediction.
+
+    The inputs passed the validation gate (finite voxels), so this is the model's doing (e.g. a checkpoint whose
+    training diverged)."""
+    from medconvnext.errors import UserError
+
+    bad = [image for image, p in zip(images, probs, strict=True) if not np.isfinite(p).all()]
+    if bad:
+        more = f" (and {len(bad) - 1} more scan(s))" if len(bad) > 1 else ""
+        raise UserError(f"{bad[0]}: the model gave NaN/Inf probabilities{more}; its weights are probably not finite "
+                        "(a training run that diverged); nothing was written")
+
+
 def prediction_rows(
     images: Sequence[str], probs: np.ndarray, class_names: Sequence[str], labels: Sequence[str] | None = None
 ) -> list[dict]:
