@@ -26,10 +26,10 @@ def check(
     def work() -> None:
         from medconvnext.config import load_config
         from medconvnext.data.datalist import load_datalist
-        from medconvnext.data.validate import inspect_case
+        from medconvnext.data.validate import inspect_datalist
 
         datalist = load_datalist(data)
-        reports = {case.case_id: inspect_case(case) for case in datalist.cases}
+        reports = {case.case_id: found for case, found in inspect_datalist(datalist)}
         bad = [f"{r.path}: {p}" for rs in reports.values() for r in rs for p in r.problems]
         good = [c for c in datalist.cases if not any(r.problems for r in reports[c.case_id])]
         bad += _class_count_problems(datalist, good)

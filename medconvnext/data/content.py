@@ -98,11 +98,13 @@ def _save_memo(path: Path, files: dict) -> None:
         pass
 
 
-def file_digests(paths: Iterable[str | Path], cache_dir: str | Path | None = None) -> dict[str, str]:
+def file_digests(paths: Iterable[str | Path], cache_dir: str | Path | None = None,
+                 skip_unreadable: bool = False) -> dict[str, str]:
     """Resolved path -> BLAKE2b-128 hex digest of the file's bytes (a folder: of its files' names and bytes).
 
-    Raises OSError for a path that cannot be read. ``cache_dir`` holds the persistent memo (default
-    ``$MEDCONVNEXT_CACHE_DIR`` or ``~/.cache/medconvnext``).
+    Raises OSError for a path that cannot be read, or leaves it out with ``skip_unreadable``. ``cache_dir`` holds
+    the persistent memo (default ``$MEDCONVNEXT_CACHE_DIR`` or ``~/.cache/medconvnext``). Pass every path in one
+    call: the memo file is read and written once per call.
     """
     out: dict[str, str] = {}
     pending: list[tuple[Path, list, float]] = []
@@ -112,7 +114,12 @@ def file_digests(paths: Iterable[str | Path], cache_dir: str | Path | None = Non
         key = str(path)
         if key in out or key in queued:
             continue
-        identity, newest = _identity(path)
+        try:
+            identity, newest = _identity(path)
+        except OSError:
+            if skip_unreadable:
+                continue
+            raise
         memo = _memo.get(key)
         if memo is not None and memo[0] == identity:
             out[key] = memo[1]
@@ -131,7 +138,12 @@ def file_digests(paths: Iterable[str | Path], cache_dir: str | Path | None = Non
             digest = entry["digest"]
         else:
             started = time.time()
-            digest = _hash(path)
+            try:
+                digest = _hash(path)
+            except OSError:
+                if skip_unreadable:
+                    continue
+                raise
             if started - newest <= RACY_SECONDS:
                 out[key] = digest  # racily clean: a rewrite within the same timestamp tick would look the same
                 continue

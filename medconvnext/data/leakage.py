@@ -179,17 +179,17 @@ def image_hashes(paths: Iterable[str | Path], cache_dir: str | Path | None = Non
     from medconvnext.data.content import file_digests
 
     cache_path = _cache_file(cache_dir)
+    paths = [Path(raw).resolve() for raw in paths]
+    contents = file_digests(paths, cache_path.parent, skip_unreadable=True)  # one call: one read of the memo
     cache: dict | None = None
     out: dict[str, str | None] = {}
     changed = False
-    for raw in paths:
-        path = Path(raw).resolve()
+    for path in paths:
         key = str(path)
         if key in out:
             continue
-        try:
-            content = file_digests([path], cache_path.parent)[key]
-        except OSError:
+        content = contents.get(key)
+        if content is None:
             out[key] = None
             continue
         if content in _memo:

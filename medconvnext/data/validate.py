@@ -57,7 +57,8 @@ def validate_case(case: HasImages, max_voxels: int = MAX_VOXELS) -> list[str]:
 def require_valid(cases: Sequence[HasImages], hint: str = "") -> None:
     """The gate of ``predict`` and ``evaluate``: UserError naming the first bad image and what is wrong with it
     (one line, plus how many more), before any model is loaded or anything written."""
-    problems = [p for case in cases for p in validate_case(case)]
+    reports = inspect_images([image for case in cases for image in case.images])
+    problems = [f"{r.path}: {p}" for r in reports for p in r.problems]
     if problems:
         more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
         raise UserError(f"{problems[0]}{more}{hint}")
@@ -68,8 +69,8 @@ def validate_datalist(datalist: Datalist, skip_bad: bool = False) -> tuple[Datal
     more); with it, bad cases are dropped and their problems returned (to warn about and store in the run)."""
     problems: list[str] = []
     good: list[Case] = []
-    for case in datalist.cases:
-        found = validate_case(case)
+    for case, reports in inspect_datalist(datalist):
+        found = [f"{r.path}: {p}" for r in reports for p in r.problems]
         problems += found
         if not found:
             good.append(case)
@@ -79,6 +80,12 @@ def validate_datalist(datalist: Datalist, skip_bad: bool = False) -> tuple[Datal
     return Datalist(good, datalist.classes, datalist.source, dict(datalist.extra, skipped=problems)), problems
 
 
+def inspect_datalist(datalist: Datalist, max_voxels: int = MAX_VOXELS) -> list[tuple[Case, list[ImageReport]]]:
+    """(case, one report per image) for every case, in order; all images inspected in one pass over the caches."""
+    reports = iter(inspect_images([image for case in datalist.cases for image in case.images], max_voxels))
+    return [(case, [next(reports) for _ in case.images]) for case in datalist.cases]
+
+
 def inspect_case(case: HasImages, max_voxels: int = MAX_VOXELS) -> list[ImageReport]:
     """One report per image of the case."""
     return inspect_images(case.images, max_voxels)
@@ -86,18 +93,20 @@ def inspect_case(case: HasImages, max_voxels: int = MAX_VOXELS) -> list[ImageRep
 
 def inspect_images(paths: Iterable[str | Path], max_voxels: int = MAX_VOXELS) -> list[ImageReport]:
     """:func:`inspect_image` of each path, from the cache (keyed by content) when the file was checked before."""
-    from medconvnext.data.content import default_memo_dir, file_digest
+    from medconvnext.data.content import default_memo_dir, file_digests
 
+    paths = list(paths)
+    digests = file_digests(paths, skip_unreadable=True)  # one call: the digest memo is read and written once
     cache_path = default_memo_dir() / CHECKS_CACHE_NAME
     cache: dict | None = None
     changed = False
     reports = []
     for path in paths:
-        try:
-            key = _checks_key(file_digest(path), Path(path).name, max_voxels)
-        except OSError:  # missing or unreadable: nothing to cache
+        content = digests.get(str(Path(path).resolve()))
+        if content is None:  # missing or unreadable: nothing to cache
             reports.append(inspect_image(path, max_voxels))
             continue
+        key = _checks_key(content, Path(path).name, max_voxels)
         if cache is None:
             cache = _load_checks(cache_path)
         report = _cached_report(cache.get(key), path)
