@@ -15,8 +15,10 @@ CHECKPOINT_SUFFIX = ".safetensors"
 # these, so a user's own files in the folder survive, and a folder holding none of them is not a run.
 RUN_FILES = frozenset({
     "config.yaml", "dataset.json", "splits.json", "metrics.jsonl", "val_predictions.csv", "progress.png",
-    "training_state.pt", "init_2d.json", "done.json", "cv.json", "oof_predictions.csv", "test_predictions.csv",
-    "cv_summary.json", "summary.json", "predictions.csv", "evaluation.json",
+    "training_state.pt", "init_2d.json", "init.json", "done.json", "cv.json", "oof_predictions.csv",
+    "test_predictions.csv", "cv_summary.json", "summary.json", "predictions.csv", "evaluation.json",
+    # medconvnext.engine.pretrain
+    "pretrain.json", "reconstructions.png",
     # medconvnext.reports.render.REPORT_FILES
     "report.md", "report.html", "roc.png", "pr.png", "confusion.png", "calibration.png", "curves.png",
     # medconvnext.engine.export default outputs
@@ -25,7 +27,7 @@ RUN_FILES = frozenset({
 RUN_FILE_PATTERN = re.compile(r"checkpoint_\w+\.(safetensors|json)|\..+\.tmp")  # checkpoints, atomic-write temps
 RUN_FOLDER_PATTERN = re.compile(r"fold_\d+|repeat_\d+|eval_\w+")  # folds, repeats, evaluate's default output
 TENSORBOARD = "tensorboard"
-MARKERS = ("config.yaml", "dataset.json", "cv.json", "evaluation.json")  # the first files a run writes
+MARKERS = ("config.yaml", "dataset.json", "cv.json", "evaluation.json", "pretrain.json")  # a run's first files
 
 
 @dataclass(frozen=True)

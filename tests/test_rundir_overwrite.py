@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,9 @@ def test_overwrite_replaces_a_run_and_keeps_the_users_files(tmp_path):
     data = good_dataset(tmp_path / "data")
     out = tmp_path / "run"
     assert runner.invoke(app, ["train", "--data", str(data), "--out", str(out), *TINY]).exit_code == 0
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    assert RunDir(copy).remove_run_files() == [] and not any(copy.iterdir())  # every file of a run is known
     (out / "my_notes.md").write_text("epoch 1 looked fine\n", encoding="utf-8")
     (out / "eval_test").mkdir()
     (out / "eval_test" / "predictions.csv").write_text("image\n", encoding="utf-8")

@@ -27,7 +27,7 @@ from medconvnext.data.dataset import make_dataset
 from medconvnext.data.fingerprint import compute_fingerprint, plan_preprocessing
 from medconvnext.data.preprocessing import Preprocessing
 from medconvnext.data.transforms import deterministic_transforms, training_transforms
-from medconvnext.data.validate import validate_datalist
+from medconvnext.data.validate import require_valid, validate_datalist
 from medconvnext.engine.checkpoint import atomic_write, save_checkpoint
 from medconvnext.engine.devices import autocast, needs_grad_scaler, resolve_device
 from medconvnext.engine.provenance import environment_info
@@ -119,13 +119,14 @@ def resume_pretrain(run_dir: str | Path, epochs: int | None = None, callbacks: A
     if not (run.root / OPTIONS_FILE).is_file() or not run.config.is_file():
         raise UserError(f"--resume {run.root}: not a pretraining run ({OPTIONS_FILE} or config.yaml missing)")
     config = load_config(run.config)
-    if epochs is not None:
-        config.train.epochs = epochs
-        save_config(config, run.config)
     record = json.loads((run.root / OPTIONS_FILE).read_text(encoding="utf-8"))
     options = PretrainOptions(**record["options"])
     cases = [Case(case_id, tuple(images), None) for case_id, images in zip(record["cases"], record["images"],
                                                                            strict=True)]
+    require_valid(cases, "; the run's data changed since it started")  # a replaced scan is checked again
+    if epochs is not None:
+        config.train.epochs = epochs
+        save_config(config, run.config)
     state = load_training_state(run.training_state()) if run.training_state().is_file() else None
     return _fit(config, run, cases, Preprocessing.from_dict(record["preprocessing"]), options, callbacks, state)
 
