@@ -66,13 +66,19 @@ class Captured:
                 out.append(line)
         return out
 
-    def summary(self, limit: int = 160) -> str:
-        """The first distinct line (shortened), plus how many more there are; '' when nothing was said."""
+    def summary(self, limit: int = 160, more: bool = True) -> str:
+        """The first distinct line (shortened), plus (``more``) how many others there are; '' when nothing was
+        said. An error message takes ``more=False``: the one line is its reason."""
         lines = self.lines()
         if not lines:
             return ""
         first = lines[0] if len(lines[0]) <= limit else lines[0][: limit - 3] + "..."
-        return first + (f" (+{len(lines) - 1} more line(s); --debug shows them)" if len(lines) > 1 else "")
+        return first + (f" (+{len(lines) - 1} more line(s); --debug shows them)" if more and len(lines) > 1 else "")
+
+    def extend(self, other: Captured) -> None:
+        """Add what ``other`` captured (one report for several steps of one read)."""
+        self.text += other.text
+        self.warnings += other.warnings
 
     def __bool__(self) -> bool:
         return bool(self.lines())

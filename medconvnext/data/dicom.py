@@ -55,7 +55,7 @@ def read_dicom_series(folder: str | Path):
     import SimpleITK as sitk
 
     folder = Path(folder)
-    with library_output() as captured:
+    with library_output() as scanned:  # GDCM parses every file here: reported with the read, or in its error
         series = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
         names = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0])) if series else []
     if not series:
@@ -64,7 +64,6 @@ def read_dicom_series(folder: str | Path):
         shown = ", ".join(series[:3]) + (" ..." if len(series) > 3 else "")
         raise GeometryError(folder, f"{len(series)} DICOM series in one folder (SeriesInstanceUID {shown}); "
                                     "put each series in its own folder")
-    report(str(folder), captured)
     dcm = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".dcm"]
     stray = sorted({p.name for p in dcm} - {Path(n).name for n in names})
     if stray:
@@ -77,8 +76,9 @@ def read_dicom_series(folder: str | Path):
         with library_output() as captured:
             image = reader.Execute()
     except RuntimeError as exc:
-        raise _decode_error(folder, names, captured.summary() or _itk_reason(exc)) from exc
-    report(str(folder), captured)
+        raise _decode_error(folder, names, captured.summary(more=False) or _itk_reason(exc)) from exc
+    scanned.extend(captured)
+    report(str(folder), scanned)
     return image
 
 
@@ -167,7 +167,7 @@ def _decode_error(folder: Path, names: Sequence[str], said: str) -> ImageError:
                 sitk.ReadImage(str(name))
         except RuntimeError as exc:
             error = ImageError(folder, f"cannot decode the pixel data of {Path(name).name} "
-                                       f"({captured.summary() or _itk_reason(exc)})")
+                                       f"({captured.summary(more=False) or _itk_reason(exc)})")
             error.add_note(f"{captured.raw}\n{exc}")  # the raw text, shown with the traceback under --debug
             return error
     return ImageError(folder, f"cannot decode the pixel data ({said})")
