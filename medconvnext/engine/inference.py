@@ -29,6 +29,7 @@ from monai import transforms as mt
 from torch import nn
 
 from medconvnext.config import InferenceConfig
+from medconvnext.data.capture import reporting
 from medconvnext.data.preprocessing import Preprocessing
 from medconvnext.data.transforms import (
     IMAGE,
@@ -214,7 +215,8 @@ class Predictor:
                 raise UserError(f"{path}: no such file")
         transform = transform or self.transforms(crop)
         try:
-            return transform({"image": str(paths[0]) if len(paths) == 1 else [str(p) for p in paths]})["image"]
+            with reporting(str(paths[0])):  # what MONAI warns about on the way: one line naming the scan
+                return transform({"image": str(paths[0]) if len(paths) == 1 else [str(p) for p in paths]})["image"]
         except Exception as exc:  # noqa: BLE001 - MONAI wraps reader errors in RuntimeError
             cause = _innermost(exc)
             if isinstance(cause, UserError):  # the reader's own one line (geometry rule, DICOM checks)
