@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from medconvnext.data.capture import library_output, report
-from medconvnext.data.io import GeometryError, ImageError
+from medconvnext.data.io import GeometryError, ImageError, itk_reason
 
 GAP_TOLERANCE = 0.05  # of the median gap: DICOM positions are decimal strings, 5 % is far above their round-off
 DRIFT_TOLERANCE = 0.1  # of the in-plane pixel size, per slice
@@ -76,7 +76,7 @@ def read_dicom_series(folder: str | Path):
         with library_output() as captured:
             image = reader.Execute()
     except RuntimeError as exc:
-        raise _decode_error(folder, names, captured.summary(more=False) or _itk_reason(exc)) from exc
+        raise _decode_error(folder, names, captured.summary(more=False) or itk_reason(exc)) from exc
     scanned.extend(captured)
     report(str(folder), scanned)
     return image
@@ -148,15 +148,6 @@ def _fmt(values: np.ndarray) -> str:
     return "\\".join(f"{v:g}" for v in np.round(values, 4))
 
 
-def _itk_reason(exc: Exception) -> str:
-    """The useful tail of a SimpleITK exception (drops 'Exception thrown in ...: /path/file.cxx:312:')."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    for line in reversed(lines):
-        if "ERROR" in line:
-            return line.split("): ", 1)[-1]
-    return lines[-1] if lines else type(exc).__name__
-
-
 def _decode_error(folder: Path, names: Sequence[str], said: str) -> ImageError:
     """Name the first slice that fails to decode on its own (the series reader does not say which)."""
     import SimpleITK as sitk
@@ -167,7 +158,7 @@ def _decode_error(folder: Path, names: Sequence[str], said: str) -> ImageError:
                 sitk.ReadImage(str(name))
         except RuntimeError as exc:
             error = ImageError(folder, f"cannot decode the pixel data of {Path(name).name} "
-                                       f"({captured.summary(more=False) or _itk_reason(exc)})")
+                                       f"({captured.summary(more=False) or itk_reason(exc)})")
             error.add_note(f"{captured.raw}\n{exc}")  # the raw text, shown with the traceback under --debug
             return error
     return ImageError(folder, f"cannot decode the pixel data ({said})")

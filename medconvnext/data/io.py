@@ -20,13 +20,14 @@ predict loader and so the cache, Grad-CAM and window maps) gets it from here:
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from medconvnext.data.capture import MedconvnextWarning
+from medconvnext.data.capture import MedconvnextWarning, library_output, report
 from medconvnext.errors import UserError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -93,6 +94,33 @@ def nifti_affine(image, path: str | Path | None = None) -> np.ndarray:
             "but agree on spacing and orientation; following the sform (the NIfTI rule), the model input is "
             "the same either way"), stacklevel=2)
     return chosen
+
+
+# "itk::ERROR: NrrdImageIO(0x55a9...): ", "sitk::ERROR: ", "ITK ERROR: GDCMImageIO(0x...): ", "[nrrd] _nrrdRead: "
+_ITK_PREFIX = re.compile(r"^((s?itk::|ITK )(ERROR|WARNING):\s*)?(\w+\(0x[0-9a-f]+\):\s*)?(\[\w+\]\s*)?")
+
+
+def itk_reason(exc: BaseException) -> str:
+    """The root cause in a SimpleITK exception: its last meaningful line, without ITK's source location
+    ('Exception thrown in SimpleITK ...: /path/itkNrrdImageIO.cxx:410:'), object addresses and prefixes."""
+    lines = [_ITK_PREFIX.sub("", line.strip()).strip() for line in str(exc).splitlines()[1:]]
+    lines = [line for line in lines if line]
+    return lines[-1][:200] if lines else str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+
+
+def read_itk_information(path: str | Path):
+    """A SimpleITK ``ImageFileReader`` with the header read (no voxels); ImageError naming the file if it fails."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        with library_output() as captured:
+            reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise ImageError(path, f"unreadable ({itk_reason(exc)})") from exc
+    report(str(path), captured)
+    return reader
 
 
 def itk_affine(spacing, direction, origin) -> np.ndarray:
@@ -170,11 +198,7 @@ def _dicom_header(path: Path) -> Header:
 
 
 def _sitk_header(path: Path) -> Header:
-    import SimpleITK as sitk
-
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    reader.ReadImageInformation()
+    reader = read_itk_information(path)
     dim = reader.GetDimension()
     if dim < 3:
         raise UserError(f"{path}: a {dim}D image; expected a 3D volume")

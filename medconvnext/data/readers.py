@@ -22,7 +22,7 @@ from monai.data.image_reader import ImageReader, NibabelReader
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
 from medconvnext.data.capture import library_output, report
-from medconvnext.data.io import NIFTI_SUFFIXES, itk_affine, nifti_affine
+from medconvnext.data.io import NIFTI_SUFFIXES, ImageError, itk_affine, itk_reason, nifti_affine
 
 SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 
@@ -43,8 +43,11 @@ def read_sitk_image(path: str | Path):
     path = Path(path)
     if path.is_dir():
         return read_dicom_series(path)
-    with library_output() as captured:
-        image = sitk.ReadImage(str(path))
+    try:
+        with library_output() as captured:
+            image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise ImageError(path, f"unreadable ({itk_reason(exc)})") from exc
     report(str(path), captured)
     return image
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from medconvnext.data.datalist import Case, Datalist
-from medconvnext.data.io import ImageError, itk_affine, nifti_affine
+from medconvnext.data.io import ImageError, itk_affine, nifti_affine, read_itk_information
 from medconvnext.errors import UserError
 
 MAX_AXIS = 4096
@@ -102,11 +102,7 @@ def _open(path: Path):
     if path.is_dir():
         image = read_sitk_image(path)
         return _sitk_shape(image), sitk_affine(image), lambda: sitk_array(image)
-    import SimpleITK as sitk
-
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    reader.ReadImageInformation()  # header only; voxels are read after the checks
+    reader = read_itk_information(path)  # header only; voxels are read after the checks
     shape = tuple(int(s) for s in reader.GetSize())
     if reader.GetNumberOfComponents() > 1:
         shape += (int(reader.GetNumberOfComponents()),)
