@@ -66,8 +66,14 @@ _default_showwarning = warnings.showwarning
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
-    """The library's own warnings (e.g. the leakage audit) as one line ``warning: ...``; others as usual."""
+    """The library's own warnings (e.g. the leakage audit) as one line ``warning: ...``; others as usual.
+
+    A reader's warning carries what the imaging library printed (``raw``): shown under ``--debug`` only.
+    """
     if str(Path(filename).resolve()).startswith(_PACKAGE_DIRS):
-        err_console.print(f"[bold yellow]warning:[/bold yellow] {message}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold yellow]warning:[/bold yellow] {escape(str(message))}", highlight=False,
+                          soft_wrap=True)
+        if State.debug and getattr(message, "raw", ""):
+            err_console.print(escape(message.raw), highlight=False, soft_wrap=True)
     else:
         _default_showwarning(message, category, filename, lineno, file, line)

@@ -22,6 +22,17 @@ INTENSITY_BY_MODALITY = {"ct": "clip_zscore", "mri": "nonzero_zscore", "mask": "
 SAMPLES_PER_CASE = 10_000  # foreground voxels sampled per case for CT statistics (nnU-Net uses 10k too)
 CT_PERCENTILES = (0.5, 99.5)
 MASK_PROBE_CASES = 5  # volumes read under modality generic to tell shape masks from intensity images
+# Relative round-off allowed in planning arithmetic: header spacings are float32 (0.8 is 0.800000012) and the
+# planned spacing is rounded to 4 decimals, so a voxel count or a ratio that "is" a whole number or a threshold
+# comes out a few 1e-7..1e-4 above it. 0.1 % covers both for spacings down to 0.05 mm; within it, a value
+# counts as on the boundary (the input then crops at most 0.1 % of the median extent, a fraction of a voxel).
+ROUNDOFF = 1e-3
+
+
+def ceil_to_multiple(voxels: float, block: int) -> int:
+    """Smallest multiple of ``block`` (>= block) that holds ``voxels``, where a count within :data:`ROUNDOFF`
+    above a multiple counts as that multiple: round-off never costs a whole block."""
+    return max(1, math.ceil(voxels * (1 - ROUNDOFF) / block)) * block
 
 
 @dataclass
@@ -58,7 +69,7 @@ def target_spacing(spacings: np.ndarray) -> list[float]:
     would throw away the few thin-slice scans' detail), but never finer than the other axes."""
     median = np.median(spacings, axis=0)
     coarse = int(np.argmax(median))
-    if median[coarse] / median.min() > ANISOTROPY_RATIO:
+    if median[coarse] / median.min() > ANISOTROPY_RATIO * (1 + ROUNDOFF):  # float32 3.0000001 is not > 3
         others = np.delete(median, coarse)
         median[coarse] = max(float(np.percentile(spacings[:, coarse], 10)), float(others.max()))
     return [round(float(v), 4) for v in median]
@@ -106,14 +117,15 @@ def plan_preprocessing(
 ) -> Preprocessing:
     """Fill what the config leaves open: spacing = median spacing (anisotropy-aware); input size = median
     physical extent at that spacing, rounded up to a multiple of the model's minimum size; intensity from
-    the modality, with CT clip window and mean/std from the training cases when not given."""
+    the modality, with CT clip window and mean/std from the training cases when not given.
+    Round-off in the float32 header spacings never adds a block (:func:`ceil_to_multiple`)."""
     spacing = config.spacing or target_spacing(fingerprint.spacings)
     if config.input_size:
         input_size = config.input_size
     else:
         extent = np.median(fingerprint.shapes * fingerprint.spacings, axis=0)
         axes = zip(extent, spacing, min_input_size, strict=True)
-        input_size = [min(MAX_AUTO_INPUT, max(m, math.ceil(e / s / m) * m)) for e, s, m in axes]
+        input_size = [min(MAX_AUTO_INPUT, ceil_to_multiple(e / s, m)) for e, s, m in axes]
     intensity = resolve_intensity(config, fingerprint.images)
     clip, mean, std = config.clip, config.mean, config.std
     if intensity == "clip_zscore" and (clip is None or mean is None or std is None):
@@ -155,9 +167,10 @@ def intensity_statistics(
 
 
 def _load(path: str) -> np.ndarray:
-    from monai.transforms import LoadImage
+    from medconvnext.data.transforms import LoadCaseImaged
 
-    return np.asarray(LoadImage(image_only=True, reader=_readers())(path), dtype=np.float32).reshape(-1)
+    # the training loader itself: the same reader, geometry and scaling (scl_slope) as the cached volumes
+    return np.asarray(LoadCaseImaged().load(path), dtype=np.float32).reshape(-1)
 
 
 def _foreground_sample(path: str, rng: np.random.Generator) -> np.ndarray:
@@ -167,11 +180,3 @@ def _foreground_sample(path: str, rng: np.random.Generator) -> np.ndarray:
         foreground = data
     take = min(SAMPLES_PER_CASE, foreground.size)
     return rng.choice(foreground, size=take, replace=False)
-
-
-def _readers() -> list:
-    from monai.data.image_reader import NibabelReader
-
-    from medconvnext.data.readers import SimpleITKReader
-
-    return [SimpleITKReader(), NibabelReader()]

@@ -1,15 +1,137 @@
-"""Reading scan headers without loading voxels (for the fingerprint and validation)."""
+"""The one place that decides a scan's geometry, and header reading without loading voxels.
+
+Every part that needs a scan's voxel-to-world affine (validation, fingerprint and plan, the training and
+predict loader and so the cache, Grad-CAM and window maps) gets it from here:
+
+- **NIfTI**: :func:`nifti_affine`, nibabel's rule (the NIfTI-1 standard's): the sform when its code is > 0,
+  else the qform when its code is > 0, else the pixdim-only fallback. When both codes are > 0 and the two
+  transforms disagree (:data:`XFORM_ATOL_MM`), the file is **refused** (:class:`GeometryError`) if they
+  disagree on voxel spacing or on axis orientation: the voxels the model sees (after reorienting and
+  resampling) and where a saliency map lands would then depend on which tool reads the file (nibabel, FSL,
+  MONAI read the sform; ITK-SNAP may read the qform; MONAI's header "correction" may swap them), and no rule
+  can know which one the scanner meant. If they agree on both and differ only in position or a small
+  rotation (e.g. a sform to an aligned/template space, a qform to the scanner's), the model input is the
+  same either way: the sform is followed, with one :class:`GeometryWarning` naming the file.
+  pixdim is never consulted when a transform is set (MONAI's ``correct_nifti_header_if_necessary`` replaces
+  the sform by the qform when pixdim disagrees with it; :class:`~medconvnext.data.readers.NiftiReader` skips it).
+- **DICOM series, NRRD, MHA/MHD**: ITK's geometry (spacing, direction, origin), LPS turned to RAS
+  (:func:`itk_affine`); a DICOM folder must be one regular volume (:mod:`medconvnext.data.dicom`).
+"""
 
 from __future__ import annotations
 
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from medconvnext.data.capture import MedconvnextWarning, library_output, report
 from medconvnext.errors import UserError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+XFORM_ATOL_MM = 1e-3  # sform/qform entries closer than this (mm) agree: float32 storage is far finer
+SPACING_RTOL = 1e-3  # spacings within 0.1 % agree (the qform's are float32 pixdim, the sform's column norms)
+
+_warned: set[str] = set()
+
+
+class ImageError(UserError):
+    """A scan that cannot be used: ``problem`` is the reason, the message ``"<path>: <problem>"``."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = str(path)
+        self.problem = problem
+
+
+class GeometryError(ImageError):
+    """A scan whose geometry cannot be decided (sform/qform conflict, an irregular DICOM series)."""
+
+
+class GeometryWarning(MedconvnextWarning):
+    """A scan whose geometry was decided by a documented rule where another reading was possible."""
+
+
+def _describe(affine: np.ndarray) -> str:
+    import nibabel as nib
+
+    spacing = "x".join(f"{v:g}" for v in np.round(np.linalg.norm(affine[:3, :3], axis=0), 4))
+    return f"{''.join(nib.orientations.aff2axcodes(affine))} {spacing} mm"
+
+
+def nifti_affine(image, path: str | Path | None = None) -> np.ndarray:
+    """The voxel-to-RAS affine (4, 4) of a nibabel NIfTI image by the rule in this module's docstring.
+
+    Raises:
+        GeometryError: sform and qform are both set and disagree on spacing or orientation.
+    """
+    import nibabel as nib
+
+    path = str(path or image.get_filename() or "<image>")
+    header = image.header
+    s_code, q_code = int(header["sform_code"]), int(header["qform_code"])
+    chosen = np.asarray(image.affine, dtype=float)  # nibabel: sform if code > 0, else qform if > 0, else pixdim
+    if s_code <= 0 or q_code <= 0:
+        return chosen
+    sform = np.asarray(image.get_sform(), dtype=float)
+    qform = np.asarray(image.get_qform(), dtype=float)
+    if np.allclose(sform, qform, rtol=0, atol=XFORM_ATOL_MM):
+        return chosen
+    s_spacing, q_spacing = np.linalg.norm(sform[:3, :3], axis=0), np.linalg.norm(qform[:3, :3], axis=0)
+    same_spacing = np.allclose(s_spacing, q_spacing, rtol=SPACING_RTOL, atol=0)
+    same_axes = nib.orientations.aff2axcodes(sform) == nib.orientations.aff2axcodes(qform)
+    if not (same_spacing and same_axes):
+        raise GeometryError(path, f"the sform (code {s_code}: {_describe(sform)}) and the qform (code {q_code}: "
+                                  f"{_describe(qform)}) disagree, so tools read this scan differently; rewrite "
+                                  "the header with one geometry (e.g. nibabel: img.set_qform(img.get_sform()))")
+    if path not in _warned:
+        _warned.add(path)
+        shift = float(np.linalg.norm(sform[:3, 3] - qform[:3, 3]))
+        warnings.warn(GeometryWarning(
+            f"{path}: the sform (code {s_code}) and the qform (code {q_code}) differ (origins {shift:.3g} mm apart) "
+            "but agree on spacing and orientation; following the sform (the NIfTI rule), the model input is "
+            "the same either way"), stacklevel=2)
+    return chosen
+
+
+# "itk::ERROR: NrrdImageIO(0x55a9...): ", "sitk::ERROR: ", "ITK ERROR: GDCMImageIO(0x...): ", "[nrrd] _nrrdRead: "
+_ITK_PREFIX = re.compile(r"^((s?itk::|ITK )(ERROR|WARNING):\s*)?(\w+\(0x[0-9a-f]+\):\s*)?(\[\w+\]\s*)?")
+
+
+def itk_reason(exc: BaseException) -> str:
+    """The root cause in a SimpleITK exception: its last meaningful line, without ITK's source location
+    ('Exception thrown in SimpleITK ...: /path/itkNrrdImageIO.cxx:410:'), object addresses and prefixes."""
+    lines = [_ITK_PREFIX.sub("", line.strip()).strip() for line in str(exc).splitlines()[1:]]
+    lines = [line for line in lines if line]
+    return lines[-1][:200] if lines else str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+
+
+def read_itk_information(path: str | Path):
+    """A SimpleITK ``ImageFileReader`` with the header read (no voxels); ImageError naming the file if it fails."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        with library_output() as captured:
+            reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise ImageError(path, f"unreadable ({itk_reason(exc)})") from exc
+    report(str(path), captured)
+    return reader
+
+
+def itk_affine(spacing, direction, origin) -> np.ndarray:
+    """Voxel (x, y, z) -> RAS affine (4, 4) from ITK's spacing, direction (row-major, dim x dim) and origin
+    (ITK's world is LPS: x and y are flipped)."""
+    dim = int(round(len(direction) ** 0.5))
+    affine = np.eye(4)
+    affine[:3, :3] = np.asarray(direction, dtype=float).reshape(dim, dim)[:3, :3] * np.asarray(spacing[:3], float)
+    affine[:3, 3] = np.asarray(origin[:3], dtype=float)
+    affine[:2] *= -1
+    return affine
 
 
 @dataclass(frozen=True)
@@ -65,7 +187,7 @@ def _nifti_header(path: Path) -> Header:
     import nibabel as nib
 
     image = nib.load(str(path))
-    return Header(str(path), tuple(int(s) for s in image.shape[:3]), np.asarray(image.affine, dtype=float))
+    return Header(str(path), tuple(int(s) for s in image.shape[:3]), nifti_affine(image, path))
 
 
 def _dicom_header(path: Path) -> Header:
@@ -76,19 +198,9 @@ def _dicom_header(path: Path) -> Header:
 
 
 def _sitk_header(path: Path) -> Header:
-    import SimpleITK as sitk
-
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    reader.ReadImageInformation()
+    reader = read_itk_information(path)
     dim = reader.GetDimension()
     if dim < 3:
         raise UserError(f"{path}: a {dim}D image; expected a 3D volume")
-    spacing = np.array(reader.GetSpacing()[:3])
-    direction = np.array(reader.GetDirection()).reshape(dim, dim)[:3, :3]
-    origin = np.array(reader.GetOrigin()[:3])
-    affine = np.eye(4)
-    affine[:3, :3] = direction * spacing
-    affine[:3, 3] = origin
-    affine[:2] *= -1  # ITK world is LPS; ours is RAS
+    affine = itk_affine(reader.GetSpacing(), reader.GetDirection(), reader.GetOrigin())
     return Header(str(path), tuple(int(s) for s in reader.GetSize()[:3]), affine)

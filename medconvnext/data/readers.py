@@ -1,7 +1,15 @@
-"""A MONAI ImageReader over SimpleITK: DICOM series folders, NRRD, MHA/MHD (and anything else ITK reads).
+"""The project's MONAI ImageReaders: every image the pipeline loads goes through one of these two.
 
-Arrays come back in the same axis convention as MONAI's NibabelReader, (x, y, z[, channels]), with a
-RAS affine, so Orientationd/Spacingd treat a NRRD exactly like the NIfTI of the same voxels and geometry.
+- :class:`NiftiReader`: MONAI's NibabelReader with the affine decided by
+  :func:`medconvnext.data.io.nifti_affine` (the geometry rule the validator and the plan use), and without
+  MONAI's ``correct_nifti_header_if_necessary``, which swaps the sform for the qform when pixdim disagrees.
+- :class:`SimpleITKReader`: DICOM series folders (checked to be one regular volume,
+  :mod:`medconvnext.data.dicom`), NRRD, MHA/MHD. Arrays come back in NibabelReader's axis convention,
+  (x, y, z[, channels]), with a RAS affine, so Orientationd/Spacingd treat a NRRD exactly like the NIfTI of
+  the same voxels and geometry.
+
+What the libraries print while reading is captured and reported as one line naming the file
+(:mod:`medconvnext.data.capture`).
 """
 
 from __future__ import annotations
@@ -10,8 +18,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from monai.data.image_reader import ImageReader
+from monai.data.image_reader import ImageReader, NibabelReader
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
+
+from medconvnext.data.capture import library_output, report
+from medconvnext.data.io import NIFTI_SUFFIXES, ImageError, itk_affine, itk_reason, nifti_affine
 
 SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 
@@ -23,31 +34,27 @@ def is_dicom_folder(path: str | Path) -> bool:
 
 
 def read_sitk_image(path: str | Path):
-    """Read a file with SimpleITK, or a DICOM series from a folder (the first series found)."""
+    """Read a file with SimpleITK, or a folder's one DICOM series (:func:`~medconvnext.data.dicom.read_dicom_series`:
+    refused unless it is one regular volume). What ITK prints is reported as one warning naming the file."""
     import SimpleITK as sitk
+
+    from medconvnext.data.dicom import read_dicom_series
 
     path = Path(path)
     if path.is_dir():
-        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
-        if not series:
-            raise ValueError("no DICOM series in the folder")
-        names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0])
-        reader = sitk.ImageSeriesReader()
-        reader.SetFileNames(names)
-        return reader.Execute()
-    return sitk.ReadImage(str(path))
+        return read_dicom_series(path)
+    try:
+        with library_output() as captured:
+            image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise ImageError(path, f"unreadable ({itk_reason(exc)})") from exc
+    report(str(path), captured)
+    return image
 
 
 def sitk_affine(image) -> np.ndarray:
-    """Voxel (x, y, z) -> RAS world affine of a SimpleITK image (ITK's world is LPS: flip x and y)."""
-    dim = image.GetDimension()
-    spacing = np.array(image.GetSpacing()[:3])
-    direction = np.array(image.GetDirection()).reshape(dim, dim)[:3, :3]
-    affine = np.eye(4)
-    affine[:3, :3] = direction * spacing
-    affine[:3, 3] = np.array(image.GetOrigin()[:3])
-    affine[:2] *= -1
-    return affine
+    """Voxel (x, y, z) -> RAS world affine (4, 4) of a SimpleITK image (:func:`~medconvnext.data.io.itk_affine`)."""
+    return itk_affine(image.GetSpacing(), image.GetDirection(), image.GetOrigin())
 
 
 def sitk_array(image) -> np.ndarray:
@@ -99,3 +106,51 @@ class SimpleITKReader(ImageReader):
             return arrays[0], meta
         meta[MetaKeys.ORIGINAL_CHANNEL_DIM] = 0
         return np.stack(arrays, axis=0), meta
+
+
+class NiftiReader(NibabelReader):
+    """MONAI's NibabelReader with the project's geometry rule (:func:`~medconvnext.data.io.nifti_affine`).
+
+    ``read`` loads with nibabel and decides the affine (refusing a file whose sform and qform disagree on
+    spacing or orientation); MONAI's header correction, which may replace the sform by the qform, is skipped.
+    """
+
+    def verify_suffix(self, filename: Sequence[str] | str) -> bool:
+        """``.nii`` and ``.nii.gz`` (any case)."""
+        return all(str(n).lower().endswith(NIFTI_SUFFIXES) for n in ensure_tuple(filename))
+
+    def read(self, data: Sequence[str] | str, **kwargs):
+        """nibabel image(s); raises GeometryError for a file whose geometry cannot be decided."""
+        import nibabel as nib
+
+        names = ensure_tuple(data)
+        self.filenames = names
+        images = []
+        for name in names:
+            image = nib.load(str(name), **{**self.kwargs, **kwargs})
+            nifti_affine(image, name)  # decide (and refuse or warn) now, before any voxel is read
+            images.append(image)
+        return images if len(images) > 1 else images[0]
+
+    def _get_affine(self, img) -> np.ndarray:
+        return nifti_affine(img)
+
+    def _get_array_data(self, img, filename):
+        with library_output() as captured:
+            data = super()._get_array_data(img, filename)
+        report(str(filename), captured)
+        return data
+
+
+def image_readers() -> list[ImageReader]:
+    """The readers for ``monai.transforms.LoadImage``: :class:`NiftiReader` and :class:`SimpleITKReader`."""
+    return [SimpleITKReader(), NiftiReader()]
+
+
+def reader_for(path: str | Path) -> ImageReader:
+    """The reader of one image: NIfTI through nibabel, everything else (DICOM folders, NRRD...) through ITK.
+
+    Passed to ``LoadImage(..., reader=...)`` so that a failure is raised as is: LoadImage would otherwise
+    try every registered reader and bury the first one's error in a RuntimeError.
+    """
+    return NiftiReader() if str(path).lower().endswith(NIFTI_SUFFIXES) else SimpleITKReader()

@@ -9,10 +9,10 @@ from __future__ import annotations
 import torch
 from monai import transforms as mt
 from monai.data import MetaTensor
-from monai.data.image_reader import NibabelReader
 
+from medconvnext.data.capture import library_output, report
 from medconvnext.data.preprocessing import Preprocessing
-from medconvnext.data.readers import SimpleITKReader
+from medconvnext.data.readers import image_readers, reader_for
 
 IMAGE = "image"
 LABEL = "label"
@@ -24,21 +24,28 @@ class LoadCaseImaged(mt.MapTransform):
     """Load one image, or several (a list of paths) resampled to the first one's grid and stacked as channels.
 
     NIfTI goes through nibabel, everything else (DICOM folders, NRRD, MHA/MHD) through SimpleITK; both give
-    (x, y, z) arrays with a RAS affine, so the rest of the pipeline cannot tell the formats apart.
+    (x, y, z) arrays with a RAS affine, so the rest of the pipeline cannot tell the formats apart. The affine is
+    the one :mod:`medconvnext.data.io` decides (the validator's and the plan's). What MONAI or the readers warn
+    about while loading is reported as one line naming the file.
     """
 
     def __init__(self, key: str = IMAGE) -> None:
         super().__init__(key)
-        # LoadImage tries its readers last-first: nibabel claims NIfTI, SimpleITK the rest
-        self.loader = mt.LoadImage(reader=[SimpleITKReader(), NibabelReader()], image_only=True,
-                                   ensure_channel_first=True)
+        self.loader = mt.LoadImage(reader=image_readers(), image_only=True, ensure_channel_first=True)
         self.resample = mt.ResampleToMatch(mode="bilinear", padding_mode="zeros")
+
+    def load(self, path: str):
+        """One image as a channel-first MetaTensor; the reader is chosen here so that its error surfaces as is."""
+        with library_output() as captured:
+            image = self.loader(path, reader=reader_for(path))
+        report(str(path), captured)
+        return image
 
     def __call__(self, data: dict) -> dict:
         out = dict(data)
         for key in self.key_iterator(out):
             paths = out[key] if isinstance(out[key], (list, tuple)) else [out[key]]
-            images = [self.loader(path) for path in paths]
+            images = [self.load(path) for path in paths]
             reference = images[0]
             others = [self.resample(image, img_dst=reference) for image in images[1:]]
             stacked = torch.cat([reference.as_tensor(), *[o.as_tensor() for o in others]]) if others else None

@@ -22,6 +22,7 @@ from typing import Protocol
 import numpy as np
 
 from medconvnext.data.datalist import Case, Datalist
+from medconvnext.data.io import ImageError, itk_affine, nifti_affine, read_itk_information
 from medconvnext.errors import UserError
 
 MAX_AXIS = 4096
@@ -149,6 +150,9 @@ def _inspect_image(path: str | Path, max_voxels: int) -> ImageReport:
     report = ImageReport(str(path))
     try:
         shape, affine, load = _open(Path(path))
+    except ImageError as exc:  # the geometry rule's or the DICOM checks' own one-line reason
+        report.problems.append(exc.problem)
+        return report
     except Exception as exc:  # noqa: BLE001 - whatever the reader says, the file is unusable
         report.problems.append(f"unreadable ({_reason(exc)})")
         return report
@@ -179,38 +183,25 @@ def _open(path: Path):
         import nibabel as nib
 
         image = nib.load(str(path))
-        return tuple(int(s) for s in image.shape), np.asarray(image.affine, float), lambda: np.asanyarray(image.dataobj)
+        return tuple(int(s) for s in image.shape), nifti_affine(image, path), lambda: np.asanyarray(image.dataobj)
     from medconvnext.data.readers import read_sitk_image, sitk_affine, sitk_array
 
     if path.is_dir():
         image = read_sitk_image(path)
         return _sitk_shape(image), sitk_affine(image), lambda: sitk_array(image)
-    import SimpleITK as sitk
-
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    reader.ReadImageInformation()  # header only; voxels are read after the checks
+    reader = read_itk_information(path)  # header only; voxels are read after the checks
     shape = tuple(int(s) for s in reader.GetSize())
     if reader.GetNumberOfComponents() > 1:
         shape += (int(reader.GetNumberOfComponents()),)
     if reader.GetDimension() < 3:
         raise ValueError(f"a {reader.GetDimension()}D image; expected a 3D volume")
-    affine = _header_affine(reader)
-    return shape, affine, lambda: sitk_array(reader.Execute())
+    affine = itk_affine(reader.GetSpacing(), reader.GetDirection(), reader.GetOrigin())
+    return shape, affine, lambda: sitk_array(read_sitk_image(path))
 
 
 def _sitk_shape(image) -> tuple[int, ...]:
     shape = tuple(int(s) for s in image.GetSize())
     return shape + ((image.GetNumberOfComponentsPerPixel(),) if image.GetNumberOfComponentsPerPixel() > 1 else ())
-
-
-def _header_affine(reader) -> np.ndarray:
-    dim = reader.GetDimension()
-    affine = np.eye(4)
-    affine[:3, :3] = np.array(reader.GetDirection()).reshape(dim, dim)[:3, :3] * np.array(reader.GetSpacing()[:3])
-    affine[:3, 3] = reader.GetOrigin()[:3]
-    affine[:2] *= -1  # LPS -> RAS
-    return affine
 
 
 def _component_problems(path: Path, shape: tuple[int, ...]) -> list[str]:
@@ -231,12 +222,7 @@ def _component_problems(path: Path, shape: tuple[int, ...]) -> list[str]:
 
 
 def _sitk_components(path: Path) -> int:
-    import SimpleITK as sitk
-
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    reader.ReadImageInformation()
-    return int(reader.GetNumberOfComponents())
+    return int(read_itk_information(path).GetNumberOfComponents())
 
 
 def _shape_problems(shape: tuple[int, ...], max_voxels: int) -> list[str]:

@@ -29,6 +29,7 @@ from monai import transforms as mt
 from torch import nn
 
 from medconvnext.config import InferenceConfig
+from medconvnext.data.capture import reporting
 from medconvnext.data.preprocessing import Preprocessing
 from medconvnext.data.transforms import (
     IMAGE,
@@ -214,8 +215,12 @@ class Predictor:
                 raise UserError(f"{path}: no such file")
         transform = transform or self.transforms(crop)
         try:
-            return transform({"image": str(paths[0]) if len(paths) == 1 else [str(p) for p in paths]})["image"]
+            with reporting(str(paths[0])):  # what MONAI warns about on the way: one line naming the scan
+                return transform({"image": str(paths[0]) if len(paths) == 1 else [str(p) for p in paths]})["image"]
         except Exception as exc:  # noqa: BLE001 - MONAI wraps reader errors in RuntimeError
+            cause = _innermost(exc)
+            if isinstance(cause, UserError):  # the reader's own one line (geometry rule, DICOM checks)
+                raise cause from None
             raise UserError(f"{paths[0]}: cannot read or preprocess the image ({_root_cause(exc)})") from None
 
     @torch.no_grad()
@@ -329,9 +334,14 @@ def save_window_map(prediction: VolumePrediction, class_names: Sequence[str], pa
     return path
 
 
-def _root_cause(exc: BaseException) -> str:
+def _innermost(exc: BaseException) -> BaseException:
     while exc.__cause__ is not None:
         exc = exc.__cause__
+    return exc
+
+
+def _root_cause(exc: BaseException) -> str:
+    exc = _innermost(exc)
     return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 

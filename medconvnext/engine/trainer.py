@@ -399,6 +399,8 @@ def _fit(
     by_id = {c.case_id: c for c in datalist.cases}
     train_records = case_records(datalist, [by_id[i] for i in split.train])
     val_records = case_records(datalist, [by_id[i] for i in split.val])
+    if dist.is_main():
+        _warn_undefined_auc([by_id[i] for i in split.val], cfg.select)
     if cfg.patches != "none":
         train_transform = patch_training_transforms(plan, config.data.augment, cfg.patches)
     else:
@@ -657,6 +659,17 @@ class _TensorBoard:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def _warn_undefined_auc(val_cases: list, select: str) -> None:
+    """Say once, before the first epoch, why the validation AUC will read n/a: it needs two classes."""
+    labels = sorted({c.label for c in val_cases if c.label is not None})
+    if len(labels) >= 2 or not val_cases:
+        return
+    present = f"only class {labels[0]!r}" if labels else "no labelled case"
+    chosen = "the last epoch is kept" if select == "last" else "the best checkpoint is chosen by validation loss"
+    warnings.warn(f"the validation set holds {present} ({len(val_cases)} case(s)): the validation AUC is undefined "
+                  f"(n/a) and {chosen}; put cases of every class in val", stacklevel=2)
 
 
 def _is_better(record: dict[str, Any], best: dict[str, Any]) -> bool:
