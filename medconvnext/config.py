@@ -37,8 +37,11 @@ class DataConfig:
     val_fraction: float = 0.2
     cache: str = "memory"  # none | memory | disk
     cache_dir: str | None = None  # disk cache folder; None -> $MEDCONVNEXT_CACHE_DIR or ~/.cache/medconvnext
-    num_workers: int = 0
-    augment: str = "light"  # none | light | medium | heavy
+    # loader worker processes; None: automatic (0 on CPU; on CUDA this process's share of the CPUs less one,
+    # at most 8; engine.feeding.auto_num_workers)
+    num_workers: int | None = None
+    augment: str = "light"  # none | flips | light | medium | heavy
+    augment_on: str = "loader"  # loader | device: run the random augmentation in the loader or on the training device
     skip_bad: bool = False  # leave out cases whose images fail validation (data.validate.validate_datalist)
     leakage: str = "warn"  # warn | error | off: a subject or an identical image on both sides (data.leakage)
 

@@ -39,9 +39,10 @@ from medconvnext.data.transforms import (
     load_transforms,
 )
 from medconvnext.engine.checkpoint import load_checkpoint
-from medconvnext.engine.devices import autocast, resolve_device
+from medconvnext.engine.devices import as_model_input, autocast, resolve_device
 from medconvnext.engine.sliding_window import AGGREGATIONS, WindowResult, sliding_window_classify
 from medconvnext.errors import UserError
+from medconvnext.models import apply_memory_format, model_memory_format
 from medconvnext.rundir import find_checkpoint, fold_checkpoints, glob_fold_checkpoints
 
 INFERENCE_MODES = ("whole", "sliding", "auto")
@@ -126,7 +127,8 @@ def infer_volume(
                 probabilities.append(result.probabilities.float().cpu())
                 grids.append(_flip_windows(result, dims))
             else:
-                logits = model(_pad_to(view, input_size).unsqueeze(0).to(device))
+                x = as_model_input(_pad_to(view, input_size).unsqueeze(0), device, model_memory_format(model))
+                logits = model(x)
                 probabilities.append(torch.softmax(logits.float(), dim=1)[0].cpu())
     mean = torch.stack(probabilities).mean(dim=0).numpy()
     windows = None
@@ -167,6 +169,8 @@ class Predictor:
     """A model in eval mode plus the preprocessing and class names it was trained with.
 
     ``tta=True`` averages the probabilities over the 8 flips of the volume (see :func:`infer_volume`).
+    The model runs in the memory format chosen for its device (:func:`medconvnext.models.apply_memory_format`),
+    and is ``torch.compile``'d when loaded with ``compile=True``.
     """
 
     model: nn.Module
@@ -184,11 +188,16 @@ class Predictor:
         device: str = "auto",
         inference: InferenceConfig | None = None,
         tta: bool = False,
+        compile: bool = False,
     ) -> Predictor:
-        """From a run directory (its best checkpoint) or a checkpoint file."""
+        """From a run directory (its best checkpoint) or a checkpoint file; ``compile``: ``torch.compile`` the
+        model (pays off over many volumes of one size; each new size compiles again, up to torch's limit)."""
         checkpoint = load_checkpoint(find_checkpoint(model_path))
         torch_device = resolve_device(device)
-        model = checkpoint.build_model().to(torch_device)
+        model = checkpoint.build_model().to(torch_device).eval()
+        apply_memory_format(model, torch_device)
+        if compile:
+            model = torch.compile(model)
         pre = Preprocessing.from_dict(checkpoint.meta["preprocessing"])
         # the run's own inference settings (config.yaml's ``inference`` section) unless told otherwise
         settings = inference or InferenceConfig(**checkpoint.meta.get("inference", {}))
@@ -227,7 +236,7 @@ class Predictor:
     def predict_tensor(self, volume: torch.Tensor) -> np.ndarray:
         """Class probabilities (K,) for one preprocessed (C, D, H, W) volume, in one forward pass."""
         with autocast(self.device, self.amp):
-            logits = self.model(volume.unsqueeze(0).to(self.device))
+            logits = self.model(as_model_input(volume.unsqueeze(0), self.device, model_memory_format(self.model)))
         return torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
 
     def predict_case(self, images: ImagePaths) -> VolumePrediction:
@@ -278,10 +287,12 @@ class FoldEnsemble:
         device: str = "auto",
         inference: InferenceConfig | None = None,
         tta: bool = False,
+        compile: bool = False,
     ) -> FoldEnsemble:
         """Every fold of a cross-validation run directory; a single model for a run directory or checkpoint."""
         paths = model_checkpoints(model_path)
-        members = [Predictor.load(path, device=device, inference=inference, tta=tta) for path in paths]
+        members = [Predictor.load(path, device=device, inference=inference, tta=tta, compile=compile)
+                   for path in paths]
         first = members[0].class_names
         for path, member in zip(paths, members, strict=True):
             if member.class_names != first:

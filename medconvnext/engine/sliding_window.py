@@ -30,6 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medconvnext.engine.devices import as_model_input
+from medconvnext.models import model_memory_format
+
 AGGREGATIONS = ("mean", "max", "logit_mean")
 PAD_MODES = ("constant", "reflect", "replicate")
 
@@ -244,7 +247,7 @@ def sliding_window_classify(
             windows = torch.stack(
                 [volume[:, d : d + roi[0], h : h + roi[1], w : w + roi[2]] for d, h, w in batch_starts]
             )
-            logits = model(windows.to(device, non_blocking=True))
+            logits = model(as_model_input(windows, device, model_memory_format(model)))
             if logits.ndim != 2 or logits.shape[0] != len(batch_starts):
                 raise ValueError(
                     f"model must return (N, K) logits for N windows, got shape {tuple(logits.shape)} "

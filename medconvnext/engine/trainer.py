@@ -27,19 +27,26 @@ from medconvnext.data.fingerprint import compute_fingerprint, plan_preprocessing
 from medconvnext.data.patches import PATCH_MODES, patch_training_transforms
 from medconvnext.data.preprocessing import Preprocessing
 from medconvnext.data.splits import Split, train_val_split
-from medconvnext.data.transforms import deterministic_transforms, training_transforms
+from medconvnext.data.transforms import augmentation_transforms, deterministic_transforms, training_transforms
 from medconvnext.data.validate import require_valid, validate_datalist
 from medconvnext.engine import distributed as dist
 from medconvnext.engine.checkpoint import atomic_write, save_checkpoint, unwrap_model
-from medconvnext.engine.devices import autocast, needs_grad_scaler, resolve_device
+from medconvnext.engine.devices import (
+    as_model_input,
+    autocast,
+    enable_fast_kernels,
+    needs_grad_scaler,
+    resolve_device,
+)
 from medconvnext.engine.ema import ModelEma
+from medconvnext.engine.feeding import BatchAugment, DataWait, check_data_options, loader_options
 from medconvnext.engine.inference import check_inference, infer_volume, uncropped_transforms
 from medconvnext.engine.metrics import classification_metrics
 from medconvnext.engine.mixing import BatchMixer
 from medconvnext.engine.provenance import environment_info
 from medconvnext.engine.resume import load_training_state, rng_states, save_training_state, set_rng_states
 from medconvnext.errors import UserError
-from medconvnext.models import create_model, get_entry
+from medconvnext.models import apply_memory_format, create_model, get_entry, model_memory_format
 from medconvnext.rundir import RunDir
 
 BALANCE_MODES = ("none", "weights", "sampler")
@@ -110,6 +117,7 @@ def train(
     if not config.data.path:
         raise UserError("data.path is not set: pass --data DIR")
     _check_recipe(config.train)
+    check_data_options(config.data)
     _check_init_2d(config)
     run = RunDir(Path(out))
     if os.environ.get("RANK", "0") == "0":  # (no process group yet) only rank 0 creates the folder: a later rank
@@ -195,10 +203,12 @@ def evaluate_run(run_dir: str | Path, which: str = "last", device: str = "cpu") 
     records = case_records(datalist, [by_id[i] for i in splits["val"]])
     tiled = config.inference.mode != "whole"
     transform = uncropped_transforms(plan) if tiled else deterministic_transforms(plan)
-    loader = DataLoader(make_dataset(records, transform, "none"), batch_size=1 if tiled else config.train.batch_size)
-    checkpoint = load_checkpoint(run.checkpoint(which))
     torch_device = resolve_device(device)
+    loader = DataLoader(make_dataset(records, transform, "none"), batch_size=1 if tiled else config.train.batch_size,
+                        **loader_options(config.data, torch_device))
+    checkpoint = load_checkpoint(run.checkpoint(which))
     model = checkpoint.build_model().to(torch_device)
+    apply_memory_format(model, torch_device)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.train.label_smoothing)
     tiling = (config.inference, plan.input_size) if tiled else None
     return evaluate(model, loader, torch_device, config.train.amp, datalist.classes, loss_fn, tiling)
@@ -368,14 +378,26 @@ class _Loop:
     generator: torch.Generator
     train_transform: Any
     mixer: BatchMixer | None = None  # mixup / CutMix; None when both are off
+    augment: BatchAugment | None = None  # the random augmentation when it runs on the device (data.augment_on)
+    compile: bool = False  # evaluate with a torch.compile'd model too (train.compile)
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] | None = None
     stopped: bool = False
+    _compiled_eval: nn.Module | None = None
 
     @property
     def eval_model(self) -> nn.Module:
         """The weights that are evaluated and saved: the EMA when on, else the trained ones."""
         return self.ema.module if self.ema is not None else unwrap_model(self.model)
+
+    @property
+    def eval_forward(self) -> nn.Module:
+        """What evaluation runs: ``eval_model``, compiled (once; it shares the weights) under ``train.compile``."""
+        if not self.compile:
+            return self.eval_model
+        if self._compiled_eval is None:
+            self._compiled_eval = torch.compile(self.eval_model)
+        return self._compiled_eval
 
 
 def _fit(
@@ -401,10 +423,13 @@ def _fit(
     val_records = case_records(datalist, [by_id[i] for i in split.val])
     if dist.is_main():
         _warn_undefined_auc([by_id[i] for i in split.val], cfg.select)
+    # data.augment_on=device: the loader's transforms stop before the augmentation, which runs in the step
+    on_device = config.data.augment_on == "device"
+    loader_augment = "none" if on_device else config.data.augment
     if cfg.patches != "none":
-        train_transform = patch_training_transforms(plan, config.data.augment, cfg.patches)
+        train_transform = patch_training_transforms(plan, loader_augment, cfg.patches)
     else:
-        train_transform = training_transforms(plan, config.data.augment)
+        train_transform = training_transforms(plan, loader_augment)
     train_ds = make_dataset(train_records, train_transform, config.data.cache, cache_dir=config.data.cache_dir)
     check_inference(config.inference)
     # whole: validate on the training input size; sliding/auto: on the full (uncropped) volumes
@@ -415,13 +440,17 @@ def _fit(
         val_records[dist.rank() :: dist.world_size()], val_transform, config.data.cache, cache_dir=config.data.cache_dir
     )
     generator = torch.Generator().manual_seed(cfg.seed)
-    train_loader = _train_loader(train_ds, train_records, len(datalist.classes), config, generator)
+    enable_fast_kernels(device)
+    train_loader = _train_loader(train_ds, train_records, len(datalist.classes), config, generator, device)
     # uncropped volumes differ in size, so they go one at a time
-    val_loader = DataLoader(val_part, batch_size=1 if tiled else cfg.batch_size, num_workers=config.data.num_workers)
+    val_loader = DataLoader(val_part, batch_size=1 if tiled else cfg.batch_size,
+                            **loader_options(config.data, device))
     tiling = (config.inference, plan.input_size) if tiled else None
 
     loop = _make_loop(model, config, device, train_records, len(datalist.classes), len(train_loader),
                       generator, train_transform)
+    if on_device:
+        loop.augment = BatchAugment(augmentation_transforms(config.data.augment, plan.input_size))
     start_epoch = 1
     if state is not None:
         start_epoch = _restore(loop, state) + 1
@@ -468,7 +497,8 @@ def _fit(
 
 
 def _train_loader(
-    train_ds: Any, records: list[dict], num_classes: int, config: Config, generator: torch.Generator
+    train_ds: Any, records: list[dict], num_classes: int, config: Config, generator: torch.Generator,
+    device: torch.device,
 ) -> DataLoader:
     """Shuffled (or class-balanced, or distributed) batches; the seeded generator makes the order reproducible."""
     cfg = config.train
@@ -482,8 +512,8 @@ def _train_loader(
     per_rank = len(train_ds) // dist.world_size()
     return DataLoader(
         train_ds, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
-        drop_last=per_rank > cfg.batch_size, num_workers=config.data.num_workers, generator=generator,
-        worker_init_fn=_seed_worker,
+        drop_last=per_rank > cfg.batch_size, generator=generator, worker_init_fn=_seed_worker,
+        **loader_options(config.data, device),
     )
 
 
@@ -518,6 +548,7 @@ def _make_loop(
 ) -> _Loop:
     cfg = config.train
     model.to(device)
+    apply_memory_format(model, device)  # before the EMA copy, so both run in the layout chosen for the device
     ema = ModelEma(model, cfg.ema_decay) if cfg.ema else None
     if dist.is_distributed():
         # SyncBatchNorm is CUDA-only; with gloo on CPU each rank keeps its own batch statistics
@@ -543,7 +574,7 @@ def _make_loop(
     loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
     mixer = BatchMixer(num_classes, cfg.mixup, cfg.cutmix, cfg.mix_prob)
     return _Loop(model, optimizer, scheduler, scaler, ema, loss_fn, generator, train_transform,
-                 mixer if mixer.enabled else None)
+                 mixer if mixer.enabled else None, compile=cfg.compile)
 
 
 def _training_state(loop: _Loop, epoch: int) -> dict[str, Any]:
@@ -592,13 +623,16 @@ def _run_epoch(
     # the augmentation of epoch e is then the same whether or not the run was resumed before it
     if hasattr(loop.train_transform, "set_random_state"):
         loop.train_transform.set_random_state(seed=(cfg.seed * 100_003 + epoch * 1_009 + dist.rank()) % 2**32)
+    if loop.augment is not None:
+        loop.augment.set_random_state(seed=(cfg.seed * 100_019 + epoch * 1_013 + dist.rank()) % 2**32)
     if isinstance(getattr(train_loader, "sampler", None), DistributedSampler):
         train_loader.sampler.set_epoch(epoch)
+    wait = DataWait()
     train_loss, seen = _train_epoch(loop, train_loader, device, cfg,
-                                    lambda step, loss: callbacks.on_step(epoch, step, loss))
+                                    lambda step, loss: callbacks.on_step(epoch, step, loss), wait)
     loader, tiling = val_loader
     dist.broadcast_buffers(loop.eval_model)  # evaluate with the buffers that rank 0 saves
-    val = evaluate(loop.eval_model, loader, device, cfg.amp, class_names, loop.loss_fn, tiling)
+    val = evaluate(loop.eval_forward, loader, device, cfg.amp, class_names, loop.loss_fn, tiling)
     elapsed = time.perf_counter() - started
     record = {
         "epoch": epoch,
@@ -610,6 +644,8 @@ def _run_epoch(
         "lr": loop.optimizer.param_groups[0]["lr"],
         "epoch_time_s": round(elapsed, 3),
         "train_volumes_per_s": round(seen / elapsed, 3) if elapsed > 0 else None,
+        # time waiting for the next training batch / time of the training loop (this process)
+        "data_wait_share": round(wait.share, 4) if wait.share is not None else None,
     }
     loop.history.append(record)
     return record, val
@@ -706,18 +742,23 @@ def warmup_cosine(
 
 
 def _train_epoch(
-    loop: _Loop, loader: DataLoader, device: torch.device, cfg: TrainConfig, on_step: Any
+    loop: _Loop, loader: DataLoader, device: torch.device, cfg: TrainConfig, on_step: Any, wait: DataWait | None = None
 ) -> tuple[float, int]:
-    """One pass over ``loader``; returns (mean loss over all ranks, volumes seen by all ranks)."""
+    """One pass over ``loader``; returns (mean loss over all ranks, volumes seen by all ranks).
+    ``wait`` accumulates the time spent waiting for batches."""
     loop.model.train()
     total, seen = 0.0, 0
     loop.optimizer.zero_grad(set_to_none=True)
-    for step, batch in enumerate(loader, start=1):
-        images = batch["image"].to(device, non_blocking=True)
+    fmt = model_memory_format(loop.model)
+    for step, batch in enumerate((wait or DataWait()).iterate(loader), start=1):
+        images = as_model_input(batch["image"], device)
         labels = batch["label"].to(device, non_blocking=True)
+        if loop.augment is not None:
+            images = loop.augment(images)
         targets = labels
         if loop.mixer is not None:
             images, targets = loop.mixer(images, labels, loop.generator, stream=dist.rank())
+        images = images.contiguous(memory_format=fmt)
         with autocast(device, cfg.amp):
             loss = loop.loss_fn(loop.model(images), targets)
         loop.scaler.scale(loss / cfg.accumulate).backward()
@@ -764,7 +805,7 @@ def predict_loader(
             out = torch.log(torch.as_tensor(probs).clamp_min(1e-12))[None]
         else:
             with autocast(device, amp):
-                out = model(batch["image"].to(device))
+                out = model(as_model_input(batch["image"], device, model_memory_format(model)))
         logits.append(out.float().cpu())
         labels.append(batch["label"])
         ids.extend(batch["case_id"])

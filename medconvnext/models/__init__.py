@@ -4,7 +4,13 @@ Importing this package registers every family.
 """
 
 from medconvnext.models import convmixer, convnext, monai_nets, resnext  # noqa: F401  (registers the variants)
-from medconvnext.models._memory import preferred_memory_format, to_memory_format
+from medconvnext.models._memory import (
+    apply_memory_format,
+    layout_for,
+    model_memory_format,
+    preferred_memory_format,
+    to_memory_format,
+)
 from medconvnext.models._registry import ModelEntry, create_model, get_entry, list_models, register_model
 from medconvnext.models.convmixer import ConvMixer3d
 from medconvnext.models.convnext import ConvNeXt3d
@@ -18,12 +24,15 @@ __all__ = [
     "InflationReport",
     "ModelEntry",
     "ResNeXt3d",
+    "apply_memory_format",
     "create_model",
     "get_entry",
+    "layout_for",
     "list_models",
     "load_2d_weights",
     "load_2d_weights_file",
     "model_info",
+    "model_memory_format",
     "preferred_memory_format",
     "register_model",
     "to_memory_format",

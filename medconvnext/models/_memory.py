@@ -1,9 +1,18 @@
-"""Which memory format to train and infer in: ``channels_last_3d`` where it is measured to be faster.
+"""Which memory format (layout) each model family trains and infers in, per device type, by measurement.
 
-Measured on CPU (torch 2.13, 2 threads, bench/bench_train_step.py and the notes in the issue): a depthwise
-7³ Conv3d forward + backward is 2.5-4x faster in ``channels_last_3d`` (oneDNN) than in the default
-contiguous layout, and the ConvNeXt block's Linear layers then run on a channels-last view without a copy.
-The trainer calls ``model.to(memory_format=fmt)`` and ``x.contiguous(memory_format=fmt)``.
+The same layout is not best everywhere: on CPU, oneDNN runs a depthwise 7³ Conv3d forward + backward 2.5-4x
+faster in ``channels_last_3d`` than contiguous; on CUDA, PyTorch sends a channels-last depthwise Conv3d to cuDNN
+and a contiguous one to its own depthwise kernel, and the cuDNN one was measured slower (issue 14, one H200,
+torch 2.11 + CUDA 13, bf16, 64³, batch 32: ConvNeXt-atto in channels_last_3d trained at 438 vol/s and inferred
+at 820 vol/s, the contiguous seed-style port of the same widths at 803 and 5,285). So the table below is looked
+up per (family, device type); a model name may override its family; anything not listed runs contiguous
+(PyTorch's default, and what a layout we have not measured should fall back to).
+
+CPU entries: ``bench/bench_gpu.py --device cpu --sections layouts --size 32 --batch 4 --rounds 4 --iters 2
+--warmup 1 --threads 1`` (and ``--models convnext_atto`` at 32³ batch 16 and 64³ batch 4) on the shared 2-core
+machine, torch 2.13; train / inference volumes/s, contiguous -> channels_last; bench/results/layouts_cpu.json.
+CUDA entries: issue 14's H200 numbers where they exist, else contiguous until
+``bench/bench_gpu.py`` (section ``layouts``) measures otherwise.
 """
 
 from __future__ import annotations
@@ -11,14 +20,82 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from medconvnext.models._registry import get_entry
+
+CONTIGUOUS = "contiguous"
+CHANNELS_LAST = "channels_last"
+FORMATS = {CONTIGUOUS: torch.contiguous_format, CHANNELS_LAST: torch.channels_last_3d}
+
+# (family or model name, device type) -> layout. Each entry names the measurement behind it.
+LAYOUT_TABLE: dict[tuple[str, str], str] = {
+    # CPU, convnext_atto 64³ batch 4: train 1.05 -> 1.53 vol/s, inference 9.6 -> 8.8 (and convnext_tiny 64³
+    # batch 4: 0.47x the seed port's step time, docs/benchmarks.md). At 32³ (8³ maps after the stem) the layout
+    # costs instead: batch 16, train 20.2 -> 17.7; batch 4, 24.2 -> 20.6. Real CT/MRI inputs are 64³ and up.
+    ("convnext", "cpu"): CHANNELS_LAST,
+    # H200 (issue 14): channels_last_3d 438 / 820 vol/s vs 803 / 5,285 for the contiguous seed port; the
+    # depthwise Conv3d alone is timed in both layouts by bench_gpu.py section dwconv
+    ("convnext", "cuda"): CONTIGUOUS,
+    # CPU 32³ batch 4: train 12.6 -> 18.8, inference 244 -> 220 vol/s
+    ("convmixer", "cpu"): CHANNELS_LAST,
+    ("convmixer", "cuda"): CONTIGUOUS,  # not measured on CUDA yet: the default until bench_gpu.py says otherwise
+    # CPU 32³ batch 4: train 85 -> 158, inference 212 -> 726 vol/s
+    ("resnext", "cpu"): CHANNELS_LAST,
+    ("resnext", "cuda"): CONTIGUOUS,  # not measured on CUDA yet
+    # MONAI baselines, CPU 32³ batch 4: DenseNet121 train 15.2 -> 14.3, inference 70 -> 40 vol/s; ResNet-18
+    # train 3.9 -> 2.3, inference 14.3 -> 8.6: contiguous. On the H200, issue 14 ran DenseNet121 channels-last
+    # (540 / 1,824 vol/s) without a contiguous row: contiguous unless bench_gpu.py section layouts says otherwise.
+    ("monai", "cpu"): CONTIGUOUS,
+    ("monai", "cuda"): CONTIGUOUS,
+}
+
+_ATTRIBUTE = "medconvnext_memory_format"  # set on a converted model: the layout its inputs should be given in
+
+
+def layout_for(name: str, device: torch.device | str) -> str:
+    """The table's layout (``"contiguous"`` or ``"channels_last"``) for the registered model ``name`` on ``device``.
+
+    Looks up the model name first, then its family; unknown names and unlisted devices give ``"contiguous"``.
+    """
+    kind = torch.device(device).type
+    if (name, kind) in LAYOUT_TABLE:
+        return LAYOUT_TABLE[(name, kind)]
+    try:
+        family = get_entry(name).family
+    except ValueError:
+        return CONTIGUOUS
+    return LAYOUT_TABLE.get((family, kind), CONTIGUOUS)
+
 
 def preferred_memory_format(model: nn.Module, device: torch.device | str) -> torch.memory_format:
-    """``torch.channels_last_3d`` for models with 3D convolutions on CPU or CUDA, else contiguous."""
-    device = torch.device(device)
-    has_conv3d = any(isinstance(m, nn.Conv3d) for m in model.modules())
-    if has_conv3d and device.type in ("cpu", "cuda"):
-        return torch.channels_last_3d
-    return torch.contiguous_format
+    """The table's memory format for a registry-built ``model`` (its ``model_args["name"]``) on ``device``.
+
+    Models without 3D convolutions, and models not built by :func:`~medconvnext.models.create_model`, run
+    contiguous.
+    """
+    plain = getattr(getattr(model, "module", model), "_orig_mod", getattr(model, "module", model))
+    name = (getattr(plain, "model_args", None) or {}).get("name")
+    if name is None or not any(isinstance(m, nn.Conv3d) for m in plain.modules()):
+        return torch.contiguous_format
+    return FORMATS[layout_for(name, device)]
+
+
+def apply_memory_format(model: nn.Module, device: torch.device | str) -> torch.memory_format:
+    """Convert ``model``'s parameters (in place) to its preferred format on ``device``; returns the format.
+
+    The choice is remembered on the model, so :func:`model_memory_format` gives its inputs the same layout.
+    """
+    fmt = preferred_memory_format(model, device)
+    model.to(memory_format=fmt)
+    setattr(model, _ATTRIBUTE, CHANNELS_LAST if fmt == torch.channels_last_3d else CONTIGUOUS)
+    return fmt
+
+
+def model_memory_format(model: nn.Module) -> torch.memory_format:
+    """The format :func:`apply_memory_format` put ``model`` in (through DDP / torch.compile wrappers);
+    contiguous for a model it never saw."""
+    plain = getattr(model, "module", model)
+    plain = getattr(plain, "_orig_mod", plain)
+    return FORMATS[getattr(plain, _ATTRIBUTE, CONTIGUOUS)]
 
 
 def to_memory_format(model: nn.Module, x: torch.Tensor, fmt: torch.memory_format) -> tuple[nn.Module, torch.Tensor]:
