@@ -24,7 +24,7 @@ runner = CliRunner()
 # a tiny ConvMixer: convnext_atto with depths/dims overrides currently fails in models/convnext.py (_convnext
 # passes depths/dims positionally and by keyword), so these tests do not depend on that fix
 TINY = ["--model", "convmixer_128_4", "--set", "model.args.dim=16", "--set", "model.args.depth=1"]
-TIMING = {"epoch_time_s", "train_volumes_per_s"}
+TIMING = {"epoch_time_s", "train_volumes_per_s", "data_wait_share"}
 
 
 def tiny_config(data: Path, epochs: int = 3, **train: object) -> Config:
