@@ -39,12 +39,19 @@ class ModelEma:
         decay = self.current_decay()
         self.updates += 1
         current = model.state_dict()
+        averaged, sources = [], []
         for name, value in self.module.state_dict().items():
             source = current[name].detach()
             if value.dtype.is_floating_point:
-                value.mul_(decay).add_(source.to(value.dtype), alpha=1.0 - decay)
+                averaged.append(value)
+                sources.append(source.to(value.dtype))
             else:
                 value.copy_(source)
+        if averaged:
+            # the same multiply-add as one tensor at a time, in a few batched kernels (hundreds of tensors: on a
+            # GPU the per-tensor launches cost more than the arithmetic)
+            torch._foreach_mul_(averaged, decay)
+            torch._foreach_add_(averaged, sources, alpha=1.0 - decay)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.module.state_dict()
