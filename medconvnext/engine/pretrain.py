@@ -30,6 +30,7 @@ from medconvnext.data.transforms import deterministic_transforms, training_trans
 from medconvnext.data.validate import require_valid, validate_datalist
 from medconvnext.engine.checkpoint import atomic_write, save_checkpoint
 from medconvnext.engine.devices import autocast, needs_grad_scaler, resolve_device
+from medconvnext.engine.feeding import loader_options
 from medconvnext.engine.provenance import environment_info
 from medconvnext.engine.resume import load_training_state, rng_states, save_training_state, set_rng_states
 from medconvnext.errors import UserError
@@ -151,7 +152,7 @@ def _fit(config: Config, run: RunDir, cases: list[Case], plan: Preprocessing, op
     dataset = make_dataset(records, transform, config.data.cache, cache_dir=config.data.cache_dir)
     generator = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=len(dataset) > cfg.batch_size,
-                        num_workers=config.data.num_workers, generator=generator)
+                        generator=generator, **loader_options(config.data, device))
     from medconvnext.engine.trainer import param_groups, warmup_cosine
 
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))

@@ -430,21 +430,21 @@ def _fit(
         train_transform = patch_training_transforms(plan, loader_augment, cfg.patches)
     else:
         train_transform = training_transforms(plan, loader_augment)
-    train_ds = make_dataset(train_records, train_transform, config.data.cache, cache_dir=config.data.cache_dir)
+    feed = loader_options(config.data, device)  # the loaders' workers also fill the memory cache (threads)
+    train_ds = make_dataset(train_records, train_transform, config.data.cache, feed["num_workers"],
+                            cache_dir=config.data.cache_dir)
     check_inference(config.inference)
     # whole: validate on the training input size; sliding/auto: on the full (uncropped) volumes
     tiled = config.inference.mode != "whole"
     val_transform = uncropped_transforms(plan) if tiled else deterministic_transforms(plan)
     # each rank evaluates (and caches) every world_size-th case; the results are gathered, so each case counts once
-    val_part = make_dataset(
-        val_records[dist.rank() :: dist.world_size()], val_transform, config.data.cache, cache_dir=config.data.cache_dir
-    )
+    val_part = make_dataset(val_records[dist.rank() :: dist.world_size()], val_transform, config.data.cache,
+                            feed["num_workers"], cache_dir=config.data.cache_dir)
     generator = torch.Generator().manual_seed(cfg.seed)
     enable_fast_kernels(device)
     train_loader = _train_loader(train_ds, train_records, len(datalist.classes), config, generator, device)
     # uncropped volumes differ in size, so they go one at a time
-    val_loader = DataLoader(val_part, batch_size=1 if tiled else cfg.batch_size,
-                            **loader_options(config.data, device))
+    val_loader = DataLoader(val_part, batch_size=1 if tiled else cfg.batch_size, **feed)
     tiling = (config.inference, plan.input_size) if tiled else None
 
     loop = _make_loop(model, config, device, train_records, len(datalist.classes), len(train_loader),
