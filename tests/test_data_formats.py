@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import locale
 from pathlib import Path
 
 import nibabel as nib
@@ -69,7 +70,13 @@ def write_dicom_series(folder: Path, image: sitk.Image) -> Path:
         for tag, value in tags.items():
             piece.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"slice_{z:03d}.dcm"))
-        writer.Execute(piece)
+        saved = locale.setlocale(locale.LC_ALL)
+        try:
+            writer.Execute(piece)
+        finally:
+            # GDCM's writer switches the process to the C locale: every later open() without an encoding (e.g.
+            # torch.compile reading its kernel templates) would then decode ASCII
+            locale.setlocale(locale.LC_ALL, saved)
     return folder
 
 
