@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import locale
 from pathlib import Path
 
 import nibabel as nib
@@ -68,3 +69,13 @@ def make_dataset(root: Path, classes=("benign", "malignant"), n: int = 18, test:
 def _isolated_cache_dir(tmp_path_factory, monkeypatch):
     """Disk caches and the leakage audit's hash cache go to a temporary folder, never to ~/.cache."""
     monkeypatch.setenv("MEDCONVNEXT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "medconvnext-cache"))
+
+
+@pytest.fixture(autouse=True)
+def _restore_locale():
+    """Put the process locale back after each test: GDCM's DICOM writer (used by the tests that make DICOM
+    series) switches it to C, and every later ``open()`` without an encoding would then decode ASCII (torch.compile
+    reading its kernel templates fails on that)."""
+    saved = locale.setlocale(locale.LC_ALL)
+    yield
+    locale.setlocale(locale.LC_ALL, saved)

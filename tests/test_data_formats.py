@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import locale
 from pathlib import Path
 
 import nibabel as nib
@@ -70,13 +69,7 @@ def write_dicom_series(folder: Path, image: sitk.Image) -> Path:
         for tag, value in tags.items():
             piece.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"slice_{z:03d}.dcm"))
-        saved = locale.setlocale(locale.LC_ALL)
-        try:
-            writer.Execute(piece)
-        finally:
-            # GDCM's writer switches the process to the C locale: every later open() without an encoding (e.g.
-            # torch.compile reading its kernel templates) would then decode ASCII
-            locale.setlocale(locale.LC_ALL, saved)
+        writer.Execute(piece)
     return folder
 
 
