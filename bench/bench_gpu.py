@@ -129,7 +129,7 @@ def bench_model(
     torch.manual_seed(0)
     model = build(name, norm).to(device)
     if layout is None:
-        fmt = torch.contiguous_format if name == SEED else preferred_memory_format(model, device)
+        fmt = torch.contiguous_format if name == SEED else preferred_memory_format(model, device, (size,) * 3)
     else:
         fmt = LAYOUTS[layout]
     key = (name, size, batch, _layout_name(fmt), norm, compile_mode)

@@ -28,11 +28,11 @@ def test_quick_mode_measures_every_section_on_cpu(tmp_path: Path, capsys):
     assert set(families) == {"seed_convnext_atto", "convnext_atto", "monai_densenet121"}
     assert families["seed_convnext_atto"]["train_x_seed"] == 1.0  # ratios to baselines of the same run
     assert families["monai_densenet121"]["infer_x_densenet"] == 1.0
-    assert families["convnext_atto"]["layout"] == "channels_last"  # the CPU entry of the layout table
+    assert families["convnext_atto"]["layout"] == "contiguous"  # the CPU entry of the layout table, at 32³
     convnext = report["convnext"]
     assert {(r["norm"], r["layout"]) for r in convnext} == {(n, lay) for n in bench_gpu.NORMS
                                                             for lay in bench_gpu.LAYOUTS}
     (e2e,) = report["e2e"]
     assert e2e["epochs"] == 2 and 0.0 <= e2e["data_wait_share_median"] <= 1.0 and e2e["run_s"] > 0
     printed = capsys.readouterr().out
-    assert "### families" in printed and "| convnext_atto | 32 | 2 | channels_last |" in printed
+    assert "### families" in printed and "| convnext_atto | 32 | 2 | contiguous |" in printed

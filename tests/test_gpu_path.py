@@ -53,6 +53,9 @@ def test_layout_table_is_contiguous_on_cuda_and_channels_last_for_convnext_on_cp
     assert layout_for("convnext_atto", CUDA) == "contiguous"  # cuDNN's channels-last depthwise Conv3d is slower
     assert layout_for("monai_densenet121", CUDA) == "contiguous"
     assert layout_for("convnext_tiny", CPU) == "channels_last"  # oneDNN's depthwise Conv3d is faster
+    assert layout_for("convnext_tiny", CPU, (64, 64, 64)) == "channels_last"
+    assert layout_for("convnext_tiny", CPU, (32, 64, 64)) == "contiguous"  # measured slower at 32³ (8³ maps)
+    assert layout_for("resnext_tiny", CPU, (32, 32, 32)) == "channels_last"  # measured faster at 32³
     assert layout_for("not_a_model", CPU) == "contiguous"
     assert layout_for("convnext_atto", "mps") == "contiguous"  # unmeasured devices fall back to PyTorch's default
     for name in list_models():  # every registered model resolves to a known layout on both devices
@@ -73,6 +76,23 @@ def test_models_and_inputs_are_converted_to_the_table_layout():
     assert x.is_contiguous(memory_format=torch.channels_last_3d)
     # a model not built by the registry runs contiguous
     assert preferred_memory_format(torch.nn.Conv3d(1, 2, 3), CPU) == torch.contiguous_format
+
+
+def test_training_runs_in_the_table_layout_and_checkpoints_are_layout_free(tmp_path):
+    from medconvnext.engine.checkpoint import load_checkpoint
+    from medconvnext.engine.inference import Predictor
+
+    data = make_dataset(tmp_path / "data", n=8, test=0)
+    train(tiny_convnext_config(data, **{"preprocessing.input_size": [64, 64, 64], "train.ema": True}), tmp_path / "r")
+    meta = json.loads((tmp_path / "r" / "checkpoint_last.json").read_text(encoding="utf-8"))
+    assert meta["memory_format"] == "channels_last"  # ConvNeXt on CPU at 64³
+    predictor = Predictor.load(tmp_path / "r", device="cpu")
+    assert model_memory_format(predictor.model) == torch.channels_last_3d
+    plain = load_checkpoint(tmp_path / "r" / "checkpoint_best.safetensors").build_model().eval()  # contiguous
+    volume = predictor.preprocess(sorted((data / "img").glob("*.nii.gz"))[0])
+    with torch.no_grad():
+        expected = torch.softmax(plain(volume[None]), dim=1)[0].numpy()
+    np.testing.assert_allclose(predictor.predict_tensor(volume), expected, atol=1e-5)
 
 
 def test_the_model_boundary_strips_metatensors():

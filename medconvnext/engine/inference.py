@@ -195,10 +195,10 @@ class Predictor:
         checkpoint = load_checkpoint(find_checkpoint(model_path))
         torch_device = resolve_device(device)
         model = checkpoint.build_model().to(torch_device).eval()
-        apply_memory_format(model, torch_device)
+        pre = Preprocessing.from_dict(checkpoint.meta["preprocessing"])
+        apply_memory_format(model, torch_device, pre.input_size)
         if compile:
             model = torch.compile(model)
-        pre = Preprocessing.from_dict(checkpoint.meta["preprocessing"])
         # the run's own inference settings (config.yaml's ``inference`` section) unless told otherwise
         settings = inference or InferenceConfig(**checkpoint.meta.get("inference", {}))
         check_inference(settings)

@@ -208,7 +208,7 @@ def evaluate_run(run_dir: str | Path, which: str = "last", device: str = "cpu") 
                         **loader_options(config.data, torch_device))
     checkpoint = load_checkpoint(run.checkpoint(which))
     model = checkpoint.build_model().to(torch_device)
-    apply_memory_format(model, torch_device)
+    apply_memory_format(model, torch_device, plan.input_size)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.train.label_smoothing)
     tiling = (config.inference, plan.input_size) if tiled else None
     return evaluate(model, loader, torch_device, config.train.amp, datalist.classes, loss_fn, tiling)
@@ -447,6 +447,7 @@ def _fit(
     val_loader = DataLoader(val_part, batch_size=1 if tiled else cfg.batch_size, **feed)
     tiling = (config.inference, plan.input_size) if tiled else None
 
+    apply_memory_format(model, device, plan.input_size)  # the layout measured fastest for this device and size
     loop = _make_loop(model, config, device, train_records, len(datalist.classes), len(train_loader),
                       generator, train_transform)
     if on_device:
@@ -465,6 +466,8 @@ def _fit(
         "preprocessing": plan.to_dict(),
         "inference": dataclasses.asdict(config.inference),
         "environment": environment_info(),
+        # the layout it trained in (provenance; checkpoints are stored contiguous, predict picks its own)
+        "memory_format": "channels_last" if model_memory_format(loop.model) == torch.channels_last_3d else "contiguous",
     }
     logger = _TensorBoard(run.root / "tensorboard") if cfg.tensorboard and dist.is_main() else None
     callbacks.on_start(cfg.epochs, len(train_loader))
@@ -547,8 +550,7 @@ def _make_loop(
     train_transform: Any,
 ) -> _Loop:
     cfg = config.train
-    model.to(device)
-    apply_memory_format(model, device)  # before the EMA copy, so both run in the layout chosen for the device
+    model.to(device)  # keeps the memory format _fit chose; the EMA copy below inherits it
     ema = ModelEma(model, cfg.ema_decay) if cfg.ema else None
     if dist.is_distributed():
         # SyncBatchNorm is CUDA-only; with gloo on CPU each rank keeps its own batch statistics

@@ -17,6 +17,8 @@ CUDA entries: issue 14's H200 numbers where they exist, else contiguous until
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -30,7 +32,8 @@ FORMATS = {CONTIGUOUS: torch.contiguous_format, CHANNELS_LAST: torch.channels_la
 LAYOUT_TABLE: dict[tuple[str, str], str] = {
     # CPU, convnext_atto 64³ batch 4: train 1.05 -> 1.53 vol/s, inference 9.6 -> 8.8 (and convnext_tiny 64³
     # batch 4: 0.47x the seed port's step time, docs/benchmarks.md). At 32³ (8³ maps after the stem) the layout
-    # costs instead: batch 16, train 20.2 -> 17.7; batch 4, 24.2 -> 20.6. Real CT/MRI inputs are 64³ and up.
+    # costs instead: batch 16, train 20.2 -> 17.7; batch 4, 24.2 -> 20.6; the README's sample job (32³, batch 4,
+    # 3 epochs x 2 runs) 19.6-24.3 vol/s contiguous vs 16.4-20.0 channels-last. Hence MIN_SIDE below.
     ("convnext", "cpu"): CHANNELS_LAST,
     # H200 (issue 14): channels_last_3d 438 / 820 vol/s vs 803 / 5,285 for the contiguous seed port; the
     # depthwise Conv3d alone is timed in both layouts by bench_gpu.py section dwconv
@@ -48,26 +51,37 @@ LAYOUT_TABLE: dict[tuple[str, str], str] = {
     ("monai", "cuda"): CONTIGUOUS,
 }
 
+# channels_last only for inputs whose smallest side is at least this many voxels (contiguous below: measured
+# slower there, see the entry's comment); entries not listed apply at every size
+MIN_SIDE: dict[tuple[str, str], int] = {("convnext", "cpu"): 64}
+
 _ATTRIBUTE = "medconvnext_memory_format"  # set on a converted model: the layout its inputs should be given in
 
 
-def layout_for(name: str, device: torch.device | str) -> str:
-    """The table's layout (``"contiguous"`` or ``"channels_last"``) for the registered model ``name`` on ``device``.
+def layout_for(name: str, device: torch.device | str, input_size: Sequence[int] | None = None) -> str:
+    """The table's layout (``"contiguous"`` or ``"channels_last"``) for the registered model ``name`` on ``device``
+    and (D, H, W) inputs of ``input_size`` (None: any size).
 
     Looks up the model name first, then its family; unknown names and unlisted devices give ``"contiguous"``.
     """
     kind = torch.device(device).type
-    if (name, kind) in LAYOUT_TABLE:
-        return LAYOUT_TABLE[(name, kind)]
-    try:
-        family = get_entry(name).family
-    except ValueError:
+    key = (name, kind)
+    if key not in LAYOUT_TABLE:
+        try:
+            key = (get_entry(name).family, kind)
+        except ValueError:
+            return CONTIGUOUS
+    layout = LAYOUT_TABLE.get(key, CONTIGUOUS)
+    if input_size is not None and layout == CHANNELS_LAST and min(input_size) < MIN_SIDE.get(key, 0):
         return CONTIGUOUS
-    return LAYOUT_TABLE.get((family, kind), CONTIGUOUS)
+    return layout
 
 
-def preferred_memory_format(model: nn.Module, device: torch.device | str) -> torch.memory_format:
-    """The table's memory format for a registry-built ``model`` (its ``model_args["name"]``) on ``device``.
+def preferred_memory_format(
+    model: nn.Module, device: torch.device | str, input_size: Sequence[int] | None = None
+) -> torch.memory_format:
+    """The table's memory format for a registry-built ``model`` (its ``model_args["name"]``) on ``device`` and
+    inputs of ``input_size`` (D, H, W; None: any size).
 
     Models without 3D convolutions, and models not built by :func:`~medconvnext.models.create_model`, run
     contiguous.
@@ -76,15 +90,18 @@ def preferred_memory_format(model: nn.Module, device: torch.device | str) -> tor
     name = (getattr(plain, "model_args", None) or {}).get("name")
     if name is None or not any(isinstance(m, nn.Conv3d) for m in plain.modules()):
         return torch.contiguous_format
-    return FORMATS[layout_for(name, device)]
+    return FORMATS[layout_for(name, device, input_size)]
 
 
-def apply_memory_format(model: nn.Module, device: torch.device | str) -> torch.memory_format:
-    """Convert ``model``'s parameters (in place) to its preferred format on ``device``; returns the format.
+def apply_memory_format(
+    model: nn.Module, device: torch.device | str, input_size: Sequence[int] | None = None
+) -> torch.memory_format:
+    """Convert ``model``'s parameters (in place) to its preferred format on ``device`` for inputs of
+    ``input_size`` (D, H, W); returns the format.
 
     The choice is remembered on the model, so :func:`model_memory_format` gives its inputs the same layout.
     """
-    fmt = preferred_memory_format(model, device)
+    fmt = preferred_memory_format(model, device, input_size)
     model.to(memory_format=fmt)
     setattr(model, _ATTRIBUTE, CHANNELS_LAST if fmt == torch.channels_last_3d else CONTIGUOUS)
     return fmt
