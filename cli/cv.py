@@ -26,9 +26,14 @@ def cv(
     device: str = options.DEVICE,
     config: Path = options.CONFIG,
     set_: list[str] = options.SET,
-    overwrite: bool = typer.Option(False, "--overwrite", help="Start again, replacing what is in --out."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite/--no-overwrite", metavar="", help="Start again, replacing what is in --out."),
     strict: bool = options.STRICT,
     n_boot: int = typer.Option(1000, "--n-boot", min=0, help="Bootstrap resamples for the report's 95% CIs."),
+    target_sensitivity: float = options.TARGET_SENSITIVITY,
+    tracking: options.TrackingChoice = options.TRACKING,
+    tracking_uri: str = options.TRACKING_URI,
+    experiment: str = options.EXPERIMENT,
 ) -> None:
     """Cross-validate: train one model per fold, pool the out-of-fold predictions, write the report.
 
@@ -36,15 +41,17 @@ def cv(
     """
 
     def work() -> None:
-        from medconvnext.cli.train import TrainingProgress
+        from medconvnext.cli.train import TrainingProgress, group, tracker
         from medconvnext.engine.cv import cross_validate
 
         cfg = options.build_config(config, set_, data=data, model=model, epochs=epochs, batch_size=batch_size,
                                    lr=lr, seed=seed, device=device, strict=strict)
-        with TrainingProgress() as progress:
+        with tracker(tracking, tracking_uri, experiment, parent=out.name, parent_dir=out) as track, \
+                TrainingProgress() as progress:
             result = cross_validate(cfg, out, folds=folds, repeats=repeats, group_by=group_by, overwrite=overwrite,
-                                    callbacks=progress, log=lambda line: console.print(line, highlight=False),
-                                    n_boot=n_boot)
+                                    callbacks=group(progress, track),
+                                    log=lambda line: console.print(line, highlight=False), n_boot=n_boot,
+                                    target_sensitivity=target_sensitivity)
         render_summary(result.summary, result.report, result.run_dir)
 
     run_guarded(work)

@@ -21,7 +21,7 @@ app = typer.Typer(
 
 @app.callback()
 def _global_options(
-    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    debug: bool = typer.Option(False, "--debug/--no-debug", metavar="", help="Show full tracebacks on errors."),
 ) -> None:
     State.debug = debug
 

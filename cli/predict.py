@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import typer
 
@@ -20,24 +21,29 @@ def predict(
     ),
     output: Path = typer.Option(None, "--output", "-o", help="Write predictions to a .csv or .json file."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
-    inference: str = typer.Option(
+    inference: Literal["whole", "sliding", "auto"] = typer.Option(
         None, "--inference", help="whole (input size, as trained) | sliding (windows) | auto. Default: the run's."
     ),
     roi_size: str = typer.Option(None, "--roi-size", help="Sliding window size D,H,W (default: the input size)."),
     overlap: float = typer.Option(None, "--overlap", help="Window overlap in [0, 1) (default 0.25)."),
     sw_batch_size: int = typer.Option(None, "--sw-batch-size", min=1, help="Windows per forward pass (default 4)."),
-    aggregation: str = typer.Option(None, "--aggregation", help="mean | max | logit_mean (default mean)."),
+    aggregation: Literal["mean", "max", "logit_mean"] = typer.Option(
+        None, "--aggregation", help="How window probabilities are combined. \\[default: mean]"),
     window_map: Path = typer.Option(
         None, "--window-map", help="Write each scan's per-window probability grid (NIfTI, grid x K) to this folder."
     ),
-    tta: bool = typer.Option(False, "--tta", help="Average the probabilities over the 8 flips of each volume."),
+    tta: bool = typer.Option(
+        False, "--tta/--no-tta", metavar="", help="Average the probabilities over the 8 flips of each volume."
+    ),
     cam: Path = typer.Option(
         None, "--cam", help="Write a saliency map per scan (NIfTI on the scan's own grid, values in [0, 1]) here."
     ),
     cam_class: str = typer.Option(None, "--cam-class", help="Class the maps explain (default: the predicted one)."),
-    cam_method: str = typer.Option("gradcam", "--cam-method", help="gradcam (last feature stage) | occlusion."),
+    cam_method: Literal["gradcam", "occlusion"] = typer.Option(
+        "gradcam", "--cam-method", help="gradcam (last feature stage) or occlusion."),
     strict: bool = typer.Option(
-        False, "--strict", help="Refuse scans whose voxel data equals a case the model trained or selected on."
+        False, "--strict/--no-strict", metavar="",
+        help="Refuse scans whose voxel data equals a case the model trained or selected on."
     ),
 ) -> None:
     """Predict the class of each scan and print a table (optionally write CSV/JSON and saliency maps)."""
