@@ -70,8 +70,23 @@ def render_summary(summary: dict, files: dict, where: Path) -> None:
         interval = f"{ci[0]:.3f}-{ci[1]:.3f}" if ci[0] is not None else "n/a"
         table.add_row(name, str(m["n"]), _fmt(m["auc"]), interval, _fmt(m["accuracy"]), _fmt(m["balanced_accuracy"]))
     console.print(table)
+    cal = summary.get("calibration")
+    if cal:
+        op = cal.get("operating_point")
+        if op:
+            ci = op["ci"]
+            console.print(
+                f"operating point ({op['criterion']}): P({op['positive_class']}) >= {op['threshold']:.3f} gives "
+                f"sensitivity {_fmt(op['sensitivity'])} ({_interval(ci['sensitivity'])}), specificity "
+                f"{_fmt(op['specificity'])} ({_interval(ci['specificity'])})", highlight=False)
+        console.print(f"calibration: T = {cal['temperature']:.3f}, ECE {cal['ece_before']:.3f} -> "
+                      f"{cal['ece_after']:.3f}", highlight=False)
     report = files.get("html")
     console.print(f"[bold green]done[/bold green]: report in {report or where}", highlight=False)
+
+
+def _interval(ci: list | None) -> str:
+    return "n/a" if not ci or ci[0] is None else f"{ci[0]:.3f}-{ci[1]:.3f}"
 
 
 def _fmt(value: float | None) -> str:

@@ -103,8 +103,8 @@ class MlflowTracker:
         except ImportError:
             raise UserError("--tracking mlflow: mlflow is not installed (pip install 'medconvnext[mlflow]')") from None
         self._mlflow = mlflow
-        self.uri, artifact_location = resolve_tracking_uri(uri)
         try:
+            self.uri, artifact_location = resolve_tracking_uri(uri)
             mlflow.set_tracking_uri(self.uri)
             client = mlflow.MlflowClient(self.uri)
             found = client.get_experiment_by_name(experiment)

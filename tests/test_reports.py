@@ -199,13 +199,17 @@ def test_write_report_binary_with_test_rows(tmp_path):
     assert "Sensitivity (benign)" in md and "Test set (fold -1, 10 cases)" in md
 
 
-def test_text_only_fallback_without_matplotlib(tmp_path, cv_csv, monkeypatch):
-    # None in sys.modules makes `import matplotlib` raise ImportError, as if it were not installed
+def test_a_figure_that_fails_is_one_warning_naming_it(tmp_path, cv_csv, monkeypatch):
+    # None in sys.modules makes `import matplotlib` raise ImportError, as a broken install would
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     preds = read_predictions(cv_csv)
-    written = write_report(tmp_path, preds, summarize(preds, n_boot=0), training_logs=_training_logs(tmp_path))
+    with pytest.warns(UserWarning) as caught:
+        written = write_report(tmp_path, preds, summarize(preds, n_boot=0), training_logs=_training_logs(tmp_path))
+    messages = [str(w.message) for w in caught]
+    for name in ("roc.png", "pr.png", "confusion.png", "calibration.png", "curves.png"):
+        assert sum(name in m and "not drawn" in m and "matplotlib" in m for m in messages) == 1, name
     assert set(written) == {"markdown", "html"}
     assert not list(tmp_path.glob("*.png"))
     md = written["markdown"].read_text(encoding="utf-8")
-    assert "matplotlib is not installed" in md and "Training" in md and "AUC (ROC)" in md
+    assert "Training" in md and "AUC (ROC)" in md
     assert "data:image/png" not in written["html"].read_text(encoding="utf-8")

@@ -669,11 +669,13 @@ def _save_epoch(
 
 
 def _plot_progress(run: RunDir, history: list[dict[str, Any]]) -> None:
-    """progress.png (loss and validation curves) when matplotlib is installed."""
-    from medconvnext.reports.plots import matplotlib_available, plot_training_curves
+    """progress.png (loss and validation curves); a failure is one warning naming the figure, never silent."""
+    from medconvnext.reports.plots import plot_training_curves
 
-    if matplotlib_available():
+    try:
         plot_training_curves({"run": history}, run.progress_plot)
+    except Exception as exc:  # noqa: BLE001 - a figure must never stop a training
+        warnings.warn(f"figure {run.progress_plot} not drawn: {type(exc).__name__}: {exc}", stacklevel=2)
 
 
 class _TensorBoard:
