@@ -37,7 +37,7 @@ def test_help_lists_commands_and_does_not_import_torch():
     assert count < 600, f"medconvnext --help imported {count} modules"
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["cv"], ["predict"], ["evaluate"], ["report"],
+@pytest.mark.parametrize("command", [[], ["train"], ["cv"], ["predict"], ["evaluate"], ["report"], ["tune"],
                                      ["data", "check"], ["export"]])
 def test_every_help_shows_defaults_and_choices(command):
     result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "220"})
