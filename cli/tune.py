@@ -35,10 +35,9 @@ def tune(
 
     def work() -> None:
         from medconvnext.cli._render import TrainingProgress
+        from medconvnext.errors import UserError
         from medconvnext.tuning import load_space, space_yaml
         from medconvnext.tuning import tune as run_study
-
-        from medconvnext.errors import UserError
 
         search = load_space(space)
         if show_space:
