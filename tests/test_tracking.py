@@ -79,3 +79,24 @@ def test_tracking_without_a_store_is_a_user_error(tmp_path):
     assert result.exit_code == 2, result.output
     assert "--tracking-uri" in result.output
     assert not out.exists()
+
+
+def test_cv_is_a_parent_run_with_one_nested_run_per_fold(tmp_path, csv_dataset):
+    mlflow = pytest.importorskip("mlflow")
+    store = tmp_path / "mlruns"
+    out = tmp_path / "cvrun"
+    result = runner.invoke(app, ["cv", "--data", str(csv_dataset), "--out", str(out), "--folds", "2", "--epochs", "1",
+                                 "--batch-size", "4", "--device", "cpu", "--n-boot", "0", *TINY,
+                                 "--tracking", "mlflow", "--tracking-uri", str(store)])
+    assert result.exit_code == 0, result.output
+    client = mlflow.MlflowClient(resolve_tracking_uri(str(store))[0])
+    experiment = client.get_experiment_by_name("medconvnext")
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    assert set(runs) == {"cvrun", "fold_0", "fold_1"}
+    parent = runs["cvrun"].info.run_id
+    for fold in ("fold_0", "fold_1"):
+        assert runs[fold].data.tags["mlflow.parentRunId"] == parent
+        assert runs[fold].info.status == "FINISHED"
+        assert "checkpoint_best.safetensors" in {a.path for a in client.list_artifacts(runs[fold].info.run_id)}
+    top = {a.path for a in client.list_artifacts(parent)}
+    assert {"report.html", "cv_summary.json", "oof_predictions.csv", "calibration.json"} <= top

@@ -7,15 +7,13 @@ offline, can be mailed or attached to a ticket as one file, and references nothi
 
 from __future__ import annotations
 
-import base64
-import html
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from medconvnext.engine.metrics import SCALAR_METRICS
 from medconvnext.reports import plots
+from medconvnext.reports.document import Doc, to_html, to_markdown
 from medconvnext.reports.operating import criterion_text, section_rows
 from medconvnext.reports.predictions import TEST_FOLD, Predictions
 from medconvnext.reports.summary import summarize
@@ -69,28 +67,6 @@ HOW_TO_READ = [
 ]
 
 
-@dataclass
-class _Doc:
-    """Report content as blocks, rendered to Markdown and HTML by the functions below."""
-
-    blocks: list[tuple] = field(default_factory=list)
-
-    def heading(self, level: int, text: str) -> None:
-        self.blocks.append(("heading", level, text))
-
-    def paragraph(self, text: str) -> None:
-        self.blocks.append(("paragraph", text))
-
-    def bullets(self, items: Sequence[str]) -> None:
-        self.blocks.append(("bullets", list(items)))
-
-    def table(self, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-        self.blocks.append(("table", list(headers), [list(r) for r in rows]))
-
-    def image(self, path: Path, caption: str, wide: bool = False) -> None:
-        self.blocks.append(("image", path, caption, wide))
-
-
 def _fmt(value: float | int | None, digits: int = 3) -> str:
     if value is None:
         return "n/a"
@@ -121,7 +97,7 @@ def _metric_label(name: str, metrics: Mapping) -> str:
     return label
 
 
-def _metrics_table(doc: _Doc, metrics: Mapping, across_folds: Mapping | None, level: float) -> None:
+def _metrics_table(doc: Doc, metrics: Mapping, across_folds: Mapping | None, level: float) -> None:
     headers = ["Metric", "Value", f"{level:.0%} CI"] + (["Mean ± std across folds"] if across_folds else [])
     rows = []
     for name in SCALAR_METRICS:
@@ -134,7 +110,7 @@ def _metrics_table(doc: _Doc, metrics: Mapping, across_folds: Mapping | None, le
     doc.table(headers, rows)
 
 
-def _per_fold_table(doc: _Doc, summary: Mapping) -> None:
+def _per_fold_table(doc: Doc, summary: Mapping) -> None:
     headers = ["Fold", "N"] + [METRIC_LABELS[m] for m in FOLD_COLUMNS]
     rows = [[str(m["fold"]), str(m["n"])] + [_fmt(m[c]) for c in FOLD_COLUMNS] for m in summary["per_fold"]]
     across = summary["across_folds"]
@@ -142,7 +118,7 @@ def _per_fold_table(doc: _Doc, summary: Mapping) -> None:
     doc.table(headers, rows)
 
 
-def _per_class_table(doc: _Doc, metrics: Mapping) -> None:
+def _per_class_table(doc: Doc, metrics: Mapping) -> None:
     headers = ["Class", "Support", "Precision", "Recall (sensitivity)", "Specificity", "F1", "AUC (one-vs-rest)"]
     rows = [
         [name, str(c["support"]), _fmt(c["precision"]), _fmt(c["recall"]), _fmt(c["specificity"]), _fmt(c["f1"]),
@@ -152,7 +128,7 @@ def _per_class_table(doc: _Doc, metrics: Mapping) -> None:
     doc.table(headers, rows)
 
 
-def _confusion_table(doc: _Doc, metrics: Mapping) -> None:
+def _confusion_table(doc: Doc, metrics: Mapping) -> None:
     names = metrics["class_names"]
     headers = ["True \\ Predicted"] + list(names) + ["Total"]
     rows = [[name] + [str(v) for v in row] + [str(sum(row))] for name, row in zip(names, metrics["confusion_matrix"],
@@ -172,7 +148,7 @@ def _best_epoch_warning(records: Sequence[Mapping], best_epoch: int | None) -> s
     return ""
 
 
-def _training_table(doc: _Doc, logs: Mapping[str, Sequence[Mapping]]) -> None:
+def _training_table(doc: Doc, logs: Mapping[str, Sequence[Mapping]]) -> None:
     rows = []
     warned = []
     for fold, records in logs.items():
@@ -235,8 +211,8 @@ FIGURE_CAPTIONS = {
 }
 
 
-def _build(title: str, summary: Mapping, figures: Mapping[str, Path], logs: Mapping, note: str) -> _Doc:
-    doc = _Doc()
+def _build(title: str, summary: Mapping, figures: Mapping[str, Path], logs: Mapping, note: str) -> Doc:
+    doc = Doc()
     pooled = summary["pooled"]
     oof = summary["scope"] == "out_of_fold"
     level = summary["ci_level"]
@@ -282,7 +258,7 @@ def _build(title: str, summary: Mapping, figures: Mapping[str, Path], logs: Mapp
     return doc
 
 
-def _calibration_sections(doc: _Doc, cal: Mapping, figures: Mapping[str, Path]) -> None:
+def _calibration_sections(doc: Doc, cal: Mapping, figures: Mapping[str, Path]) -> None:
     """Operating point (binary) and post-hoc calibration, from the summary's ``calibration``."""
     op_rows, cal_rows = section_rows(cal)
     if op_rows:
@@ -299,82 +275,6 @@ def _calibration_sections(doc: _Doc, cal: Mapping, figures: Mapping[str, Path]) 
     doc.table(["", "Before", "After"], cal_rows)
     if "recalibration" in figures:
         doc.image(figures["recalibration"], FIGURE_CAPTIONS["recalibration"], wide=True)
-
-
-def _md_cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def to_markdown(doc: _Doc) -> str:
-    """Markdown text of a document; images are relative links (PNG next to report.md)."""
-    out: list[str] = []
-    for block in doc.blocks:
-        kind = block[0]
-        if kind == "heading":
-            out.append("#" * block[1] + " " + block[2])
-        elif kind == "paragraph":
-            out.append(block[1])
-        elif kind == "bullets":
-            out.append("\n".join(f"- {item}" for item in block[1]))
-        elif kind == "table":
-            headers, rows = block[1], block[2]
-            lines = ["| " + " | ".join(_md_cell(h) for h in headers) + " |", "|" + "---|" * len(headers)]
-            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
-            out.append("\n".join(lines))
-        elif kind == "image":
-            out.append(f"![{block[2]}]({block[1].name})\n\n*{block[2]}*")
-    return "\n\n".join(out) + "\n"
-
-
-CSS = """
-body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: 1100px; margin: 2em auto;
-       padding: 0 1em; color: #222; line-height: 1.45; }
-h1 { border-bottom: 2px solid #4c72b0; padding-bottom: .2em; }
-h2 { margin-top: 1.8em; border-bottom: 1px solid #ddd; }
-table { border-collapse: collapse; margin: .8em 0; font-size: .92em; }
-th, td { border: 1px solid #ccc; padding: .3em .6em; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
-th { background: #f0f3f8; }
-tr:nth-child(even) td { background: #fafafa; }
-figure { display: inline-block; margin: .5em 1em .5em 0; vertical-align: top; }
-figure img { max-width: 520px; border: 1px solid #eee; }
-figcaption { font-size: .85em; color: #555; max-width: 520px; }
-figure.wide { display: block; margin: .5em 0; }
-figure.wide img { max-width: 100%; width: 100%; }
-figure.wide figcaption { max-width: none; }
-"""
-
-
-def _html_image(path: Path, caption: str, wide: bool = False) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    alt = html.escape(caption)
-    css = ' class="wide"' if wide else ""
-    return f'<figure{css}><img src="data:image/png;base64,{data}" alt="{alt}"><figcaption>{alt}</figcaption></figure>'
-
-
-def to_html(doc: _Doc, title: str) -> str:
-    """A self-contained HTML page of a document (inline CSS, images as base64 data URIs)."""
-    body: list[str] = []
-    for block in doc.blocks:
-        kind = block[0]
-        if kind == "heading":
-            body.append(f"<h{block[1]}>{html.escape(block[2])}</h{block[1]}>")
-        elif kind == "paragraph":
-            body.append(f"<p>{html.escape(block[1])}</p>")
-        elif kind == "bullets":
-            body.append("<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in block[1]) + "</ul>")
-        elif kind == "table":
-            head = "".join(f"<th>{html.escape(str(h))}</th>" for h in block[1])
-            rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in block[2])
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
-        elif kind == "image":
-            body.append(_html_image(block[1], block[2], block[3]))
-    return (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>{html.escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
-        + "\n".join(body)
-        + "\n</body>\n</html>\n"
-    )
 
 
 def _pooled_predictions(predictions: Predictions, summary: Mapping) -> Predictions:
