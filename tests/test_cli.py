@@ -38,7 +38,7 @@ def test_help_lists_commands_and_does_not_import_torch():
 
 
 @pytest.mark.parametrize("command", [[], ["train"], ["cv"], ["predict"], ["evaluate"], ["report"], ["tune"],
-                                     ["data", "check"], ["export"]])
+                                     ["pretrain"], ["data", "check"], ["export"]])
 def test_every_help_shows_defaults_and_choices(command):
     result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "220"})
     assert result.exit_code == 0, result.output
