@@ -138,7 +138,12 @@ class MlflowTracker:
         """A training starts: open its run and log the resolved config, the plan, the split and the model."""
         self._end_training("FINISHED")  # the previous fold of a cross-validation has finished
         run_dir = Path(plan["run_dir"])
-        name = run_dir.name if self.parent_id is None else run_dir.relative_to(self.parent_dir or run_dir.parent)
+        name = run_dir.name
+        if self.parent_id is not None and self.parent_dir is not None:
+            try:  # fold_0, or repeat_1/fold_0
+                name = run_dir.resolve().relative_to(Path(self.parent_dir).resolve()).as_posix()
+            except ValueError:
+                pass
         run = self._mlflow.start_run(experiment_id=self.experiment_id, run_name=str(name),
                                      nested=self.parent_id is not None)
         self._active, self._active_dir = run, run_dir
