@@ -94,8 +94,9 @@ def _fmt(value: Any) -> str:
 def tracker(kind: str, uri: str | None, experiment: str, parent: str | None = None, parent_dir: Path | None = None):
     """The ``--tracking`` callbacks as a context manager (a no-op for ``none``)."""
     import contextlib
+    import os
 
-    if kind == "none":
+    if kind == "none" or os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 logs
         return contextlib.nullcontext(None)
     from medconvnext.tracking import MlflowTracker
 
