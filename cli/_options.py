@@ -3,24 +3,60 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import typer
 
-DATA = typer.Option(None, "--data", help="Folder (labels.csv or one subfolder per class) or a CSV/TSV.")
-MODEL = typer.Option(None, "--model", help="Registered model name (see `medconvnext models`).")
-EPOCHS = typer.Option(None, "--epochs", min=1, help="Number of epochs.")
-BATCH_SIZE = typer.Option(None, "--batch-size", min=1, help="Volumes per batch.")
-LR = typer.Option(None, "--lr", help="Peak learning rate (AdamW).")
-SEED = typer.Option(None, "--seed", help="Random seed (split, init, augmentation).")
-DEVICE = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N")
-CONFIG = typer.Option(None, "--config", help="YAML config; CLI flags override it.")
+from medconvnext.config import Config
+
+TrackingChoice = Literal["none", "mlflow"]
+
+# flags left unset fall back to the config (its file, or the built-in default shown in --help)
+_DEFAULTS = Config()
+
+
+def _config_default(field: str) -> str:
+    """``[default: <value> (<section.key>)]`` for a flag whose unset value comes from the config."""
+    section, key = field.split(".")
+    value = getattr(getattr(_DEFAULTS, section), key)
+    return f"\\[default: {value} ({field})]"
+
+
+DATA = typer.Option(None, "--data", help="Folder (labels.csv or one subfolder per class) or a CSV/TSV. "
+                    "\\[default: data.path of --config]")
+MODEL = typer.Option(None, "--model", help="Registered model name (see `medconvnext models`). "
+                     + _config_default("model.name"))
+EPOCHS = typer.Option(None, "--epochs", min=1, help="Number of epochs. " + _config_default("train.epochs"))
+BATCH_SIZE = typer.Option(None, "--batch-size", min=1, help="Volumes per batch. " + _config_default("train.batch_size"))
+LR = typer.Option(None, "--lr", help="Peak learning rate (AdamW). " + _config_default("train.lr"))
+SEED = typer.Option(None, "--seed", help="Random seed (split, init, augmentation). " + _config_default("train.seed"))
+DEVICE = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (auto: CUDA when available). "
+                      + _config_default("train.device"))
+CONFIG = typer.Option(None, "--config", help="YAML config; CLI flags override it. \\[default: built-in defaults]")
 SET = typer.Option([], "--set", help="Override any config field: section.key=value (repeatable).")
 STRICT = typer.Option(
-    False, "--strict", help="Refuse (exit 2) when a subject or an identical image is on both sides of a split."
+    None, "--strict/--no-strict", show_default=False, metavar="",
+    help="Refuse (exit 2) when a subject or an identical image is on both sides of a split; --no-strict only "
+         "warns. \\[default: data.leakage of the config (warn)]",
 )
-TENSORBOARD = typer.Option(False, "--tensorboard", help="Also log to <out>/tensorboard (needs tensorboard).")
-
+TENSORBOARD = typer.Option(
+    None, "--tensorboard/--no-tensorboard", show_default=False, metavar="",
+    help="Also log to <out>/tensorboard (needs tensorboard). " + _config_default("train.tensorboard"),
+)
+TRACKING = typer.Option(
+    "none", "--tracking", help="Log params, per-epoch metrics and the run folder to an experiment tracker "
+    "(mlflow needs pip install 'medconvnext[mlflow]').",
+)
+TRACKING_URI = typer.Option(
+    None, "--tracking-uri", help="MLflow tracking URI (a folder, file:///..., sqlite:///..., http://...). "
+    "\\[default: ./mlruns]",
+)
+EXPERIMENT = typer.Option("medconvnext", "--experiment", help="MLflow experiment name.")
+TARGET_SENSITIVITY = typer.Option(
+    None, "--target-sensitivity", min=0.0, max=1.0,
+    help="Operating point: the highest threshold whose out-of-fold sensitivity reaches this value (binary "
+         "only). \\[default: Youden's J (max sensitivity + specificity - 1)]",
+)
 
 def build_config(
     config: Path | None,
@@ -33,8 +69,8 @@ def build_config(
     lr: float | None = None,
     seed: int | None = None,
     device: str | None = None,
-    strict: bool = False,
-    tensorboard: bool = False,
+    strict: bool | None = None,
+    tensorboard: bool | None = None,
     **more: Any,
 ) -> Any:
     """The run's :class:`~medconvnext.config.Config`: defaults < ``--config`` < flags < ``--set``.
@@ -52,8 +88,8 @@ def build_config(
         "train.lr": lr,
         "train.seed": seed,
         "train.device": device,
-        "train.tensorboard": True if tensorboard else None,
-        "data.leakage": "error" if strict else None,
+        "train.tensorboard": tensorboard,
+        "data.leakage": None if strict is None else ("error" if strict else "warn"),
         **more,
     }
     apply_overrides(cfg, {k: v for k, v in flags.items() if v is not None}, "command line")

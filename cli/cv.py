@@ -26,9 +26,14 @@ def cv(
     device: str = options.DEVICE,
     config: Path = options.CONFIG,
     set_: list[str] = options.SET,
-    overwrite: bool = typer.Option(False, "--overwrite", help="Start again, replacing what is in --out."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite/--no-overwrite", metavar="", help="Start again, replacing what is in --out."),
     strict: bool = options.STRICT,
     n_boot: int = typer.Option(1000, "--n-boot", min=0, help="Bootstrap resamples for the report's 95% CIs."),
+    target_sensitivity: float = options.TARGET_SENSITIVITY,
+    tracking: options.TrackingChoice = options.TRACKING,
+    tracking_uri: str = options.TRACKING_URI,
+    experiment: str = options.EXPERIMENT,
 ) -> None:
     """Cross-validate: train one model per fold, pool the out-of-fold predictions, write the report.
 
@@ -36,15 +41,17 @@ def cv(
     """
 
     def work() -> None:
-        from medconvnext.cli.train import TrainingProgress
+        from medconvnext.cli.train import TrainingProgress, group, tracker
         from medconvnext.engine.cv import cross_validate
 
         cfg = options.build_config(config, set_, data=data, model=model, epochs=epochs, batch_size=batch_size,
                                    lr=lr, seed=seed, device=device, strict=strict)
-        with TrainingProgress() as progress:
+        with tracker(tracking, tracking_uri, experiment, parent=out.name, parent_dir=out) as track, \
+                TrainingProgress() as progress:
             result = cross_validate(cfg, out, folds=folds, repeats=repeats, group_by=group_by, overwrite=overwrite,
-                                    callbacks=progress, log=lambda line: console.print(line, highlight=False),
-                                    n_boot=n_boot)
+                                    callbacks=group(progress, track),
+                                    log=lambda line: console.print(line, highlight=False), n_boot=n_boot,
+                                    target_sensitivity=target_sensitivity)
         render_summary(result.summary, result.report, result.run_dir)
 
     run_guarded(work)
@@ -63,8 +70,23 @@ def render_summary(summary: dict, files: dict, where: Path) -> None:
         interval = f"{ci[0]:.3f}-{ci[1]:.3f}" if ci[0] is not None else "n/a"
         table.add_row(name, str(m["n"]), _fmt(m["auc"]), interval, _fmt(m["accuracy"]), _fmt(m["balanced_accuracy"]))
     console.print(table)
+    cal = summary.get("calibration")
+    if cal:
+        op = cal.get("operating_point")
+        if op:
+            ci = op["ci"]
+            console.print(
+                f"operating point ({op['criterion']}): P({op['positive_class']}) >= {op['threshold']:.3f} gives "
+                f"sensitivity {_fmt(op['sensitivity'])} ({_interval(ci['sensitivity'])}), specificity "
+                f"{_fmt(op['specificity'])} ({_interval(ci['specificity'])})", highlight=False)
+        console.print(f"calibration: T = {cal['temperature']:.3f}, ECE {cal['ece_before']:.3f} -> "
+                      f"{cal['ece_after']:.3f}", highlight=False)
     report = files.get("html")
     console.print(f"[bold green]done[/bold green]: report in {report or where}", highlight=False)
+
+
+def _interval(ci: list | None) -> str:
+    return "n/a" if not ci or ci[0] is None else f"{ci[0]:.3f}-{ci[1]:.3f}"
 
 
 def _fmt(value: float | None) -> str:

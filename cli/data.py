@@ -17,7 +17,9 @@ DEFAULT_MIN_SIZE = (32, 32, 32)  # the default model's (convnext_atto) minimum i
 @data_app.command("check")
 def check(
     data: Path = typer.Option(..., "--data", help="Folder (labels.csv/.tsv, datalist.json or class folders) or list."),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="Warn about bad cases and plan without them (exit 0)."),
+    skip_bad: bool = typer.Option(
+        False, "--skip-bad/--no-skip-bad", metavar="", help="Warn about bad cases and plan without them (exit 0)."
+    ),
     model: str = typer.Option(None, "--model", help="Model whose minimum input size the plan respects."),
     config: Path = typer.Option(None, "--config", help="YAML config whose preprocessing section is used."),
 ) -> None:
@@ -53,7 +55,7 @@ def check(
 def import_medmnist_command(
     npz: Path = typer.Argument(..., help="A MedMNIST 3D .npz (e.g. adrenalmnist3d.npz)."),
     out: Path = typer.Option(..., "--out", help="Folder to write images/ and labels.csv into."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out."),
+    overwrite: bool = typer.Option(False, "--overwrite/--no-overwrite", metavar="", help="Replace a non-empty --out."),
     limit: int = typer.Option(None, "--limit", min=1, help="Only the first N volumes of each split (quick tests)."),
 ) -> None:
     """Write one NIfTI per volume (64 mm cube) and labels.csv with the official train/val/test split."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import typer
 
@@ -15,12 +16,15 @@ def evaluate(
         ..., help="A cv run directory (ensemble of its folds) or a train run (best); several runs are ensembled."
     ),
     data: Path = typer.Option(..., "--data", help="Labelled data: folder, CSV/TSV or JSON datalist."),
-    split: str = typer.Option("test", "--split", help="test | val | train | all (by the data's split column)."),
+    split: Literal["test", "val", "train", "all"] = typer.Option(
+        "test", "--split", help="Which cases, by the data's split column."),
     out: Path = typer.Option(None, "--out", help="Output folder (default RUN_DIR/eval_<split>)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
     strict: bool = options.STRICT,
     n_boot: int = typer.Option(1000, "--n-boot", min=0, help="Bootstrap resamples for the 95% CIs."),
-    tta: bool = typer.Option(False, "--tta", help="Average each model's probabilities over the 8 flips."),
+    tta: bool = typer.Option(
+        False, "--tta/--no-tta", metavar="", help="Average each model's probabilities over the 8 flips."
+    ),
 ) -> None:
     """Evaluate a trained run (or an ensemble of runs) on a labelled set: predictions.csv, summary.json, report."""
 

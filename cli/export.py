@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import typer
 
@@ -11,8 +12,8 @@ from medconvnext.cli._common import console, err_console, run_guarded
 
 def export(
     run: Path = typer.Argument(..., help="Run directory (its best checkpoint) or checkpoint file; one fold of a cv."),
-    fmt: str = typer.Option(
-        "torchscript", "--format", "-f", help="torchscript | onnx (needs: pip install medconvnext\\[onnx])."
+    fmt: Literal["torchscript", "onnx"] = typer.Option(
+        "torchscript", "--format", "-f", help="Model format (onnx needs: pip install medconvnext\\[onnx])."
     ),
     out: Path = typer.Option(
         None, "--out", "-o", help="Model file (default RUN/model.torchscript.pt or RUN/model.onnx); the "

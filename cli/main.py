@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from medconvnext.cli import cache, cv, data, evaluate, export, models, predict, pretrain, report, train
+from medconvnext.cli import cache, cv, data, evaluate, export, models, predict, pretrain, report, train, tune
 from medconvnext.cli._common import State
 
 app = typer.Typer(
@@ -21,7 +21,7 @@ app = typer.Typer(
 
 @app.callback()
 def _global_options(
-    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    debug: bool = typer.Option(False, "--debug/--no-debug", metavar="", help="Show full tracebacks on errors."),
 ) -> None:
     State.debug = debug
 
@@ -36,6 +36,7 @@ app.command("cv")(cv.cv)
 app.command("evaluate")(evaluate.evaluate)
 app.command("report")(report.report)
 app.command("export")(export.export)
+app.command("tune")(tune.tune)
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ def models(
         None, "--input-size", help="D H W to count FLOPs at (default: each model's default input size)."
     ),
     family: str = typer.Option(None, "--family", help="Only this family (convnext, convmixer, resnext, monai)."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    as_json: bool = typer.Option(False, "--json/--no-json", metavar="", help="Print JSON instead of a table."),
 ) -> None:
     """List the registered models: family, parameters, GFLOPs (batch 1), minimum and default input size."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import typer
 
@@ -20,24 +21,40 @@ def predict(
     ),
     output: Path = typer.Option(None, "--output", "-o", help="Write predictions to a .csv or .json file."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
-    inference: str = typer.Option(
+    inference: Literal["whole", "sliding", "auto"] = typer.Option(
         None, "--inference", help="whole (input size, as trained) | sliding (windows) | auto. Default: the run's."
     ),
     roi_size: str = typer.Option(None, "--roi-size", help="Sliding window size D,H,W (default: the input size)."),
     overlap: float = typer.Option(None, "--overlap", help="Window overlap in [0, 1) (default 0.25)."),
     sw_batch_size: int = typer.Option(None, "--sw-batch-size", min=1, help="Windows per forward pass (default 4)."),
-    aggregation: str = typer.Option(None, "--aggregation", help="mean | max | logit_mean (default mean)."),
+    aggregation: Literal["mean", "max", "logit_mean"] = typer.Option(
+        None, "--aggregation", help="How window probabilities are combined. \\[default: mean]"),
     window_map: Path = typer.Option(
         None, "--window-map", help="Write each scan's per-window probability grid (NIfTI, grid x K) to this folder."
     ),
-    tta: bool = typer.Option(False, "--tta", help="Average the probabilities over the 8 flips of each volume."),
+    tta: bool = typer.Option(
+        False, "--tta/--no-tta", metavar="", help="Average the probabilities over the 8 flips of each volume."
+    ),
     cam: Path = typer.Option(
         None, "--cam", help="Write a saliency map per scan (NIfTI on the scan's own grid, values in [0, 1]) here."
     ),
     cam_class: str = typer.Option(None, "--cam-class", help="Class the maps explain (default: the predicted one)."),
-    cam_method: str = typer.Option("gradcam", "--cam-method", help="gradcam (last feature stage) | occlusion."),
+    cam_method: Literal["gradcam", "occlusion"] = typer.Option(
+        "gradcam", "--cam-method", help="gradcam (last feature stage) or occlusion."),
+    threshold: str = typer.Option(
+        None, "--threshold",
+        help="Two classes: call the second class when its probability is >= this value, or 'auto' for the threshold "
+             "stored with the run (calibration.json, chosen on out-of-fold predictions). \\[default: the most "
+             "probable class]",
+    ),
+    calibrate: bool = typer.Option(
+        None, "--calibrate/--no-calibrate", metavar="", show_default=False,
+        help="Apply the run's temperature scaling (calibration.json) to the probabilities. \\[default: on when the "
+             "run has one]",
+    ),
     strict: bool = typer.Option(
-        False, "--strict", help="Refuse scans whose voxel data equals a case the model trained or selected on."
+        False, "--strict/--no-strict", metavar="",
+        help="Refuse scans whose voxel data equals a case the model trained or selected on."
     ),
 ) -> None:
     """Predict the class of each scan and print a table (optionally write CSV/JSON and saliency maps)."""
@@ -74,16 +91,20 @@ def predict(
             raise UserError(f"--window-map: {model} is an ensemble of {len(ensemble.members)} folds whose grids "
                             "differ; pass one fold's directory (e.g. RUN/fold_0) to --model")
         console.print(f"{model}: {ensemble.describe()}, {len(cases)} scan(s)")
+        calibration = _calibration(model, calibrate, threshold, names)  # checked before any work or write
+        cut = _threshold(threshold, calibration, names)
         results = [ensemble.predict_case(case.images) for case in cases]
         probs = np.stack([r.probabilities for r in results])
         require_finite([case.image for case in cases], probs)
+        if calibration is not None and calibrate is not False:
+            probs = calibration.calibrate(probs)
         if window_map is not None:
             _write_window_maps(window_map, cases, [r.members[0] for r in results], names)
         if cam is not None:
             _write_cams(cam, cases, ensemble, probs, cam_class, cam_method)
         images = [case.image for case in cases]
         labels = [case.label or "" for case in cases] if any(case.label for case in cases) else None
-        rows = prediction_rows(images, probs, names, labels)
+        rows = prediction_rows(images, probs, names, labels, cut)
         table = Table("image", *(["label"] if labels else []), "prediction", "probability",
                       title=f"predictions ({model}: {ensemble.describe()})")
         for row in rows:
@@ -92,10 +113,55 @@ def predict(
                           f"{row['prob_' + row['prediction']]:.3f}")
         console.print(table)
         if output is not None:
-            write_prediction_table(output, images, probs, names, labels)
+            write_prediction_table(output, images, probs, names, labels, cut)
             console.print(f"wrote {output}")
 
     run_guarded(work)
+
+
+def _calibration(model: Path, calibrate: bool | None, threshold: str | None, names: list[str]):
+    """The run's calibration.json (None when it has none and none is asked for)."""
+    from medconvnext.engine.calibration import load_calibration
+    from medconvnext.errors import UserError
+    from medconvnext.rundir import RunDir
+
+    run = RunDir(model if model.is_dir() else model.parent)
+    needed = calibrate is True or threshold == "auto"
+    if not run.calibration.is_file():
+        if needed:
+            raise UserError(f"{run.calibration}: missing, needed by "
+                            f"{'--threshold auto' if threshold == 'auto' else '--calibrate'} (run `medconvnext report "
+                            f"{run.root}` to fit it from the run's held-out predictions)")
+        return None
+    calibration = load_calibration(run.calibration)
+    if calibration.class_names != list(names):
+        raise UserError(f"{run.calibration}: classes {calibration.class_names} differ from the model's {names}")
+    console.print(f"calibration: T = {calibration.temperature:.3f} ({calibration.fitted_on})"
+                  + (", not applied (--no-calibrate)" if calibrate is False else ""), highlight=False)
+    return calibration
+
+
+def _threshold(text: str | None, calibration, names: list[str]) -> float | None:
+    """--threshold as a number: None (argmax), a value in [0, 1], or 'auto' (the run's stored threshold)."""
+    from medconvnext.errors import UserError
+
+    if text is None:
+        return None
+    if len(names) != 2:
+        raise UserError(f"--threshold: only for two classes (this model has {len(names)}: {', '.join(names)})")
+    if text == "auto":
+        if calibration.threshold is None:
+            raise UserError("--threshold auto: the run's calibration.json has no threshold")
+        console.print(f"threshold: {calibration.threshold:.4f} on P({names[1]}) ({calibration.criterion}, "
+                      f"{calibration.fitted_on})", highlight=False)
+        return calibration.threshold
+    try:
+        value = float(text)
+    except ValueError:
+        raise UserError(f"--threshold {text!r}: expected a number in [0, 1] or 'auto'") from None
+    if not 0.0 <= value <= 1.0:
+        raise UserError(f"--threshold {text!r}: expected a number in [0, 1] or 'auto'")
+    return value
 
 
 def _parse_size(text: str | None) -> list[int] | None:

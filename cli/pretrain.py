@@ -25,13 +25,14 @@ def pretrain(
     patch_size: int = typer.Option(8, "--patch-size", min=1,
                                    help="Masking unit in voxels per axis (a multiple of the stem stride)."),
     decoder_dim: int = typer.Option(128, "--decoder-dim", min=8, help="Decoder channels."),
-    norm_target: bool = typer.Option(False, "--norm-target/--no-norm-target",
+    norm_target: bool = typer.Option(False, "--norm-target/--no-norm-target", metavar="",
                                      help="Reconstruct per-unit normalised voxels (ConvNeXt V2's norm_pix_loss)."),
-    include_test: bool = typer.Option(False, "--include-test/--no-include-test",
+    include_test: bool = typer.Option(False, "--include-test/--no-include-test", metavar="",
                                       help="Also pretrain on the data's `test` rows."),
     config: Path = options.CONFIG,
     set_: list[str] = options.SET,
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run in --out."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite/--no-overwrite", metavar="", help="Replace an existing run in --out."),
     resume: Path = typer.Option(None, "--resume", help="Continue this pretraining run (only --epochs may change)."),
 ) -> None:
     """Pretrain a ConvNeXt encoder by masked reconstruction; fine-tune it with `train --init RUN`."""

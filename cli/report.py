@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from medconvnext.cli import _options as options
 from medconvnext.cli._common import run_guarded
 
 
@@ -13,14 +14,19 @@ def report(
     run_dir: Path = typer.Argument(..., help="A cv run directory, a train run directory or an evaluate folder."),
     n_boot: int = typer.Option(1000, "--n-boot", min=0, help="Bootstrap resamples for the 95% CIs."),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed (cv and evaluate use 0)."),
+    target_sensitivity: float = options.TARGET_SENSITIVITY,
 ) -> None:
-    """Recompute the metrics (summary JSON) and rewrite report.md / report.html with the figures."""
+    """Recompute the metrics (summary JSON) and rewrite report.md / report.html with the figures.
+
+    For a cv or train run this also (re)fits calibration.json (temperature and threshold) on its held-out
+    predictions.
+    """
 
     def work() -> None:
         from medconvnext.cli.cv import render_summary
         from medconvnext.reports.run import report_run
 
-        result = report_run(run_dir, n_boot=n_boot, seed=seed)
+        result = report_run(run_dir, n_boot=n_boot, seed=seed, target_sensitivity=target_sensitivity)
         render_summary(result.summary, result.files, run_dir)
 
     run_guarded(work)

@@ -9,6 +9,9 @@ import typer
 
 from medconvnext.cli import _options as options
 from medconvnext.cli._common import console, run_guarded
+from medconvnext.cli._render import TrainingProgress
+
+__all__ = ["TrainingProgress", "train"]
 
 
 def train(
@@ -22,7 +25,8 @@ def train(
     device: str = options.DEVICE,
     config: Path = options.CONFIG,
     set_: list[str] = options.SET,
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run in --out."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite/--no-overwrite", metavar="", help="Replace an existing run in --out."),
     resume: Path = typer.Option(
         None, "--resume", help="Continue this run from its last epoch (uses its config.yaml; only --epochs/--device)."
     ),
@@ -34,6 +38,9 @@ def train(
         None, "--init", help="Start from 3D weights: a `pretrain` run, a train run or a .safetensors checkpoint."
     ),
     strict: bool = options.STRICT,
+    tracking: options.TrackingChoice = options.TRACKING,
+    tracking_uri: str = options.TRACKING_URI,
+    experiment: str = options.EXPERIMENT,
 ) -> None:
     """Train a 3D classifier and save the best checkpoint (by validation AUC) in --out."""
 
@@ -45,15 +52,14 @@ def train(
         if resume is not None:
             # the run's own config.yaml decides everything else, so a resumed run is the run that was started
             rejected = {"--data": data, "--out": out, "--model": model, "--batch-size": batch_size, "--lr": lr,
-                        "--seed": seed, "--config": config, "--set": set_ or None, "--tensorboard": tensorboard or None,
-                        "--overwrite": overwrite or None, "--init-2d": init_2d, "--init": init,
-                        "--strict": strict or None}
+                        "--seed": seed, "--config": config, "--set": set_ or None, "--tensorboard": tensorboard,
+                        "--overwrite": overwrite or None, "--init-2d": init_2d, "--init": init, "--strict": strict}
             given = [name for name, value in rejected.items() if value is not None]
             if given:
                 raise UserError(f"--resume uses the run's config.yaml; drop {', '.join(given)} (only --epochs and "
                                 "--device may change)")
-            with TrainingProgress() as progress:
-                result = resume_training(resume, epochs=epochs, device=device, callbacks=progress)
+            with tracker(tracking, tracking_uri, experiment) as track, TrainingProgress() as progress:
+                result = resume_training(resume, epochs=epochs, device=device, callbacks=group(progress, track))
         else:
             if out is None:
                 raise UserError("--out is required (or --resume RUN_DIR to continue a run)")
@@ -63,8 +69,8 @@ def train(
                 **{"model.init_2d": str(init_2d) if init_2d is not None else None,
                    "model.init": str(init) if init is not None else None},
             )
-            with TrainingProgress() as progress:
-                result = run_training(cfg, out, overwrite=overwrite, callbacks=progress)
+            with tracker(tracking, tracking_uri, experiment) as track, TrainingProgress() as progress:
+                result = run_training(cfg, out, overwrite=overwrite, callbacks=group(progress, track))
         from medconvnext.engine import distributed
 
         if not distributed.is_main():  # under torchrun only rank 0 reports
@@ -85,49 +91,20 @@ def _fmt(value: Any) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-class TrainingProgress:
-    """Rich progress bar with loss and the validation metric; implements TrainingCallbacks.
+def tracker(kind: str, uri: str | None, experiment: str, parent: str | None = None, parent_dir: Path | None = None):
+    """The ``--tracking`` callbacks as a context manager (a no-op for ``none``)."""
+    import contextlib
+    import os
 
-    Under torchrun only rank 0 shows it (the RANK variable is read here, before the process group exists).
-    """
+    if kind == "none" or os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 logs
+        return contextlib.nullcontext(None)
+    from medconvnext.tracking import MlflowTracker
 
-    def __enter__(self) -> TrainingProgress:
-        import os
+    return MlflowTracker(uri, experiment, parent=parent, parent_dir=parent_dir)
 
-        self._task = None
-        if os.environ.get("RANK", "0") != "0":
-            self._progress = None
-            return self
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self._progress = Progress(
-            TextColumn("[bold]epoch {task.fields[epoch]}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}  val AUC {task.fields[auc]}  best {task.fields[best]}"),
-            TimeElapsedColumn(),
-            console=console,
-            transient=False,
-        )
-        self._progress.__enter__()
-        return self
+def group(*callbacks: Any) -> Any:
+    """One callbacks object for the trainer (None members are left out)."""
+    from medconvnext.tracking import CallbackGroup
 
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.__exit__(*exc)
-
-    def on_start(self, total_epochs: int, steps_per_epoch: int) -> None:
-        self._steps = steps_per_epoch
-        self._task = self._progress.add_task(
-            "train", total=total_epochs * steps_per_epoch, epoch=f"1/{total_epochs}", loss="-", auc="-", best="-"
-        )
-        self._total_epochs = total_epochs
-
-    def on_step(self, epoch: int, step: int, loss: float) -> None:
-        self._progress.update(
-            self._task, completed=(epoch - 1) * self._steps + step, epoch=f"{epoch}/{self._total_epochs}",
-            loss=f"{loss:.4f}",
-        )
-
-    def on_epoch_end(self, record: dict[str, Any]) -> None:
-        self._progress.update(self._task, auc=_fmt(record["val_auc"]), best=f"epoch {record['best_epoch']}")
+    return CallbackGroup(*callbacks)

@@ -98,6 +98,11 @@ class RunDir:
         return self.root / "cv_summary.json"
 
     @property
+    def calibration(self) -> Path:
+        """Temperature and threshold fitted on held-out predictions (written by the report, read by predict)."""
+        return self.root / "calibration.json"
+
+    @property
     def evaluation_summary(self) -> Path:
         """Metrics summary of a train run's validation set or of an ``evaluate`` folder."""
         return self.root / "summary.json"

@@ -235,3 +235,49 @@ def test_repeated_rows_are_resampled_per_case():
     assert pooled["n"] == 80 and pooled["n_images"] == 40
     width = pooled["ci"]["auc"][1] - pooled["ci"]["auc"][0]
     assert width == pytest.approx(ci_once[1] - ci_once[0], rel=0.25)
+
+
+def test_cv_fits_calibration_and_predict_uses_it(binary_cv, tmp_path):
+    from typer.testing import CliRunner
+
+    from medconvnext.cli.main import app
+    from medconvnext.engine.calibration import apply_temperature, choose_threshold, fit_temperature
+    from medconvnext.reports.run import report_run
+
+    run = binary_cv["run"]
+    report_run(run, n_boot=100)  # an earlier test rewrote the report without bootstrap
+    rows = _read(run / "oof_predictions.csv")
+    y = np.array([r["label"] == "malignant" for r in rows], dtype=int)
+    probs = np.array([[float(r["prob_benign"]), float(r["prob_malignant"])] for r in rows])
+    stored = json.loads((run / "calibration.json").read_text(encoding="utf-8"))
+    t = fit_temperature(probs, y)
+    assert stored["temperature"] == pytest.approx(t)
+    point = choose_threshold(y == 1, apply_temperature(probs, t)[:, 1])
+    assert (stored["threshold"], stored["criterion"]) == (pytest.approx(point.threshold), "youden")
+    summary = json.loads((run / "cv_summary.json").read_text(encoding="utf-8"))
+    assert summary["calibration"]["operating_point"]["sensitivity"] == pytest.approx(point.sensitivity)
+    for name in ("sensitivity", "specificity", "f1", "mcc"):
+        assert summary["pooled"]["ci"][name][0] is not None, name
+    report = (run / "report.md").read_text(encoding="utf-8")
+    assert "## Operating point" in report and "## Calibration (temperature scaling)" in report
+    html = (run / "report.html").read_text(encoding="utf-8")
+    assert html.count("data:image/png;base64,") >= 6 and "src=\"http" not in html  # one offline file
+    # predict: calibrated probabilities by default; --threshold auto calls malignant at the stored threshold
+    runner = CliRunner()
+    scans = [str(binary_cv["data"] / "img" / f"c{i}.nii.gz") for i in (16, 17)]
+    raw_csv, auto_csv = tmp_path / "raw.csv", tmp_path / "auto.csv"
+    result = runner.invoke(app, ["predict", *scans, "--model", str(run), "--device", "cpu", "--no-calibrate",
+                                 "-o", str(raw_csv)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["predict", *scans, "--model", str(run), "--device", "cpu", "--threshold", "auto",
+                                 "-o", str(auto_csv)])
+    assert result.exit_code == 0, result.output
+    assert "threshold" in result.output and "T = " in result.output
+    raw = np.array([[float(r["prob_benign"]), float(r["prob_malignant"])] for r in _read(raw_csv)])
+    auto = _read(auto_csv)
+    calibrated = np.array([[float(r["prob_benign"]), float(r["prob_malignant"])] for r in auto])
+    assert calibrated == pytest.approx(apply_temperature(raw, t), abs=1e-5)
+    expected = ["malignant" if p >= stored["threshold"] else "benign" for p in calibrated[:, 1]]
+    assert [r["prediction"] for r in auto] == expected
+    bad = runner.invoke(app, ["predict", scans[0], "--model", str(run), "--threshold", "high"])
+    assert bad.exit_code == 2 and "--threshold 'high'" in bad.output

@@ -49,7 +49,7 @@ def test_sliding_validation_and_predict_window_map(csv_dataset, tmp_path):
     np.testing.assert_allclose(grid.affine, prediction.windows.map_affine(volume.affine), atol=1e-5)
     assert torch.is_tensor(prediction.windows.window_probabilities)
 
-    for args, field in ((["--inference", "tiles"], "inference.mode"), (["--aggregation", "median"], "aggregation"),
+    for args, field in ((["--inference", "tiles"], "--inference"), (["--aggregation", "median"], "--aggregation"),
                         (["--roi-size", "a,b"], "--roi-size")):
         result = runner.invoke(app, ["predict", scan, "--model", str(run), *args])
         assert result.exit_code == 2 and field in result.output, result.output

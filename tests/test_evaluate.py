@@ -57,6 +57,18 @@ def test_evaluate_test_split_with_the_fold_ensemble(runs):
     assert summary["pooled"]["accuracy"] == pytest.approx(skm.accuracy_score(y, (p > 0.5).astype(int)))
     report = (out / "report.md").read_text(encoding="utf-8")
     assert "ensemble of its 2 fold models" in report
+    # the cv's calibration (fitted on its out-of-fold predictions) and threshold, applied to these test cases
+    from medconvnext.engine.calibration import apply_temperature
+
+    stored = json.loads((runs["cv"] / "calibration.json").read_text(encoding="utf-8"))
+    cal = summary["calibration"]
+    assert cal["temperature"] == pytest.approx(stored["temperature"]) and "evaluated run's calibration" in cal["source"]
+    score = apply_temperature(np.stack([1 - p, p], axis=1), stored["temperature"])[:, 1]
+    called = score >= stored["threshold"]
+    op = cal["operating_point"]
+    assert (op["tp"], op["fn"], op["tn"], op["fp"]) == (int((called & (y == 1)).sum()), int((~called & (y == 1)).sum()),
+                                                        int((~called & (y == 0)).sum()), int((called & (y == 0)).sum()))
+    assert "## Operating point" in report
     assert (out / "report.html").read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
 
 
@@ -81,8 +93,10 @@ def test_report_regenerates_cv_and_train_reports(runs):
     assert (runs["cv"] / "report.md").is_file()
     after = json.loads((runs["cv"] / "cv_summary.json").read_text(encoding="utf-8"))
     assert after == before
-    result = runner.invoke(app, ["report", str(runs["train"]), "--n-boot", "0"])
+    result = runner.invoke(app, ["report", str(runs["train"]), "--n-boot", "0", "--target-sensitivity", "0.9"])
     assert result.exit_code == 0, result.output
+    stored = json.loads((runs["train"] / "calibration.json").read_text(encoding="utf-8"))
+    assert stored["criterion"] == "sensitivity>=0.9" and stored["sensitivity"] >= 0.9
     summary = json.loads((runs["train"] / "summary.json").read_text(encoding="utf-8"))
     val = _read(runs["train"] / "val_predictions.csv")
     assert summary["pooled"]["n"] == len(val) and summary["scope"] == "all"
@@ -132,7 +146,7 @@ def test_evaluate_several_runs_needs_out(runs):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--split", "holdout"], "--split must be one of"),
+        (["--split", "holdout"], "Invalid value for '--split'"),
         (["--split", "val"], "no val cases"),
         (["--out", "RUN"], "would overwrite a run's own report"),
     ],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 from pathlib import Path
@@ -124,6 +125,12 @@ def test_train_warns_in_one_line_and_strict_refuses(csv_dataset, tmp_path):
     write_volume(tmp_path / "scan_b.nii.gz", blob_volume(np.random.default_rng(7), True))
     found = audit_run(out, [tmp_path / "scan_a.nii.gz", tmp_path / "scan_b.nii.gz", csv_dataset / "img" / "c03.nii.gz"])
     assert found.cases("image") == {"scan_a", "c03"}  # c03 is a validation case of the run
+    # the message names the split of the run's case: a validation case is not called a training case
+    splits = json.loads((out / "splits.json").read_text(encoding="utf-8"))
+    assert "c03" in splits["val"]
+    role_c00 = "val" if "c00" in splits["val"] else "train"
+    assert "evaluated c03 = val c03" in found.message()
+    assert f"evaluated scan_a = {role_c00} c00" in found.message()
     # and predict itself: a warning by default, a refusal with --strict
     result = runner.invoke(app, ["predict", str(tmp_path / "scan_a.nii.gz"), str(tmp_path / "scan_b.nii.gz"),
                                  "--model", str(out), "--device", "cpu"])

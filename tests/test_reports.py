@@ -199,13 +199,49 @@ def test_write_report_binary_with_test_rows(tmp_path):
     assert "Sensitivity (benign)" in md and "Test set (fold -1, 10 cases)" in md
 
 
-def test_text_only_fallback_without_matplotlib(tmp_path, cv_csv, monkeypatch):
-    # None in sys.modules makes `import matplotlib` raise ImportError, as if it were not installed
+def test_a_figure_that_fails_is_one_warning_naming_it(tmp_path, cv_csv, monkeypatch):
+    # None in sys.modules makes `import matplotlib` raise ImportError, as a broken install would
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     preds = read_predictions(cv_csv)
-    written = write_report(tmp_path, preds, summarize(preds, n_boot=0), training_logs=_training_logs(tmp_path))
+    with pytest.warns(UserWarning) as caught:
+        written = write_report(tmp_path, preds, summarize(preds, n_boot=0), training_logs=_training_logs(tmp_path))
+    messages = [str(w.message) for w in caught]
+    for name in ("roc.png", "pr.png", "confusion.png", "calibration.png", "curves.png"):
+        assert sum(name in m and "not drawn" in m and "matplotlib" in m for m in messages) == 1, name
     assert set(written) == {"markdown", "html"}
     assert not list(tmp_path.glob("*.png"))
     md = written["markdown"].read_text(encoding="utf-8")
-    assert "matplotlib is not installed" in md and "Training" in md and "AUC (ROC)" in md
+    assert "Training" in md and "AUC (ROC)" in md
     assert "data:image/png" not in written["html"].read_text(encoding="utf-8")
+
+
+def test_report_html_renders_in_headless_chromium(tmp_path, cv_csv):
+    """The page opens offline in a real browser and shows the full-width training curves (skipped without chromium)."""
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("no headless chromium on this machine")
+    from PIL import Image
+
+    preds = read_predictions(cv_csv)
+    written = write_report(tmp_path, preds, summarize(preds, n_boot=0), training_logs=_training_logs(tmp_path))
+    shot = tmp_path / "shot.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    "--window-size=1200,5000", f"--screenshot={shot}", written["html"].as_uri()],
+                   capture_output=True, timeout=120, check=False)
+    image = np.asarray(Image.open(shot).convert("L"))
+    assert image.shape == (5000, 1200)
+    drawn = np.where(image.min(axis=1) < 200)[0]
+    assert drawn.size > 1000  # text and figures, not a blank or error page
+    # the widest dark run of a row: the curves figure spans most of the 1100 px content width
+    widest = max(np.ptp(np.where(row < 200)[0]) for row in image[drawn] if (row < 200).sum() > 1)
+    assert widest > 900
+    # the curves are drawn for the page width (14 in at 110 dpi) and shown at 100% of it
+    assert Image.open(written["curves"]).size[0] >= 1500
+    page = written["html"].read_text(encoding="utf-8")
+    assert '<figure class="wide"><img src="data:image/png;base64,' in page and "src=\"http" not in page
+    # these logs improve to their last epoch: each fold gets the warning, and a line counts them
+    md = written["markdown"].read_text(encoding="utf-8")
+    assert md.count("best epoch is the last") == 3 and "in 3 of 3 training run(s)" in md

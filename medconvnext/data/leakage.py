@@ -69,6 +69,7 @@ class Finding:
     eval_case: str
     eval_side: str  # e.g. "val", "test", "fold 2", "evaluated"
     detail: str  # the shared subject, or the shared image's hash prefix
+    train_side: str = "train"  # the role of train_case in the run: "train", "val" (model selection), "cv"
 
 
 @dataclass
@@ -94,8 +95,8 @@ class LeakageReport:
             if not found:
                 continue
             items = [
-                f"{f.detail} (train {f.train_case} / {f.eval_side} {f.eval_case})" if kind == "subject"
-                else f"{f.eval_side} {f.eval_case} = train {f.train_case}"
+                f"{f.detail} ({f.train_side} {f.train_case} / {f.eval_side} {f.eval_case})" if kind == "subject"
+                else f"{f.eval_side} {f.eval_case} = {f.train_side} {f.train_case}"
                 for f in found[:SHOWN]
             ]
             more = f" and {len(found) - SHOWN} more" if len(found) > SHOWN else ""
@@ -230,15 +231,20 @@ def audit_cases(
     group_by: str | None = "subject",
     check_images: bool = True,
     cache_dir: str | Path | None = None,
+    train_side: str | Sequence[str] = "train",
 ) -> LeakageReport:
     """Findings between ``train`` and ``evaluated`` cases.
 
     Args:
         eval_side: how to name the evaluation side in the message, one name or one per evaluated case.
+        train_side: how to name the role of each ``train`` case (one name or one per case), e.g. "val" for the
+            validation cases that chose a run's best epoch.
         group_by: the subject column (``subject`` or an extra column of the datalist); None skips that check.
         check_images: compare voxel hashes of every image of every case.
     """
     sides = [eval_side] * len(evaluated) if isinstance(eval_side, str) else list(eval_side)
+    roles = dict(zip((c.case_id for c in train),
+                     [train_side] * len(train) if isinstance(train_side, str) else list(train_side), strict=True))
     findings: list[Finding] = []
     if group_by is not None:
         by_group: dict[str, str] = {}
@@ -250,7 +256,8 @@ def audit_cases(
             group = case.group(group_by)
             if group is not None and group in by_group:
                 label = group if group_by == "subject" else f"{group_by} {group}"
-                findings.append(Finding("subject", by_group[group], case.case_id, side, label))
+                train_case = by_group[group]
+                findings.append(Finding("subject", train_case, case.case_id, side, label, roles[train_case]))
     report = LeakageReport(findings)
     if check_images:
         paths = [p for case in [*train, *evaluated] for p in case.images]
@@ -267,7 +274,8 @@ def audit_cases(
             for image in case.images:
                 digest = hashes[str(Path(image).resolve())]
                 if digest is not None and digest in by_hash:
-                    report.findings.append(Finding("image", by_hash[digest], case.case_id, side, digest[:12]))
+                    report.findings.append(Finding("image", by_hash[digest], case.case_id, side, digest[:12],
+                                                   roles[by_hash[digest]]))
                     break
     return report
 
@@ -330,6 +338,18 @@ def training_cases(run_dir: str | Path) -> tuple[list[Case], str | None]:
     return [c for c in cases if c.case_id in ids], group_by
 
 
+def training_roles(run_dir: str | Path) -> dict[str, str]:
+    """Case id -> its role in the run: ``train`` or ``val`` (chose the best epoch) for a train run; ``cv`` (trained
+    on by some folds, validated by one) for a cross-validation."""
+    from medconvnext.rundir import RunDir
+
+    run = RunDir(Path(run_dir))
+    splits = json.loads(run.splits.read_text(encoding="utf-8"))
+    if run.is_cv():
+        return {i: "cv" for fold in splits["folds"] for i in (*fold["train"], *fold["val"])}
+    return {**{i: "train" for i in splits["train"]}, **{i: "val" for i in splits["val"]}}
+
+
 def audit_run(
     run_dir: str | Path,
     evaluated: Sequence[Case | str | Path],
@@ -339,7 +359,9 @@ def audit_run(
     """Cases (or image paths, e.g. the scans given to ``predict``) against the cases that the run in
     ``run_dir`` trained on or selected its model with (for a cross-validation: all its non-test cases)."""
     train, group_by = training_cases(run_dir)
+    roles = training_roles(run_dir)
     cases = [
         c if isinstance(c, Case) else Case(case_id_from_path(c), (str(Path(c).resolve()),), None) for c in evaluated
     ]
-    return audit_cases(train, cases, eval_side, group_by, check_images)
+    return audit_cases(train, cases, eval_side, group_by, check_images,
+                       train_side=[roles.get(c.case_id, "train") for c in train])

@@ -193,6 +193,7 @@ def cross_validate(
     callbacks: Any = None,
     log: Callable[[str], None] | None = None,
     n_boot: int = 1000,
+    target_sensitivity: float | None = None,
 ) -> CvResult:
     """Stratified (grouped, when a subject column applies) K-fold cross-validation of ``config`` into ``out``.
 
@@ -204,6 +205,7 @@ def cross_validate(
         callbacks: :class:`~medconvnext.engine.trainer.TrainingCallbacks` for every fold's training.
         log: receives one line per fold (what is done with it).
         n_boot: bootstrap resamples of the report's confidence intervals.
+        target_sensitivity: the operating point written to ``calibration.json`` (None: Youden's J).
     """
     from medconvnext.engine.trainer import audit_training_split
 
@@ -232,7 +234,7 @@ def cross_validate(
         _write_test_predictions(run, datalist, test, config.train.device)
     from medconvnext.reports.run import report_run
 
-    report = report_run(run.root, n_boot=n_boot, seed=0)
+    report = report_run(run.root, n_boot=n_boot, seed=0, target_sensitivity=target_sensitivity)
     return CvResult(run.root, results, report.summary, report.files)
 
 

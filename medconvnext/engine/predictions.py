@@ -27,15 +27,23 @@ def require_finite(images: Sequence[str], probs: np.ndarray) -> None:
 
 
 def prediction_rows(
-    images: Sequence[str], probs: np.ndarray, class_names: Sequence[str], labels: Sequence[str] | None = None
+    images: Sequence[str], probs: np.ndarray, class_names: Sequence[str], labels: Sequence[str] | None = None,
+    threshold: float | None = None,
 ) -> list[dict]:
-    """One dict per case, probabilities rounded to 6 decimals."""
+    """One dict per case, probabilities rounded to 6 decimals.
+
+    ``prediction`` is the most probable class, or (two classes, ``threshold`` given) the second (positive) class
+    when its probability is >= ``threshold``.
+    """
     rows = []
     for i, image in enumerate(images):
         row: dict = {"image": image}
         if labels is not None:
             row["label"] = labels[i]
-        row["prediction"] = class_names[int(np.argmax(probs[i]))]
+        if threshold is not None and len(class_names) == 2:
+            row["prediction"] = class_names[1 if probs[i, 1] >= threshold else 0]
+        else:
+            row["prediction"] = class_names[int(np.argmax(probs[i]))]
         for k, name in enumerate(class_names):
             row[f"prob_{name}"] = round(float(probs[i, k]), 6)
         rows.append(row)
@@ -48,10 +56,11 @@ def write_prediction_table(
     probs: np.ndarray,
     class_names: Sequence[str],
     labels: Sequence[str] | None = None,
+    threshold: float | None = None,
 ) -> list[dict]:
-    """Write a ``.csv`` or ``.json`` prediction table atomically; returns the rows."""
+    """Write a ``.csv`` or ``.json`` prediction table atomically; returns the rows (see :func:`prediction_rows`)."""
     path = Path(path)
-    rows = prediction_rows(images, probs, class_names, labels)
+    rows = prediction_rows(images, probs, class_names, labels, threshold)
     if path.suffix.lower() == ".json":
         atomic_write(path, lambda tmp: tmp.write_text(json.dumps(rows, indent=2), encoding="utf-8"))
     else:

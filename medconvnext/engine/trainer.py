@@ -61,6 +61,37 @@ class TrainingCallbacks(Protocol):
     def on_epoch_end(self, record: dict[str, Any]) -> None: ...
 
 
+def run_plan(
+    config: Config, run: RunDir, datalist: Datalist, split: Split, plan: Preprocessing, model: nn.Module,
+    device: torch.device, steps_per_epoch: int, start_epoch: int,
+) -> dict[str, Any]:
+    """What a run is about to do, as plain JSON values (passed to an optional ``on_plan`` callback).
+
+    Keys: ``run_dir``; ``plan`` (spacing mm (x, y, z), input_size voxels, intensity, orientation); ``split``
+    (side -> class -> cases); ``model`` (name, parameters, args); ``device``, ``amp``, ``epochs``,
+    ``batch_size``, ``steps_per_epoch``, ``start_epoch`` (> 1 when resumed); ``config`` (the resolved config).
+    """
+    label_of = {c.case_id: c.label for c in datalist.cases}
+    sides = {"train": split.train, "val": split.val, "test": split.test}
+    counts = {side: {name: sum(label_of.get(i) == name for i in ids) for name in datalist.classes}
+              for side, ids in sides.items() if ids}
+    return {
+        "run_dir": str(run.root),
+        "plan": {"spacing": list(plan.spacing), "input_size": list(plan.input_size), "intensity": plan.intensity,
+                 "orientation": plan.orientation},
+        "split": counts,
+        "model": {"name": config.model.name, "parameters": sum(p.numel() for p in model.parameters()),
+                  "args": dict(getattr(model, "model_args", {}) or {})},
+        "device": str(device),
+        "amp": bool(config.train.amp and device.type == "cuda"),
+        "epochs": config.train.epochs,
+        "batch_size": config.train.batch_size,
+        "steps_per_epoch": steps_per_epoch,
+        "start_epoch": start_epoch,
+        "config": dataclasses.asdict(config),
+    }
+
+
 class SilentCallbacks:
     """Callbacks that do nothing."""
 
@@ -470,6 +501,9 @@ def _fit(
         "memory_format": "channels_last" if model_memory_format(loop.model) == torch.channels_last_3d else "contiguous",
     }
     logger = _TensorBoard(run.root / "tensorboard") if cfg.tensorboard and dist.is_main() else None
+    if hasattr(callbacks, "on_plan"):  # optional hook: what is about to run (the CLI's summary panel, trackers)
+        callbacks.on_plan(run_plan(config, run, datalist, split, plan, unwrap_model(loop.model), device,
+                                   len(train_loader), start_epoch))
     callbacks.on_start(cfg.epochs, len(train_loader))
     last_plot = 0.0
     for epoch in range(start_epoch, cfg.epochs + 1):
@@ -673,11 +707,13 @@ def _save_epoch(
 
 
 def _plot_progress(run: RunDir, history: list[dict[str, Any]]) -> None:
-    """progress.png (loss and validation curves) when matplotlib is installed."""
-    from medconvnext.reports.plots import matplotlib_available, plot_training_curves
+    """progress.png (loss and validation curves); a failure is one warning naming the figure, never silent."""
+    from medconvnext.reports.plots import plot_training_curves
 
-    if matplotlib_available():
+    try:
         plot_training_curves({"run": history}, run.progress_plot)
+    except Exception as exc:  # noqa: BLE001 - a figure must never stop a training
+        warnings.warn(f"figure {run.progress_plot} not drawn: {type(exc).__name__}: {exc}", stacklevel=2)
 
 
 class _TensorBoard:

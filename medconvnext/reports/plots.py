@@ -1,7 +1,7 @@
 """Report figures as PNG files: ROC, precision-recall, confusion matrix, calibration, training curves.
 
-matplotlib is optional (``pip install medconvnext[plots]``): it is imported inside the functions and
-:func:`matplotlib_available` lets callers fall back to a text-only report. Figures are drawn on the
+matplotlib is a dependency, imported inside the functions so that importing this module stays cheap (and
+:func:`matplotlib_available` still tells callers whether a broken install can draw). Figures are drawn on the
 Agg canvas directly (``matplotlib.figure.Figure`` + ``FigureCanvasAgg``) rather than through pyplot,
 so the report never switches the caller's global backend (e.g. inside a notebook) and leaks no
 figures.
@@ -23,6 +23,7 @@ __all__ = [
     "plot_pr",
     "plot_confusion",
     "plot_calibration",
+    "plot_recalibration",
     "plot_training_curves",
 ]
 
@@ -112,24 +113,29 @@ def plot_pr(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str], p
 
 
 def plot_confusion(confusion_matrix: Sequence[Sequence[int]], class_names: Sequence[str], path: str | Path) -> Path:
-    """Confusion matrix as counts (left) and row-normalised, i.e. per-true-class recall (right)."""
+    """Confusion matrix: each cell shows its count and its row percentage (share of the true class); colour =
+    row percentage, so a rare class reads as clearly as a common one. Rows = true class."""
     counts = np.asarray(confusion_matrix, dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        normalised = np.nan_to_num(counts / counts.sum(axis=1, keepdims=True))
-    size = 2.6 + 0.5 * len(class_names)
-    fig, axes = _figure(2 * size + 0.6, size, ncols=2)
-    panels = ((axes[0, 0], counts, "Counts", "{:.0f}"), (axes[0, 1], normalised, "Row-normalised (recall)", "{:.2f}"))
-    for ax, values, title, fmt in panels:
-        ax.imshow(values, cmap="Blues", vmin=0, vmax=max(values.max(), 1e-9))
-        ticks = np.arange(len(class_names))
-        ax.set(xticks=ticks, yticks=ticks, xlabel="Predicted", ylabel="True", title=title)
-        ax.set_xticklabels(class_names, rotation=30, ha="right")
-        ax.set_yticklabels(class_names)
-        threshold = values.max() / 2
-        for i in ticks:
-            for j in ticks:
-                colour = "white" if values[i, j] > threshold else "black"
-                ax.text(j, i, fmt.format(values[i, j]), ha="center", va="center", color=colour, fontsize=9)
+        share = np.nan_to_num(counts / counts.sum(axis=1, keepdims=True))
+    k = len(class_names)
+    size = 3.6 + 0.9 * k
+    fig, axes = _figure(size + 1.2, size)
+    ax = axes[0, 0]
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="Share of the true class")
+    ticks = np.arange(k)
+    ax.set_xticks(ticks, [str(c) for c in class_names], rotation=30 if k > 3 else 0, ha="right" if k > 3 else "center",
+                  fontsize=11)
+    ax.set_yticks(ticks, [str(c) for c in class_names], fontsize=11)
+    ax.set_xlabel("Predicted class", fontsize=12)
+    ax.set_ylabel("True class", fontsize=12)
+    ax.set_title("Confusion matrix (count and row %)", fontsize=12)
+    for i in ticks:
+        for j in ticks:
+            colour = "white" if share[i, j] > 0.5 else "black"
+            ax.text(j, i, f"{counts[i, j]:.0f}\n{100 * share[i, j]:.0f}%", ha="center", va="center", color=colour,
+                    fontsize=13 if k <= 4 else 10, fontweight="bold" if i == j else "normal")
     return _save(fig, path)
 
 
@@ -154,6 +160,29 @@ def plot_calibration(y_true: np.ndarray, probs: np.ndarray, path: str | Path, n_
     return _save(fig, path)
 
 
+def plot_recalibration(y_true: np.ndarray, before: np.ndarray, after: np.ndarray, temperature: float,
+                       path: str | Path, n_bins: int = 15) -> Path:
+    """Two reliability diagrams side by side: raw probabilities and after temperature scaling (with ECE each)."""
+    fig, axes = _figure(11.0, 4.8, ncols=2, sharey=True)
+    panels = ((axes[0, 0], before, "Before (raw)"), (axes[0, 1], after, f"After (T = {temperature:.2f})"))
+    for ax, probs, title in panels:
+        bins = reliability_bins(y_true, probs, n_bins)
+        edges, count = bins["edges"], bins["count"]
+        filled = count > 0
+        width = edges[1] - edges[0]
+        ax.bar(edges[:-1][filled], bins["accuracy"][filled], width=width, align="edge", edgecolor="black",
+               color="#4c72b0", alpha=0.8, label="accuracy in bin")
+        ax.plot(bins["confidence"][filled], bins["accuracy"][filled], "o", color="#dd8452", ms=5,
+                label="mean confidence in bin")
+        ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="perfect calibration")
+        ece = expected_calibration_error(y_true, probs, n_bins)
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="Confidence (max probability)")
+        ax.set_title(f"{title}: ECE {ece:.3f}", fontsize=12)
+    axes[0, 0].set_ylabel("Accuracy")
+    axes[0, 0].legend(loc="upper left", fontsize=9)
+    return _save(fig, path)
+
+
 def _series(records: Sequence[Mapping], key: str) -> tuple[list, list]:
     """(epochs, values) of one key, skipping records where it is missing or null."""
     points = [
@@ -173,7 +202,10 @@ def plot_training_curves(logs: Mapping[str, Sequence[Mapping]], path: str | Path
     """
     if not any(_series(records, key)[0] for records in logs.values() for key in CURVE_KEYS):
         return None
-    fig, axes = _figure(10.0, 4.2, ncols=2)
+    from matplotlib.ticker import MaxNLocator
+
+    # full report width (the HTML shows it at 100%): two panels with readable text, the legend outside the data
+    fig, axes = _figure(14.0, 5.0, ncols=2)
     loss_ax, metric_ax = axes[0, 0], axes[0, 1]
     colours = [f"C{i % 10}" for i in range(len(logs))]
     for colour, (fold, records) in zip(colours, logs.items(), strict=True):
@@ -188,11 +220,18 @@ def plot_training_curves(logs: Mapping[str, Sequence[Mapping]], path: str | Path
             if epochs:
                 label = None if id(ax) in labelled else str(fold)
                 labelled.add(id(ax))
-                ax.plot(epochs, values, ls=style, color=colour, lw=1.4, label=label)
-    loss_ax.set(xlabel="Epoch", ylabel="Loss", title="Loss (train solid, validation dashed)")
-    metric_ax.set(xlabel="Epoch", ylabel="Validation metric", ylim=(0, 1.01),
-                  title="Validation AUC (solid) and accuracy (dotted)")
+                ax.plot(epochs, values, ls=style, color=colour, lw=1.8, marker="o" if len(epochs) <= 30 else None,
+                        ms=3, label=label)
+    loss_ax.set_title("Loss (train solid, validation dashed)", fontsize=13)
+    loss_ax.set_ylabel("Loss", fontsize=12)
+    metric_ax.set_title("Validation AUC (solid) and accuracy (dotted)", fontsize=13)
+    metric_ax.set_ylabel("Validation metric", fontsize=12)
+    metric_ax.set_ylim(0, 1.01)
     for ax in (loss_ax, metric_ax):
+        ax.set_xlabel("Epoch", fontsize=12)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs only
+        ax.tick_params(labelsize=11)
+        ax.grid(alpha=0.3)
         if ax.has_data():
-            ax.legend(fontsize=7, ncols=2 if len(logs) > 5 else 1)
+            ax.legend(fontsize=10, ncols=2 if len(logs) > 5 else 1, loc="best")
     return _save(fig, path)

@@ -7,14 +7,14 @@ offline, can be mailed or attached to a ticket as one file, and references nothi
 
 from __future__ import annotations
 
-import base64
-import html
+import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from medconvnext.engine.metrics import SCALAR_METRICS
 from medconvnext.reports import plots
+from medconvnext.reports.document import Doc, to_html, to_markdown
+from medconvnext.reports.operating import criterion_text, section_rows
 from medconvnext.reports.predictions import TEST_FOLD, Predictions
 from medconvnext.reports.summary import summarize
 from medconvnext.reports.training_log import read_training_log
@@ -30,6 +30,7 @@ REPORT_FILES = {
     "confusion": "confusion.png",
     "calibration": "calibration.png",
     "curves": "curves.png",
+    "recalibration": "calibration_before_after.png",
 }
 
 METRIC_LABELS = {
@@ -66,28 +67,6 @@ HOW_TO_READ = [
 ]
 
 
-@dataclass
-class _Doc:
-    """Report content as blocks, rendered to Markdown and HTML by the functions below."""
-
-    blocks: list[tuple] = field(default_factory=list)
-
-    def heading(self, level: int, text: str) -> None:
-        self.blocks.append(("heading", level, text))
-
-    def paragraph(self, text: str) -> None:
-        self.blocks.append(("paragraph", text))
-
-    def bullets(self, items: Sequence[str]) -> None:
-        self.blocks.append(("bullets", list(items)))
-
-    def table(self, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-        self.blocks.append(("table", list(headers), [list(r) for r in rows]))
-
-    def image(self, path: Path, caption: str) -> None:
-        self.blocks.append(("image", path, caption))
-
-
 def _fmt(value: float | int | None, digits: int = 3) -> str:
     if value is None:
         return "n/a"
@@ -118,7 +97,7 @@ def _metric_label(name: str, metrics: Mapping) -> str:
     return label
 
 
-def _metrics_table(doc: _Doc, metrics: Mapping, across_folds: Mapping | None, level: float) -> None:
+def _metrics_table(doc: Doc, metrics: Mapping, across_folds: Mapping | None, level: float) -> None:
     headers = ["Metric", "Value", f"{level:.0%} CI"] + (["Mean ± std across folds"] if across_folds else [])
     rows = []
     for name in SCALAR_METRICS:
@@ -131,7 +110,7 @@ def _metrics_table(doc: _Doc, metrics: Mapping, across_folds: Mapping | None, le
     doc.table(headers, rows)
 
 
-def _per_fold_table(doc: _Doc, summary: Mapping) -> None:
+def _per_fold_table(doc: Doc, summary: Mapping) -> None:
     headers = ["Fold", "N"] + [METRIC_LABELS[m] for m in FOLD_COLUMNS]
     rows = [[str(m["fold"]), str(m["n"])] + [_fmt(m[c]) for c in FOLD_COLUMNS] for m in summary["per_fold"]]
     across = summary["across_folds"]
@@ -139,7 +118,7 @@ def _per_fold_table(doc: _Doc, summary: Mapping) -> None:
     doc.table(headers, rows)
 
 
-def _per_class_table(doc: _Doc, metrics: Mapping) -> None:
+def _per_class_table(doc: Doc, metrics: Mapping) -> None:
     headers = ["Class", "Support", "Precision", "Recall (sensitivity)", "Specificity", "F1", "AUC (one-vs-rest)"]
     rows = [
         [name, str(c["support"]), _fmt(c["precision"]), _fmt(c["recall"]), _fmt(c["specificity"]), _fmt(c["f1"]),
@@ -149,7 +128,7 @@ def _per_class_table(doc: _Doc, metrics: Mapping) -> None:
     doc.table(headers, rows)
 
 
-def _confusion_table(doc: _Doc, metrics: Mapping) -> None:
+def _confusion_table(doc: Doc, metrics: Mapping) -> None:
     names = metrics["class_names"]
     headers = ["True \\ Predicted"] + list(names) + ["Total"]
     rows = [[name] + [str(v) for v in row] + [str(sum(row))] for name, row in zip(names, metrics["confusion_matrix"],
@@ -157,50 +136,83 @@ def _confusion_table(doc: _Doc, metrics: Mapping) -> None:
     doc.table(headers, rows)
 
 
-def _training_table(doc: _Doc, logs: Mapping[str, Sequence[Mapping]]) -> None:
+def _best_epoch_warning(records: Sequence[Mapping], best_epoch: int | None) -> str:
+    """A warning when the best validation epoch is the first or the last one (needs at least 2 epochs)."""
+    epochs = [r.get("epoch", i + 1) for i, r in enumerate(records)]
+    if best_epoch is None or len(epochs) < 2:
+        return ""
+    if best_epoch == epochs[0]:
+        return "⚠ best epoch is the first: training too short to learn, or diverging (check the LR)"
+    if best_epoch == epochs[-1]:
+        return "⚠ best epoch is the last: still improving, more epochs may help"
+    return ""
+
+
+def _training_table(doc: Doc, logs: Mapping[str, Sequence[Mapping]]) -> None:
     rows = []
+    warned = []
     for fold, records in logs.items():
         aucs = [(r.get("val_auc"), r.get("epoch", i)) for i, r in enumerate(records)]
         aucs = [a for a in aucs if isinstance(a[0], (int, float))]
         best = max(aucs, key=lambda a: a[0]) if aucs else None
         last = records[-1] if records else {}
+        warning = _best_epoch_warning(records, best[1] if best else None)
+        if warning:
+            warned.append(fold)
         rows.append([
             fold,
             str(len(records)),
             f"{best[0]:.3f} (epoch {best[1]})" if best else "n/a",
             _fmt(last.get("train_loss") if isinstance(last.get("train_loss"), (int, float)) else None),
             _fmt(last.get("val_loss") if isinstance(last.get("val_loss"), (int, float)) else None),
+            warning,
         ])
-    doc.table(["Fold", "Epochs", "Best val AUC", "Last train loss", "Last val loss"], rows)
+    doc.table(["Fold", "Epochs", "Best val AUC", "Last train loss", "Last val loss", "Warning"], rows)
+    if warned:
+        doc.paragraph(f"Warning: in {len(warned)} of {len(logs)} training run(s) ({', '.join(warned)}) the best "
+                      "validation epoch is the first or the last one; the model chosen may not be a trained optimum.")
 
 
-def _draw_figures(run_dir: Path, pooled: Predictions, metrics: Mapping, logs: Mapping) -> dict[str, Path]:
-    """Draw every applicable figure; returns name -> path."""
+def _draw_figures(run_dir: Path, pooled: Predictions, metrics: Mapping, logs: Mapping,
+                  calibration: Mapping | None) -> dict[str, Path]:
+    """Draw every applicable figure; returns name -> path. A figure that fails is one warning naming it."""
+    from medconvnext.engine.calibration import apply_temperature
+
     y, p, names = pooled.y_true, pooled.probs, pooled.class_names
-    written = {
-        "roc": plots.plot_roc(y, p, names, run_dir / REPORT_FILES["roc"]),
-        "pr": plots.plot_pr(y, p, names, run_dir / REPORT_FILES["pr"]),
-        "confusion": plots.plot_confusion(metrics["confusion_matrix"], names, run_dir / REPORT_FILES["confusion"]),
-        "calibration": plots.plot_calibration(y, p, run_dir / REPORT_FILES["calibration"]),
+    jobs = {
+        "roc": lambda path: plots.plot_roc(y, p, names, path),
+        "pr": lambda path: plots.plot_pr(y, p, names, path),
+        "confusion": lambda path: plots.plot_confusion(metrics["confusion_matrix"], names, path),
+        "calibration": lambda path: plots.plot_calibration(y, p, path),
     }
+    if calibration is not None:
+        after = apply_temperature(p, calibration["temperature"])
+        jobs["recalibration"] = lambda path: plots.plot_recalibration(y, p, after, calibration["temperature"], path)
     if logs:
-        curves = plots.plot_training_curves(logs, run_dir / REPORT_FILES["curves"])
-        if curves is not None:
-            written["curves"] = curves
+        jobs["curves"] = lambda path: plots.plot_training_curves(logs, path)
+    written = {}
+    for name, draw in jobs.items():
+        path = run_dir / REPORT_FILES[name]
+        try:
+            if draw(path) is not None:
+                written[name] = path
+        except Exception as exc:  # noqa: BLE001 - a figure never stops the report, but is never skipped silently
+            warnings.warn(f"report figure {path.name} not drawn: {type(exc).__name__}: {exc}", stacklevel=2)
     return written
 
 
 FIGURE_CAPTIONS = {
     "roc": "ROC curve(s); the dotted diagonal is chance.",
     "pr": "Precision-recall curve(s); dotted lines mark each class's prevalence (chance level).",
-    "confusion": "Confusion matrix: counts and row-normalised (each row sums to 1: per-class recall).",
+    "confusion": "Confusion matrix: each cell gives its count and its share of the true class (row %: recall).",
     "calibration": "Reliability diagram: accuracy per confidence bin against the diagonal of perfect calibration.",
-    "curves": "Training curves per fold.",
+    "curves": "Training curves per fold: loss (left) and validation metrics (right), per whole epoch.",
+    "recalibration": "Reliability before (left) and after (right) temperature scaling, same 15 bins as the ECE.",
 }
 
 
-def _build(title: str, summary: Mapping, figures: Mapping[str, Path], logs: Mapping, note: str) -> _Doc:
-    doc = _Doc()
+def _build(title: str, summary: Mapping, figures: Mapping[str, Path], logs: Mapping, note: str) -> Doc:
+    doc = Doc()
     pooled = summary["pooled"]
     oof = summary["scope"] == "out_of_fold"
     level = summary["ci_level"]
@@ -224,6 +236,8 @@ def _build(title: str, summary: Mapping, figures: Mapping[str, Path], logs: Mapp
     _per_class_table(doc, pooled)
     doc.heading(2, "Confusion matrix (pooled; rows = true class)")
     _confusion_table(doc, pooled)
+    if summary.get("calibration"):
+        _calibration_sections(doc, summary["calibration"], figures)
     if summary.get("test"):
         test = summary["test"]
         doc.heading(2, f"Test set (fold {TEST_FOLD}, {test['n']} cases)")
@@ -238,82 +252,29 @@ def _build(title: str, summary: Mapping, figures: Mapping[str, Path], logs: Mapp
         doc.heading(2, "Training")
         _training_table(doc, logs)
         if "curves" in figures:
-            doc.image(figures["curves"], FIGURE_CAPTIONS["curves"])
+            doc.image(figures["curves"], FIGURE_CAPTIONS["curves"], wide=True)
     doc.heading(2, "How to read this report")
     doc.bullets(HOW_TO_READ)
     return doc
 
 
-def _md_cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def to_markdown(doc: _Doc) -> str:
-    """Markdown text of a document; images are relative links (PNG next to report.md)."""
-    out: list[str] = []
-    for block in doc.blocks:
-        kind = block[0]
-        if kind == "heading":
-            out.append("#" * block[1] + " " + block[2])
-        elif kind == "paragraph":
-            out.append(block[1])
-        elif kind == "bullets":
-            out.append("\n".join(f"- {item}" for item in block[1]))
-        elif kind == "table":
-            headers, rows = block[1], block[2]
-            lines = ["| " + " | ".join(_md_cell(h) for h in headers) + " |", "|" + "---|" * len(headers)]
-            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
-            out.append("\n".join(lines))
-        elif kind == "image":
-            out.append(f"![{block[2]}]({block[1].name})\n\n*{block[2]}*")
-    return "\n\n".join(out) + "\n"
-
-
-CSS = """
-body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: 1100px; margin: 2em auto;
-       padding: 0 1em; color: #222; line-height: 1.45; }
-h1 { border-bottom: 2px solid #4c72b0; padding-bottom: .2em; }
-h2 { margin-top: 1.8em; border-bottom: 1px solid #ddd; }
-table { border-collapse: collapse; margin: .8em 0; font-size: .92em; }
-th, td { border: 1px solid #ccc; padding: .3em .6em; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
-th { background: #f0f3f8; }
-tr:nth-child(even) td { background: #fafafa; }
-figure { display: inline-block; margin: .5em 1em .5em 0; vertical-align: top; }
-figure img { max-width: 520px; border: 1px solid #eee; }
-figcaption { font-size: .85em; color: #555; max-width: 520px; }
-"""
-
-
-def _html_image(path: Path, caption: str) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    alt = html.escape(caption)
-    return f'<figure><img src="data:image/png;base64,{data}" alt="{alt}"><figcaption>{alt}</figcaption></figure>'
-
-
-def to_html(doc: _Doc, title: str) -> str:
-    """A self-contained HTML page of a document (inline CSS, images as base64 data URIs)."""
-    body: list[str] = []
-    for block in doc.blocks:
-        kind = block[0]
-        if kind == "heading":
-            body.append(f"<h{block[1]}>{html.escape(block[2])}</h{block[1]}>")
-        elif kind == "paragraph":
-            body.append(f"<p>{html.escape(block[1])}</p>")
-        elif kind == "bullets":
-            body.append("<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in block[1]) + "</ul>")
-        elif kind == "table":
-            head = "".join(f"<th>{html.escape(str(h))}</th>" for h in block[1])
-            rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in block[2])
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
-        elif kind == "image":
-            body.append(_html_image(block[1], block[2]))
-    return (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>{html.escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
-        + "\n".join(body)
-        + "\n</body>\n</html>\n"
-    )
+def _calibration_sections(doc: Doc, cal: Mapping, figures: Mapping[str, Path]) -> None:
+    """Operating point (binary) and post-hoc calibration, from the summary's ``calibration``."""
+    op_rows, cal_rows = section_rows(cal)
+    if op_rows:
+        op = cal["operating_point"]
+        doc.heading(2, "Operating point")
+        doc.paragraph(f"A case is called {op['positive_class']} when its calibrated probability is at least the "
+                      f"threshold, chosen by {criterion_text(op['criterion'])} on the {cal['fitted_on']}; "
+                      f"{cal['source']}. `medconvnext predict --threshold auto` uses this threshold.")
+        doc.table(["", "Value", "95% CI"], op_rows)
+    doc.heading(2, "Calibration (temperature scaling)")
+    doc.paragraph(f"One temperature T divides the logits (Guo et al. 2017), fitted by minimising the negative "
+                  f"log-likelihood on the {cal['fitted_on']}; it never changes the predicted class. "
+                  f"Here: {cal['source']}. `medconvnext predict` applies it (--no-calibrate: raw probabilities).")
+    doc.table(["", "Before", "After"], cal_rows)
+    if "recalibration" in figures:
+        doc.image(figures["recalibration"], FIGURE_CAPTIONS["recalibration"], wide=True)
 
 
 def _pooled_predictions(predictions: Predictions, summary: Mapping) -> Predictions:
@@ -344,9 +305,9 @@ def write_report(
         notes: paragraphs shown under the opening paragraph (e.g. how the test set was predicted).
 
     Returns:
-        Written files by kind: ``markdown``, ``html`` and, when matplotlib is installed, ``roc``,
-        ``pr``, ``confusion``, ``calibration`` and (with usable logs) ``curves``. Without matplotlib the
-        report is text-only and says so.
+        Written files by kind: ``markdown``, ``html``, ``roc``, ``pr``, ``confusion``, ``calibration``,
+        (with a fitted calibration) ``recalibration`` and (with usable logs) ``curves``. A figure that cannot be
+        drawn is left out with one warning naming it.
 
     Raises:
         UserError: a training log cannot be read.
@@ -356,11 +317,8 @@ def write_report(
     summary = summary if summary is not None else summarize(predictions)
     logs = {str(fold): read_training_log(path) for fold, path in (training_logs or {}).items()}
     note = " ".join(notes)
-    figures: dict[str, Path] = {}
-    if plots.matplotlib_available():
-        figures = _draw_figures(run_dir, _pooled_predictions(predictions, summary), summary["pooled"], logs)
-    else:
-        note = " ".join([*notes, "Figures skipped: matplotlib is not installed (pip install 'medconvnext[plots]')."])
+    figures = _draw_figures(run_dir, _pooled_predictions(predictions, summary), summary["pooled"], logs,
+                            summary.get("calibration"))
     doc = _build(title, summary, figures, logs, note)
     md_path = run_dir / REPORT_FILES["markdown"]
     html_path = run_dir / REPORT_FILES["html"]

@@ -60,13 +60,23 @@ def _labelled_test_rows(path: Path) -> tuple[Predictions | None, int]:
     return (predictions_from_rows(labelled, str(path)) if labelled else None), len(rows) - len(labelled)
 
 
-def report_run(run_dir: str | Path, n_boot: int = 1000, seed: int = 0) -> RunReport:
-    """(Re)write the summary JSON and ``report.md``/``report.html`` (+ figures) of a run directory."""
+def report_run(run_dir: str | Path, n_boot: int = 1000, seed: int = 0,
+               target_sensitivity: float | None = None) -> RunReport:
+    """(Re)write the summary JSON and ``report.md``/``report.html`` (+ figures) of a run directory.
+
+    A cross-validation (its out-of-fold predictions) or a train run (its validation predictions) also gets its
+    post-hoc calibration fitted and written to ``calibration.json``: the temperature and, for two classes, the
+    threshold for ``target_sensitivity`` (None: Youden's J). An ``evaluate`` folder shows what the evaluated
+    run's stored calibration and threshold give on its cases.
+    """
     run = RunDir(Path(run_dir))
     if not run.root.is_dir():
         raise UserError(f"{run.root}: no such run directory")
+    if target_sensitivity is not None and not 0.0 <= target_sensitivity <= 1.0:
+        raise UserError(f"--target-sensitivity must be in [0, 1], got {target_sensitivity}")
+    fit = {"target_sensitivity": target_sensitivity}
     if run.is_cv():
-        return _cv_report(run, n_boot, seed)
+        return _cv_report(run, n_boot, seed, fit)
     if run.predictions.is_file():
         meta = {}
         if run.evaluation.is_file():
@@ -78,7 +88,9 @@ def report_run(run_dir: str | Path, n_boot: int = 1000, seed: int = 0) -> RunRep
         names = " + ".join(Path(r).name for r in evaluated)
         title = f"Evaluation: {names} on {meta.get('split', 'the given')} cases"
         notes = [meta["note"]] if meta.get("note") else []
-        return _write(run, "evaluate", predictions, run.evaluation_summary, title, {}, notes, n_boot, seed)
+        stored = RunDir(Path(evaluated[0])).calibration if len(evaluated) == 1 else None
+        fit = {"stored": stored} if stored is not None and stored.is_file() else {}
+        return _write(run, "evaluate", predictions, run.evaluation_summary, title, {}, notes, n_boot, seed, fit)
     if run.val_predictions.is_file():
         predictions = read_predictions(run.val_predictions)
         predictions.folds[:] = TEST_FOLD
@@ -87,12 +99,12 @@ def report_run(run_dir: str | Path, n_boot: int = 1000, seed: int = 0) -> RunRep
                  "that epoch, so these numbers are somewhat optimistic; use `medconvnext cv` or `evaluate` on "
                  "held-out test cases for an unbiased estimate."]
         return _write(run, "train", predictions, run.evaluation_summary, f"Validation report: {run.root.name}", logs,
-                      notes, n_boot, seed)
+                      notes, n_boot, seed, {**fit, "fitted_on": "validation predictions of the best epoch"})
     raise UserError(f"{run.root}: nothing to report (expected a cross-validation with cv.json, a train run with "
                     f"{run.val_predictions.name}, or an evaluate folder with {run.predictions.name})")
 
 
-def _cv_report(run: RunDir, n_boot: int, seed: int) -> RunReport:
+def _cv_report(run: RunDir, n_boot: int, seed: int, fit: dict) -> RunReport:
     params = json.loads(run.cv_params.read_text(encoding="utf-8"))
     if not run.oof_predictions.is_file():
         raise UserError(f"{run.oof_predictions}: missing; the cross-validation has not finished (rerun the cv "
@@ -121,12 +133,38 @@ def _cv_report(run: RunDir, n_boot: int, seed: int) -> RunReport:
             if fold.metrics.is_file()}
     title = f"Cross-validation report: {run.root.name} ({folds} folds" + (f" x {repeats} repeats)" if repeats > 1
                                                                            else ")")
-    return _write(run, "cv", predictions, run.summary, title, logs, notes, n_boot, seed)
+    return _write(run, "cv", predictions, run.summary, title, logs, notes, n_boot, seed,
+                  {**fit, "fitted_on": "out-of-fold predictions"})
+
+
+def _calibration(run: RunDir, predictions: Predictions, fit: dict, n_boot: int, seed: int) -> dict | None:
+    """Fit (cv / train run) or load (evaluate) the calibration, and what it gives on the pooled predictions."""
+    from medconvnext.engine.calibration import load_calibration, save_calibration
+    from medconvnext.reports.operating import calibration_summary, fit_run_calibration
+
+    pooled = predictions.subset(predictions.folds != TEST_FOLD) if (predictions.folds != TEST_FOLD).any() \
+        else predictions
+    if "stored" in fit:
+        calibration = load_calibration(fit["stored"])
+        if calibration.class_names != pooled.class_names:
+            return None
+        source = f"the evaluated run's calibration (fitted on its {calibration.fitted_on}), applied to these cases"
+    elif "fitted_on" in fit:
+        calibration = fit_run_calibration(pooled, fit["fitted_on"], fit.get("target_sensitivity"))
+        if calibration is None:
+            return None
+        save_calibration(run.calibration, calibration)
+        source = ("fitted on these same predictions: T and the threshold are chosen in-sample, so these numbers are "
+                  "optimistic; `evaluate` on held-out test cases gives unbiased ones")
+    else:
+        return None
+    return calibration_summary(pooled, calibration, source, n_boot, seed)
 
 
 def _write(run: RunDir, kind: str, predictions: Predictions, summary_path: Path, title: str, logs: dict,
-           notes: list[str], n_boot: int, seed: int) -> RunReport:
+           notes: list[str], n_boot: int, seed: int, fit: dict | None = None) -> RunReport:
     summary = summarize(predictions, n_boot=n_boot, seed=seed)
+    summary["calibration"] = _calibration(run, predictions, fit or {}, n_boot, seed)
     save_summary(summary_path, summary)
     files = write_report(run.root, predictions, summary, title=title, training_logs=logs, notes=notes)
     return RunReport(kind, predictions, summary, summary_path, files)

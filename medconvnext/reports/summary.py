@@ -18,7 +18,7 @@ from medconvnext.reports.predictions import TEST_FOLD, Predictions
 __all__ = ["CI_METRICS", "summarize", "save_summary"]
 
 # Metrics that get a bootstrap CI on the pooled predictions (each costs n_boot recomputations).
-CI_METRICS: tuple[str, ...] = ("auc", "accuracy", "balanced_accuracy")
+CI_METRICS: tuple[str, ...] = ("auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "mcc")
 CI_LEVEL = 0.95
 
 

@@ -1,0 +1,107 @@
+"""Rich rendering of a training run: the plan panel before the first epoch, then a progress bar with an ETA."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from medconvnext.cli._common import console
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _params(count: int) -> str:
+    return f"{count / 1e6:.2f} M" if count >= 1e5 else f"{count / 1e3:.1f} k"
+
+
+def plan_panel(plan: dict[str, Any]) -> Any:
+    """A short rich panel of :func:`medconvnext.engine.trainer.run_plan`: preprocessing, split, model, device."""
+    from rich.panel import Panel
+    from rich.table import Table
+
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    p = plan["plan"]
+    spacing = " x ".join(f"{s:.3g}" for s in p["spacing"])
+    size = " x ".join(str(s) for s in p["input_size"])
+    grid.add_row("plan", f"spacing {spacing} mm, input {size} voxels, intensity {p['intensity']}, {p['orientation']}")
+    for side, counts in plan["split"].items():
+        detail = ", ".join(f"{name} {n}" for name, n in counts.items())
+        grid.add_row(side, f"{sum(counts.values())} cases ({detail})")
+    model = plan["model"]
+    grid.add_row("model", f"{model['name']}, {_params(model['parameters'])} parameters")
+    amp = ", mixed precision" if plan["amp"] else ""
+    grid.add_row("device", f"{plan['device']}{amp}")
+    resumed = f", resuming at epoch {plan['start_epoch']}" if plan["start_epoch"] > 1 else ""
+    grid.add_row("schedule", f"{plan['epochs']} epochs x {plan['steps_per_epoch']} steps, batch "
+                 f"{plan['batch_size']}{resumed}")
+    return Panel(grid, title=f"[bold]{plan['run_dir']}[/bold]", title_align="left", expand=False)
+
+
+class TrainingProgress:
+    """Plan panel, then a rich progress bar (loss, validation AUC, best epoch, elapsed and remaining time).
+
+    Implements the trainer's callbacks (``on_plan`` included). Under torchrun only rank 0 shows it (RANK is read
+    here, before the process group exists).
+    """
+
+    def __enter__(self) -> TrainingProgress:
+        self._task = None
+        if os.environ.get("RANK", "0") != "0":
+            self._progress = None
+            return self
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("[bold]epoch {task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}  val AUC {task.fields[auc]}  best {task.fields[best]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+    def on_plan(self, plan: dict[str, Any]) -> None:
+        if self._progress is not None:
+            self._progress.console.print(plan_panel(plan))
+
+    def on_start(self, total_epochs: int, steps_per_epoch: int) -> None:
+        if self._progress is None:
+            return
+        self._steps = steps_per_epoch
+        self._task = self._progress.add_task(
+            "train", total=total_epochs * steps_per_epoch, epoch=f"1/{total_epochs}", loss="-", auc="-", best="-"
+        )
+        self._total_epochs = total_epochs
+
+    def on_step(self, epoch: int, step: int, loss: float) -> None:
+        if self._progress is None:
+            return
+        self._progress.update(
+            self._task, completed=(epoch - 1) * self._steps + step, epoch=f"{epoch}/{self._total_epochs}",
+            loss=f"{loss:.4f}",
+        )
+
+    def on_epoch_end(self, record: dict[str, Any]) -> None:
+        if self._progress is None:
+            return
+        self._progress.update(self._task, auc=_fmt(record["val_auc"]), best=f"epoch {record['best_epoch']}")

@@ -1,0 +1,181 @@
+"""Post-hoc calibration (temperature scaling) and the operating point (decision threshold) of a classifier.
+
+Both are fitted on held-out predictions (the out-of-fold predictions of a cross-validation, or a train run's
+validation predictions), stored with the run as ``calibration.json`` and applied by ``predict``.
+
+- Temperature scaling (Guo et al., "On Calibration of Modern Neural Networks", ICML 2017): one scalar T > 0
+  divides the logits, ``softmax(z / T)``, chosen to minimise the negative log-likelihood of the held-out labels.
+  It never changes the argmax. The run stores probabilities, so the logits are taken as ``log p``; softmax is
+  invariant to adding a constant to a row's logits, so ``softmax(log p / T)`` is exactly temperature scaling.
+  Fitted as in the paper's reference code: LBFGS on the NLL, here over ``log T`` so T stays positive.
+- Operating point (binary problems): the threshold on the positive-class probability above which (>=) a case
+  is called positive, chosen for a target sensitivity (the highest threshold that reaches it, i.e. the best
+  specificity at that sensitivity) or, by default, for Youden's J = sensitivity + specificity - 1 (ties: the
+  highest threshold).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medconvnext.errors import UserError
+
+__all__ = [
+    "Calibration",
+    "OperatingPoint",
+    "apply_temperature",
+    "choose_threshold",
+    "fit_temperature",
+    "load_calibration",
+    "save_calibration",
+    "sensitivity_specificity",
+]
+
+EPS = 1e-12
+
+
+def _log_probs(probs: np.ndarray) -> np.ndarray:
+    return np.log(np.clip(np.asarray(probs, dtype=np.float64), EPS, 1.0))
+
+
+def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """(N, K) probabilities -> ``softmax(log(probs) / temperature)``, (N, K) float64; T = 1 returns the input."""
+    z = _log_probs(probs) / float(temperature)
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def nll(probs: np.ndarray, y_true: np.ndarray, temperature: float = 1.0) -> float:
+    """Mean negative log-likelihood (nats) of ``y_true`` under the temperature-scaled probabilities."""
+    p = apply_temperature(probs, temperature)
+    return float(-np.mean(np.log(np.clip(p[np.arange(len(y_true)), np.asarray(y_true)], EPS, 1.0))))
+
+
+def fit_temperature(probs: np.ndarray, y_true: np.ndarray, max_iter: int = 100) -> float:
+    """The temperature T minimising the NLL of ``y_true`` under ``softmax(log(probs) / T)``.
+
+    Args:
+        probs: (N, K) held-out probabilities (rows sum to 1).
+        y_true: (N,) class indices.
+
+    Returns:
+        T > 0 (T > 1 softens over-confident predictions, T < 1 sharpens under-confident ones).
+
+    Raises:
+        ValueError: fewer than 2 cases, or a single class present (nothing to calibrate against).
+    """
+    import torch
+
+    y = np.asarray(y_true, dtype=np.int64)
+    if y.size < 2 or np.unique(y).size < 2:
+        raise ValueError("temperature scaling needs at least 2 cases of at least 2 classes")
+    logits = torch.as_tensor(_log_probs(probs))
+    labels = torch.as_tensor(y)
+    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=max_iter, line_search_fn="strong_wolfe")
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = loss_fn(logits / log_t.exp(), labels)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    # bounded: separable data drive T towards 0 (the NLL keeps falling); 0.05-20 covers any sensible model
+    return float(np.clip(log_t.exp().item(), 0.05, 20.0))
+
+
+def sensitivity_specificity(is_positive: np.ndarray, score: np.ndarray, threshold: float) -> tuple[float, float]:
+    """(sensitivity, specificity) when ``score >= threshold`` is called positive; NaN where a class is absent."""
+    pos = np.asarray(is_positive, dtype=bool)
+    called = np.asarray(score) >= threshold
+    sens = float(called[pos].mean()) if pos.any() else float("nan")
+    spec = float((~called[~pos]).mean()) if (~pos).any() else float("nan")
+    return sens, spec
+
+
+@dataclass
+class OperatingPoint:
+    """A decision threshold on the positive-class probability and what it gives on the data it was chosen on."""
+
+    threshold: float
+    criterion: str  # "youden" or "sensitivity>=0.90"
+    sensitivity: float
+    specificity: float
+
+
+def choose_threshold(is_positive: np.ndarray, score: np.ndarray, target_sensitivity: float | None = None
+                     ) -> OperatingPoint:
+    """Threshold (call positive when ``score >= threshold``) among the observed scores.
+
+    Args:
+        is_positive: (N,) bool, the true positive cases.
+        score: (N,) positive-class probability.
+        target_sensitivity: None -> maximise Youden's J (ties: the highest threshold); a value in [0, 1] -> the
+            highest threshold whose sensitivity is >= the target (so the best specificity at that sensitivity).
+
+    Raises:
+        ValueError: only one class present, or a target outside [0, 1].
+    """
+    pos = np.asarray(is_positive, dtype=bool)
+    s = np.asarray(score, dtype=np.float64)
+    if pos.all() or not pos.any():
+        raise ValueError("an operating point needs positive and negative cases")
+    candidates = np.unique(s)[::-1]  # highest first: the first maximum is the highest threshold
+    sens = np.array([(s[pos] >= t).mean() for t in candidates])
+    spec = np.array([(s[~pos] < t).mean() for t in candidates])
+    if target_sensitivity is None:
+        i = int(np.argmax(sens + spec - 1.0))
+        criterion = "youden"
+    else:
+        if not 0.0 <= target_sensitivity <= 1.0:
+            raise ValueError(f"target sensitivity must be in [0, 1], got {target_sensitivity}")
+        i = int(np.argmax(sens >= target_sensitivity - 1e-12))  # sensitivity grows as the threshold falls
+        criterion = f"sensitivity>={target_sensitivity:g}"
+    return OperatingPoint(float(candidates[i]), criterion, float(sens[i]), float(spec[i]))
+
+
+@dataclass
+class Calibration:
+    """What ``calibration.json`` holds: the temperature and (binary) the operating point, and where they came from."""
+
+    temperature: float
+    class_names: list[str]
+    fitted_on: str  # e.g. "out-of-fold predictions (60 cases)"
+    positive_class: str | None = None
+    threshold: float | None = None  # on the temperature-scaled positive-class probability
+    criterion: str | None = None
+    sensitivity: float | None = None
+    specificity: float | None = None
+
+    def calibrate(self, probs: np.ndarray) -> np.ndarray:
+        return apply_temperature(probs, self.temperature)
+
+
+def save_calibration(path: str | Path, calibration: Calibration) -> Path:
+    path = Path(path)
+    path.write_text(json.dumps(asdict(calibration), indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def load_calibration(path: str | Path) -> Calibration:
+    """Read ``calibration.json``.
+
+    Raises:
+        UserError: the file is missing or not a calibration.
+    """
+    path = Path(path)
+    try:
+        values: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        return Calibration(**values)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no calibration (run `medconvnext report` on the run to fit one)") from None
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"{path}: not a medconvnext calibration file ({exc})") from None

@@ -1,0 +1,108 @@
+"""Temperature scaling and the operating point against hand computations on fixed small tables."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from medconvnext.engine.calibration import (
+    Calibration,
+    apply_temperature,
+    choose_threshold,
+    fit_temperature,
+    load_calibration,
+    nll,
+    save_calibration,
+    sensitivity_specificity,
+)
+from medconvnext.errors import UserError
+from medconvnext.reports.operating import calibration_summary, fit_run_calibration
+from medconvnext.reports.predictions import Predictions
+
+# positives score 0.9 0.8 0.6 0.4, negatives 0.7 0.5 0.3 0.2 0.1 (call positive when score >= threshold)
+SCORES = np.array([0.9, 0.8, 0.6, 0.4, 0.7, 0.5, 0.3, 0.2, 0.1])
+POSITIVE = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0], dtype=bool)
+
+
+def test_youden_threshold_by_hand():
+    # threshold: sens, spec, J = 0.9: .25 1 .25 | 0.8: .5 1 .5 | 0.7: .5 .8 .3 | 0.6: .75 .8 .55 | 0.5: .75 .6 .35
+    #            0.4: 1 .6 .6 (max) | 0.3: 1 .4 .4 | ...
+    point = choose_threshold(POSITIVE, SCORES)
+    assert point.criterion == "youden"
+    assert point.threshold == pytest.approx(0.4)
+    assert (point.sensitivity, point.specificity) == pytest.approx((1.0, 0.6))
+
+
+@pytest.mark.parametrize("target, threshold, sens, spec", [
+    (0.7, 0.6, 0.75, 0.8),   # highest threshold with sensitivity >= 0.7
+    (0.5, 0.8, 0.5, 1.0),
+    (1.0, 0.4, 1.0, 0.6),
+    (0.0, 0.9, 0.25, 1.0),
+])
+def test_target_sensitivity_threshold_by_hand(target, threshold, sens, spec):
+    point = choose_threshold(POSITIVE, SCORES, target)
+    assert point.threshold == pytest.approx(threshold)
+    assert (point.sensitivity, point.specificity) == pytest.approx((sens, spec))
+    assert sensitivity_specificity(POSITIVE, SCORES, point.threshold) == pytest.approx((sens, spec))
+
+
+def test_operating_point_needs_both_classes():
+    with pytest.raises(ValueError, match="positive and negative"):
+        choose_threshold(np.ones(3, dtype=bool), np.array([0.1, 0.2, 0.3]))
+
+
+def test_apply_temperature_by_hand():
+    # softmax(log p / 2) = sqrt(p) / sum(sqrt(p)): [0.2, 0.8] -> [sqrt(.2), sqrt(.8)] / (3 sqrt(.2)) = [1/3, 2/3]
+    out = apply_temperature(np.array([[0.2, 0.8]]), 2.0)
+    assert out == pytest.approx(np.array([[1 / 3, 2 / 3]]))
+    assert apply_temperature(np.array([[0.2, 0.8]]), 1.0) == pytest.approx(np.array([[0.2, 0.8]]))
+
+
+def test_fitted_temperature_matches_the_closed_form():
+    # every case has logit margin m = 2 for class 1 (p1 = sigmoid(2)); 3 of 4 are class 1. The NLL
+    # a log(1 + e^{-m/T}) + (1 - a) log(1 + e^{m/T}) is minimal where sigmoid(m/T) = a: T = m / logit(a) = 2 / ln 3
+    p1 = 1 / (1 + math.exp(-2))
+    probs = np.array([[1 - p1, p1]] * 4)
+    y = np.array([1, 1, 1, 0])
+    t = fit_temperature(probs, y)
+    assert t == pytest.approx(2 / math.log(3), rel=1e-4)
+    assert apply_temperature(probs, t)[:, 1] == pytest.approx(np.full(4, 0.75), rel=1e-4)
+
+
+def test_fitted_temperature_minimises_the_nll_on_a_grid():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, (40, 3))
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    y = np.where(rng.random(40) < 0.6, probs.argmax(axis=1), rng.integers(0, 3, 40))  # over-confident
+    t = fit_temperature(probs, y)
+    grid = np.linspace(0.2, 10, 4901)
+    best = grid[np.argmin([nll(probs, y, g) for g in grid])]
+    assert t == pytest.approx(best, abs=0.005)
+    assert t > 1  # over-confident predictions are softened
+    assert nll(probs, y, t) <= nll(probs, y, 1.0)
+    assert (apply_temperature(probs, t).argmax(axis=1) == probs.argmax(axis=1)).all()  # argmax unchanged
+
+
+def test_run_calibration_and_its_summary(tmp_path):
+    p1 = 1 / (1 + math.exp(-2))
+    probs = np.array([[1 - p1, p1]] * 4 + [[p1, 1 - p1]] * 4)
+    y = np.array([1, 1, 1, 0, 0, 0, 0, 1])
+    preds = Predictions([f"c{i}" for i in range(8)], y, probs, np.zeros(8, dtype=np.int64), ["neg", "pos"])
+    calibration = fit_run_calibration(preds, "out-of-fold predictions")
+    assert calibration.temperature == pytest.approx(2 / math.log(3), rel=1e-4)  # the same margin, 6 of 8 right
+    assert calibration.positive_class == "pos" and calibration.criterion == "youden"
+    assert calibration.threshold == pytest.approx(0.75, rel=1e-4)  # the upper of the two calibrated scores
+    assert (calibration.sensitivity, calibration.specificity) == pytest.approx((0.75, 0.75))
+    summary = calibration_summary(preds, calibration, "test", n_boot=200, seed=0)
+    op = summary["operating_point"]
+    assert (op["tp"], op["fn"], op["tn"], op["fp"]) == (3, 1, 3, 1)
+    low, high = op["ci"]["sensitivity"]
+    assert 0 <= low <= 0.75 <= high <= 1
+    assert summary["ece_after"] < summary["ece_before"]
+    path = save_calibration(tmp_path / "calibration.json", calibration)
+    assert load_calibration(path) == calibration
+    with pytest.raises(UserError, match="no calibration"):
+        load_calibration(tmp_path / "missing.json")
+    assert isinstance(calibration, Calibration)
