@@ -11,11 +11,27 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from medconvnext.errors import UserError
+
+
+# The choices of every mode field, checked when the config is built (before anything is written); the modules that
+# act on them keep the same tuples (tests/test_config.py checks that they agree).
+Cache = Literal["none", "memory", "disk"]
+Augment = Literal["none", "flips", "light", "medium", "heavy"]
+AugmentOn = Literal["loader", "device"]
+Leakage = Literal["warn", "error", "off"]
+Modality = Literal["ct", "mri", "mask", "generic"]
+Intensity = Literal["auto", "zscore", "nonzero_zscore", "clip_zscore", "minmax", "none"]
+Balance = Literal["none", "weights", "sampler"]
+Select = Literal["val_auc", "last"]
+Patches = Literal["none", "random", "foreground"]
+InferenceMode = Literal["whole", "sliding", "auto"]
+Aggregation = Literal["mean", "max", "logit_mean"]
+Init2dMode = Literal["center", "mean"]
 
 
 @dataclass
@@ -25,7 +41,7 @@ class ModelConfig:
     name: str = "convnext_atto"
     args: dict[str, Any] = field(default_factory=dict)
     init_2d: str | None = None  # a 2D ConvNeXt state dict (.pth/.safetensors) inflated into the 3D model
-    init_2d_mode: str = "center"  # center | mean (see medconvnext.models.inflate)
+    init_2d_mode: Init2dMode = "center"  # center | mean (see medconvnext.models.inflate)
     init: str | None = None  # 3D weights: a pretrain/train run folder or a .safetensors checkpoint (not the head)
 
 
@@ -35,15 +51,15 @@ class DataConfig:
 
     path: str | None = None
     val_fraction: float = 0.2
-    cache: str = "memory"  # none | memory | disk
+    cache: Cache = "memory"  # none | memory | disk
     cache_dir: str | None = None  # disk cache folder; None -> $MEDCONVNEXT_CACHE_DIR or ~/.cache/medconvnext
     # loader worker processes; None: automatic (0 on CPU; on CUDA this process's share of the CPUs less one,
     # at most 8; engine.feeding.auto_num_workers)
     num_workers: int | None = None
-    augment: str = "light"  # none | flips | light | medium | heavy
-    augment_on: str = "loader"  # loader | device: run the random augmentation in the loader or on the training device
+    augment: Augment = "light"  # none | flips | light | medium | heavy
+    augment_on: AugmentOn = "loader"  # loader | device: run the random augmentation in the loader or on the training device
     skip_bad: bool = False  # leave out cases whose images fail validation (data.validate.validate_datalist)
-    leakage: str = "warn"  # warn | error | off: a subject or an identical image on both sides (data.leakage)
+    leakage: Leakage = "warn"  # warn | error | off: a subject or an identical image on both sides (data.leakage)
 
 
 @dataclass
@@ -53,10 +69,10 @@ class PreprocessingConfig:
     orientation: str = "RAS"
     spacing: list[float] | None = None
     input_size: list[int] | None = None
-    modality: str = "generic"  # ct | mri | mask | generic: picks the intensity normalisation when intensity is auto
+    modality: Modality = "generic"  # ct | mri | mask | generic: picks the intensity normalisation when intensity is auto
     # auto (ct -> clip_zscore, mri -> nonzero_zscore, mask -> minmax, generic -> zscore)
     # | zscore | nonzero_zscore | clip_zscore | minmax | none
-    intensity: str = "auto"
+    intensity: Intensity = "auto"
     clip: list[float] | None = None  # intensity window for clip_zscore, e.g. CT HU [-1000, 1000]; None -> percentiles
     mean: float | None = None  # dataset statistics for clip_zscore; None -> computed from the training cases
     std: float | None = None
@@ -84,26 +100,26 @@ class TrainConfig:
     ema_decay: float = 0.999
     accumulate: int = 1  # gradient accumulation: optimizer steps every N batches
     clip_grad_norm: float | None = None
-    balance: str = "none"  # none | weights (class-weighted loss) | sampler (class-balanced sampling)
+    balance: Balance = "none"  # none | weights (class-weighted loss) | sampler (class-balanced sampling)
     early_stopping_patience: int | None = None  # stop after N epochs without a better validation score
     # which epoch becomes checkpoint_best: the best validation AUC (loss breaks ties), or the last epoch (the
     # reference recipes' final weights; safer when the validation set is small: see docs/benchmarks.md)
-    select: str = "val_auc"  # val_auc | last
+    select: Select = "val_auc"  # val_auc | last
     layer_decay: float | None = None  # layer-wise lr decay for fine-tuning (ConvNeXt), e.g. 0.8; None = off
     compile: bool = False  # torch.compile the model
     tensorboard: bool = False  # also log to <run>/tensorboard when tensorboard is installed
-    patches: str = "none"  # none | random | foreground: train on input-size crops of the full volumes
+    patches: Patches = "none"  # none | random | foreground: train on input-size crops of the full volumes
 
 
 @dataclass
 class InferenceConfig:
     """How validation and predict run the model over a preprocessed volume."""
 
-    mode: str = "whole"  # whole | sliding | auto (sliding when the volume exceeds 2x the input size)
+    mode: InferenceMode = "whole"  # whole | sliding | auto (sliding when the volume exceeds 2x the input size)
     roi_size: list[int] | None = None  # None: the training input size
     overlap: float = 0.25
     sw_batch_size: int = 4
-    aggregation: str = "mean"  # mean | max | logit_mean
+    aggregation: Aggregation = "mean"  # mean | max | logit_mean
 
 
 @dataclass
@@ -186,6 +202,10 @@ def _set_dotted(config: Config, dotted: str, value: Any, where: str) -> None:
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     """Check ``value`` against a simple type hint (int, float, str, bool, list[...], dict, Optional)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        if isinstance(value, str) and value in args:
+            return value
+        raise UserError(f"{where} = {value!r} is not one of: {', '.join(args)}")
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None

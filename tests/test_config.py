@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+from conftest import SAMPLE_DATA
 
 from medconvnext.config import Config, apply_overrides, load_config, parse_set_option, save_config
 from medconvnext.data.fingerprint import resolve_intensity
@@ -56,3 +57,45 @@ def test_committed_configs_load_and_name_real_choices(path):
     assert config.model.name in list_models()
     assert resolve_intensity(config.preprocessing) in INTENSITY_MODES
     assert config.data.augment in AUGMENTATIONS
+
+
+MODE_FIELDS = ["model.init_2d_mode", "data.cache", "data.augment", "data.augment_on", "data.leakage",
+               "preprocessing.modality", "preprocessing.intensity", "train.balance", "train.select", "train.patches",
+               "inference.mode", "inference.aggregation"]
+
+
+def test_mode_literals_agree_with_the_modules_that_act_on_them():
+    import typing
+
+    from medconvnext import config as c
+    from medconvnext.data.dataset import CACHE_MODES
+    from medconvnext.data.fingerprint import MODALITIES
+    from medconvnext.data.leakage import LEAKAGE_MODES
+    from medconvnext.data.patches import PATCH_MODES
+    from medconvnext.data.transforms import AUGMENTATIONS, INTENSITY_MODES
+    from medconvnext.engine.feeding import AUGMENT_ON
+    from medconvnext.engine.inference import INFERENCE_MODES
+    from medconvnext.engine.sliding_window import AGGREGATIONS
+    from medconvnext.engine.trainer import BALANCE_MODES, SELECT_MODES
+    from medconvnext.models.inflate import MODES
+
+    pairs = [(c.Cache, CACHE_MODES), (c.Augment, AUGMENTATIONS), (c.AugmentOn, AUGMENT_ON), (c.Leakage, LEAKAGE_MODES),
+             (c.Modality, MODALITIES), (c.Intensity, ("auto", *INTENSITY_MODES)), (c.Balance, BALANCE_MODES),
+             (c.Select, SELECT_MODES), (c.Patches, PATCH_MODES), (c.InferenceMode, INFERENCE_MODES),
+             (c.Aggregation, AGGREGATIONS), (c.Init2dMode, MODES)]
+    for literal, values in pairs:
+        assert set(typing.get_args(literal)) == set(values), literal
+
+
+@pytest.mark.parametrize("field", MODE_FIELDS)
+def test_every_mode_field_is_checked_before_anything_is_written(field, tmp_path):
+    from typer.testing import CliRunner
+
+    from medconvnext.cli.main import app
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "--data", str(SAMPLE_DATA), "--out", str(out), "--epochs", "1",
+                                      "--set", f"{field}=zcore"])
+    assert result.exit_code == 2, result.output
+    assert field in result.output and "zcore" in result.output and "is not one of" in result.output
+    assert not out.exists()

@@ -62,3 +62,25 @@ def test_random_part_runs_after_the_cache_and_cli(tmp_path):
     assert info.exit_code == 0 and "1 entries" in info.output
     cleared = runner.invoke(app, ["cache", "clear", "--cache-dir", str(tmp_path / "c")])
     assert cleared.exit_code == 0 and "removed 1" in cleared.output
+
+
+def test_every_pipeline_variant_has_its_own_disk_entries(tmp_path):
+    """Cropped, uncropped (sliding-window validation) and patch-training pipelines cache different volumes:
+    each works with the disk cache, hits on a second pass, and never serves another variant's entry."""
+    from medconvnext.data.patches import patch_training_transforms
+    from medconvnext.engine.inference import uncropped_transforms
+
+    path = write_volume(tmp_path / "a.nii.gz", np.random.rand(12, 12, 12).astype(np.float32))
+    records = [{"image": str(path), "label": 0, "case_id": "a"}]
+    cache = tmp_path / "cache"
+    builders = {"cropped": lambda: deterministic_transforms(PRE), "uncropped": lambda: uncropped_transforms(PRE),
+                "patches": lambda: patch_training_transforms(PRE, "none", "random")}
+    shapes = {}
+    for name, build in builders.items():
+        first = make_dataset(records, build(), "disk", cache_dir=cache)
+        shapes[name] = tuple(first[0]["image"].shape)
+        again = make_dataset(records, build(), "disk", cache_dir=cache)
+        again[0]
+        assert (first.misses, again.hits) == (1, 1), name
+    assert shapes == {"cropped": (1, 8, 8, 8), "uncropped": (1, 12, 12, 12), "patches": (1, 8, 8, 8)}
+    assert len(list(cache.rglob("*.pt"))) == 3

@@ -63,13 +63,16 @@ def file_identity(path: str | Path, cache_dir: str | Path | None = None) -> list
 
 
 def cache_key(record: dict, pre: Preprocessing, versions: dict[str, str] | None = None,
-              cache_dir: str | Path | None = None) -> str:
-    """SHA-256 over the files' paths and content digests, the preprocessing and the library versions."""
+              cache_dir: str | Path | None = None, pipeline: Sequence[str] = ()) -> str:
+    """SHA-256 over the files' paths and content digests, the preprocessing, the steps of the deterministic
+    pipeline (``pipeline``: the cropped, uncropped and patch variants cache different volumes) and the library
+    versions."""
     images = record["image"] if isinstance(record["image"], (list, tuple)) else [record["image"]]
     payload = {
         "format": CACHE_FORMAT,
         "files": [file_identity(image, cache_dir) for image in images],
         "preprocessing": pre.to_dict(),
+        "pipeline": list(pipeline),
         "versions": versions or library_versions(),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
@@ -85,9 +88,11 @@ def split_at_first_random(transform: Compose) -> tuple[Compose, Compose]:
 class DiskCacheDataset(Dataset):
     """Dataset whose deterministic part is computed once and kept as one ``.pt`` file per case."""
 
-    def __init__(self, data: Sequence[dict], transform: Compose, pre: Preprocessing, cache_dir: str | Path) -> None:
+    def __init__(self, data: Sequence[dict], transform: Compose, pre: Preprocessing, cache_dir: str | Path,
+                 variant: str = "cropped") -> None:
         super().__init__(list(data), transform=None)
         self.deterministic, self.random = split_at_first_random(transform)
+        self.pipeline = [variant, *(type(t).__name__ for t in self.deterministic.transforms)]
         self.pre = pre
         self.cache_dir = Path(cache_dir).expanduser()
         self.versions = library_versions()
@@ -96,7 +101,7 @@ class DiskCacheDataset(Dataset):
 
     def entry_path(self, record: dict) -> Path:
         """Where the record's entry lives (depends on the files' current contents)."""
-        key = cache_key(record, self.pre, self.versions, self.cache_dir)
+        key = cache_key(record, self.pre, self.versions, self.cache_dir, self.pipeline)
         return self.cache_dir / key[:2] / f"{key}{ENTRY_SUFFIX}"
 
     def _transform(self, index: int) -> dict:

@@ -35,8 +35,10 @@ def make_dataset(
 
         pre = getattr(transform, "preprocessing", None)
         if pre is None:
-            raise ValueError("data.cache=disk needs transforms built by deterministic/training_transforms")
-        return DiskCacheDataset(records, transform, pre, cache_dir or default_cache_dir())
+            raise ValueError("data.cache=disk needs transforms built by the toolkit's pipelines (they carry the "
+                             "preprocessing the cache key covers)")
+        variant = getattr(transform, "cache_variant", "cropped")
+        return DiskCacheDataset(records, transform, pre, cache_dir or default_cache_dir(), variant)
     if cache == "memory":
         return CacheDataset(records, transform, cache_rate=1.0, num_workers=max(1, num_workers), progress=False)
     if cache == "none":

@@ -84,7 +84,7 @@ def patch_training_transforms(pre: Preprocessing, augment: str, mode: str = "ran
         crop: mt.Transform = RandForegroundCropd(IMAGE, roi_size=pre.input_size)
     else:
         crop = mt.RandSpatialCropd(IMAGE, roi_size=pre.input_size, random_size=False)
-    return mt.Compose([
+    compose = mt.Compose([
         *load_transforms(),
         *geometry_transforms(pre),
         *intensity_transforms(pre),
@@ -93,3 +93,6 @@ def patch_training_transforms(pre: Preprocessing, augment: str, mode: str = "ran
         crop,
         *augmentation_transforms(augment, pre.input_size),
     ])
+    compose.preprocessing = pre  # the disk cache keeps the padded full volume (the crop is random)
+    compose.cache_variant = "padded-full-volume"
+    return compose

@@ -97,7 +97,8 @@ def deterministic_transforms(pre: Preprocessing, keep_meta: bool = False) -> mt.
         mt.EnsureTyped(IMAGE, dtype="float32", track_meta=keep_meta),
     ]
     compose = mt.Compose(steps)
-    compose.preprocessing = pre  # the disk cache keys its entries on this
+    compose.preprocessing = pre  # the disk cache keys its entries on this and on the variant
+    compose.cache_variant = "cropped+meta" if keep_meta else "cropped"
     return compose
 
 
@@ -143,4 +144,5 @@ def training_transforms(pre: Preprocessing, augment: str) -> mt.Compose:
     """Deterministic part followed by the augmentation."""
     compose = mt.Compose([*deterministic_transforms(pre).transforms, *augmentation_transforms(augment, pre.input_size)])
     compose.preprocessing = pre
+    compose.cache_variant = "cropped"
     return compose

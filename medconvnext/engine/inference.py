@@ -79,12 +79,15 @@ def check_inference(settings: InferenceConfig) -> None:
 
 def uncropped_transforms(pre: Preprocessing) -> mt.Compose:
     """The deterministic preprocessing without the final pad/crop to the input size (keeps the affine)."""
-    return mt.Compose([
+    compose = mt.Compose([
         *load_transforms(),
         *geometry_transforms(pre),
         *intensity_transforms(pre),
         mt.EnsureTyped(IMAGE, dtype="float32", track_meta=True),
     ])
+    compose.preprocessing = pre  # the disk cache keys on it (sliding-window validation caches full volumes)
+    compose.cache_variant = "uncropped+meta"
+    return compose
 
 
 def choose_mode(settings: InferenceConfig, volume_size: Sequence[int], input_size: Sequence[int]) -> str:
