@@ -17,7 +17,6 @@ import yaml
 
 from medconvnext.errors import UserError
 
-
 # The choices of every mode field, checked when the config is built (before anything is written); the modules that
 # act on them keep the same tuples (tests/test_config.py checks that they agree).
 Cache = Literal["none", "memory", "disk"]
@@ -57,7 +56,7 @@ class DataConfig:
     # at most 8; engine.feeding.auto_num_workers)
     num_workers: int | None = None
     augment: Augment = "light"  # none | flips | light | medium | heavy
-    augment_on: AugmentOn = "loader"  # loader | device: run the random augmentation in the loader or on the training device
+    augment_on: AugmentOn = "loader"  # run the random augmentation in the loader or on the training device
     skip_bad: bool = False  # leave out cases whose images fail validation (data.validate.validate_datalist)
     leakage: Leakage = "warn"  # warn | error | off: a subject or an identical image on both sides (data.leakage)
 
@@ -69,7 +68,7 @@ class PreprocessingConfig:
     orientation: str = "RAS"
     spacing: list[float] | None = None
     input_size: list[int] | None = None
-    modality: Modality = "generic"  # ct | mri | mask | generic: picks the intensity normalisation when intensity is auto
+    modality: Modality = "generic"  # picks the intensity normalisation when intensity is auto
     # auto (ct -> clip_zscore, mri -> nonzero_zscore, mask -> minmax, generic -> zscore)
     # | zscore | nonzero_zscore | clip_zscore | minmax | none
     intensity: Intensity = "auto"
