@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from monai.data import Dataset
 from monai.transforms import Compose, Randomizable
 
 from medconvnext.data.preprocessing import Preprocessing
+from medconvnext.fileio import atomic_write
 
 CACHE_FORMAT = 2  # 2: files keyed by content digest instead of size + mtime
 ENTRY_SUFFIX = ".pt"
@@ -127,16 +127,9 @@ class DiskCacheDataset(Dataset):
 
     @staticmethod
     def _store(path: Path, item: dict) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         plain = {k: (v.as_tensor() if hasattr(v, "as_tensor") else v) for k, v in item.items()}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(plain, f)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # no fsync: a torn entry is detected on load and rebuilt
+        atomic_write(path, lambda tmp: torch.save(plain, tmp), fsync=False)
 
 
 def cache_info(cache_dir: str | Path | None = None) -> dict:

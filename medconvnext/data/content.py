@@ -20,10 +20,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
+
+from medconvnext.fileio import write_json_cache
 
 __all__ = ["DIGEST_NAME", "RACY_SECONDS", "file_digest", "file_digests"]
 
@@ -88,14 +89,7 @@ def _save_memo(path: Path, files: dict) -> None:
     """Atomically (concurrent writers lose updates, never data); entries of vanished files are dropped; a
     read-only cache folder is ignored (the memo only saves time)."""
     kept = {p: v for p, v in files.items() if Path(p).exists()}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{MEMO_NAME}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"format": MEMO_FORMAT, "digest": DIGEST_NAME, "files": kept}, f)
-        os.replace(tmp, path)
-    except OSError:
-        pass
+    write_json_cache(path, {"format": MEMO_FORMAT, "digest": DIGEST_NAME, "files": kept})
 
 
 def file_digests(paths: Iterable[str | Path], cache_dir: str | Path | None = None,

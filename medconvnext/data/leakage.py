@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from pathlib import Path
 
 from medconvnext.data.datalist import Case, case_id_from_path
 from medconvnext.errors import UserError
+from medconvnext.fileio import write_json_cache
 
 __all__ = [
     "LEAKAGE_MODES",
@@ -165,14 +165,7 @@ def _load_cache(path: Path) -> dict:
 def _save_cache(path: Path, images: dict) -> None:
     """Atomically; entries whose last file no longer exists are dropped. A read-only cache folder is ignored."""
     images = {k: v for k, v in images.items() if isinstance(v, dict) and Path(str(v.get("path"))).exists()}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".image_hashes.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"format": HASH_FORMAT, "images": images}, f)
-        os.replace(tmp, path)
-    except OSError:
-        pass
+    write_json_cache(path, {"format": HASH_FORMAT, "images": images})
 
 
 def image_hashes(paths: Iterable[str | Path], cache_dir: str | Path | None = None) -> dict[str, str | None]:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +22,7 @@ import numpy as np
 from medconvnext.data.datalist import Case, Datalist
 from medconvnext.data.io import ImageError, itk_affine, nifti_affine, read_itk_information
 from medconvnext.errors import UserError
+from medconvnext.fileio import write_json_cache
 
 MAX_AXIS = 4096
 MAX_VOXELS = 512 * 1024 * 1024  # 512 Mi voxels: 2 GiB as float32, more than any sane single scan
@@ -311,14 +310,7 @@ def _load_checks(path: Path) -> dict:
 def _save_checks(path: Path, entries: dict) -> None:
     """Atomically; entries of files that no longer exist are dropped; a read-only cache folder is ignored."""
     kept = {k: v for k, v in entries.items() if isinstance(v, dict) and Path(str(v.get("path"))).exists()}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{CHECKS_CACHE_NAME}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(kept, f)
-        os.replace(tmp, path)
-    except OSError:
-        pass
+    write_json_cache(path, kept)
 
 
 def _orientation(affine: np.ndarray) -> str:

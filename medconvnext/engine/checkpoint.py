@@ -9,8 +9,6 @@ checkpoint under the final name.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ import torch
 from torch import nn
 
 from medconvnext.errors import UserError
+from medconvnext.fileio import atomic_write  # noqa: F401 - re-exported: engine modules import it from here
 
 META_KEY = "medconvnext"
 FORMAT_VERSION = 1
@@ -43,21 +42,6 @@ class Checkpoint:
         model = create_model(args.pop("name"), **args)
         model.load_state_dict(self.state_dict)
         return model.eval()
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)``, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:

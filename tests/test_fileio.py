@@ -1,0 +1,42 @@
+"""Atomic writes: the final name holds either the old or the new content, and no temporary file is left."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from medconvnext.fileio import atomic_write, write_json_cache
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "state.json"
+    path.write_text("old", encoding="utf-8")
+
+    def broken(tmp):
+        tmp.write_text("half", encoding="utf-8")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(path, broken)
+    assert path.read_text(encoding="utf-8") == "old" and sorted(os.listdir(tmp_path)) == ["state.json"]
+    atomic_write(path, lambda tmp: tmp.write_text("new", encoding="utf-8"))
+    assert path.read_text(encoding="utf-8") == "new" and sorted(os.listdir(tmp_path)) == ["state.json"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_cache_in_a_read_only_folder_is_skipped_silently(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        write_json_cache(folder / "memo.json", {"a": 1})
+        assert not (folder / "memo.json").exists()
+    finally:
+        folder.chmod(0o700)
+
+
+def test_write_json_cache_round_trip(tmp_path):
+    write_json_cache(tmp_path / "sub" / "memo.json", {"a": [1, 2]})
+    assert json.loads((tmp_path / "sub" / "memo.json").read_text(encoding="utf-8")) == {"a": [1, 2]}
