@@ -25,16 +25,11 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     assert path.read_text(encoding="utf-8") == "new" and sorted(os.listdir(tmp_path)) == ["state.json"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
-def test_a_cache_in_a_read_only_folder_is_skipped_silently(tmp_path):
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    folder.chmod(0o500)
-    try:
-        write_json_cache(folder / "memo.json", {"a": 1})
-        assert not (folder / "memo.json").exists()
-    finally:
-        folder.chmod(0o700)
+def test_a_cache_that_cannot_be_written_is_skipped_silently(tmp_path):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("x", encoding="utf-8")
+    write_json_cache(blocker / "memo.json", {"a": 1})  # the folder cannot exist: OSError, ignored
+    assert blocker.read_text(encoding="utf-8") == "x"
 
 
 def test_write_json_cache_round_trip(tmp_path):
