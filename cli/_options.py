@@ -45,7 +45,7 @@ TENSORBOARD = typer.Option(
 )
 TRACKING = typer.Option(
     "none", "--tracking", help="Log params, per-epoch metrics and the run folder to an experiment tracker "
-    "(mlflow needs pip install 'medconvnext[mlflow]').",
+    "(mlflow needs pip install 'medconvnext\\[mlflow]').",
 )
 TRACKING_URI = typer.Option(
     None, "--tracking-uri", help="MLflow tracking URI (a folder, file:///..., sqlite:///..., http://...). "

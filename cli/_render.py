@@ -64,20 +64,20 @@ class TrainingProgress:
 
         self._progress = Progress(
             TextColumn("[bold]epoch {task.fields[epoch]}"),
-            BarColumn(),
+            BarColumn(bar_width=12),  # short, so that an 80-column terminal keeps the numbers and the ETA
             MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}  val AUC {task.fields[auc]}  best {task.fields[best]}"),
+            TextColumn("loss {task.fields[loss]} AUC {task.fields[auc]} best {task.fields[best]}"),
             TimeElapsedColumn(),
             TextColumn("eta"),
             TimeRemainingColumn(),
             console=console,
             transient=False,
         )
-        self._progress.__enter__()
+        self._started = False  # the live display starts with training: an early error prints no empty line
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
+        if self._progress is not None and self._started:
             self._progress.__exit__(*exc)
 
     def on_plan(self, plan: dict[str, Any]) -> None:
@@ -88,6 +88,9 @@ class TrainingProgress:
         if self._progress is None:
             return
         self._steps = steps_per_epoch
+        if not self._started:
+            self._progress.__enter__()
+            self._started = True
         self._task = self._progress.add_task(
             "train", total=total_epochs * steps_per_epoch, epoch=f"1/{total_epochs}", loss="-", auc="-", best="-"
         )

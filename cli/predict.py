@@ -121,7 +121,7 @@ def predict(
 
 def _calibration(model: Path, calibrate: bool | None, threshold: str | None, names: list[str]):
     """The run's calibration.json (None when it has none and none is asked for)."""
-    from medconvnext.engine.calibration import load_calibration
+    from medconvnext.engine.calibration import check_calibration_matches, load_calibration
     from medconvnext.errors import UserError
     from medconvnext.rundir import RunDir
 
@@ -134,6 +134,8 @@ def _calibration(model: Path, calibrate: bool | None, threshold: str | None, nam
                             f"{run.root}` to fit it from the run's held-out predictions)")
         return None
     calibration = load_calibration(run.calibration)
+    if calibrate is not False or threshold == "auto":
+        check_calibration_matches(calibration, run.root, run.calibration)
     if calibration.class_names != list(names):
         raise UserError(f"{run.calibration}: classes {calibration.class_names} differ from the model's {names}")
     console.print(f"calibration: T = {calibration.temperature:.3f} ({calibration.fitted_on})"

@@ -73,16 +73,21 @@ class PretrainProgress:
         )
 
         self._progress = Progress(
-            TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=console)
-        self._progress.__enter__()
+            TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(bar_width=12), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+            console=console)
+        self._started = False  # the live display starts with training: an early error prints no empty line
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._progress.__exit__(*exc)
+        if self._started:
+            self._progress.__exit__(*exc)
 
     def on_start(self, total_epochs: int, steps_per_epoch: int) -> None:
         self._steps, self._epochs = steps_per_epoch, total_epochs
+        if not self._started:
+            self._progress.__enter__()
+            self._started = True
         self._task = self._progress.add_task("pretrain", total=total_epochs * steps_per_epoch,
                                              epoch=f"1/{total_epochs}", loss="-")
 

@@ -30,7 +30,7 @@ def tune(
     show_space: bool = typer.Option(False, "--show-space/--no-show-space", metavar="",
                                     help="Print the search space as YAML and exit."),
 ) -> None:
-    """Search hyperparameters with Optuna (pip install 'medconvnext[tune]'): median pruning on the validation AUC
+    """Search hyperparameters with Optuna (pip install 'medconvnext\\[tune]'): median pruning on the validation AUC
     of every epoch, a table of the trials, and best_config.yaml for `medconvnext train --config`."""
 
     def work() -> None:

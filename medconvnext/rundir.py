@@ -21,6 +21,7 @@ RUN_FILES = frozenset({
     "pretrain.json", "reconstructions.png",
     # medconvnext.reports.render.REPORT_FILES
     "report.md", "report.html", "roc.png", "pr.png", "confusion.png", "calibration.png", "curves.png",
+    "calibration_before_after.png", "calibration.json",
     # medconvnext.engine.export default outputs
     "model.torchscript.pt", "model.onnx", "model.preprocessing.json",
 })

@@ -281,3 +281,28 @@ def test_cv_fits_calibration_and_predict_uses_it(binary_cv, tmp_path):
     assert [r["prediction"] for r in auto] == expected
     bad = runner.invoke(app, ["predict", scans[0], "--model", str(run), "--threshold", "high"])
     assert bad.exit_code == 2 and "--threshold 'high'" in bad.output
+
+
+def test_a_calibration_fitted_for_other_weights_is_refused(binary_cv, tmp_path):
+    """A run retrained in place must not be served the old model's temperature and threshold."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from medconvnext.cli.main import app
+    from medconvnext.reports.run import report_run
+    from medconvnext.rundir import RUN_FILES
+
+    run = tmp_path / "cv"
+    shutil.copytree(binary_cv["run"], run)
+    report_run(run, n_boot=0)
+    stored = json.loads((run / "calibration.json").read_text(encoding="utf-8"))
+    assert sorted(stored["models"]) == sorted(f"fold_{i}/checkpoint_best.safetensors" for i in range(3))
+    scan = str(binary_cv["data"] / "img" / "c16.nii.gz")
+    runner = CliRunner()
+    assert runner.invoke(app, ["predict", scan, "--model", str(run), "--threshold", "auto"]).exit_code == 0
+    # other weights under the same name: fold 0's model in fold 1's place
+    shutil.copyfile(run / "fold_0" / "checkpoint_best.safetensors", run / "fold_1" / "checkpoint_best.safetensors")
+    result = runner.invoke(app, ["predict", scan, "--model", str(run), "--threshold", "auto"])
+    assert result.exit_code == 2 and "fitted for other weights" in result.output
+    assert {"calibration.json", "calibration_before_after.png"} <= RUN_FILES  # --overwrite removes them

@@ -17,7 +17,7 @@ validation predictions), stored with the run as ``calibration.json`` and applied
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -154,9 +154,37 @@ class Calibration:
     criterion: str | None = None
     sensitivity: float | None = None
     specificity: float | None = None
+    # checkpoint file (relative to the run) -> BLAKE2b digest: the models these values were fitted for, so a run
+    # retrained in place (``train --overwrite``) cannot be served another model's temperature and threshold
+    models: dict[str, str] = field(default_factory=dict)
 
     def calibrate(self, probs: np.ndarray) -> np.ndarray:
         return apply_temperature(probs, self.temperature)
+
+
+def checkpoint_digests(run_root: str | Path) -> dict[str, str]:
+    """Relative path -> BLAKE2b-128 of every checkpoint the run predicts with (its folds' best, or its best)."""
+    import hashlib
+
+    from medconvnext.rundir import find_checkpoint, fold_checkpoints, glob_fold_checkpoints
+
+    root = Path(run_root)
+    files = fold_checkpoints(root) or glob_fold_checkpoints(root) or [find_checkpoint(root)]
+    digests = {}
+    for file in files:
+        h = hashlib.blake2b(digest_size=16)
+        with open(file, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        digests[str(Path(file).resolve().relative_to(root.resolve()))] = h.hexdigest()
+    return digests
+
+
+def check_calibration_matches(calibration: Calibration, run_root: str | Path, path: str | Path) -> None:
+    """UserError when the run's checkpoints are not the ones ``calibration`` was fitted for."""
+    if calibration.models and calibration.models != checkpoint_digests(run_root):
+        raise UserError(f"{path}: fitted for other weights than the run's checkpoints now (retrained?); refit it with "
+                        f"`medconvnext report {run_root}` or pass --no-calibrate and a numeric --threshold")
 
 
 def save_calibration(path: str | Path, calibration: Calibration) -> Path:

@@ -677,7 +677,7 @@ def _run_epoch(
         "val_auc": val["metrics"]["auc"],
         "val_accuracy": val["metrics"]["accuracy"],
         "val_balanced_accuracy": val["metrics"]["balanced_accuracy"],
-        "lr": loop.optimizer.param_groups[0]["lr"],
+        "lr": max(group["lr"] for group in loop.optimizer.param_groups),  # the peak (head) lr under layer_decay
         "epoch_time_s": round(elapsed, 3),
         "train_volumes_per_s": round(seen / elapsed, 3) if elapsed > 0 else None,
         # time waiting for the next training batch / time of the training loop (this process)

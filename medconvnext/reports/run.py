@@ -139,13 +139,19 @@ def _cv_report(run: RunDir, n_boot: int, seed: int, fit: dict) -> RunReport:
 
 def _calibration(run: RunDir, predictions: Predictions, fit: dict, n_boot: int, seed: int) -> dict | None:
     """Fit (cv / train run) or load (evaluate) the calibration, and what it gives on the pooled predictions."""
-    from medconvnext.engine.calibration import load_calibration, save_calibration
+    from medconvnext.engine.calibration import (
+        check_calibration_matches,
+        checkpoint_digests,
+        load_calibration,
+        save_calibration,
+    )
     from medconvnext.reports.operating import calibration_summary, fit_run_calibration
 
     pooled = predictions.subset(predictions.folds != TEST_FOLD) if (predictions.folds != TEST_FOLD).any() \
         else predictions
     if "stored" in fit:
         calibration = load_calibration(fit["stored"])
+        check_calibration_matches(calibration, Path(fit["stored"]).parent, fit["stored"])
         if calibration.class_names != pooled.class_names:
             return None
         source = f"the evaluated run's calibration (fitted on its {calibration.fitted_on}), applied to these cases"
@@ -153,6 +159,7 @@ def _calibration(run: RunDir, predictions: Predictions, fit: dict, n_boot: int, 
         calibration = fit_run_calibration(pooled, fit["fitted_on"], fit.get("target_sensitivity"))
         if calibration is None:
             return None
+        calibration.models = checkpoint_digests(run.root)
         save_calibration(run.calibration, calibration)
         source = ("fitted on these same predictions: T and the threshold are chosen in-sample, so these numbers are "
                   "optimistic; `evaluate` on held-out test cases gives unbiased ones")
