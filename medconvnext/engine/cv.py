@@ -298,11 +298,11 @@ def _write_oof(run: RunDir, datalist: Datalist, folds: list[Fold], repeats: int)
 
 
 def _write_test_predictions(run: RunDir, datalist: Datalist, test: list[Case], device: str) -> Path:
-    from medconvnext.engine.ensemble import ensemble_probabilities, load_ensemble
+    from medconvnext.engine.inference import FoldEnsemble
     from medconvnext.reports.predictions import TEST_FOLD
 
-    predictors = load_ensemble(run.root, device=device)
-    probs = ensemble_probabilities(predictors, [list(c.images) for c in test])
+    # every fold keeps its own preprocessing; probabilities are the mean over folds (as nnU-Net ensembles folds)
+    probs = FoldEnsemble.load(run.root, device=device).predict_files([list(c.images) for c in test])
     rows = [_row(case, p, datalist.classes, TEST_FOLD, None) for case, p in zip(test, probs, strict=True)]
     _write_table(run.test_predictions, rows, datalist.classes, False)
     return run.test_predictions

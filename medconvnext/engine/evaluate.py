@@ -91,7 +91,7 @@ def evaluate_run_on(
     with a run's training cases does (``warn``, ``error`` -> UserError, ``off``; see
     :mod:`medconvnext.data.leakage`).
     """
-    from medconvnext.engine.ensemble import ensemble_probabilities, load_ensemble
+    from medconvnext.engine.inference import FoldEnsemble
     from medconvnext.engine.predictions import require_finite, write_prediction_table
     from medconvnext.reports.run import report_run
 
@@ -118,7 +118,7 @@ def evaluate_run_on(
         for run in runs:
             report = report.merge(audit_run(run.root, labelled, eval_side=split))
     enforce(report, leakage)
-    per_run = [load_ensemble(run.root, device=device, tta=tta) for run in runs]
+    per_run = [FoldEnsemble.load(run.root, device=device, tta=tta).members for run in runs]
     classes = per_run[0][0].class_names
     for run, members in zip(runs, per_run, strict=True):
         if members[0].class_names != classes:
@@ -128,7 +128,8 @@ def evaluate_run_on(
     if unknown:
         raise UserError(f"--data {datalist.source}: label {unknown[0]!r} is not one of the model's classes "
                         f"({', '.join(classes)})")
-    probs = ensemble_probabilities(predictors, [list(c.images) for c in labelled])
+    # the mean of every member's probabilities (each keeps its own preprocessing)
+    probs = FoldEnsemble(predictors, []).predict_files([list(c.images) for c in labelled])
     require_finite([c.images[0] for c in labelled], probs)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = RunDir(out_dir)
