@@ -28,7 +28,6 @@ VARIANTS: dict[str, dict] = {
     "k3": {"kernel_size": 3},
     "k5": {"kernel_size": 5},
     "batchnorm": {"norm": "batchnorm"},
-    "channelnorm": {"norm": "channelnorm"},
     "layernorm": {"norm": "layernorm"},
     "grn": {"grn": True},
     "stem k7 s4": {"stem_kernel_size": 7},

@@ -202,7 +202,11 @@ def test_convnext_batchnorm_normalises_across_the_batch() -> None:
 
 
 def test_channelnorm_normalises_each_channel_of_each_case() -> None:
-    norm = create_model("convnext_atto", norm="channelnorm").stem[1]
+    model = create_model("convnext_atto", norm="channelnorm")
+    assert tuple(model.min_input_size) == (64, 64, 64)  # 2 voxels per axis left in the last stage
+    with pytest.raises(ValueError, match="minimum"):
+        model(torch.randn(1, 1, 32, 32, 32))
+    norm = model.stem[1]
     assert isinstance(norm, torch.nn.GroupNorm) and norm.num_groups == norm.num_channels == 40
     x = torch.randn(2, 40, 4, 4, 4) * torch.arange(1, 41).view(1, 40, 1, 1, 1) + 3
     with torch.no_grad():
@@ -227,3 +231,15 @@ def test_grn_starts_as_identity_and_follows_convnext_v2() -> None:
     block = model.stages[0][0]
     assert isinstance(block.grn, GRN3d) and block.gamma is None and block.pwconv1.out_features == 80
     assert model(torch.randn(2, 1, 32, 32, 32)).shape == (2, 2)
+
+
+def test_medical_convnext_is_atto_with_batchnorm_and_3_kernels() -> None:
+    med = create_model("convnext_med_atto")
+    atto = create_model("convnext_atto", norm="batchnorm", kernel_size=3)
+    assert isinstance(med.stem[1], torch.nn.BatchNorm3d) and not any(isinstance(m, torch.nn.GroupNorm)
+                                                                     for m in med.modules())
+    assert {k: v.shape for k, v in med.state_dict().items()} == {k: v.shape for k, v in atto.state_dict().items()}
+    assert tuple(med.min_input_size) == (32, 32, 32)
+    assert tuple(med.stages[0][0].dwconv.kernel_size) == (3, 3, 3)
+    # an override still wins (e.g. one more stage of resolution for 28-32³ inputs)
+    assert tuple(create_model("convnext_med_atto", stem_stride=2).min_input_size) == (16, 16, 16)
