@@ -1,0 +1,182 @@
+"""``predict`` as a library call: validate the scans, audit them against the run, predict (whole or sliding
+windows, TTA, fold ensembles), calibrate, apply the operating point, and write window and saliency maps.
+
+The CLI only parses its options, calls :func:`predict_scans` and renders the result; everything it prints along
+the way comes through ``log`` (one line each).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medconvnext.engine.calibration import Calibration, check_calibration_matches, load_calibration
+from medconvnext.errors import UserError
+from medconvnext.rundir import RunDir
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class ScanPredictions:
+    """What :func:`predict_scans` returns: one row per scan."""
+
+    images: list[str]
+    labels: list[str] | None  # when the inputs (a CSV) carry labels
+    probs: np.ndarray  # (N, K), calibrated when a calibration was applied
+    class_names: list[str]
+    threshold: float | None  # on P(class 1) for two classes; None = the most probable class
+    description: str  # e.g. "ensemble of 5 folds"
+
+
+def predict_scans(
+    inputs: Sequence[str | Path],
+    model: str | Path,
+    *,
+    device: str = "auto",
+    tta: bool = False,
+    inference: dict[str, Any] | None = None,
+    calibrate: bool | None = None,
+    threshold: str | None = None,
+    strict: bool = False,
+    window_map: Path | None = None,
+    cam: Path | None = None,
+    cam_class: str | None = None,
+    cam_method: str = "gradcam",
+    log: Log = print,
+) -> ScanPredictions:
+    """Predict every scan of ``inputs`` with the run (or checkpoint, or cv run) ``model``.
+
+    Every check runs before any prediction or write: the inputs (the validator of ``data check``), the leakage
+    audit against the run's cases (``strict``: refuse), the calibration and threshold options.
+
+    Raises:
+        UserError: a bad input, option or run, or probabilities that are not finite.
+    """
+    from medconvnext.data.inputs import resolve_prediction_inputs
+    from medconvnext.data.leakage import audit_run, enforce
+    from medconvnext.data.validate import require_valid
+    from medconvnext.engine.inference import FoldEnsemble
+    from medconvnext.engine.predictions import require_finite
+    from medconvnext.engine.saliency import CAM_METHODS
+
+    model = Path(model)
+    if cam_method not in CAM_METHODS:
+        raise UserError(f"--cam-method {cam_method!r}: choose one of {', '.join(CAM_METHODS)}")
+    cases = resolve_prediction_inputs(list(inputs))
+    require_valid(cases)  # the checks of data check/train: a NaN or blank scan is refused, not predicted
+    if RunDir(model).splits.is_file():  # a checkpoint alone does not say what it was trained on
+        report = audit_run(model, [case.images[0] for case in cases], eval_side="predicted")
+        enforce(report, "error" if strict else "warn")
+    ensemble = FoldEnsemble.load(model, device=device, tta=tta)
+    ensemble.set_inference(**(inference or {}))
+    names = ensemble.class_names
+    if cam_class is not None and cam_class not in names:
+        raise UserError(f"--cam-class {cam_class!r}: unknown class (classes: {', '.join(names)})")
+    if window_map is not None and ensemble.is_ensemble:
+        raise UserError(f"--window-map: {model} is an ensemble of {len(ensemble.members)} folds whose grids "
+                        "differ; pass one fold's directory (e.g. RUN/fold_0) to --model")
+    log(f"{model}: {ensemble.describe()}, {len(cases)} scan(s)")
+    calibration = run_calibration(model, calibrate, threshold, names, log)  # checked before any work or write
+    cut = resolve_threshold(threshold, calibration, names, log)
+    results = [ensemble.predict_case(case.images) for case in cases]
+    probs = np.stack([r.probabilities for r in results])
+    require_finite([case.image for case in cases], probs)
+    if calibration is not None and calibrate is not False:
+        probs = calibration.calibrate(probs)
+    if window_map is not None:
+        write_window_maps(window_map, cases, [r.members[0] for r in results], names, log)
+    if cam is not None:
+        write_cams(cam, cases, ensemble, probs, cam_class, cam_method, log)
+    labels = [case.label or "" for case in cases] if any(case.label for case in cases) else None
+    return ScanPredictions([case.image for case in cases], labels, probs, names, cut, ensemble.describe())
+
+
+def run_calibration(model: Path, calibrate: bool | None, threshold: str | None, names: list[str],
+                    log: Log) -> Calibration | None:
+    """The run's ``calibration.json`` (None when it has none and none is asked for); UserError when it is
+    needed and missing, fitted for other weights, or for other classes."""
+    run = RunDir(model if model.is_dir() else model.parent)
+    needed = calibrate is True or threshold == "auto"
+    if not run.calibration.is_file():
+        if needed:
+            raise UserError(f"{run.calibration}: missing, needed by "
+                            f"{'--threshold auto' if threshold == 'auto' else '--calibrate'} (run `medconvnext report "
+                            f"{run.root}` to fit it from the run's held-out predictions)")
+        return None
+    calibration = load_calibration(run.calibration)
+    if calibrate is not False or threshold == "auto":
+        check_calibration_matches(calibration, run.root, run.calibration)
+    if calibration.class_names != list(names):
+        raise UserError(f"{run.calibration}: classes {calibration.class_names} differ from the model's {names}")
+    log(f"calibration: T = {calibration.temperature:.3f} ({calibration.fitted_on})"
+        + (", not applied (--no-calibrate)" if calibrate is False else ""))
+    return calibration
+
+
+def resolve_threshold(text: str | None, calibration: Calibration | None, names: list[str], log: Log) -> float | None:
+    """--threshold as a number: None (argmax), a value in [0, 1], or 'auto' (the run's stored threshold)."""
+    if text is None:
+        return None
+    if len(names) != 2:
+        raise UserError(f"--threshold: only for two classes (this model has {len(names)}: {', '.join(names)})")
+    if text == "auto":
+        if calibration is None or calibration.threshold is None:
+            raise UserError("--threshold auto: the run's calibration.json has no threshold")
+        log(f"threshold: {calibration.threshold:.4f} on P({names[1]}) ({calibration.criterion}, "
+            f"{calibration.fitted_on})")
+        return calibration.threshold
+    try:
+        value = float(text)
+    except ValueError:
+        raise UserError(f"--threshold {text!r}: expected a number in [0, 1] or 'auto'") from None
+    if not 0.0 <= value <= 1.0:
+        raise UserError(f"--threshold {text!r}: expected a number in [0, 1] or 'auto'")
+    return value
+
+
+def unique_names(cases: list, suffix: str) -> list[str]:
+    """``<case id><suffix>`` per case; a repeated case id (same file name in two folders) gets ``_2``, ``_3``..."""
+    seen: dict[str, int] = {}
+    names = []
+    for case in cases:
+        seen[case.case_id] = seen.get(case.case_id, 0) + 1
+        count = seen[case.case_id]
+        names.append(f"{case.case_id}{'' if count == 1 else f'_{count}'}{suffix}")
+    return names
+
+
+def write_window_maps(folder: Path, cases: list, results: list, class_names: list[str], log: Log) -> None:
+    """Each scan's per-window probability grid as NIfTI (scans that ran whole-volume have none)."""
+    from medconvnext.engine.inference import save_window_map
+
+    written = 0
+    for name, result in zip(unique_names(cases, "_windows.nii.gz"), results, strict=True):
+        if save_window_map(result, class_names, folder / name) is not None:
+            written += 1
+    skipped = len(cases) - written
+    note = f" ({skipped} scan(s) ran whole-volume: no window map)" if skipped else ""
+    log(f"wrote {written} window map(s) to {folder}{note}")
+
+
+def write_cams(folder: Path, cases: list, ensemble: Any, probs: np.ndarray, cam_class: str | None, method: str,
+               log: Log) -> None:
+    """A saliency map per scan on the scan's own grid (Grad-CAM, or occlusion where Grad-CAM has no resolution)."""
+    from medconvnext.engine.saliency import ensemble_saliency, save_saliency
+
+    names = ensemble.class_names
+    start = time.perf_counter()
+    used = set()
+    for name, case, p in zip(unique_names(cases, "_cam.nii.gz"), cases, probs, strict=True):
+        target = names.index(cam_class) if cam_class is not None else int(p.argmax())
+        scan_map = ensemble_saliency(ensemble, case.images, target, method)
+        used.add(scan_map.method)
+        save_saliency(scan_map, folder / name, f"medconvnext {scan_map.method} class={names[target]}")
+    seconds = (time.perf_counter() - start) / max(len(cases), 1)
+    log(f"wrote {len(cases)} {'/'.join(sorted(used)) or method} map(s) to {folder} ({seconds:.1f} s per "
+        f"scan; class: {cam_class or 'the predicted one'})")
