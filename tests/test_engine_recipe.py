@@ -110,3 +110,14 @@ def test_medical_convnext_learns_on_tiny_volumes(csv_dataset, tmp_path):
     result = train(config, tmp_path / "run")
     losses = [r["train_loss"] for r in result.history]
     assert losses[-1] < losses[0] and result.best_metrics["val_auc"] >= 0.75
+
+
+def test_isotropic_medical_convnext_learns_on_tiny_volumes(csv_dataset, tmp_path):
+    from medconvnext.config import Config, apply_overrides
+
+    config = apply_overrides(Config(), {"data.path": str(csv_dataset), "model.name": "convnext_med_iso",
+                                        "train.epochs": 6, "train.batch_size": 4, "train.lr": 1e-3,
+                                        "train.device": "cpu", "preprocessing.input_size": [32, 32, 32]})
+    result = train(config, tmp_path / "run")
+    losses = [r["train_loss"] for r in result.history]
+    assert losses[-1] < losses[0] and result.best_metrics["val_auc"] >= 0.75

@@ -243,3 +243,12 @@ def test_medical_convnext_is_atto_with_batchnorm_and_3_kernels() -> None:
     assert tuple(med.stages[0][0].dwconv.kernel_size) == (3, 3, 3)
     # an override still wins (e.g. one more stage of resolution for 28-32³ inputs)
     assert tuple(create_model("convnext_med_atto", stem_stride=2).min_input_size) == (16, 16, 16)
+
+
+def test_isotropic_medical_convnext_keeps_one_resolution() -> None:
+    model = create_model("convnext_med_iso")
+    assert len(model.stages) == 1 and len(model.downsample) == 0 and tuple(model.min_input_size) == (4, 4, 4)
+    assert isinstance(model.stem[1], torch.nn.BatchNorm3d)
+    assert torch.equal(model.stages[0][0].gamma.detach(), torch.ones(64))
+    with torch.no_grad():
+        assert model.eval().forward_features(torch.randn(2, 1, 32, 32, 32)).shape == (2, 64, 8, 8, 8)

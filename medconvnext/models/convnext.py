@@ -257,3 +257,18 @@ def convnext_med_femto(**kwargs) -> ConvNeXt3d:
 def convnext_med_pico(**kwargs) -> ConvNeXt3d:
     """Medical ConvNeXt-Pico: ConvNeXt-Pico with BatchNorm and 3³ depthwise kernels (for small volumes)."""
     return _convnext((2, 2, 6, 2), (64, 128, 256, 512), {**MEDICAL_ARGS, **kwargs})
+
+
+@register_model("convnext")
+def convnext_med_iso(**kwargs) -> ConvNeXt3d:
+    """Isotropic medical ConvNeXt: the paper's isotropic design (facebookresearch/ConvNeXt
+    ``convnext_isotropic.py``: a patchify stem, then every block at one resolution, no downsampling), small:
+    4 blocks of 64 channels after a 4³ patchify stem, BatchNorm, 5³ depthwise kernels, layer scale starting at 1.
+
+    Why (AdrenalMNIST3D design study, docs/benchmarks.md): at 28-32³ the hierarchical ConvNeXt's last stages see
+    2³ and 1³ maps; one stage at 8³ keeps every block spatial, as ConvMixer does. With the paper's layer scale of
+    1e-6 four blocks stay near identity for most of a short run (train loss 0.455 after 15 epochs, test AUC 0.68);
+    starting it at 1 lets them learn from the first step. Minimum input 4³ (the stem).
+    """
+    args = {"depths": (4,), "dims": (64,), "norm": "batchnorm", "kernel_size": 5, "layer_scale_init": 1.0}
+    return ConvNeXt3d(**{**args, **kwargs})
