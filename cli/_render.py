@@ -16,6 +16,25 @@ def _params(count: int) -> str:
     return f"{count / 1e6:.2f} M" if count >= 1e5 else f"{count / 1e3:.1f} k"
 
 
+def epoch_progress(fields: str) -> Any:
+    """A rich progress bar: epoch, a short bar (an 80-column terminal keeps the numbers), steps, ``fields`` (a
+    template over the task's fields), elapsed time and ETA. Started by the caller when training starts."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(bar_width=12), MofNCompleteColumn(),
+        TextColumn(fields), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+        console=console, transient=False,
+    )
+
+
 def plan_panel(plan: dict[str, Any]) -> Any:
     """A short rich panel of :func:`medconvnext.engine.trainer.run_plan`: preprocessing, split, model, device."""
     from rich.panel import Panel
@@ -53,26 +72,7 @@ class TrainingProgress:
         if os.environ.get("RANK", "0") != "0":
             self._progress = None
             return self
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self._progress = Progress(
-            TextColumn("[bold]epoch {task.fields[epoch]}"),
-            BarColumn(bar_width=12),  # short, so that an 80-column terminal keeps the numbers and the ETA
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]} AUC {task.fields[auc]} best {task.fields[best]}"),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-            console=console,
-            transient=False,
-        )
+        self._progress = epoch_progress("loss {task.fields[loss]} AUC {task.fields[auc]} best {task.fields[best]}")
         self._started = False  # the live display starts with training: an early error prints no empty line
         return self
 

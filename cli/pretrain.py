@@ -63,19 +63,9 @@ class PretrainProgress:
     """Rich progress bar with the reconstruction loss."""
 
     def __enter__(self) -> PretrainProgress:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from medconvnext.cli._render import epoch_progress
 
-        self._progress = Progress(
-            TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(bar_width=12), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-            console=console)
+        self._progress = epoch_progress("loss {task.fields[loss]}")
         self._started = False  # the live display starts with training: an early error prints no empty line
         return self
 

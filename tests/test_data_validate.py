@@ -8,23 +8,12 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+from bad_inputs import write_raw_nifti
 from conftest import write_volume
 
 from medconvnext.data.datalist import Case, load_datalist
 from medconvnext.data.validate import inspect_image, validate_case, validate_datalist
 from medconvnext.errors import UserError
-
-
-def write_raw_nifti(path, data: np.ndarray, spacing) -> object:
-    """A NIfTI-1 written byte by byte, so a zero/negative pixdim reaches the file (nibabel would fix it)."""
-    header = nib.Nifti1Header()
-    header.set_data_shape(data.shape)
-    header.set_data_dtype(data.dtype)
-    header["pixdim"][1:4] = spacing
-    header["vox_offset"] = 352
-    with gzip.open(path, "wb") as f:
-        f.write(header.binaryblock + b"\0" * 4 + data.tobytes(order="F"))
-    return path
 
 
 def good() -> np.ndarray:
