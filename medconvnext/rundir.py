@@ -229,3 +229,9 @@ def find_checkpoint(path: str | Path) -> Path:
     if candidate.is_file():
         return candidate
     raise UserError(f"--model {path}: no checkpoint found (expected a run directory with {candidate.name} or a file)")
+
+
+def model_checkpoints(model_path: str | Path) -> list[Path]:
+    """Best checkpoint of every fold when ``model_path`` is a cross-validation run directory (its ``cv.json``,
+    or else the ``fold_*`` / ``repeat_*/fold_*`` folders holding one), else ``[the run's or file's checkpoint]``."""
+    return fold_checkpoints(model_path) or glob_fold_checkpoints(model_path) or [find_checkpoint(model_path)]

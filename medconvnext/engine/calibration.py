@@ -164,20 +164,12 @@ class Calibration:
 
 def checkpoint_digests(run_root: str | Path) -> dict[str, str]:
     """Relative path -> BLAKE2b-128 of every checkpoint the run predicts with (its folds' best, or its best)."""
-    import hashlib
+    from medconvnext.data.content import file_digests
+    from medconvnext.rundir import model_checkpoints
 
-    from medconvnext.rundir import find_checkpoint, fold_checkpoints, glob_fold_checkpoints
-
-    root = Path(run_root)
-    files = fold_checkpoints(root) or glob_fold_checkpoints(root) or [find_checkpoint(root)]
-    digests = {}
-    for file in files:
-        h = hashlib.blake2b(digest_size=16)
-        with open(file, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        digests[str(Path(file).resolve().relative_to(root.resolve()))] = h.hexdigest()
-    return digests
+    root = Path(run_root).resolve()
+    digests = file_digests(model_checkpoints(root))  # remembered by size, mtime, ctime and inode
+    return {str(Path(path).relative_to(root)): digest for path, digest in digests.items()}
 
 
 def check_calibration_matches(calibration: Calibration, run_root: str | Path, path: str | Path) -> None:

@@ -81,12 +81,13 @@ def plain_collate(batch: Sequence[Any]) -> Any:
     The metadata is not used after the transforms, a plain tensor is cheaper to send from a worker and to pin,
     and ``torch.compile`` fails on MetaTensor inputs (issue 14).
     """
-    return default_collate([_plain(item) for item in batch])
+    return default_collate([plain(item) for item in batch])
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """MONAI MetaTensors (also inside a dict) as plain tensors; anything else unchanged."""
     if isinstance(value, dict):
-        return {key: _plain(v) for key, v in value.items()}
+        return {key: plain(v) for key, v in value.items()}
     if isinstance(value, torch.Tensor) and hasattr(value, "as_tensor"):
         return value.as_tensor()
     return value
@@ -115,7 +116,7 @@ class BatchAugment:
             cases = [self.transform({IMAGE: image})[IMAGE] for image in images]
         finally:
             set_track_meta(tracking)
-        return torch.stack([_plain(case) for case in cases])
+        return torch.stack([plain(case) for case in cases])
 
 
 class DataWait:

@@ -43,7 +43,7 @@ from medconvnext.engine.devices import as_model_input, autocast, resolve_device
 from medconvnext.engine.sliding_window import AGGREGATIONS, WindowResult, sliding_window_classify
 from medconvnext.errors import UserError
 from medconvnext.models import apply_memory_format, model_memory_format
-from medconvnext.rundir import find_checkpoint, fold_checkpoints, glob_fold_checkpoints
+from medconvnext.rundir import find_checkpoint, model_checkpoints
 
 INFERENCE_MODES = ("whole", "sliding", "auto")
 AUTO_WHOLE_FACTOR = 2
@@ -256,12 +256,6 @@ class Predictor:
     def predict_files(self, images: Sequence[ImagePaths]) -> np.ndarray:
         """Probabilities (N, K) for N image files (or cases)."""
         return np.stack([self.predict_case(image).probabilities for image in images])
-
-
-def model_checkpoints(model_path: str | Path) -> list[Path]:
-    """Best checkpoint of every fold when ``model_path`` is a cross-validation run directory (its ``cv.json``,
-    or else the ``fold_*`` / ``repeat_*/fold_*`` folders holding one), else ``[the run's or file's checkpoint]``."""
-    return fold_checkpoints(model_path) or glob_fold_checkpoints(model_path) or [find_checkpoint(model_path)]
 
 
 @dataclass

@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from medconvnext.config import Config, load_config, save_config
-from medconvnext.data.datalist import Case, case_id_from_path, is_image_file, load_datalist
+from medconvnext.data.datalist import Case, Datalist, case_id_from_path, is_image_file, load_datalist
 from medconvnext.data.dataset import make_dataset
 from medconvnext.data.fingerprint import compute_fingerprint, plan_preprocessing
 from medconvnext.data.preprocessing import Preprocessing
@@ -30,7 +30,7 @@ from medconvnext.data.transforms import deterministic_transforms, training_trans
 from medconvnext.data.validate import require_valid, validate_datalist
 from medconvnext.engine.checkpoint import atomic_write, save_checkpoint
 from medconvnext.engine.devices import autocast, needs_grad_scaler, resolve_device
-from medconvnext.engine.feeding import loader_options
+from medconvnext.engine.feeding import loader_options, plain
 from medconvnext.engine.provenance import environment_info
 from medconvnext.engine.resume import load_training_state, rng_states, save_training_state, set_rng_states
 from medconvnext.errors import UserError
@@ -132,9 +132,7 @@ def resume_pretrain(run_dir: str | Path, epochs: int | None = None, callbacks: A
     return _fit(config, run, cases, Preprocessing.from_dict(record["preprocessing"]), options, callbacks, state)
 
 
-def _as_datalist(cases: list[Case], source: str) -> Any:
-    from medconvnext.data.datalist import Datalist
-
+def _as_datalist(cases: list[Case], source: str) -> Datalist:
     if not cases:
         raise UserError(f"--data {source}: no scans to pretrain on")
     return Datalist(cases, [], source)
@@ -203,7 +201,7 @@ def _train_epoch(model: FCMAE3d, loader: DataLoader, optimizer: torch.optim.Opti
     model.train()
     total, seen = 0.0, 0
     for step, batch in enumerate(loader, start=1):
-        images = _plain(batch["image"]).to(device, non_blocking=True)
+        images = batch["image"].to(device, non_blocking=True)  # plain tensors: the loader's plain_collate
         with autocast(device, amp):
             loss = model(images, generator=generator)["loss"]
         optimizer.zero_grad(set_to_none=True)
@@ -216,11 +214,6 @@ def _train_epoch(model: FCMAE3d, loader: DataLoader, optimizer: torch.optim.Opti
         if callbacks is not None:
             callbacks.on_step(epoch, step, loss.item())
     return total / max(1, seen)
-
-
-def _plain(x: torch.Tensor) -> torch.Tensor:
-    """A MONAI MetaTensor as a plain tensor (the model never sees the metadata)."""
-    return x.as_tensor() if hasattr(x, "as_tensor") else x
 
 
 @torch.no_grad()
@@ -238,7 +231,7 @@ def _save_reconstructions(model: FCMAE3d, records: list[dict], plan: Preprocessi
     import matplotlib.pyplot as plt
 
     transform = deterministic_transforms(plan)
-    x = torch.stack([_plain(transform(dict(r))["image"]) for r in records[:cases]]).to(device)
+    x = torch.stack([plain(transform(dict(r))["image"]) for r in records[:cases]]).to(device)
     model.eval()
     out = model(x, generator=torch.Generator().manual_seed(0))
     size = tuple(x.shape[2:])

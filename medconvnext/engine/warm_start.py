@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from medconvnext.engine.checkpoint import load_checkpoint
+from medconvnext.engine.checkpoint import load_checkpoint, unwrap_model
 from medconvnext.errors import UserError
 
 HEAD_PREFIX = "head."
@@ -80,7 +80,7 @@ def layer_decay_groups(model: nn.Module, weight_decay: float, lr: float, decay: 
 
     if not 0.0 < decay <= 1.0:
         raise UserError(f"train.layer_decay must be in (0, 1], got {decay}")
-    plain = getattr(getattr(model, "module", model), "_orig_mod", getattr(model, "module", model))
+    plain = unwrap_model(model)
     if not isinstance(plain, ConvNeXt3d):
         raise UserError("train.layer_decay: supported for ConvNeXt models only")
     depths = [len(stage) for stage in plain.stages]
