@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import typer
 
@@ -27,6 +27,9 @@ def pretrain(
     decoder_dim: int = typer.Option(128, "--decoder-dim", min=8, help="Decoder channels."),
     norm_target: bool = typer.Option(False, "--norm-target/--no-norm-target", metavar="",
                                      help="Reconstruct per-unit normalised voxels (ConvNeXt V2's norm_pix_loss)."),
+    loss: Literal["mse", "bce"] = typer.Option(
+        "mse", "--loss", help="Reconstruction loss: mse (the paper's) or bce for scans in [0, 1] such as masks "
+        "(needs preprocessing.intensity minmax)."),
     include_test: bool = typer.Option(False, "--include-test/--no-include-test", metavar="",
                                       help="Also pretrain on the data's `test` rows."),
     config: Path = options.CONFIG,
@@ -50,7 +53,7 @@ def pretrain(
                     raise UserError("--data and --out are required (or --resume RUN_DIR to continue a run)")
                 cfg = options.build_config(config, set_, data=data, model=model, epochs=epochs,
                                            batch_size=batch_size, lr=lr, seed=seed, device=device)
-                opts = PretrainOptions(mask_ratio, patch_size, decoder_dim, norm_target, include_test)
+                opts = PretrainOptions(mask_ratio, patch_size, decoder_dim, norm_target, include_test, loss)
                 result = run_pretrain(cfg, out, opts, overwrite=overwrite, callbacks=progress)
         last = result.history[-1]
         console.print(f"[bold green]done[/bold green]: {last['epoch']} epochs, reconstruction loss "

@@ -48,6 +48,33 @@ def test_loss_ignores_visible_units() -> None:
     torch.testing.assert_close(masked_patch_loss(pred, target, mask), by_hand)
 
 
+def test_bce_loss_ignores_visible_units_and_refuses_targets_outside_0_1() -> None:
+    torch.manual_seed(0)
+    pred, target = torch.randn(2, 8, 5), (torch.rand(2, 8, 5) > 0.7).float()
+    mask = torch.tensor([[1, 0, 1, 0, 0, 0, 0, 1], [0, 0, 0, 1, 1, 0, 0, 0]], dtype=torch.float32)
+    changed = pred + 100 * (1 - mask).unsqueeze(-1)
+    loss = masked_patch_loss(pred, target, mask, "bce")
+    assert masked_patch_loss(changed, target, mask, "bce") == loss
+    p = torch.sigmoid(pred)
+    per_voxel = -(target * p.log() + (1 - target) * (1 - p).log())
+    by_hand = sum(per_voxel[n, i].mean() for n in range(2) for i in range(8) if mask[n, i]) / 5
+    torch.testing.assert_close(loss, by_hand)
+    with pytest.raises(ValueError, match=r"inputs in \[0, 1\]"):
+        masked_patch_loss(pred, target * 2 - 0.5, mask, "bce")
+
+
+def test_bce_reconstruction_is_a_probability_and_excludes_norm_target() -> None:
+    model = FCMAE3d(create_model("convnext_atto", dims=(8, 16, 32, 64), depths=(1, 1, 1, 1)), mask_unit=8, loss="bce")
+    x = (torch.rand(2, 1, 32, 32, 32) > 0.9).float()
+    out = model(x, generator=torch.Generator().manual_seed(0))
+    volume = model.reconstruct(out["pred"], (32, 32, 32))
+    assert volume.min() >= 0 and volume.max() <= 1 and torch.isfinite(out["loss"])
+    with pytest.raises(ValueError, match="norm_target"):
+        FCMAE3d(create_model("convnext_atto"), loss="bce", norm_target=True)
+    with pytest.raises(ValueError, match="'mse' or 'bce'"):
+        FCMAE3d(create_model("convnext_atto"), loss="l1")  # type: ignore[arg-type]
+
+
 def test_patchify_round_trip_and_shapes() -> None:
     model = FCMAE3d(create_model("convnext_atto", dims=(8, 16, 32, 64), depths=(1, 1, 1, 1)), mask_unit=8)
     x = torch.randn(2, 1, 32, 32, 32)

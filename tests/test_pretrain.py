@@ -48,6 +48,25 @@ def test_pretrain_lowers_its_loss_and_records_its_cases(tmp_path):
     assert "stem.0.weight" in encoder and not any(k.startswith(("proj", "decoder", "mask_token")) for k in encoder)
 
 
+def test_bce_pretrain_on_masks_learns_and_refuses_z_scored_inputs(tmp_path):
+    grid = np.stack(np.meshgrid(*[np.arange(24)] * 3, indexing="ij"))
+    rng = np.random.default_rng(1)
+    for i in range(12):  # binary masks: a ball of random centre and radius
+        centre = rng.uniform(8, 16, 3).reshape(3, 1, 1, 1)
+        write_volume(tmp_path / "masks" / f"m{i:02d}.nii.gz",
+                     (((grid - centre) ** 2).sum(0) < rng.uniform(16, 36)).astype(np.float32) * 255)
+    config = tiny(tmp_path / "masks", 8, **{"train.lr": 3e-3, "preprocessing.intensity": "minmax"})
+    result = pretrain(config, tmp_path / "pt", PretrainOptions(mask_unit=8, loss="bce"))
+    losses = [r["loss"] for r in result.history]
+    assert np.mean(losses[-2:]) < 0.7 * losses[0]
+    assert json.loads((tmp_path / "pt" / "pretrain.json").read_text(encoding="utf-8"))["options"]["loss"] == "bce"
+    out = tmp_path / "pt_z"
+    args = ["pretrain", "--data", str(tmp_path / "masks"), "--out", str(out), "--loss", "bce", "--epochs", "1",
+            "--set", "preprocessing.intensity=zscore", "--set", "model.args.depths=[1,1,1,1]"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "--loss bce needs inputs in [0, 1]" in result.output and not out.exists()
+
+
 def test_a_folder_of_scans_without_labels_and_test_rows_left_out(tmp_path, csv_dataset):
     rng = np.random.default_rng(0)
     for i in range(3):

@@ -36,7 +36,7 @@ from medconvnext.engine.resume import load_training_state, rng_states, save_trai
 from medconvnext.errors import UserError
 from medconvnext.models import create_model
 from medconvnext.models.convnext import ConvNeXt3d
-from medconvnext.models.fcmae import FCMAE3d, patchify
+from medconvnext.models.fcmae import FCMAE3d, ReconstructionLoss, patchify
 from medconvnext.rundir import RunDir
 
 ENCODER = "encoder"  # checkpoint_encoder.safetensors
@@ -52,6 +52,7 @@ class PretrainOptions:
     decoder_dim: int = 128
     norm_target: bool = False
     include_test: bool = False
+    loss: ReconstructionLoss = "mse"  # "bce" for inputs in [0, 1] (masks): see medconvnext.models.fcmae
 
 
 @dataclass
@@ -82,7 +83,8 @@ def build_fcmae(config: Config, in_channels: int, options: PretrainOptions) -> F
         raise UserError(f"--model {config.model.name}: pretrain supports the ConvNeXt family only (masked "
                         "pretraining relies on its sparse-convolution emulation); pick a convnext_* model")
     try:
-        return FCMAE3d(encoder, options.mask_unit, options.mask_ratio, options.decoder_dim, options.norm_target)
+        return FCMAE3d(encoder, options.mask_unit, options.mask_ratio, options.decoder_dim, options.norm_target,
+                       options.loss)
     except ValueError as exc:
         raise UserError(f"pretrain: {exc}") from None
 
@@ -104,6 +106,9 @@ def pretrain(
     if any(s % u for s, u in zip(plan.input_size, unit, strict=True)):
         raise UserError(f"preprocessing.input_size {list(plan.input_size)} must be a multiple of the mask unit "
                         f"{list(unit)} (--patch-size)")
+    if options.loss == "bce" and plan.intensity != "minmax":
+        raise UserError(f"--loss bce needs inputs in [0, 1]: preprocessing.intensity resolved to {plan.intensity!r}; "
+                        "set preprocessing.intensity=minmax (masks) or use --loss mse")
     run = RunDir(Path(out))
     run.prepare_new(overwrite)
     save_config(config, run.config)
