@@ -31,6 +31,23 @@ def test_masked_positions_stay_empty_and_do_not_leak(norm: str) -> None:
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("norm", ["groupnorm", "batchnorm", "channelnorm"])
+def test_masked_forward_gives_the_same_features_in_channels_last(norm: str) -> None:
+    # pretrain runs the encoder in the layout of the models' table (channels_last_3d for ConvNeXt on CPU at 64³):
+    # the masked norms' reshapes must not depend on the strides
+    torch.manual_seed(0)
+    encoder = create_model("convnext_atto", norm=norm, dims=(8, 16, 32, 64), depths=(1, 1, 1, 1)).train()
+    x = torch.rand(2, 1, 64, 64, 64)
+    visible = 1 - random_mask(2, (8, 8, 8), 0.6, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        dense = masked_forward_features(encoder, x, visible)
+        encoder.to(memory_format=torch.channels_last_3d)
+        last = masked_forward_features(encoder, x.contiguous(memory_format=torch.channels_last_3d), visible)
+    assert last[0].is_contiguous(memory_format=torch.channels_last_3d)
+    for a, b in zip(dense, last, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
 def test_random_mask_masks_the_ratio_of_units() -> None:
     mask = random_mask(3, (4, 4, 4), 0.6, torch.Generator().manual_seed(0))
     assert mask.shape == (3, 1, 4, 4, 4)
