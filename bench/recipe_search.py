@@ -2,10 +2,10 @@
 
 Loads the official split into tensors (28³ zero-padded to ``--size``; per-case z-score, or with
 ``--intensity minmax`` each case to [0, 1], as the toolkit's intensity modes), trains one model with the
-trainer's recipe pieces (AdamW without decay on 1-D parameters, linear warm-up + cosine per step, optional EMA
-with warm-up) and flips, and prints val and test AUC / accuracy after every epoch: a cheap way to compare
-architecture arguments and augmentations before running the full CLI protocol. It reads test every epoch for
-the record only; choose on val.
+trainer's loop (``medconvnext.engine.loop``: AdamW without decay on 1-D parameters, linear warm-up + cosine per
+step, optional EMA with warm-up) and flips, and prints val and test AUC / accuracy after every epoch (scored through
+``medconvnext.engine.validation.predict_loader``): a cheap way to compare architecture arguments and augmentations
+before running the full CLI protocol. It reads test every epoch for the record only; choose on val.
 
     OMP_NUM_THREADS=1 python bench/recipe_search.py --npz ../shared/data/adrenalmnist3d.npz --name atto \
         --epochs 12 --ema 0 --args '{"stem_kernel_size": 7}' --out runs/recipe_search
@@ -17,7 +17,9 @@ import argparse
 import json
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,8 +27,12 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from medconvnext.engine.ema import ModelEma
-from medconvnext.engine.trainer import param_groups, warmup_cosine
+from medconvnext.engine.loop import EpochHooks, EpochStats, Loop, run_epochs
+from medconvnext.engine.optim import param_groups, warmup_cosine
+from medconvnext.engine.validation import predict_loader
 from medconvnext.models import create_model
+
+CPU = torch.device("cpu")
 
 
 def main() -> None:
@@ -58,23 +64,60 @@ def main() -> None:
     scheduler = (warmup_cosine(optimizer, steps, steps * args.epochs) if args.schedule == "cosine"
                  else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0))
     ema = ModelEma(model, args.ema) if args.ema > 0 else None
-    history = []
-    for epoch in range(1, args.epochs + 1):
-        start = time.perf_counter()
-        loss = train_epoch(model, optimizer, scheduler, ema, images["train"], labels["train"], args)
-        scored = ema.module if ema else model
-        record = {"epoch": epoch, "loss": loss, "s": time.perf_counter() - start}
-        for split in ("val", "test"):
-            auc, acc = score(scored, images[split], labels[split])
-            record.update({f"{split}_auc": auc, f"{split}_acc": acc})
-        history.append(record)
-        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}), flush=True)
+    # the trainer's loop without AMP, accumulation, mixing or DDP: the scaler is a pass-through on the CPU
+    loop = Loop(model, optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=False), ema,
+                torch.nn.CrossEntropyLoss(), torch.Generator().manual_seed(args.seed), CPU)
+    batches = TensorBatches(images["train"], labels["train"], args.batch_size, args.shift)
+    report = Report(images, labels)
+    run_epochs(loop, batches, range(1, args.epochs + 1), report)
+    history = report.history
     best = max(history, key=lambda r: r["val_auc"])
     print(f"{args.name}: best val AUC {best['val_auc']:.3f} (epoch {best['epoch']}) -> "
           f"test AUC {best['test_auc']:.3f} ACC {best['test_acc']:.3f}")
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "history": history, "best": best}
     (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+
+
+class TensorBatches:
+    """The training batches of in-memory tensors: a new random order per pass, each batch augmented when it is
+    drawn (flips, ``shift``); dicts with ``image`` (B, 1, S, S, S) and ``label`` (B,), the last batch smaller."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, shift: int) -> None:
+        self.images, self.labels, self.batch_size, self.shift = images, labels, batch_size, shift
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.images) / self.batch_size)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        order = torch.randperm(len(self.images))
+        for start in range(0, len(self.images), self.batch_size):
+            index = order[start:start + self.batch_size]
+            yield {"image": augment(self.images[index], self.shift), "label": self.labels[index]}
+
+
+class Report(EpochHooks):
+    """After each epoch: the mean batch loss, val and test AUC / accuracy of the evaluated weights, one line."""
+
+    def __init__(self, images: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]) -> None:
+        self.images, self.labels = images, labels
+        self.history: list[dict[str, Any]] = []
+        self.losses: list[float] = []
+
+    def on_epoch_start(self, loop: Loop, epoch: int) -> None:
+        self.losses = []
+
+    def on_step(self, loop: Loop, epoch: int, step: int, loss: float) -> None:
+        self.losses.append(loss)
+
+    def on_epoch_end(self, loop: Loop, stats: EpochStats) -> None:
+        # the mean over batches (not volumes): what this script has always printed
+        record = {"epoch": stats.epoch, "loss": float(np.mean(self.losses)), "s": time.perf_counter() - stats.started}
+        for split in ("val", "test"):
+            auc, acc = score(loop.eval_model, self.images[split], self.labels[split])
+            record.update({f"{split}_auc": auc, f"{split}_acc": acc})
+        self.history.append(record)
+        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}), flush=True)
 
 
 def load_split(npz: Path, size: int, intensity: str = "zscore",
@@ -123,28 +166,12 @@ def augment(batch: torch.Tensor, shift: int) -> torch.Tensor:
     return out
 
 
-def train_epoch(model, optimizer, scheduler, ema, images, labels, args) -> float:
-    model.train()
-    order = torch.randperm(len(images))
-    losses = []
-    for start in range(0, len(images), args.batch_size):
-        index = order[start:start + args.batch_size]
-        loss = F.cross_entropy(model(augment(images[index], args.shift)), labels[index])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        if ema is not None:
-            ema.update(model)
-        losses.append(loss.item())
-    return float(np.mean(losses))
-
-
-@torch.no_grad()
 def score(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
-    """AUC of class 1 and accuracy at 0.5 (medmnist's conventions)."""
-    model.eval()
-    probs = torch.cat([model(images[i:i + 64]).softmax(1)[:, 1] for i in range(0, len(images), 64)]).numpy()
+    """AUC of class 1 and accuracy at 0.5 (medmnist's conventions), from the trainer's validation forward."""
+    batches = [{"image": images[i:i + 64], "label": labels[i:i + 64], "case_id": list(range(len(images)))[i:i + 64]}
+               for i in range(0, len(images), 64)]
+    logits = predict_loader(model, batches, CPU, amp=False)["logits"]
+    probs = logits.softmax(1)[:, 1].numpy()
     y = labels.numpy()
     return float(roc_auc_score(y, probs)), float(((probs > 0.5) == y).mean())
 

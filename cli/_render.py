@@ -36,7 +36,7 @@ def epoch_progress(fields: str) -> Any:
 
 
 def plan_panel(plan: dict[str, Any]) -> Any:
-    """A short rich panel of :func:`medconvnext.engine.trainer.run_plan`: preprocessing, split, model, device."""
+    """A short rich panel of :func:`medconvnext.engine.setup.run_plan`: preprocessing, split, model, device."""
     from rich.panel import Panel
     from rich.table import Table
 

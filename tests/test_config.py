@@ -75,8 +75,8 @@ def test_mode_literals_agree_with_the_modules_that_act_on_them():
     from medconvnext.data.transforms import AUGMENTATIONS, INTENSITY_MODES
     from medconvnext.engine.feeding import AUGMENT_ON
     from medconvnext.engine.inference import INFERENCE_MODES
+    from medconvnext.engine.setup import BALANCE_MODES, SELECT_MODES
     from medconvnext.engine.sliding_window import AGGREGATIONS
-    from medconvnext.engine.trainer import BALANCE_MODES, SELECT_MODES
     from medconvnext.models.inflate import MODES
 
     pairs = [(c.Cache, CACHE_MODES), (c.Augment, AUGMENTATIONS), (c.AugmentOn, AUGMENT_ON), (c.Leakage, LEAKAGE_MODES),

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from test_resume import TINY
 
-from medconvnext.engine.trainer import evaluate_run
+from medconvnext.engine.validation import evaluate_run
 
 TORCHRUN = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
 

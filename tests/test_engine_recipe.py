@@ -13,7 +13,8 @@ from medconvnext.config import Config, InferenceConfig, apply_overrides
 from medconvnext.data.datalist import Case, Datalist
 from medconvnext.engine.ema import ModelEma
 from medconvnext.engine.inference import _pad_to, choose_mode
-from medconvnext.engine.trainer import _build_model, train
+from medconvnext.engine.setup import build_model
+from medconvnext.engine.trainer import train
 from medconvnext.errors import UserError
 
 
@@ -49,7 +50,7 @@ def test_ema_warmup_ramps_the_decay_up_to_its_value():
 
 def test_drop_path_rate_goes_to_models_that_take_it():
     config = apply_overrides(Config(), {"train.drop_path_rate": 0.2, "model.args.dims": [8, 16, 32, 64]})
-    model = _build_model(config, Datalist([Case("a", ("a.nii",), "x"), Case("b", ("b.nii",), "y")], ["x", "y"]))
+    model = build_model(config, Datalist([Case("a", ("a.nii",), "x"), Case("b", ("b.nii",), "y")], ["x", "y"]))
     assert model.model_args["drop_path_rate"] == 0.2
 
 
@@ -57,7 +58,7 @@ def test_drop_path_rate_is_ignored_with_a_warning_elsewhere():
     config = apply_overrides(Config(), {"model.name": "convmixer_128_4", "model.args.dim": 8, "model.args.depth": 1,
                                         "train.drop_path_rate": 0.2})
     with pytest.warns(UserWarning, match="drop_path_rate"):
-        model = _build_model(config, Datalist([Case("a", ("a.nii",), "x"), Case("b", ("b.nii",), "y")], ["x", "y"]))
+        model = build_model(config, Datalist([Case("a", ("a.nii",), "x"), Case("b", ("b.nii",), "y")], ["x", "y"]))
     assert "drop_path_rate" not in model.model_args
 
 

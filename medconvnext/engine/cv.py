@@ -207,7 +207,7 @@ def cross_validate(
         n_boot: bootstrap resamples of the report's confidence intervals.
         target_sensitivity: the operating point written to ``calibration.json`` (None: Youden's J).
     """
-    from medconvnext.engine.trainer import audit_training_split
+    from medconvnext.engine.setup import audit_training_split
 
     if not config.data.path:
         raise UserError("data.path is not set: pass --data DIR")

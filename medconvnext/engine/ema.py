@@ -1,4 +1,16 @@
-"""Exponential moving average (EMA) of a model's weights, evaluated and saved instead of the raw weights."""
+"""Exponential moving average (EMA) of a model's weights, evaluated and saved instead of the raw weights.
+
+Why not ``torch.optim.swa_utils.AveragedModel`` (with ``get_ema_multi_avg_fn`` or a custom ``multi_avg_fn``):
+
+- its first update copies the weights, where this EMA's warm-up already averages (decay 0.1 at the first step);
+- its multi-average function gets the update count as a tensor on the device, so a warm-up decay computed from
+  it costs a host-device synchronisation per step;
+- ``use_buffers=False`` copies BatchNorm's running statistics instead of averaging them; ``use_buffers=True``
+  averages the integer ``num_batches_tracked`` too, which this EMA copies;
+- ``get_ema_multi_avg_fn`` updates with ``lerp``, which rounds differently from the multiply-add below, so seeded
+  runs would no longer reproduce earlier ones, and its state (``n_averaged``, a ``module.`` prefix) would not load
+  the EMA of training states written before.
+"""
 
 from __future__ import annotations
 

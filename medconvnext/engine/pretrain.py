@@ -31,6 +31,7 @@ from medconvnext.data.validate import require_valid, validate_datalist
 from medconvnext.engine.checkpoint import atomic_write, save_checkpoint
 from medconvnext.engine.devices import as_model_input, autocast, needs_grad_scaler, resolve_device
 from medconvnext.engine.feeding import loader_options, plain
+from medconvnext.engine.optim import param_groups, warmup_cosine
 from medconvnext.engine.provenance import environment_info
 from medconvnext.engine.resume import load_training_state, rng_states, save_training_state, set_rng_states
 from medconvnext.errors import UserError
@@ -158,8 +159,6 @@ def _fit(config: Config, run: RunDir, cases: list[Case], plan: Preprocessing, op
     generator = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=len(dataset) > cfg.batch_size,
                         generator=generator, **loader_options(config.data, device))
-    from medconvnext.engine.trainer import param_groups, warmup_cosine
-
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
     scheduler = warmup_cosine(optimizer, cfg.warmup_epochs * len(loader), cfg.epochs * len(loader))
     scaler = torch.amp.GradScaler("cuda", enabled=needs_grad_scaler(device, cfg.amp))

@@ -1,0 +1,342 @@
+"""Setting up a training run: checks, datalist, split, plan, run files, device, and the model built once.
+
+:func:`prepare_training` (a new run) and :func:`prepare_resume` (a run continued from its directory) both end in a
+:class:`RunSetup`: everything the epoch loop needs to start, decided and written before the first epoch. Every
+user error is raised here, before the run directory is written.
+
+The model is built once, right after the global generators are seeded, so its initial weights depend only on
+``train.seed`` (on every rank and on resume); the plan reads the model's minimum input size from that same model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medconvnext.config import Config, TrainConfig, load_config, save_config
+from medconvnext.data.datalist import Datalist, load_datalist
+from medconvnext.data.fingerprint import compute_fingerprint, plan_preprocessing
+from medconvnext.data.patches import PATCH_MODES
+from medconvnext.data.preprocessing import Preprocessing
+from medconvnext.data.splits import Split, train_val_split
+from medconvnext.data.validate import require_valid, validate_datalist
+from medconvnext.engine import distributed as dist
+from medconvnext.engine.checkpoint import atomic_write
+from medconvnext.engine.devices import resolve_device
+from medconvnext.engine.feeding import check_data_options
+from medconvnext.engine.provenance import environment_info
+from medconvnext.engine.resume import load_training_state
+from medconvnext.errors import UserError
+from medconvnext.models import create_model, get_entry
+from medconvnext.rundir import RunDir
+
+__all__ = ["BALANCE_MODES", "SELECT_MODES", "RunSetup", "audit_training_split", "build_model", "init_weights",
+           "prepare_resume", "prepare_training", "run_plan", "seed_everything"]
+
+BALANCE_MODES = ("none", "weights", "sampler")
+SELECT_MODES = ("val_auc", "last")
+
+
+@dataclass
+class RunSetup:
+    """A run ready for its first (or next) epoch: what it trains on, where it writes, and the model."""
+
+    config: Config
+    run: RunDir
+    datalist: Datalist
+    split: Split
+    plan: Preprocessing
+    device: torch.device
+    model: nn.Module  # seeded with train.seed; not yet on the device
+    state: dict[str, Any] | None = None  # the training state to continue from (resume), else None
+
+
+def prepare_training(
+    config: Config, out: str | Path, overwrite: bool, split: Split | None, audit: bool, validated: bool
+) -> RunSetup:
+    """Check everything, then create the run directory ``out`` with config.yaml, dataset.json and splits.json.
+
+    See :func:`medconvnext.engine.trainer.train` for the arguments.
+
+    Raises:
+        UserError: a bad image (named, with the reason) unless ``data.skip_bad``; a bad option; ``out`` not empty
+            and not a run, or a run without ``overwrite``; before anything is written.
+    """
+    if not config.data.path:
+        raise UserError("data.path is not set: pass --data DIR")
+    check_recipe(config.train)
+    check_data_options(config.data)
+    check_init(config)
+    run = RunDir(Path(out))
+    if os.environ.get("RANK", "0") == "0":  # (no process group yet) only rank 0 creates the folder: a later rank
+        run.check_new(overwrite)  # could see it already; a foreign or existing folder is refused before any work
+    datalist = load_datalist(config.data.path)
+    # the gate: every image is checked (cached by content) before anything is planned or written
+    datalist, skipped = validate_datalist(datalist, skip_bad=config.data.skip_bad)
+    if not validated:
+        for problem in skipped:
+            warnings.warn(f"skipped bad case: {problem}", stacklevel=3)
+    try:
+        get_entry(config.model.name)  # fail on an unknown model before touching the disk
+    except ValueError as exc:
+        raise UserError(f"model.name: {exc}") from None
+    if split is None:
+        split = train_val_split(datalist, config.data.val_fraction, config.train.seed)
+    else:
+        check_split(split, datalist)
+    if audit:
+        audit_training_split(config, datalist, split)
+    device = setup_device(config.train.device)
+    if dist.is_main():
+        run.prepare_new(overwrite)
+    dist.barrier()
+    model = _seeded_model(config, datalist)
+    train_cases = [c for c in datalist.cases if c.case_id in set(split.train)]
+    plan = plan_preprocessing(config.preprocessing, compute_fingerprint(train_cases), model.min_input_size)
+    if dist.is_main():
+        _write_run_files(run, config, datalist, split, plan, skipped)
+    return RunSetup(config, run, datalist, split, plan, device, model)
+
+
+def prepare_resume(run_dir: str | Path, epochs: int | None, device: str | None) -> RunSetup:
+    """The run in ``run_dir`` with its own config.yaml (``epochs`` / ``device`` replaced when given, and saved),
+    its split, plan and training state (None when it was killed before its first epoch ended).
+
+    Raises:
+        UserError: not a run directory, or a scan it uses changed and is now bad.
+    """
+    run = RunDir(Path(run_dir))
+    for needed in (run.config, run.dataset, run.splits):
+        if not needed.is_file():
+            raise UserError(f"--resume {run.root}: {needed.name} missing (not a run directory); train it again")
+    config = load_config(run.config)
+    if epochs is not None:
+        config.train.epochs = epochs
+    if device is not None:
+        config.train.device = device
+    dataset = json.loads(run.dataset.read_text(encoding="utf-8"))
+    splits = json.loads(run.splits.read_text(encoding="utf-8"))
+    datalist = load_datalist(config.data.path)
+    split = Split(splits["train"], splits["val"], splits.get("test", []))
+    used = {*split.train, *split.val}  # a scan replaced since the run started is checked again (cache by content)
+    require_valid([c for c in datalist.cases if c.case_id in used], "; the run's data changed since it started")
+    torch_device = setup_device(config.train.device)
+    if dist.is_main() and (epochs is not None or device is not None):
+        save_config(config, run.config)
+    plan = Preprocessing.from_dict(dataset["preprocessing"])
+    state = load_training_state(run.training_state()) if run.training_state().is_file() else None
+    return RunSetup(config, run, datalist, split, plan, torch_device, _seeded_model(config, datalist), state)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (the global generators; MONAI transforms are seeded per epoch)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _seeded_model(config: Config, datalist: Datalist) -> nn.Module:
+    """Seed the global generators, then build the model: its initial weights depend only on ``train.seed``
+    (and the global streams that dropout, DropPath and the workers draw from start from the seed too)."""
+    seed_everything(config.train.seed)
+    return build_model(config, datalist)
+
+
+def build_model(config: Config, datalist: Datalist) -> nn.Module:
+    """The configured model (one input channel per image of a case, one output per class);
+    ``train.drop_path_rate`` goes to the model when it accepts one.
+
+    Raises:
+        UserError: a bad ``model.args`` entry, named.
+    """
+    num_classes = len(datalist.classes)
+    args = {"in_channels": len(datalist.cases[0].images), **config.model.args}
+    if config.train.drop_path_rate is not None:
+        args["drop_path_rate"] = config.train.drop_path_rate
+    try:
+        return _create_configured_model(config.model.name, num_classes, args)
+    except TypeError as exc:
+        if "drop_path_rate" not in str(exc) or "drop_path_rate" in config.model.args:
+            raise UserError(f"model.args: {exc}") from exc
+        warnings.warn(f"model {config.model.name} has no drop_path_rate; train.drop_path_rate ignored", stacklevel=2)
+        args.pop("drop_path_rate")
+        return _create_configured_model(config.model.name, num_classes, args)
+
+
+def _create_configured_model(name: str, num_classes: int, args: dict[str, Any]) -> nn.Module:
+    """``create_model`` with a bad argument value reported as a user error naming ``model.args``."""
+    try:
+        return create_model(name, num_classes=num_classes, **args)
+    except ValueError as exc:
+        raise UserError(f"model.args: {exc}") from exc
+
+
+def init_weights(model: nn.Module, config: Config, run: RunDir) -> None:
+    """A new run's starting weights: inflated 2D weights (``model.init_2d``), then a pretraining run's encoder or
+    another checkpoint (``model.init``); what was loaded goes to ``init_2d.json`` / ``init.json`` in the run."""
+    if config.model.init_2d:
+        _init_from_2d(model, config, run)
+    if config.model.init:
+        _init_from_3d(model, config, run)
+
+
+def _init_from_2d(model: nn.Module, config: Config, run: RunDir) -> None:
+    from medconvnext.models.inflate import load_2d_weights_file
+
+    try:
+        report = load_2d_weights_file(model, config.model.init_2d, mode=config.model.init_2d_mode)
+    except ValueError as exc:
+        raise UserError(f"model.init_2d {config.model.init_2d}: {exc}") from None
+    if dist.is_main():
+        record = {"path": str(config.model.init_2d), **dataclasses.asdict(report)}
+        atomic_write(run.root / "init_2d.json",
+                     lambda tmp: tmp.write_text(json.dumps(record, indent=2), encoding="utf-8"))
+        for note in report.notes:
+            warnings.warn(f"model.init_2d: {note}", stacklevel=2)
+
+
+def _init_from_3d(model: nn.Module, config: Config, run: RunDir) -> None:
+    from medconvnext.engine.warm_start import load_3d_weights
+
+    report = load_3d_weights(model, config.model.init)
+    if dist.is_main():
+        atomic_write(run.root / "init.json", lambda tmp: tmp.write_text(json.dumps(report, indent=2), encoding="utf-8"))
+
+
+def setup_device(name: str) -> torch.device:
+    """Resolve the device; under torchrun join the process group and use this rank's GPU."""
+    device = resolve_device(name)
+    dist.init_from_env(device.type)
+    if device.type == "cuda" and dist.env_world_size() > 1:
+        device = torch.device("cuda", dist.local_rank())
+    return device
+
+
+def _write_run_files(
+    run: RunDir, config: Config, datalist: Datalist, split: Split, plan: Preprocessing, skipped: list[str]
+) -> None:
+    save_config(config, run.config)
+    dataset = {
+        "source": datalist.source,
+        "classes": datalist.classes,
+        "preprocessing": plan.to_dict(),
+        "cases": [c.to_dict() for c in datalist.cases],
+        "skipped_bad_cases": skipped,
+        "environment": environment_info(),
+    }
+    run.dataset.write_text(json.dumps(dataset, indent=2), encoding="utf-8")
+    run.splits.write_text(json.dumps(split.to_dict(), indent=2), encoding="utf-8")
+
+
+def run_plan(setup: RunSetup, model: nn.Module, steps_per_epoch: int, start_epoch: int) -> dict[str, Any]:
+    """What a run is about to do, as plain JSON values (passed to an optional ``on_plan`` callback).
+
+    Keys: ``run_dir``; ``plan`` (spacing mm (x, y, z), input_size voxels, intensity, orientation); ``split``
+    (side -> class -> cases); ``model`` (name, parameters, args); ``device``, ``amp``, ``epochs``,
+    ``batch_size``, ``steps_per_epoch``, ``start_epoch`` (> 1 when resumed); ``config`` (the resolved config).
+    """
+    config, plan, split = setup.config, setup.plan, setup.split
+    label_of = {c.case_id: c.label for c in setup.datalist.cases}
+    sides = {"train": split.train, "val": split.val, "test": split.test}
+    counts = {side: {name: sum(label_of.get(i) == name for i in ids) for name in setup.datalist.classes}
+              for side, ids in sides.items() if ids}
+    return {
+        "run_dir": str(setup.run.root),
+        "plan": {"spacing": list(plan.spacing), "input_size": list(plan.input_size), "intensity": plan.intensity,
+                 "orientation": plan.orientation},
+        "split": counts,
+        "model": {"name": config.model.name, "parameters": sum(p.numel() for p in model.parameters()),
+                  "args": dict(getattr(model, "model_args", {}) or {})},
+        "device": str(setup.device),
+        "amp": bool(config.train.amp and setup.device.type == "cuda"),
+        "epochs": config.train.epochs,
+        "batch_size": config.train.batch_size,
+        "steps_per_epoch": steps_per_epoch,
+        "start_epoch": start_epoch,
+        "config": dataclasses.asdict(config),
+    }
+
+
+def audit_training_split(
+    config: Config, datalist: Datalist, split: Split | Sequence[Any], group_by: str | None = "subject"
+) -> None:
+    """Leakage audit of a split (or of cross-validation folds) as ``data.leakage`` says: warn (once, on the
+    first process), error (UserError in every process) or off. Runs before any process group exists."""
+    from medconvnext.data.leakage import LEAKAGE_MODES, audit_folds, audit_split, enforce
+
+    mode = config.data.leakage
+    if mode not in LEAKAGE_MODES:
+        raise UserError(f"data.leakage must be one of {', '.join(LEAKAGE_MODES)}, got {mode!r}")
+    if mode == "off" or (mode == "warn" and os.environ.get("RANK", "0") != "0"):
+        return
+    if isinstance(split, Split):
+        report = audit_split(datalist, split, group_by)
+    else:
+        report = audit_folds(datalist, split, group_by)
+    enforce(report, mode, "--strict (data.leakage=error)")
+
+
+def check_split(split: Split, datalist: Datalist) -> None:
+    """An explicit split must name known cases, each on one side, with a training and a validation set."""
+    known = {c.case_id for c in datalist.cases}
+    sides = {"train": split.train, "val": split.val, "test": split.test}
+    for side, ids in sides.items():
+        unknown = [i for i in ids if i not in known]
+        if unknown:
+            raise UserError(f"split.{side}: unknown case id {unknown[0]!r} (not in {datalist.source})")
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        both = set(sides[a]) & set(sides[b])
+        if both:
+            raise UserError(f"split: case {sorted(both)[0]!r} is in both {a} and {b}")
+    if not split.train or not split.val:
+        raise UserError("split: needs at least one training and one validation case")
+
+
+def check_recipe(cfg: TrainConfig) -> None:
+    """Field-naming user errors for the recipe options."""
+    if cfg.balance not in BALANCE_MODES:
+        raise UserError(f"train.balance must be one of {', '.join(BALANCE_MODES)}, got {cfg.balance!r}")
+    if cfg.patches not in PATCH_MODES:
+        raise UserError(f"train.patches must be one of {', '.join(PATCH_MODES)}, got {cfg.patches!r}")
+    if cfg.select not in SELECT_MODES:
+        raise UserError(f"train.select must be one of {', '.join(SELECT_MODES)}, got {cfg.select!r}")
+    if cfg.layer_decay is not None and not 0.0 < cfg.layer_decay <= 1.0:
+        raise UserError(f"train.layer_decay must be in (0, 1], got {cfg.layer_decay}")
+    if cfg.accumulate < 1:
+        raise UserError(f"train.accumulate must be >= 1, got {cfg.accumulate}")
+    if not 0.0 <= cfg.label_smoothing < 1.0:
+        raise UserError(f"train.label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
+    for name in ("mixup", "cutmix"):
+        if getattr(cfg, name) < 0:
+            raise UserError(f"train.{name} (a Beta alpha) must be >= 0, got {getattr(cfg, name)}")
+    if not 0.0 <= cfg.mix_prob <= 1.0:
+        raise UserError(f"train.mix_prob must be in [0, 1], got {cfg.mix_prob}")
+    if not 0.0 <= cfg.ema_decay < 1.0:
+        raise UserError(f"train.ema_decay must be in [0, 1), got {cfg.ema_decay}")
+    if cfg.balance == "sampler" and dist.env_world_size() > 1:
+        raise UserError("train.balance=sampler is not supported with torchrun; use train.balance=weights")
+
+
+def check_init(config: Config) -> None:
+    """Fail on a bad ``model.init_2d`` / ``model.init`` before a run directory is created."""
+    from medconvnext.models.inflate import MODES
+
+    if config.model.init_2d_mode not in MODES:
+        raise UserError(f"model.init_2d_mode must be one of {', '.join(MODES)}, got {config.model.init_2d_mode!r}")
+    if config.model.init_2d and not Path(config.model.init_2d).is_file():
+        raise UserError(f"model.init_2d: 2D weights file not found: {config.model.init_2d}")
+    if config.model.init:
+        from medconvnext.engine.warm_start import init_checkpoint
+
+        init_checkpoint(config.model.init)  # UserError when there is no checkpoint there

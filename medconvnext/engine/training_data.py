@@ -1,0 +1,112 @@
+"""The datasets and loaders of a training run: shuffled (class-balanced, distributed) training batches and this
+rank's share of the validation cases, as whole volumes or uncropped for sliding windows."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
+
+from medconvnext.config import Config
+from medconvnext.data.dataset import case_records, make_dataset
+from medconvnext.data.patches import patch_training_transforms
+from medconvnext.data.transforms import augmentation_transforms, deterministic_transforms, training_transforms
+from medconvnext.engine import distributed as dist
+from medconvnext.engine.feeding import BatchAugment, loader_options
+from medconvnext.engine.inference import check_inference, uncropped_transforms
+from medconvnext.engine.setup import RunSetup
+from medconvnext.engine.validation import Tiling
+
+__all__ = ["TrainingData", "class_counts", "training_data"]
+
+
+@dataclass
+class TrainingData:
+    """What the loop trains on and what the validation evaluates."""
+
+    train_loader: DataLoader
+    val_loader: DataLoader  # this rank's share (every world_size-th case); the results are gathered
+    train_transform: Any  # the loader's random transforms (MONAI), seeded per epoch
+    augment: BatchAugment | None  # the random augmentation on the device (data.augment_on=device), else None
+    tiling: Tiling | None  # sliding-window validation of uncropped volumes, None for whole volumes
+    class_counts: list[int]  # training cases per class, each at least 1
+
+
+def training_data(setup: RunSetup, generator: torch.Generator) -> TrainingData:
+    """Build the run's datasets (filling the cache) and loaders; ``generator`` orders the training batches.
+
+    Raises:
+        UserError: bad ``inference.*`` settings.
+    """
+    config, plan, datalist, split, device = setup.config, setup.plan, setup.datalist, setup.split, setup.device
+    by_id = {c.case_id: c for c in datalist.cases}
+    train_records = case_records(datalist, [by_id[i] for i in split.train])
+    val_records = case_records(datalist, [by_id[i] for i in split.val])
+    # data.augment_on=device: the loader's transforms stop before the augmentation, which runs in the step
+    on_device = config.data.augment_on == "device"
+    loader_augment = "none" if on_device else config.data.augment
+    if config.train.patches != "none":
+        train_transform = patch_training_transforms(plan, loader_augment, config.train.patches)
+    else:
+        train_transform = training_transforms(plan, loader_augment)
+    feed = loader_options(config.data, device)  # the loaders' workers also fill the memory cache (threads)
+    train_ds = make_dataset(train_records, train_transform, config.data.cache, feed["num_workers"],
+                            cache_dir=config.data.cache_dir)
+    check_inference(config.inference)
+    # whole: validate on the training input size; sliding/auto: on the full (uncropped) volumes
+    tiled = config.inference.mode != "whole"
+    val_transform = uncropped_transforms(plan) if tiled else deterministic_transforms(plan)
+    # each rank evaluates (and caches) every world_size-th case; the results are gathered, so each case counts once
+    val_part = make_dataset(val_records[dist.rank() :: dist.world_size()], val_transform, config.data.cache,
+                            feed["num_workers"], cache_dir=config.data.cache_dir)
+    counts = class_counts(train_records, len(datalist.classes))
+    train_loader = _train_loader(train_ds, train_records, counts, config, generator, device)
+    # uncropped volumes differ in size, so they go one at a time
+    val_loader = DataLoader(val_part, batch_size=1 if tiled else config.train.batch_size, **feed)
+    augment = BatchAugment(augmentation_transforms(config.data.augment, plan.input_size)) if on_device else None
+    tiling = (config.inference, plan.input_size) if tiled else None
+    return TrainingData(train_loader, val_loader, train_transform, augment, tiling, counts)
+
+
+def class_counts(records: list[dict], num_classes: int) -> list[int]:
+    """Cases per class index in ``records``, at least 1 each (the inverse frequencies stay finite)."""
+    counts = [0] * num_classes
+    for r in records:
+        counts[r["label"]] += 1
+    return [max(1, c) for c in counts]
+
+
+def _train_loader(
+    train_ds: Any, records: list[dict], counts: list[int], config: Config, generator: torch.Generator,
+    device: torch.device,
+) -> DataLoader:
+    """Shuffled (or class-balanced, or distributed) batches; the seeded generator makes the order reproducible."""
+    cfg = config.train
+    sampler: Any = None
+    if dist.is_distributed():
+        sampler = DistributedSampler(train_ds, dist.world_size(), dist.rank(), shuffle=True, seed=cfg.seed)
+    elif cfg.balance == "sampler":
+        weights = [1.0 / counts[r["label"]] for r in records]
+        sampler = WeightedRandomSampler(weights, num_samples=len(records), replacement=True, generator=generator)
+    per_rank = len(train_ds) // dist.world_size()
+    return DataLoader(
+        train_ds, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+        drop_last=per_rank > cfg.batch_size, generator=generator, worker_init_fn=_seed_worker,
+        **loader_options(config.data, device),
+    )
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Give each loader worker its own reproducible random streams (torch seeds it from the loader's generator)."""
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+    info = torch.utils.data.get_worker_info()
+    dataset = info.dataset if info is not None else None
+    transform = getattr(dataset, "transform", None)
+    if hasattr(transform, "set_random_state"):
+        transform.set_random_state(seed=seed)
