@@ -55,6 +55,12 @@ def pretrain(
                                            batch_size=batch_size, lr=lr, seed=seed, device=device)
                 opts = PretrainOptions(mask_ratio, patch_size, decoder_dim, norm_target, include_test, loss)
                 result = run_pretrain(cfg, out, opts, overwrite=overwrite, callbacks=progress)
+        from medconvnext.engine import distributed
+
+        main = distributed.is_main()
+        distributed.cleanup()
+        if not main:  # under torchrun only rank 0 reports
+            return
         last = result.history[-1]
         console.print(f"[bold green]done[/bold green]: {last['epoch']} epochs, reconstruction loss "
                       f"{last['loss']:.4f}; encoder in {result.run_dir / 'checkpoint_encoder.safetensors'}")

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
 from test_resume import TINY
 
 from medconvnext.engine.validation import evaluate_run
@@ -37,3 +38,27 @@ def test_two_process_gloo_run_matches_single_process_evaluation(csv_dataset, tmp
     assert single["metrics"]["auc"] == pytest.approx(records[-1]["val_auc"])
     predictions = (run / "val_predictions.csv").read_text(encoding="utf-8").splitlines()
     assert len(predictions) - 1 == len(splits["val"])
+
+
+@pytest.mark.skipif(not Path(TORCHRUN).exists(), reason="torchrun not installed")
+def test_two_process_gloo_pretrain_writes_one_run_that_train_init_loads(csv_dataset, tmp_path):
+    run = tmp_path / "pre"
+    model_args = ["--set", "model.args.dims=[8,16,24,32]", "--set", "model.args.depths=[1,1,1,1]",
+                  "--set", "preprocessing.input_size=[32,32,32]"]
+    args = [TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "medconvnext", "pretrain", "--data",
+            str(csv_dataset), "--out", str(run), "--epochs", "2", "--batch-size", "2", "--device", "cpu", *model_args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(args, capture_output=True, text=True, encoding="utf-8", timeout=120, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert proc.stdout.count("done:") == 1  # rank 0 reports, once
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2] and all(r["loss"] > 0 for r in records)
+    assert not list(run.glob("*.tmp"))
+    ft = tmp_path / "ft"
+    proc = subprocess.run([sys.executable, "-m", "medconvnext", "train", "--data", str(csv_dataset), "--out", str(ft),
+                           "--epochs", "1", "--batch-size", "2", "--device", "cpu", "--init", str(run), *model_args],
+                          capture_output=True, text=True, encoding="utf-8", timeout=120, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    encoder = load_file(str(run / "checkpoint_encoder.safetensors"))
+    loaded = json.loads((ft / "init.json").read_text(encoding="utf-8"))["loaded"]
+    assert loaded == len([k for k in encoder if not k.startswith("head.")]) > 0

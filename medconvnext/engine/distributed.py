@@ -19,12 +19,16 @@ def env_world_size() -> int:
 
 
 def init_from_env(device_type: str) -> None:
-    """Join the process group when launched by torchrun: NCCL on CUDA, gloo on CPU."""
+    """Join the process group when launched by torchrun: NCCL for CUDA tensors, gloo for CPU ones.
+
+    On CUDA both backends are registered: the small collectives on CPU values (summed losses, gathered case
+    ids) would otherwise fail under NCCL alone ("no backend type associated with device type cpu").
+    """
     if env_world_size() <= 1 or dist.is_initialized():
         return
     if device_type == "cuda":
         torch.cuda.set_device(local_rank())
-    dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    dist.init_process_group(backend="cpu:gloo,cuda:nccl" if device_type == "cuda" else "gloo")
 
 
 def is_distributed() -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -19,7 +20,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
 
 from medconvnext.config import Config, load_config, save_config
 from medconvnext.data.datalist import Case, Datalist, case_id_from_path, is_image_file, load_datalist
@@ -28,12 +30,14 @@ from medconvnext.data.fingerprint import compute_fingerprint, plan_preprocessing
 from medconvnext.data.preprocessing import Preprocessing
 from medconvnext.data.transforms import deterministic_transforms, training_transforms
 from medconvnext.data.validate import require_valid, validate_datalist
-from medconvnext.engine.checkpoint import atomic_write, save_checkpoint
-from medconvnext.engine.devices import as_model_input, autocast, needs_grad_scaler, resolve_device
+from medconvnext.engine import distributed as dist
+from medconvnext.engine.checkpoint import atomic_write, save_checkpoint, unwrap_model
+from medconvnext.engine.devices import as_model_input, autocast, needs_grad_scaler
 from medconvnext.engine.feeding import loader_options, plain
 from medconvnext.engine.optim import param_groups, warmup_cosine
 from medconvnext.engine.provenance import environment_info
 from medconvnext.engine.resume import load_training_state, rng_states, save_training_state, set_rng_states
+from medconvnext.engine.setup import setup_device
 from medconvnext.errors import UserError
 from medconvnext.models import apply_memory_format, create_model, model_memory_format
 from medconvnext.models.convnext import ConvNeXt3d
@@ -111,13 +115,19 @@ def pretrain(
         raise UserError(f"--loss bce needs inputs in [0, 1]: preprocessing.intensity resolved to {plan.intensity!r}; "
                         "set preprocessing.intensity=minmax (masks) or use --loss mse")
     run = RunDir(Path(out))
-    run.prepare_new(overwrite)
-    save_config(config, run.config)
-    record = {"options": dataclasses.asdict(options), "source": source, "preprocessing": plan.to_dict(),
-              "cases": [c.case_id for c in cases], "images": [list(c.images) for c in cases],
-              "skipped_bad_cases": skipped, "environment": environment_info()}
-    atomic_write(run.root / OPTIONS_FILE, lambda tmp: tmp.write_text(json.dumps(record, indent=2), encoding="utf-8"))
-    return _fit(config, run, cases, plan, options, callbacks, state=None)
+    if os.environ.get("RANK", "0") == "0":  # no process group yet: only rank 0 checks (then creates) the folder
+        run.check_new(overwrite)
+    device = setup_device(config.train.device)  # under torchrun: joins the process group
+    if dist.is_main():
+        run.prepare_new(overwrite)
+        save_config(config, run.config)
+        record = {"options": dataclasses.asdict(options), "source": source, "preprocessing": plan.to_dict(),
+                  "cases": [c.case_id for c in cases], "images": [list(c.images) for c in cases],
+                  "skipped_bad_cases": skipped, "environment": environment_info()}
+        atomic_write(run.root / OPTIONS_FILE,
+                     lambda tmp: tmp.write_text(json.dumps(record, indent=2), encoding="utf-8"))
+    dist.barrier()
+    return _fit(config, run, cases, plan, options, device, callbacks, state=None)
 
 
 def resume_pretrain(run_dir: str | Path, epochs: int | None = None, callbacks: Any = None) -> PretrainResult:
@@ -131,11 +141,14 @@ def resume_pretrain(run_dir: str | Path, epochs: int | None = None, callbacks: A
     cases = [Case(case_id, tuple(images), None) for case_id, images in zip(record["cases"], record["images"],
                                                                            strict=True)]
     require_valid(cases, "; the run's data changed since it started")  # a replaced scan is checked again
+    device = setup_device(config.train.device)
     if epochs is not None:
         config.train.epochs = epochs
-        save_config(config, run.config)
+        if dist.is_main():
+            save_config(config, run.config)
     state = load_training_state(run.training_state()) if run.training_state().is_file() else None
-    return _fit(config, run, cases, Preprocessing.from_dict(record["preprocessing"]), options, callbacks, state)
+    plan = Preprocessing.from_dict(record["preprocessing"])
+    return _fit(config, run, cases, plan, options, device, callbacks, state)
 
 
 def _as_datalist(cases: list[Case], source: str) -> Datalist:
@@ -145,35 +158,47 @@ def _as_datalist(cases: list[Case], source: str) -> Datalist:
 
 
 def _fit(config: Config, run: RunDir, cases: list[Case], plan: Preprocessing, options: PretrainOptions,
-         callbacks: Any, state: dict[str, Any] | None) -> PretrainResult:
+         device: torch.device, callbacks: Any, state: dict[str, Any] | None) -> PretrainResult:
     cfg = config.train
-    torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
-    model = build_fcmae(config, plan.in_channels, options).to(device)
+    callbacks = callbacks if dist.is_main() else None
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    fcmae = build_fcmae(config, plan.in_channels, options).to(device)
+    # the classifier head takes no part in reconstruction: frozen, so DDP does not wait for its gradients
+    for module in (fcmae.encoder.head_norm, fcmae.encoder.head):
+        module.requires_grad_(False)
     # the encoder trains in the layout `train` measured fastest for its family, device and input size (issue 14)
-    model.to(memory_format=apply_memory_format(model.encoder, device, plan.input_size))
+    fcmae.to(memory_format=apply_memory_format(fcmae.encoder, device, plan.input_size))
+    model: nn.Module = fcmae
+    if dist.is_distributed():
+        # each rank normalises over its own visible positions (masked_norm), as train's BatchNorm does on CPU
+        model = DistributedDataParallel(fcmae, device_ids=[device.index] if device.type == "cuda" else None)
     records = [{"image": c.images[0] if len(c.images) == 1 else list(c.images), "label": -1, "case_id": c.case_id}
                for c in cases]
     transform = training_transforms(plan, config.data.augment)
     dataset = make_dataset(records, transform, config.data.cache, cache_dir=config.data.cache_dir)
     generator = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=len(dataset) > cfg.batch_size,
-                        generator=generator, **loader_options(config.data, device))
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
+    sampler = (DistributedSampler(dataset, dist.world_size(), dist.rank(), shuffle=True, seed=cfg.seed)
+               if dist.is_distributed() else None)
+    per_rank = math.ceil(len(dataset) / dist.world_size())
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+                        drop_last=per_rank > cfg.batch_size, generator=generator,
+                        **loader_options(config.data, device))
+    optimizer = torch.optim.AdamW(param_groups(fcmae, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
     scheduler = warmup_cosine(optimizer, cfg.warmup_epochs * len(loader), cfg.epochs * len(loader))
     scaler = torch.amp.GradScaler("cuda", enabled=needs_grad_scaler(device, cfg.amp))
     history: list[dict[str, Any]] = []
     start = 1
     if state is not None:
-        model.load_state_dict(state["model"])
+        fcmae.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         history = list(state["history"])
         set_rng_states(state["rng"], generator)
         start = int(state["epoch"]) + 1
-    lines = "".join(json.dumps(r) + "\n" for r in history)
-    atomic_write(run.metrics, lambda tmp: tmp.write_text(lines, encoding="utf-8"))
+    if dist.is_main():
+        lines = "".join(json.dumps(r) + "\n" for r in history)
+        atomic_write(run.metrics, lambda tmp: tmp.write_text(lines, encoding="utf-8"))
     if callbacks is not None:
         callbacks.on_start(cfg.epochs, len(loader))
     meta = {"class_names": [], "preprocessing": plan.to_dict(), "pretrain": dataclasses.asdict(options),
@@ -181,34 +206,50 @@ def _fit(config: Config, run: RunDir, cases: list[Case], plan: Preprocessing, op
     for epoch in range(start, cfg.epochs + 1):
         began = time.perf_counter()
         # MONAI's random transforms keep their own states: seeded per epoch, as in train, so a resumed run
-        # augments (and masks, through ``generator``) exactly as an uninterrupted one
+        # augments exactly as an uninterrupted one; the masks get their own generator per epoch and rank
         transform.set_random_state(seed=(cfg.seed * 100_003 + epoch * 1_009) % 2**32)
-        loss = _train_epoch(model, loader, optimizer, scheduler, scaler, generator, device, cfg.amp, epoch, callbacks)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        masks = torch.Generator().manual_seed((cfg.seed * 1_000_003 + epoch * 7_919 + dist.rank() * 104_729) % 2**63)
+        loss = _train_epoch(model, loader, optimizer, scheduler, scaler, masks, device, cfg.amp, epoch, callbacks)
         history.append({"epoch": epoch, "loss": loss, "lr": optimizer.param_groups[0]["lr"],
                         "epoch_time_s": round(time.perf_counter() - began, 3)})
-        save_checkpoint(run.checkpoint(ENCODER), model.encoder, {**meta, "epoch": epoch, "metrics": history[-1]})
-        save_training_state(run.training_state(), {
-            "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "history": history,
-            "rng": rng_states(generator)})
-        with open(run.metrics, "a", encoding="utf-8") as f:
-            f.write(json.dumps(history[-1]) + "\n")
+        if dist.is_main():
+            _save_epoch(run, fcmae, optimizer, scheduler, scaler, generator, history, meta)
         if callbacks is not None:
             callbacks.on_epoch_end(history[-1])
     if not history:
         raise UserError(f"--resume {run.root}: the run already finished ({cfg.epochs} epochs); pass --epochs to extend")
-    _save_reconstructions(model, records, plan, run.root / "reconstructions.png", device)
+    if dist.is_main():
+        _save_reconstructions(fcmae, records, plan, run.root / "reconstructions.png", device)
+    dist.barrier()
     return PretrainResult(run.root, history)
 
 
-def _train_epoch(model: FCMAE3d, loader: DataLoader, optimizer: torch.optim.Optimizer, scheduler: Any,
+def _save_epoch(run: RunDir, model: FCMAE3d, optimizer: torch.optim.Optimizer, scheduler: Any,
+                scaler: torch.amp.GradScaler, generator: torch.Generator, history: list[dict[str, Any]],
+                meta: dict[str, Any]) -> None:
+    """The encoder checkpoint, then the training state (the commit point of the epoch), then its metrics line."""
+    epoch = history[-1]["epoch"]
+    save_checkpoint(run.checkpoint(ENCODER), model.encoder, {**meta, "epoch": epoch, "metrics": history[-1]})
+    save_training_state(run.training_state(), {
+        "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "history": history,
+        "rng": rng_states(generator)})
+    with open(run.metrics, "a", encoding="utf-8") as f:
+        f.write(json.dumps(history[-1]) + "\n")
+
+
+def _train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, scheduler: Any,
                  scaler: torch.amp.GradScaler, generator: torch.Generator, device: torch.device, amp: bool,
                  epoch: int, callbacks: Any) -> float:
+    """One epoch of masked reconstruction; ``model`` is the FCMAE3d (DDP-wrapped under torchrun). Returns the mean
+    loss per volume over all ranks."""
     model.train()
+    fmt = model_memory_format(unwrap_model(model).encoder)
     total, seen = 0.0, 0
     for step, batch in enumerate(loader, start=1):
-        # plain tensors (the loader's plain_collate), in the encoder's layout
-        images = as_model_input(batch["image"], device, model_memory_format(model.encoder))
+        images = as_model_input(batch["image"], device, fmt)  # plain tensors (plain_collate), the encoder's layout
         with autocast(device, amp):
             loss = model(images, generator=generator)["loss"]
         optimizer.zero_grad(set_to_none=True)
@@ -220,7 +261,8 @@ def _train_epoch(model: FCMAE3d, loader: DataLoader, optimizer: torch.optim.Opti
         seen += len(images)
         if callbacks is not None:
             callbacks.on_step(epoch, step, loss.item())
-    return total / max(1, seen)
+    total, seen_all = dist.sum_across_ranks([total, float(seen)])
+    return total / max(1.0, seen_all)
 
 
 @torch.no_grad()
