@@ -25,8 +25,8 @@ from medconvnext.config import Config, load_config, save_config
 from medconvnext.data.datalist import Case, Datalist, case_id_from_path, is_image_file, load_datalist
 from medconvnext.data.dataset import make_dataset
 from medconvnext.data.fingerprint import compute_fingerprint, plan_preprocessing
+from medconvnext.data.pipeline import PreprocessingPipeline
 from medconvnext.data.preprocessing import Preprocessing
-from medconvnext.data.transforms import deterministic_transforms, training_transforms
 from medconvnext.data.validate import require_valid, validate_datalist
 from medconvnext.engine.checkpoint import atomic_write, save_checkpoint
 from medconvnext.engine.devices import autocast, needs_grad_scaler, resolve_device
@@ -151,7 +151,7 @@ def _fit(config: Config, run: RunDir, cases: list[Case], plan: Preprocessing, op
     model = build_fcmae(config, plan.in_channels, options).to(device)
     records = [{"image": c.images[0] if len(c.images) == 1 else list(c.images), "label": -1, "case_id": c.case_id}
                for c in cases]
-    transform = training_transforms(plan, config.data.augment)
+    transform = PreprocessingPipeline(plan).training(config.data.augment)
     dataset = make_dataset(records, transform, config.data.cache, cache_dir=config.data.cache_dir)
     generator = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=len(dataset) > cfg.batch_size,
@@ -235,7 +235,7 @@ def _save_reconstructions(model: FCMAE3d, records: list[dict], plan: Preprocessi
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    transform = deterministic_transforms(plan)
+    transform = PreprocessingPipeline(plan).deterministic()
     x = torch.stack([plain(transform(dict(r))["image"]) for r in records[:cases]]).to(device)
     model.eval()
     out = model(x, generator=torch.Generator().manual_seed(0))

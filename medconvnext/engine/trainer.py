@@ -24,10 +24,11 @@ from medconvnext.config import Config, InferenceConfig, TrainConfig, load_config
 from medconvnext.data.datalist import Datalist, load_datalist
 from medconvnext.data.dataset import case_records, make_dataset
 from medconvnext.data.fingerprint import compute_fingerprint, plan_preprocessing
-from medconvnext.data.patches import PATCH_MODES, patch_training_transforms
+from medconvnext.data.patches import PATCH_MODES
+from medconvnext.data.pipeline import PreprocessingPipeline
 from medconvnext.data.preprocessing import Preprocessing
 from medconvnext.data.splits import Split, train_val_split
-from medconvnext.data.transforms import augmentation_transforms, deterministic_transforms, training_transforms
+from medconvnext.data.transforms import augmentation_transforms
 from medconvnext.data.validate import require_valid, validate_datalist
 from medconvnext.engine import distributed as dist
 from medconvnext.engine.checkpoint import atomic_write, save_checkpoint, unwrap_model
@@ -40,7 +41,7 @@ from medconvnext.engine.devices import (
 )
 from medconvnext.engine.ema import ModelEma
 from medconvnext.engine.feeding import BatchAugment, DataWait, check_data_options, loader_options
-from medconvnext.engine.inference import check_inference, infer_volume, uncropped_transforms
+from medconvnext.engine.inference import check_inference, infer_volume
 from medconvnext.engine.metrics import classification_metrics
 from medconvnext.engine.mixing import BatchMixer
 from medconvnext.engine.provenance import environment_info
@@ -233,7 +234,7 @@ def evaluate_run(run_dir: str | Path, which: str = "last", device: str = "cpu") 
     by_id = {c.case_id: c for c in datalist.cases}
     records = case_records(datalist, [by_id[i] for i in splits["val"]])
     tiled = config.inference.mode != "whole"
-    transform = uncropped_transforms(plan) if tiled else deterministic_transforms(plan)
+    transform = PreprocessingPipeline(plan).deterministic("uncropped" if tiled else "cropped")
     torch_device = resolve_device(device)
     loader = DataLoader(make_dataset(records, transform, "none"), batch_size=1 if tiled else config.train.batch_size,
                         **loader_options(config.data, torch_device))
@@ -457,17 +458,14 @@ def _fit(
     # data.augment_on=device: the loader's transforms stop before the augmentation, which runs in the step
     on_device = config.data.augment_on == "device"
     loader_augment = "none" if on_device else config.data.augment
-    if cfg.patches != "none":
-        train_transform = patch_training_transforms(plan, loader_augment, cfg.patches)
-    else:
-        train_transform = training_transforms(plan, loader_augment)
+    train_transform = PreprocessingPipeline(plan).training(loader_augment, cfg.patches)
     feed = loader_options(config.data, device)  # the loaders' workers also fill the memory cache (threads)
     train_ds = make_dataset(train_records, train_transform, config.data.cache, feed["num_workers"],
                             cache_dir=config.data.cache_dir)
     check_inference(config.inference)
     # whole: validate on the training input size; sliding/auto: on the full (uncropped) volumes
     tiled = config.inference.mode != "whole"
-    val_transform = uncropped_transforms(plan) if tiled else deterministic_transforms(plan)
+    val_transform = PreprocessingPipeline(plan).deterministic("uncropped" if tiled else "cropped")
     # each rank evaluates (and caches) every world_size-th case; the results are gathered, so each case counts once
     val_part = make_dataset(val_records[dist.rank() :: dist.world_size()], val_transform, config.data.cache,
                             feed["num_workers"], cache_dir=config.data.cache_dir)
