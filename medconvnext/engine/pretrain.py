@@ -37,6 +37,7 @@ from medconvnext.errors import UserError
 from medconvnext.models import create_model
 from medconvnext.models.convnext import ConvNeXt3d
 from medconvnext.models.fcmae import FCMAE3d, ReconstructionLoss, patchify
+from medconvnext.reports.plots import matplotlib_available
 from medconvnext.rundir import RunDir
 
 ENCODER = "encoder"  # checkpoint_encoder.safetensors
@@ -225,8 +226,6 @@ def _train_epoch(model: FCMAE3d, loader: DataLoader, optimizer: torch.optim.Opti
 def _save_reconstructions(model: FCMAE3d, records: list[dict], plan: Preprocessing, path: Path,
                           device: torch.device, cases: int = 4) -> None:
     """Middle slices of masked inputs, reconstructions (visible units kept) and targets of a few cases."""
-    from medconvnext.reports.plots import matplotlib_available
-
     if not matplotlib_available():
         warnings.warn(f"{path.name} not written: matplotlib is not installed", stacklevel=2)
         return

@@ -42,12 +42,12 @@ from medconvnext.engine.devices import (
 from medconvnext.engine.ema import ModelEma
 from medconvnext.engine.feeding import BatchAugment, DataWait, check_data_options, loader_options
 from medconvnext.engine.inference import check_inference, infer_volume
-from medconvnext.engine.metrics import classification_metrics
 from medconvnext.engine.mixing import BatchMixer
 from medconvnext.engine.provenance import environment_info
 from medconvnext.engine.resume import load_training_state, rng_states, save_training_state, set_rng_states
 from medconvnext.errors import UserError
 from medconvnext.models import apply_memory_format, create_model, get_entry, model_memory_format
+from medconvnext.results.metrics import classification_metrics
 from medconvnext.rundir import RunDir
 
 BALANCE_MODES = ("none", "weights", "sampler")
@@ -880,7 +880,7 @@ def _gather_predictions(out: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_val_predictions(path: Path, val: dict[str, Any], class_names: Sequence[str]) -> None:
-    from medconvnext.engine.predictions import write_prediction_table
+    from medconvnext.results.table import write_prediction_table
 
     labels = [class_names[i] for i in val["labels"].tolist()]
     write_prediction_table(path, val["case_ids"], val["probs"].numpy(), class_names, labels=labels)
