@@ -2,7 +2,8 @@
 
 The key of an entry covers each input file's resolved path and the digest of its bytes
 (:mod:`medconvnext.data.content`: BLAKE2b, memoised per size, mtime, ctime and inode), the concrete
-:class:`Preprocessing` and the versions of the libraries that computed it, so a rewritten file (even one whose
+:class:`Preprocessing`, the pipeline variant (:attr:`~medconvnext.data.pipeline.PipelineVariant.cache_key`: the
+crop mode and the steps) and the versions of the libraries that computed it, so a rewritten file (even one whose
 size and modification time were restored, as ``cp -p`` and ``rsync -a`` do) or a changed preprocessing value is a
 miss and never serves stale data (MONAI's PersistentDataset hashes only the data dict, i.e. the path). The path
 stays in the key because an entry also holds the record's label and case id. Entries are written to a

@@ -1,7 +1,8 @@
 """Patch training: train on random crops of the input size from full (uncropped) volumes.
 
-The deterministic part (load, orient, resample, normalise, pad up to at least one patch) is cached;
-each epoch then draws a new random patch per volume, followed by the usual augmentation:
+The deterministic part (load, orient, resample, normalise, pad up to at least one patch: the ``padded`` variant
+of :class:`~medconvnext.data.pipeline.PreprocessingPipeline`) is cached; each epoch then draws a new random
+patch per volume (:func:`patch_crop`), followed by the usual augmentation:
 
 - ``random``: the patch position is uniform;
 - ``foreground``: half of the patches (``FOREGROUND_PROB``) are centred on a random foreground voxel, the rest

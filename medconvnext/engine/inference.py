@@ -218,23 +218,12 @@ class Predictor:
                 raise cause from None
             raise UserError(f"{paths[0]}: cannot read or preprocess the image ({_root_cause(exc)})") from None
 
-    @torch.no_grad()
-    def predict_tensor(self, volume: torch.Tensor) -> np.ndarray:
-        """Class probabilities (K,) for one preprocessed (C, D, H, W) volume, in one forward pass."""
-        with autocast(self.device, self.amp):
-            logits = self.model(as_model_input(volume.unsqueeze(0), self.device, model_memory_format(self.model)))
-        return torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
-
     def predict_case(self, images: ImagePaths) -> VolumePrediction:
         """One case (a path, or several stacked as channels) with the configured inference mode and TTA."""
         crop = self.inference.mode == "whole"
         volume = self.preprocess(images, crop=crop)
         return infer_volume(self.model, volume, self.inference, self.preprocessing.input_size, self.device,
                             self.amp, tta=self.tta)
-
-    def predict_file(self, image: ImagePaths) -> VolumePrediction:
-        """One scan with the configured inference mode (same as :meth:`predict_case`)."""
-        return self.predict_case(image)
 
     def predict_files(self, images: Sequence[ImagePaths]) -> np.ndarray:
         """Probabilities (N, K) for N image files (or cases)."""

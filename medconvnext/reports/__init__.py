@@ -1,4 +1,6 @@
-"""Evaluation and cross-validation reports: predictions table IO, summary (cv_summary.json), plots, md/html.
+"""Evaluation and cross-validation reports: summary (cv_summary.json), plots, md/html.
+
+The prediction table itself lives in :mod:`medconvnext.results.table` (re-exported here).
 
 Typical use::
 
