@@ -47,7 +47,9 @@ from medconvnext.engine.provenance import environment_info
 from medconvnext.engine.resume import load_training_state, rng_states, save_training_state, set_rng_states
 from medconvnext.errors import UserError
 from medconvnext.models import apply_memory_format, create_model, get_entry, model_memory_format
+from medconvnext.reports.plots import plot_training_curves
 from medconvnext.results.metrics import classification_metrics
+from medconvnext.results.table import write_prediction_table
 from medconvnext.rundir import RunDir
 
 BALANCE_MODES = ("none", "weights", "sampler")
@@ -706,8 +708,6 @@ def _save_epoch(
 
 def _plot_progress(run: RunDir, history: list[dict[str, Any]]) -> None:
     """progress.png (loss and validation curves); a failure is one warning naming the figure, never silent."""
-    from medconvnext.reports.plots import plot_training_curves
-
     try:
         plot_training_curves({"run": history}, run.progress_plot)
     except Exception as exc:  # noqa: BLE001 - a figure must never stop a training
@@ -880,7 +880,5 @@ def _gather_predictions(out: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_val_predictions(path: Path, val: dict[str, Any], class_names: Sequence[str]) -> None:
-    from medconvnext.results.table import write_prediction_table
-
     labels = [class_names[i] for i in val["labels"].tolist()]
     write_prediction_table(path, val["case_ids"], val["probs"].numpy(), class_names, labels=labels)
