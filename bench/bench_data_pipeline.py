@@ -72,10 +72,10 @@ def bench_mode(mode: str, records: list[dict], plan, model, batch: int, cache_di
     from torch.utils.data import DataLoader
 
     from medconvnext.data.dataset import make_dataset
-    from medconvnext.data.transforms import training_transforms
+    from medconvnext.data.pipeline import PreprocessingPipeline
 
     started = time.perf_counter()
-    dataset = make_dataset(records, training_transforms(plan, "light"), mode, cache_dir=cache_dir / mode)
+    dataset = make_dataset(records, PreprocessingPipeline(plan).training("light"), mode, cache_dir=cache_dir / mode)
     build = time.perf_counter() - started  # CacheDataset fills the memory cache here
     loader = DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=0)
     cold = build + data_epoch(loader)

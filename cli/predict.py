@@ -62,9 +62,9 @@ def predict(
     def work() -> None:
         from rich.table import Table
 
-        from medconvnext.engine.predictions import prediction_rows, write_prediction_table
         from medconvnext.engine.serving import predict_scans
         from medconvnext.errors import UserError
+        from medconvnext.results.table import prediction_rows, write_prediction_table
 
         if output is not None and output.suffix.lower() not in (".csv", ".json"):
             raise UserError(f"--output {output}: use a .csv or .json file name")

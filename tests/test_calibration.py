@@ -7,7 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from medconvnext.engine.calibration import (
+from medconvnext.errors import UserError
+from medconvnext.reports.operating import calibration_summary, fit_run_calibration
+from medconvnext.results.calibration import (
     Calibration,
     apply_temperature,
     choose_threshold,
@@ -17,9 +19,7 @@ from medconvnext.engine.calibration import (
     save_calibration,
     sensitivity_specificity,
 )
-from medconvnext.errors import UserError
-from medconvnext.reports.operating import calibration_summary, fit_run_calibration
-from medconvnext.reports.predictions import Predictions
+from medconvnext.results.table import Predictions
 
 # positives score 0.9 0.8 0.6 0.4, negatives 0.7 0.5 0.3 0.2 0.1 (call positive when score >= threshold)
 SCORES = np.array([0.9, 0.8, 0.6, 0.4, 0.7, 0.5, 0.3, 0.2, 0.1])

@@ -5,7 +5,8 @@ from conftest import SAMPLE_DATA
 
 from medconvnext.config import Config, apply_overrides, load_config, parse_set_option, save_config
 from medconvnext.data.fingerprint import resolve_intensity
-from medconvnext.data.transforms import AUGMENTATIONS, INTENSITY_MODES
+from medconvnext.data.intensity import INTENSITY_MODES
+from medconvnext.data.transforms import AUGMENTATIONS
 from medconvnext.errors import UserError
 from medconvnext.models import list_models
 
@@ -70,9 +71,10 @@ def test_mode_literals_agree_with_the_modules_that_act_on_them():
     from medconvnext import config as c
     from medconvnext.data.dataset import CACHE_MODES
     from medconvnext.data.fingerprint import MODALITIES
+    from medconvnext.data.intensity import INTENSITY_MODES
     from medconvnext.data.leakage import LEAKAGE_MODES
     from medconvnext.data.patches import PATCH_MODES
-    from medconvnext.data.transforms import AUGMENTATIONS, INTENSITY_MODES
+    from medconvnext.data.transforms import AUGMENTATIONS
     from medconvnext.engine.feeding import AUGMENT_ON
     from medconvnext.engine.inference import INFERENCE_MODES
     from medconvnext.engine.setup import BALANCE_MODES, SELECT_MODES

@@ -220,8 +220,8 @@ def test_multiclass_cv_report_equals_sklearn(tmp_path):
 def test_repeated_rows_are_resampled_per_case():
     """With --repeats every case has one out-of-fold row per repeat: the bootstrap resamples cases, so the
     interval of a table whose rows are all duplicated is the one of the table itself, not narrower."""
-    from medconvnext.reports.predictions import Predictions
     from medconvnext.reports.summary import summarize
+    from medconvnext.results.table import Predictions
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 40)
@@ -241,8 +241,8 @@ def test_cv_fits_calibration_and_predict_uses_it(binary_cv, tmp_path):
     from typer.testing import CliRunner
 
     from medconvnext.cli.main import app
-    from medconvnext.engine.calibration import apply_temperature, choose_threshold, fit_temperature
     from medconvnext.reports.run import report_run
+    from medconvnext.results.calibration import apply_temperature, choose_threshold, fit_temperature
 
     run = binary_cv["run"]
     report_run(run, n_boot=100)  # an earlier test rewrote the report without bootstrap

@@ -5,21 +5,22 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import pytest
 import torch
 from conftest import write_volume
 from typer.testing import CliRunner
 
 from medconvnext.cli.main import app
 from medconvnext.data.dataset import make_dataset
+from medconvnext.data.pipeline import PreprocessingPipeline
 from medconvnext.data.preprocessing import Preprocessing
-from medconvnext.data.transforms import deterministic_transforms, training_transforms
 
 torch.set_num_threads(1)
 PRE = Preprocessing(orientation="RAS", spacing=(1.0, 1.0, 1.0), input_size=(8, 8, 8), intensity="zscore")
 
 
 def dataset(records, cache_dir, pre=PRE):
-    return make_dataset(records, deterministic_transforms(pre), "disk", cache_dir=cache_dir)
+    return make_dataset(records, PreprocessingPipeline(pre).deterministic(), "disk", cache_dir=cache_dir)
 
 
 def test_hits_misses_and_rebuilds(tmp_path):
@@ -54,7 +55,7 @@ def test_hits_misses_and_rebuilds(tmp_path):
 def test_random_part_runs_after_the_cache_and_cli(tmp_path):
     path = write_volume(tmp_path / "a.nii.gz", np.random.rand(8, 8, 8).astype(np.float32))
     records = [{"image": str(path), "label": 0, "case_id": "a"}]
-    ds = make_dataset(records, training_transforms(PRE, "heavy"), "disk", cache_dir=tmp_path / "c")
+    ds = make_dataset(records, PreprocessingPipeline(PRE).training("heavy"), "disk", cache_dir=tmp_path / "c")
     assert ds[0]["image"].shape == (1, 8, 8, 8) and ds[0]["image"].shape == (1, 8, 8, 8)
     assert ds.misses == 1 and ds.hits == 1
     runner = CliRunner()
@@ -67,14 +68,13 @@ def test_random_part_runs_after_the_cache_and_cli(tmp_path):
 def test_every_pipeline_variant_has_its_own_disk_entries(tmp_path):
     """Cropped, uncropped (sliding-window validation) and patch-training pipelines cache different volumes:
     each works with the disk cache, hits on a second pass, and never serves another variant's entry."""
-    from medconvnext.data.patches import patch_training_transforms
-    from medconvnext.engine.inference import uncropped_transforms
-
     path = write_volume(tmp_path / "a.nii.gz", np.random.rand(12, 12, 12).astype(np.float32))
     records = [{"image": str(path), "label": 0, "case_id": "a"}]
     cache = tmp_path / "cache"
-    builders = {"cropped": lambda: deterministic_transforms(PRE), "uncropped": lambda: uncropped_transforms(PRE),
-                "patches": lambda: patch_training_transforms(PRE, "none", "random")}
+    pipeline = PreprocessingPipeline(PRE)
+    builders = {"cropped": lambda: pipeline.deterministic("cropped"),
+                "uncropped": lambda: pipeline.deterministic("uncropped"),
+                "patches": lambda: pipeline.training("none", patches="random")}
     shapes = {}
     for name, build in builders.items():
         first = make_dataset(records, build(), "disk", cache_dir=cache)
@@ -84,3 +84,36 @@ def test_every_pipeline_variant_has_its_own_disk_entries(tmp_path):
         assert (first.misses, again.hits) == (1, 1), name
     assert shapes == {"cropped": (1, 8, 8, 8), "uncropped": (1, 12, 12, 12), "patches": (1, 8, 8, 8)}
     assert len(list(cache.rglob("*.pt"))) == 3
+
+
+def test_cache_keys_of_the_variants_are_those_of_the_entries_already_on_disk():
+    """The key names the variant and its steps exactly as before the pipeline object existed: caches filled by
+    earlier versions keep hitting, and the crop mode is part of the key."""
+    pipeline = PreprocessingPipeline(PRE)
+    start = ("LoadCaseImaged", "EnsureTyped", "Orientationd", "Spacingd", "NormalizeIntensityd")
+    assert pipeline.deterministic().cache_key == ("cropped", *start, "ResizeWithPadOrCropd", "EnsureTyped")
+    assert pipeline.deterministic(keep_meta=True).cache_key[0] == "cropped+meta"
+    assert pipeline.deterministic("uncropped").cache_key == ("uncropped+meta", *start, "EnsureTyped")
+    assert pipeline.training("light", "foreground").cache_key == ("padded-full-volume", *start, "SpatialPadd",
+                                                                   "EnsureTyped")
+    assert pipeline.training("heavy").cache_key == pipeline.deterministic().cache_key
+
+
+@pytest.mark.parametrize(("patches", "inference"), [("none", "whole"), ("foreground", "sliding"),
+                                                    ("random", "auto")])
+def test_disk_cache_serves_every_training_and_validation_mode(tmp_path, patches, inference):
+    """A second run of the same training recipe with data.cache=disk reads every volume from the cache."""
+    from conftest import make_dataset as make_data
+
+    data = make_data(tmp_path / "data", n=6, test=0)
+    cache = tmp_path / "cache"
+    args = ["train", "--data", str(data), "--epochs", "1", "--batch-size", "2", "--set", "train.device=cpu",
+            "--set", "data.cache=disk", "--set", f"data.cache_dir={cache}", "--set", f"train.patches={patches}",
+            "--set", f"inference.mode={inference}", "--set", "preprocessing.input_size=[32,32,32]"]
+    first = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "a")])
+    assert first.exit_code == 0, first.output
+    entries = {path: path.stat().st_mtime_ns for path in cache.rglob("*.pt")}
+    assert len(entries) == 6  # every case once: train cases in the training variant, val cases in validation's
+    second = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "b")])
+    assert second.exit_code == 0, second.output
+    assert {path: path.stat().st_mtime_ns for path in cache.rglob("*.pt")} == entries  # nothing rewritten

@@ -13,8 +13,8 @@ import torch
 
 from medconvnext.data.datalist import load_datalist
 from medconvnext.data.io import read_header
+from medconvnext.data.pipeline import PreprocessingPipeline
 from medconvnext.data.preprocessing import Preprocessing
-from medconvnext.data.transforms import deterministic_transforms
 
 torch.set_num_threads(1)
 # an oblique-free but flipped and anisotropic RAS affine: x runs R->L, spacing 1.5 x 1 x 2 mm
@@ -74,7 +74,7 @@ def write_dicom_series(folder: Path, image: sitk.Image) -> Path:
 
 
 def preprocessed(path: str | list[str], pre: Preprocessing = PRE) -> torch.Tensor:
-    return deterministic_transforms(pre)({"image": path})["image"]
+    return PreprocessingPipeline(pre).deterministic()({"image": path})["image"]
 
 
 @pytest.mark.parametrize("suffix", [".nrrd", ".mha", ".mhd", "dicom"])

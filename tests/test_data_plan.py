@@ -10,8 +10,9 @@ from conftest import write_volume
 from medconvnext.config import PreprocessingConfig
 from medconvnext.data.datalist import Case
 from medconvnext.data.fingerprint import Fingerprint, compute_fingerprint, plan_preprocessing, target_spacing
+from medconvnext.data.pipeline import PreprocessingPipeline
 from medconvnext.data.preprocessing import Preprocessing
-from medconvnext.data.transforms import AUGMENTATIONS, augmentation_transforms, deterministic_transforms
+from medconvnext.data.transforms import AUGMENTATIONS, augmentation_transforms
 
 torch.set_num_threads(1)
 
@@ -39,7 +40,7 @@ def test_ct_plan_computes_clip_and_statistics(tmp_path):
     assert plan.mean == pytest.approx(40, abs=15) and plan.std == pytest.approx(100, rel=0.15)
     fixed = plan_preprocessing(PreprocessingConfig(modality="ct", clip=[-100, 100]), fingerprint, (8, 8, 8))
     assert fixed.clip == (-100.0, 100.0) and fixed.std < 100
-    out = deterministic_transforms(plan)({"image": cases[0].images[0]})["image"]
+    out = PreprocessingPipeline(plan).deterministic()({"image": cases[0].images[0]})["image"]
     assert abs(float(out[:, 4:12, 4:12, 4:12].mean())) < 0.5
     mri = plan_preprocessing(PreprocessingConfig(modality="mri"), fingerprint, (8, 8, 8))
     assert mri.intensity == "nonzero_zscore" and mri.clip is None
@@ -86,10 +87,10 @@ def test_minmax_intensity_maps_a_mask_to_zero_and_one_whatever_its_size(tmp_path
         data[2:2 + side, 2:2 + side, 2:2 + side] = 255.0
         path = write_volume(tmp_path / f"{name}.nii.gz", data)
         pre = Preprocessing("RAS", None, (12, 12, 12), "minmax")
-        outputs.append(deterministic_transforms(pre)({"image": str(path)})["image"])
+        outputs.append(PreprocessingPipeline(pre).deterministic()({"image": str(path)})["image"])
     for out, side in zip(outputs, (2, 6), strict=True):
         assert float(out.min()) == 0.0 and float(out.max()) == 1.0
         assert int((out == 1.0).sum()) == side**3 and int((out == 0.0).sum()) == 12**3 - side**3
-    zscored = [deterministic_transforms(Preprocessing("RAS", None, (12, 12, 12), "zscore"))(
+    zscored = [PreprocessingPipeline(Preprocessing("RAS", None, (12, 12, 12), "zscore")).deterministic()(
         {"image": str(tmp_path / f"{name}.nii.gz")})["image"].max() for name in ("small", "large")]
     assert zscored[0] > 2 * zscored[1]

@@ -12,8 +12,7 @@ from helpers_inputs import dicom_dataset, lesion, write_dicom_series
 from typer.testing import CliRunner
 
 from medconvnext.cli.main import app
-from medconvnext.data.io import GeometryError, ImageError, read_header
-from medconvnext.data.readers import read_sitk_image, sitk_array
+from medconvnext.data.io import GeometryError, ImageError, read_header, read_sitk_image, sitk_array
 from medconvnext.data.transforms import LoadCaseImaged
 from medconvnext.data.validate import inspect_image
 

@@ -44,7 +44,7 @@ def test_sliding_validation_and_predict_window_map(csv_dataset, tmp_path):
 
     predictor = Predictor.load(run, device="cpu")
     predictor.inference.mode, predictor.inference.overlap = "sliding", 0.5
-    prediction = predictor.predict_file(scan)
+    prediction = predictor.predict_case(scan)
     volume = predictor.preprocess(scan, crop=False)
     np.testing.assert_allclose(grid.affine, prediction.windows.map_affine(volume.affine), atol=1e-5)
     assert torch.is_tensor(prediction.windows.window_probabilities)

@@ -58,7 +58,7 @@ def test_evaluate_test_split_with_the_fold_ensemble(runs):
     report = (out / "report.md").read_text(encoding="utf-8")
     assert "ensemble of its 2 fold models" in report
     # the cv's calibration (fitted on its out-of-fold predictions) and threshold, applied to these test cases
-    from medconvnext.engine.calibration import apply_temperature
+    from medconvnext.results.calibration import apply_temperature
 
     stored = json.loads((runs["cv"] / "calibration.json").read_text(encoding="utf-8"))
     cal = summary["calibration"]

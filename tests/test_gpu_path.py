@@ -89,10 +89,11 @@ def test_training_runs_in_the_table_layout_and_checkpoints_are_layout_free(tmp_p
     predictor = Predictor.load(tmp_path / "r", device="cpu")
     assert model_memory_format(predictor.model) == torch.channels_last_3d
     plain = load_checkpoint(tmp_path / "r" / "checkpoint_best.safetensors").build_model().eval()  # contiguous
-    volume = predictor.preprocess(sorted((data / "img").glob("*.nii.gz"))[0])
+    scan = sorted((data / "img").glob("*.nii.gz"))[0]
+    volume = predictor.preprocess(scan)
     with torch.no_grad():
         expected = torch.softmax(plain(volume[None]), dim=1)[0].numpy()
-    np.testing.assert_allclose(predictor.predict_tensor(volume), expected, atol=1e-5)
+    np.testing.assert_allclose(predictor.predict_case(scan).probabilities, expected, atol=1e-5)
 
 
 def test_the_model_boundary_strips_metatensors():

@@ -1,4 +1,4 @@
-"""medconvnext.engine.metrics against scikit-learn, computed independently here."""
+"""medconvnext.results.metrics against scikit-learn, computed independently here."""
 
 import subprocess
 import sys
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from medconvnext.engine.metrics import SCALAR_METRICS, binary_auc, bootstrap_ci, classification_metrics
+from medconvnext.results.metrics import SCALAR_METRICS, binary_auc, bootstrap_ci, classification_metrics
 
 
 def _data(num_classes: int, n: int = 80, seed: int = 0, ties: bool = False):
@@ -123,6 +123,6 @@ def test_bootstrap_ci_auc_undefined_and_bad_metric():
 
 
 def test_metrics_module_does_not_import_torch():
-    code = "import sys, medconvnext.engine.metrics; print('torch' in sys.modules)"
+    code = "import sys, medconvnext.results.metrics; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8", check=True)
     assert out.stdout.strip() == "False"

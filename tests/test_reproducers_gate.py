@@ -25,8 +25,8 @@ from typer.testing import CliRunner
 
 from medconvnext.cli.main import app
 from medconvnext.data.dataset import make_dataset
+from medconvnext.data.pipeline import PreprocessingPipeline
 from medconvnext.data.preprocessing import Preprocessing
-from medconvnext.data.transforms import deterministic_transforms
 
 runner = CliRunner()
 TINY = ["--model", "convmixer_128_4", "--set", "model.args.dim=8", "--set", "model.args.depth=1", "--device", "cpu",
@@ -87,7 +87,7 @@ def test_11_disk_cache_sees_a_rewrite_that_keeps_size_and_mtime(tmp_path):
         path = write_volume(tmp_path / f"case_{i:03d}.nii", good_volume(i), (1.5, 1.5, 2.0))
         records.append({"image": str(path), "label": i % 2, "case_id": path.stem})
     cache = tmp_path / "cache"
-    first = make_dataset(records, deterministic_transforms(pre), "disk", cache_dir=cache)
+    first = make_dataset(records, PreprocessingPipeline(pre).deterministic(), "disk", cache_dir=cache)
     before = [first[i]["image"] for i in range(4)]
     assert first.misses == 4
     target = Path(records[2]["image"])
@@ -95,7 +95,7 @@ def test_11_disk_cache_sees_a_rewrite_that_keeps_size_and_mtime(tmp_path):
     write_volume(target, good_volume(99), (1.5, 1.5, 2.0))  # other voxels, as `cp -p corrected.nii case_002.nii`
     os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert target.stat().st_size == stat.st_size and target.stat().st_mtime_ns == stat.st_mtime_ns
-    second = make_dataset(records, deterministic_transforms(pre), "disk", cache_dir=cache)
+    second = make_dataset(records, PreprocessingPipeline(pre).deterministic(), "disk", cache_dir=cache)
     after = [second[i]["image"] for i in range(4)]
     assert (second.hits, second.misses) == (3, 1)
     assert not torch.equal(after[2], before[2]) and all(torch.equal(after[i], before[i]) for i in (0, 1, 3))

@@ -167,8 +167,7 @@ def test_cli_shows_the_raw_library_text_only_under_debug(capsys):
 
 def test_itk_read_errors_are_one_line_with_the_root_cause(tmp_path):
     """Not 'Exception thrown in SimpleITK ...: /tmp/SimpleITK-build/.../itkNrrdImageIO.cxx:410:'."""
-    from medconvnext.data.io import ImageError, read_header
-    from medconvnext.data.readers import read_sitk_image
+    from medconvnext.data.io import ImageError, read_header, read_sitk_image
 
     bad = tmp_path / "bad.nrrd"
     bad.write_text("NRRD0004\ntype: short\ndimension: 3\nsizes: 4 4\nencoding: raw\n\n")

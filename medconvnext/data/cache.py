@@ -2,7 +2,8 @@
 
 The key of an entry covers each input file's resolved path and the digest of its bytes
 (:mod:`medconvnext.data.content`: BLAKE2b, memoised per size, mtime, ctime and inode), the concrete
-:class:`Preprocessing` and the versions of the libraries that computed it, so a rewritten file (even one whose
+:class:`Preprocessing`, the pipeline variant (:attr:`~medconvnext.data.pipeline.PipelineVariant.cache_key`: the
+crop mode and the steps) and the versions of the libraries that computed it, so a rewritten file (even one whose
 size and modification time were restored, as ``cp -p`` and ``rsync -a`` do) or a changed preprocessing value is a
 miss and never serves stale data (MONAI's PersistentDataset hashes only the data dict, i.e. the path). The path
 stays in the key because an entry also holds the record's label and case id. Entries are written to a
@@ -21,8 +22,8 @@ from pathlib import Path
 
 import torch
 from monai.data import Dataset
-from monai.transforms import Compose, Randomizable
 
+from medconvnext.data.pipeline import PipelineVariant
 from medconvnext.data.preprocessing import Preprocessing
 from medconvnext.fileio import atomic_write
 
@@ -64,9 +65,9 @@ def file_identity(path: str | Path, cache_dir: str | Path | None = None) -> list
 
 def cache_key(record: dict, pre: Preprocessing, versions: dict[str, str] | None = None,
               cache_dir: str | Path | None = None, pipeline: Sequence[str] = ()) -> str:
-    """SHA-256 over the files' paths and content digests, the preprocessing, the steps of the deterministic
-    pipeline (``pipeline``: the cropped, uncropped and patch variants cache different volumes) and the library
-    versions."""
+    """SHA-256 over the files' paths and content digests, the preprocessing, the deterministic part's
+    ``pipeline`` key (:attr:`PipelineVariant.cache_key`: the cropped, uncropped and padded variants cache
+    different volumes) and the library versions."""
     images = record["image"] if isinstance(record["image"], (list, tuple)) else [record["image"]]
     payload = {
         "format": CACHE_FORMAT,
@@ -78,22 +79,15 @@ def cache_key(record: dict, pre: Preprocessing, versions: dict[str, str] | None 
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def split_at_first_random(transform: Compose) -> tuple[Compose, Compose]:
-    """(deterministic prefix, the rest from the first random transform on)."""
-    steps = list(transform.transforms)
-    first = next((i for i, t in enumerate(steps) if isinstance(t, Randomizable)), len(steps))
-    return Compose(steps[:first]), Compose(steps[first:])
-
-
 class DiskCacheDataset(Dataset):
-    """Dataset whose deterministic part is computed once and kept as one ``.pt`` file per case."""
+    """Dataset whose deterministic part is computed once and kept as one ``.pt`` file per case; the variant's
+    random part (patch crop, augmentation) runs on every read."""
 
-    def __init__(self, data: Sequence[dict], transform: Compose, pre: Preprocessing, cache_dir: str | Path,
-                 variant: str = "cropped") -> None:
+    def __init__(self, data: Sequence[dict], variant: PipelineVariant, cache_dir: str | Path) -> None:
         super().__init__(list(data), transform=None)
-        self.deterministic, self.random = split_at_first_random(transform)
-        self.pipeline = [variant, *(type(t).__name__ for t in self.deterministic.transforms)]
-        self.pre = pre
+        self.deterministic, self.random = variant.deterministic, variant.random
+        self.pipeline = list(variant.cache_key)
+        self.pre = variant.preprocessing
         self.cache_dir = Path(cache_dir).expanduser()
         self.versions = library_versions()
         self.hits = 0

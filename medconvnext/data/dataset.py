@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from monai.data import CacheDataset, Dataset
-from monai.transforms import Compose
 
 from medconvnext.data.datalist import Case, Datalist
+from medconvnext.data.pipeline import PipelineVariant
 from medconvnext.errors import UserError
 
 CACHE_MODES = ("none", "memory", "disk")
@@ -25,22 +25,26 @@ def case_records(datalist: Datalist, cases: Sequence[Case]) -> list[dict]:
 
 
 def make_dataset(
-    records: list[dict], transform: Compose, cache: str, num_workers: int = 0, cache_dir: str | Path | None = None
+    records: list[dict], pipeline: PipelineVariant, cache: str, num_workers: int = 0,
+    cache_dir: str | Path | None = None,
 ) -> Dataset:
-    """``cache="memory"`` keeps the output of the transforms up to the first random one in RAM; ``"disk"``
-    keeps it in ``cache_dir`` (default ``$MEDCONVNEXT_CACHE_DIR`` or ``~/.cache/medconvnext``), keyed on the
-    files' identities, the preprocessing (``transform.preprocessing``) and the library versions."""
+    """A dataset running ``pipeline`` (a variant of :class:`~medconvnext.data.pipeline.PreprocessingPipeline`)
+    on ``records``. ``cache="memory"`` keeps the output of its deterministic part in RAM; ``"disk"`` keeps it in
+    ``cache_dir`` (default ``$MEDCONVNEXT_CACHE_DIR`` or ``~/.cache/medconvnext``), keyed on the files' contents,
+    the plan, the variant (:attr:`~medconvnext.data.pipeline.PipelineVariant.cache_key`) and the library versions;
+    ``"none"`` runs it all on every read.
+
+    Raises:
+        UserError: an unknown cache mode.
+    """
     if cache == "disk":
         from medconvnext.data.cache import DiskCacheDataset, default_cache_dir
 
-        pre = getattr(transform, "preprocessing", None)
-        if pre is None:
-            raise ValueError("data.cache=disk needs transforms built by the toolkit's pipelines (they carry the "
-                             "preprocessing the cache key covers)")
-        variant = getattr(transform, "cache_variant", "cropped")
-        return DiskCacheDataset(records, transform, pre, cache_dir or default_cache_dir(), variant)
+        return DiskCacheDataset(records, pipeline, cache_dir or default_cache_dir())
     if cache == "memory":
-        return CacheDataset(records, transform, cache_rate=1.0, num_workers=max(1, num_workers), progress=False)
+        # MONAI caches the output of the transforms up to the first random one: the deterministic part
+        return CacheDataset(records, pipeline.transform, cache_rate=1.0, num_workers=max(1, num_workers),
+                            progress=False)
     if cache == "none":
-        return Dataset(records, transform)
+        return Dataset(records, pipeline.transform)
     raise UserError(f"data.cache must be one of {', '.join(CACHE_MODES)}, got {cache!r}")

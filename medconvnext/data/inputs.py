@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medconvnext.data.datalist import IMAGE_SUFFIXES, case_id_from_path, is_image_file
-from medconvnext.data.readers import is_dicom_folder
+from medconvnext.data.io import is_dicom_folder
 from medconvnext.errors import UserError
 
 TABLE_SUFFIXES = (".csv", ".tsv")

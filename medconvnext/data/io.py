@@ -1,7 +1,9 @@
-"""The one place that decides a scan's geometry, and header reading without loading voxels.
+"""Image I/O: the one place that opens a scan, reads its header, its voxels, and decides its geometry.
 
-Every part that needs a scan's voxel-to-world affine (validation, fingerprint and plan, the training and
-predict loader and so the cache, Grad-CAM and window maps) gets it from here:
+Every part that reads a scan goes through here: the validator (:func:`open_image`: header first, voxels on
+demand), the fingerprint and plan (:func:`read_header`), the leakage audit (:func:`read_voxels`), and the MONAI
+readers of the training and predict loader (:mod:`medconvnext.data.readers`, and so the cache, Grad-CAM and
+window maps). The voxel-to-world affine is decided by one rule:
 
 - **NIfTI**: :func:`nifti_affine`, nibabel's rule (the NIfTI-1 standard's): the sform when its code is > 0,
   else the qform when its code is > 0, else the pixdim-only fallback. When both codes are > 0 and the two
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +34,7 @@ from medconvnext.data.capture import MedconvnextWarning, library_output, report
 from medconvnext.errors import UserError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 XFORM_ATOL_MM = 1e-3  # sform/qform entries closer than this (mm) agree: float32 storage is far finer
 SPACING_RTOL = 1e-3  # spacings within 0.1 % agree (the qform's are float32 pixdim, the sform's column norms)
 
@@ -191,8 +195,6 @@ def _nifti_header(path: Path) -> Header:
 
 
 def _dicom_header(path: Path) -> Header:
-    from medconvnext.data.readers import read_sitk_image, sitk_affine
-
     image = read_sitk_image(path)  # a series has no single header file: read it (DICOM series are small)
     return Header(str(path), tuple(int(s) for s in image.GetSize()[:3]), sitk_affine(image))
 
@@ -204,3 +206,108 @@ def _sitk_header(path: Path) -> Header:
         raise UserError(f"{path}: a {dim}D image; expected a 3D volume")
     affine = itk_affine(reader.GetSpacing(), reader.GetDirection(), reader.GetOrigin())
     return Header(str(path), tuple(int(s) for s in reader.GetSize()[:3]), affine)
+
+
+def is_dicom_folder(path: str | Path) -> bool:
+    """True for a folder that holds ``.dcm`` files (one DICOM series = one image)."""
+    path = Path(path)
+    return path.is_dir() and any(p.suffix.lower() == ".dcm" for p in path.iterdir())
+
+
+def read_sitk_image(path: str | Path):
+    """Read a file with SimpleITK, or a folder's one DICOM series (:func:`~medconvnext.data.dicom.read_dicom_series`:
+    refused unless it is one regular volume). What ITK prints is reported as one warning naming the file.
+
+    Raises:
+        ImageError: an unreadable file (ITK's reason), or a DICOM folder that is not one regular volume.
+    """
+    import SimpleITK as sitk
+
+    from medconvnext.data.dicom import read_dicom_series  # dicom imports this module's errors
+
+    path = Path(path)
+    if path.is_dir():
+        return read_dicom_series(path)
+    try:
+        with library_output() as captured:
+            image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise ImageError(path, f"unreadable ({itk_reason(exc)})") from exc
+    report(str(path), captured)
+    return image
+
+
+def sitk_affine(image) -> np.ndarray:
+    """Voxel (x, y, z) -> RAS world affine (4, 4) of a SimpleITK image (:func:`itk_affine`)."""
+    return itk_affine(image.GetSpacing(), image.GetDirection(), image.GetOrigin())
+
+
+def sitk_array(image) -> np.ndarray:
+    """Voxels as (x, y, z[, components]): SimpleITK gives (z, y, x[, components])."""
+    import SimpleITK as sitk
+
+    array = sitk.GetArrayFromImage(image)
+    spatial = image.GetDimension()
+    order = list(range(spatial))[::-1] + list(range(spatial, array.ndim))
+    return np.ascontiguousarray(array.transpose(order))
+
+
+@dataclass(frozen=True)
+class OpenImage:
+    """A scan whose header is read: its full shape, (x, y, z, extra...) in file order, its voxel-to-RAS affine
+    (4, 4), and ``load`` reading the voxels (as stored, same axis order) only when called."""
+
+    shape: tuple[int, ...]
+    affine: np.ndarray
+    load: Callable[[], np.ndarray]
+
+
+def open_image(path: str | Path) -> OpenImage:
+    """Open a NIfTI file (nibabel), a DICOM series folder or an ITK file (SimpleITK) without reading its voxels
+    (a DICOM series is read whole: it has no single header).
+
+    Raises:
+        FileNotFoundError: nothing at ``path``.
+        ImageError: the geometry rule or the DICOM checks refuse it, or ITK cannot read it.
+        ValueError: an ITK image of fewer than 3 dimensions.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError("no such file or folder")
+    if path.name.lower().endswith(NIFTI_SUFFIXES):
+        import nibabel as nib
+
+        image = nib.load(str(path))
+        return OpenImage(tuple(int(s) for s in image.shape), nifti_affine(image, path),
+                         lambda: np.asanyarray(image.dataobj))
+    if path.is_dir():
+        series = read_sitk_image(path)
+        return OpenImage(_sitk_shape(series), sitk_affine(series), lambda: sitk_array(series))
+    reader = read_itk_information(path)  # header only; voxels are read when asked for
+    shape = tuple(int(s) for s in reader.GetSize())
+    if reader.GetNumberOfComponents() > 1:
+        shape += (int(reader.GetNumberOfComponents()),)
+    if reader.GetDimension() < 3:
+        raise ValueError(f"a {reader.GetDimension()}D image; expected a 3D volume")
+    affine = itk_affine(reader.GetSpacing(), reader.GetDirection(), reader.GetOrigin())
+    return OpenImage(shape, affine, lambda: sitk_array(read_sitk_image(path)))
+
+
+def _sitk_shape(image) -> tuple[int, ...]:
+    shape = tuple(int(s) for s in image.GetSize())
+    return shape + ((image.GetNumberOfComponentsPerPixel(),) if image.GetNumberOfComponentsPerPixel() > 1 else ())
+
+
+def read_voxels(path: str | Path) -> np.ndarray:
+    """The stored voxel array, no geometry applied: nibabel for a NIfTI file, SimpleITK for everything else
+    (DICOM folders included), (x, y, z[, extra]) either way.
+
+    Raises:
+        ImageError: ITK cannot read it, or a DICOM folder that is not one regular volume.
+    """
+    path = Path(path)
+    if path.is_file() and path.name.lower().endswith(NIFTI_SUFFIXES):
+        import nibabel as nib
+
+        return np.asanyarray(nib.load(str(path)).dataobj)
+    return sitk_array(read_sitk_image(path))

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medconvnext.data.datalist import Case, case_id_from_path
+from medconvnext.data.io import read_voxels
 from medconvnext.errors import UserError
 from medconvnext.fileio import write_json_cache
 
@@ -124,23 +125,10 @@ def enforce(report: LeakageReport, mode: str, hint: str = "--strict") -> None:
 # --------------------------------------------------------------------------------------------- hashing
 
 
-def _voxels(path: Path):
-    """The stored voxel array: nibabel for NIfTI, SimpleITK for everything else (DICOM folders included)."""
-    import numpy as np
-
-    if path.is_file() and path.name.lower().endswith((".nii", ".nii.gz")):
-        import nibabel as nib
-
-        return np.asanyarray(nib.load(str(path)).dataobj)
-    from medconvnext.data.readers import read_sitk_image, sitk_array
-
-    return sitk_array(read_sitk_image(path))
-
-
 def _hash_voxels(path: Path) -> str:
     import numpy as np
 
-    array = np.ascontiguousarray(_voxels(path))
+    array = np.ascontiguousarray(read_voxels(path))
     digest = hashlib.sha256(f"{array.dtype.str}|{array.shape}|".encode())
     digest.update(array.reshape(-1).view(np.uint8))
     return digest.hexdigest()

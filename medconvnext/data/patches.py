@@ -1,7 +1,8 @@
 """Patch training: train on random crops of the input size from full (uncropped) volumes.
 
-The deterministic part (load, orient, resample, normalise, pad up to at least one patch) is cached;
-each epoch then draws a new random patch per volume, followed by the usual augmentation:
+The deterministic part (load, orient, resample, normalise, pad up to at least one patch: the ``padded`` variant
+of :class:`~medconvnext.data.pipeline.PreprocessingPipeline`) is cached; each epoch then draws a new random
+patch per volume (:func:`patch_crop`), followed by the usual augmentation:
 
 - ``random``: the patch position is uniform;
 - ``foreground``: half of the patches (``FOREGROUND_PROB``) are centred on a random foreground voxel, the rest
@@ -19,14 +20,7 @@ from collections.abc import Hashable, Mapping, Sequence
 import torch
 from monai import transforms as mt
 
-from medconvnext.data.preprocessing import Preprocessing
-from medconvnext.data.transforms import (
-    IMAGE,
-    augmentation_transforms,
-    geometry_transforms,
-    intensity_transforms,
-    load_transforms,
-)
+from medconvnext.data.transforms import IMAGE
 
 PATCH_MODES = ("none", "random", "foreground")
 FOREGROUND_PROB = 0.5
@@ -78,21 +72,9 @@ def foreground_mask(image: torch.Tensor, tolerance: float = 1e-3) -> torch.Tenso
     return (volume - background).abs() > tolerance
 
 
-def patch_training_transforms(pre: Preprocessing, augment: str, mode: str = "random") -> mt.Compose:
-    """Full-volume preprocessing, then a ``pre.input_size`` crop (``mode``: random | foreground), then augmentation."""
+def patch_crop(input_size: Sequence[int], mode: str) -> mt.Transform:
+    """The random ``input_size`` crop of patch training (``mode``: random | foreground); expects a volume padded
+    to at least ``input_size`` (the pipeline's ``padded`` variant)."""
     if mode == "foreground":
-        crop: mt.Transform = RandForegroundCropd(IMAGE, roi_size=pre.input_size)
-    else:
-        crop = mt.RandSpatialCropd(IMAGE, roi_size=pre.input_size, random_size=False)
-    compose = mt.Compose([
-        *load_transforms(),
-        *geometry_transforms(pre),
-        *intensity_transforms(pre),
-        mt.SpatialPadd(IMAGE, spatial_size=pre.input_size),  # a volume smaller than a patch on some axis
-        mt.EnsureTyped(IMAGE, dtype="float32", track_meta=False),
-        crop,
-        *augmentation_transforms(augment, pre.input_size),
-    ])
-    compose.preprocessing = pre  # the disk cache keeps the padded full volume (the crop is random)
-    compose.cache_variant = "padded-full-volume"
-    return compose
+        return RandForegroundCropd(IMAGE, roi_size=input_size)
+    return mt.RandSpatialCropd(IMAGE, roi_size=tuple(input_size), random_size=False)

@@ -22,49 +22,15 @@ from monai.data.image_reader import ImageReader, NibabelReader
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
 from medconvnext.data.capture import library_output, report
-from medconvnext.data.io import NIFTI_SUFFIXES, ImageError, itk_affine, itk_reason, nifti_affine
-
-SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
-
-
-def is_dicom_folder(path: str | Path) -> bool:
-    """True for a folder that holds ``.dcm`` files (one DICOM series = one image)."""
-    path = Path(path)
-    return path.is_dir() and any(p.suffix.lower() == ".dcm" for p in path.iterdir())
-
-
-def read_sitk_image(path: str | Path):
-    """Read a file with SimpleITK, or a folder's one DICOM series (:func:`~medconvnext.data.dicom.read_dicom_series`:
-    refused unless it is one regular volume). What ITK prints is reported as one warning naming the file."""
-    import SimpleITK as sitk
-
-    from medconvnext.data.dicom import read_dicom_series
-
-    path = Path(path)
-    if path.is_dir():
-        return read_dicom_series(path)
-    try:
-        with library_output() as captured:
-            image = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        raise ImageError(path, f"unreadable ({itk_reason(exc)})") from exc
-    report(str(path), captured)
-    return image
-
-
-def sitk_affine(image) -> np.ndarray:
-    """Voxel (x, y, z) -> RAS world affine (4, 4) of a SimpleITK image (:func:`~medconvnext.data.io.itk_affine`)."""
-    return itk_affine(image.GetSpacing(), image.GetDirection(), image.GetOrigin())
-
-
-def sitk_array(image) -> np.ndarray:
-    """Voxels as (x, y, z[, components]): SimpleITK gives (z, y, x[, components])."""
-    import SimpleITK as sitk
-
-    array = sitk.GetArrayFromImage(image)
-    spatial = image.GetDimension()
-    order = list(range(spatial))[::-1] + list(range(spatial, array.ndim))
-    return np.ascontiguousarray(array.transpose(order))
+from medconvnext.data.io import (
+    NIFTI_SUFFIXES,
+    SITK_SUFFIXES,
+    is_dicom_folder,
+    nifti_affine,
+    read_sitk_image,
+    sitk_affine,
+    sitk_array,
+)
 
 
 class SimpleITKReader(ImageReader):

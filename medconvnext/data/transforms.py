@@ -1,7 +1,8 @@
-"""MONAI dictionary transforms built from a :class:`Preprocessing`.
+"""The MONAI building blocks of the pipeline: loading a case, orienting and resampling it, augmenting it.
 
-The deterministic part (load, channel first, orient, resample, normalise, pad/crop) is what gets
-cached; the random part (augmentation) runs every epoch after the cache.
+:class:`~medconvnext.data.pipeline.PreprocessingPipeline` assembles them (with the intensity scheme of
+:mod:`medconvnext.data.intensity`) into the chains that run; the trainer's on-device augmentation uses
+:func:`augmentation_transforms` directly.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from medconvnext.data.readers import image_readers, reader_for
 IMAGE = "image"
 LABEL = "label"
 AUGMENTATIONS = ("none", "flips", "light", "medium", "heavy")
-INTENSITY_MODES = ("zscore", "nonzero_zscore", "clip_zscore", "minmax", "none")
 
 
 class LoadCaseImaged(mt.MapTransform):
@@ -66,42 +66,6 @@ def geometry_transforms(pre: Preprocessing) -> list[mt.Transform]:
     ]
 
 
-def intensity_transforms(pre: Preprocessing) -> list[mt.Transform]:
-    """Normalise intensities as ``pre.intensity`` says."""
-    if pre.intensity == "zscore":
-        return [mt.NormalizeIntensityd(IMAGE, channel_wise=True)]
-    if pre.intensity == "nonzero_zscore":
-        return [mt.NormalizeIntensityd(IMAGE, nonzero=True, channel_wise=True)]
-    if pre.intensity == "clip_zscore":
-        if pre.clip is None:
-            raise ValueError("intensity 'clip_zscore' needs preprocessing.clip = [low, high]")
-        low, high = pre.clip
-        clip = mt.ScaleIntensityRanged(IMAGE, a_min=low, a_max=high, b_min=low, b_max=high, clip=True)
-        return [clip, mt.NormalizeIntensityd(IMAGE, subtrahend=pre.mean, divisor=pre.std)]
-    if pre.intensity == "minmax":
-        # per case to [0, 1]: for label maps / shape masks, where z-scoring would tie the foreground value to
-        # the object's size (1 / sqrt(foreground fraction)) and shift the background below the zero padding
-        return [mt.ScaleIntensityd(IMAGE, minv=0.0, maxv=1.0, channel_wise=True)]
-    if pre.intensity == "none":
-        return []
-    raise ValueError(f"preprocessing.intensity must be one of {INTENSITY_MODES}, got {pre.intensity!r}")
-
-
-def deterministic_transforms(pre: Preprocessing, keep_meta: bool = False) -> mt.Compose:
-    """Load -> orient -> resample -> normalise -> pad/crop to the input size (cacheable)."""
-    steps = [
-        *load_transforms(),
-        *geometry_transforms(pre),
-        *intensity_transforms(pre),
-        mt.ResizeWithPadOrCropd(IMAGE, spatial_size=pre.input_size),
-        mt.EnsureTyped(IMAGE, dtype="float32", track_meta=keep_meta),
-    ]
-    compose = mt.Compose(steps)
-    compose.preprocessing = pre  # the disk cache keys its entries on this and on the variant
-    compose.cache_variant = "cropped+meta" if keep_meta else "cropped"
-    return compose
-
-
 def augmentation_transforms(kind: str, input_size: tuple[int, int, int]) -> list[mt.Transform]:
     """Random transforms for training; every preset keeps the input shape.
 
@@ -138,11 +102,3 @@ def augmentation_transforms(kind: str, input_size: tuple[int, int, int]) -> list
             mt.RandBiasFieldd(IMAGE, coeff_range=(0.0, 0.1), prob=0.3),
         ]
     return steps
-
-
-def training_transforms(pre: Preprocessing, augment: str) -> mt.Compose:
-    """Deterministic part followed by the augmentation."""
-    compose = mt.Compose([*deterministic_transforms(pre).transforms, *augmentation_transforms(augment, pre.input_size)])
-    compose.preprocessing = pre
-    compose.cache_variant = "cropped"
-    return compose

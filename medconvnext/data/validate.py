@@ -20,13 +20,12 @@ from typing import Protocol
 import numpy as np
 
 from medconvnext.data.datalist import Case, Datalist
-from medconvnext.data.io import ImageError, itk_affine, nifti_affine, read_itk_information
+from medconvnext.data.io import NIFTI_SUFFIXES, ImageError, open_image, read_itk_information
 from medconvnext.errors import UserError
 from medconvnext.fileio import write_json_cache
 
 MAX_AXIS = 4096
 MAX_VOXELS = 512 * 1024 * 1024  # 512 Mi voxels: 2 GiB as float32, more than any sane single scan
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 CHECKS_CACHE_NAME = "image_checks.json"
 
 
@@ -148,13 +147,14 @@ def inspect_image(path: str | Path, max_voxels: int = MAX_VOXELS) -> ImageReport
 def _inspect_image(path: str | Path, max_voxels: int) -> ImageReport:
     report = ImageReport(str(path))
     try:
-        shape, affine, load = _open(Path(path))
+        opened = open_image(path)
     except ImageError as exc:  # the geometry rule's or the DICOM checks' own one-line reason
         report.problems.append(exc.problem)
         return report
     except Exception as exc:  # noqa: BLE001 - whatever the reader says, the file is unusable
         report.problems.append(f"unreadable ({_reason(exc)})")
         return report
+    shape, affine = opened.shape, opened.affine
     report.problems += _component_problems(Path(path), shape) or _shape_problems(shape, max_voxels)
     report.shape, report.channels = tuple(shape[:3]), int(np.prod(shape[3:], dtype=np.int64)) if len(shape) > 3 else 1
     report.problems += _geometry_problems(affine) or _raw_nifti_spacing_problems(Path(path))
@@ -163,7 +163,7 @@ def _inspect_image(path: str | Path, max_voxels: int) -> ImageReport:
     report.spacing = tuple(round(float(v), 4) for v in np.linalg.norm(affine[:3, :3], axis=0))
     report.orientation = _orientation(affine)
     try:
-        data = load()
+        data = opened.load()
     except Exception as exc:  # noqa: BLE001
         report.problems.append(f"cannot read the voxels, truncated or corrupt file ({_reason(exc)})")
         return report
@@ -172,35 +172,6 @@ def _inspect_image(path: str | Path, max_voxels: int) -> ImageReport:
         sample = data.reshape(-1)[:: max(1, data.size // 1_000_000)]  # a strided sample keeps this cheap
         report.percentiles = tuple(float(v) for v in np.percentile(sample, [0.5, 50, 99.5]))
     return report
-
-
-def _open(path: Path):
-    """(full shape in (x, y, z, extra...) order, RAS affine, function loading the voxels)."""
-    if not path.exists():
-        raise FileNotFoundError("no such file or folder")
-    if path.name.lower().endswith(NIFTI_SUFFIXES):
-        import nibabel as nib
-
-        image = nib.load(str(path))
-        return tuple(int(s) for s in image.shape), nifti_affine(image, path), lambda: np.asanyarray(image.dataobj)
-    from medconvnext.data.readers import read_sitk_image, sitk_affine, sitk_array
-
-    if path.is_dir():
-        image = read_sitk_image(path)
-        return _sitk_shape(image), sitk_affine(image), lambda: sitk_array(image)
-    reader = read_itk_information(path)  # header only; voxels are read after the checks
-    shape = tuple(int(s) for s in reader.GetSize())
-    if reader.GetNumberOfComponents() > 1:
-        shape += (int(reader.GetNumberOfComponents()),)
-    if reader.GetDimension() < 3:
-        raise ValueError(f"a {reader.GetDimension()}D image; expected a 3D volume")
-    affine = itk_affine(reader.GetSpacing(), reader.GetDirection(), reader.GetOrigin())
-    return shape, affine, lambda: sitk_array(read_sitk_image(path))
-
-
-def _sitk_shape(image) -> tuple[int, ...]:
-    shape = tuple(int(s) for s in image.GetSize())
-    return shape + ((image.GetNumberOfComponentsPerPixel(),) if image.GetNumberOfComponentsPerPixel() > 1 else ())
 
 
 def _component_problems(path: Path, shape: tuple[int, ...]) -> list[str]:

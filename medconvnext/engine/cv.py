@@ -22,7 +22,6 @@ interrupted fold resumes from its last epoch (:func:`medconvnext.engine.trainer.
 
 from __future__ import annotations
 
-import csv
 import json
 import warnings
 from collections.abc import Callable, Sequence
@@ -34,6 +33,8 @@ from medconvnext.config import Config
 from medconvnext.data.datalist import Case, Datalist, load_datalist
 from medconvnext.data.splits import Fold, cv_splits, resolve_group_column
 from medconvnext.errors import UserError
+from medconvnext.reports.run import report_run
+from medconvnext.results.table import TEST_FOLD, prediction_rows, read_predictions, write_table
 from medconvnext.rundir import RunDir
 
 __all__ = ["CV_FORMAT", "CvResult", "FoldResult", "cross_validate", "cv_params"]
@@ -232,8 +233,6 @@ def cross_validate(
     if test:
         log(f"test: predicting {len(test)} case(s) with the ensemble of {len(fold_list)} fold models")
         _write_test_predictions(run, datalist, test, config.train.device)
-    from medconvnext.reports.run import report_run
-
     report = report_run(run.root, n_boot=n_boot, seed=0, target_sensitivity=target_sensitivity)
     return CvResult(run.root, results, report.summary, report.files)
 
@@ -241,38 +240,13 @@ def cross_validate(
 # ---------------------------------------------------------------------------------------- prediction tables
 
 
-def _write_table(path: Path, rows: list[dict[str, Any]], classes: Sequence[str], with_repeat: bool) -> None:
-    from medconvnext.engine.checkpoint import atomic_write
-    from medconvnext.reports.predictions import PROB_PREFIX
-
-    fields = ["image", "label", *(["repeat"] if with_repeat else []), "fold", "prediction",
-              *[PROB_PREFIX + c for c in classes]]
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
-
-    atomic_write(path, write)
-
-
 def _row(case: Case, probs: Sequence[float], classes: Sequence[str], fold: int, repeat: int | None) -> dict:
-    from medconvnext.reports.predictions import PROB_PREFIX
-
-    best = max(range(len(classes)), key=lambda k: probs[k])
-    row: dict[str, Any] = {"image": case.images[0], "label": case.label or ""}
-    if repeat is not None:
-        row["repeat"] = repeat
-    row.update({"fold": fold, "prediction": classes[best]})
-    row.update({PROB_PREFIX + c: round(float(p), 6) for c, p in zip(classes, probs, strict=True)})
-    return row
+    repeats = None if repeat is None else [repeat]
+    return prediction_rows([case.images[0]], [probs], classes, [case.label or ""], folds=[fold], repeats=repeats)[0]
 
 
 def _write_oof(run: RunDir, datalist: Datalist, folds: list[Fold], repeats: int) -> Path:
     """Collect every fold's ``val_predictions.csv`` (its best epoch) into ``oof_predictions.csv``."""
-    from medconvnext.reports.predictions import read_predictions
-
     by_id = {c.case_id: c for c in datalist.cases}
     per_repeat = len(folds) // repeats
     rows = []
@@ -293,16 +267,15 @@ def _write_oof(run: RunDir, datalist: Datalist, folds: list[Fold], repeats: int)
                          _row(by_id[case_id], probs, datalist.classes, number, fold.repeat if repeats > 1 else None)))
     order = {c.case_id: i for i, c in enumerate(datalist.cases)}
     rows.sort(key=lambda r: (r[0], order[r[1].case_id]))
-    _write_table(run.oof_predictions, [r[2] for r in rows], datalist.classes, repeats > 1)
+    write_table(run.oof_predictions, [r[2] for r in rows])
     return run.oof_predictions
 
 
 def _write_test_predictions(run: RunDir, datalist: Datalist, test: list[Case], device: str) -> Path:
     from medconvnext.engine.inference import FoldEnsemble
-    from medconvnext.reports.predictions import TEST_FOLD
 
     # every fold keeps its own preprocessing; probabilities are the mean over folds (as nnU-Net ensembles folds)
     probs = FoldEnsemble.load(run.root, device=device).predict_files([list(c.images) for c in test])
     rows = [_row(case, p, datalist.classes, TEST_FOLD, None) for case, p in zip(test, probs, strict=True)]
-    _write_table(run.test_predictions, rows, datalist.classes, False)
+    write_table(run.test_predictions, rows)
     return run.test_predictions

@@ -75,11 +75,6 @@ def sum_across_ranks(values: list[float]) -> list[float]:
     return tensor.tolist()
 
 
-def broadcast_flag(flag: bool) -> bool:
-    """Rank 0's ``flag`` on every rank (e.g. the early-stopping decision)."""
-    return bool(all_gather_objects(flag)[0])
-
-
 def broadcast_buffers(module: torch.nn.Module) -> None:
     """Copy rank 0's buffers (e.g. BatchNorm running statistics) to every rank.
 

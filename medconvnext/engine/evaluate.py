@@ -21,6 +21,8 @@ from medconvnext.data.datalist import Case, Datalist, load_datalist
 from medconvnext.data.leakage import LeakageReport, audit_run, enforce
 from medconvnext.data.validate import require_valid
 from medconvnext.errors import UserError
+from medconvnext.reports.run import report_run
+from medconvnext.results.table import require_finite, write_prediction_table
 from medconvnext.rundir import RunDir
 
 __all__ = ["EVAL_SPLITS", "EvaluationResult", "evaluate_run_on", "select_cases"]
@@ -92,8 +94,6 @@ def evaluate_run_on(
     :mod:`medconvnext.data.leakage`).
     """
     from medconvnext.engine.inference import FoldEnsemble
-    from medconvnext.engine.predictions import require_finite, write_prediction_table
-    from medconvnext.reports.run import report_run
 
     runs = [RunDir(Path(r)) for r in ([run_dir] if isinstance(run_dir, (str, Path)) else run_dir)]
     if not runs:

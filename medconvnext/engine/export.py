@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medconvnext.data.pipeline import PreprocessingPipeline
 from medconvnext.data.preprocessing import Preprocessing
 from medconvnext.engine.checkpoint import atomic_write, load_checkpoint
 from medconvnext.errors import UserError
@@ -126,29 +127,10 @@ def export_info(meta: dict, pre: Preprocessing, fmt: str, out_path: Path, checkp
                    "meaning": "logits; softmax over axis 1 gives the probabilities of 'classes' in order"},
         "preprocessing": {
             **pre.to_dict(),
-            "steps": [
-                "read the scan as an (x, y, z) array with its voxel-to-RAS affine (NIfTI, or ITK formats with "
-                "LPS converted to RAS); several images of a case are resampled to the first and stacked as channels",
-                f"reorient to {pre.orientation} (MONAI Orientation)",
-                f"resample to spacing {list(pre.spacing)} mm, bilinear (MONAI Spacing)",
-                _intensity_step(pre),
-                f"pad (zeros) or crop, centred, to {list(pre.input_size)} (MONAI ResizeWithPadOrCrop)",
-            ],
+            "steps": PreprocessingPipeline(pre).describe(),
         },
         "check": {"max_abs_diff_vs_eager": diff, "tolerance": tolerance},
     }
-
-
-def _intensity_step(pre: Preprocessing) -> str:
-    if pre.intensity == "zscore":
-        return "z-score each channel over all voxels (MONAI NormalizeIntensity, channel_wise=True)"
-    if pre.intensity == "nonzero_zscore":
-        return "z-score each channel over its non-zero voxels (MONAI NormalizeIntensity, nonzero=True)"
-    if pre.intensity == "clip_zscore":
-        return f"clip to {list(pre.clip or [])}, then (x - {pre.mean}) / {pre.std}"
-    if pre.intensity == "minmax":
-        return "rescale each channel linearly to [0, 1] (min -> 0, max -> 1; MONAI ScaleIntensity, channel_wise=True)"
-    return "no intensity normalisation"
 
 
 def _save_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> None:

@@ -25,19 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai import transforms as mt
 from torch import nn
 
 from medconvnext.config import InferenceConfig
 from medconvnext.data.capture import reporting
+from medconvnext.data.pipeline import PipelineVariant, PreprocessingPipeline
 from medconvnext.data.preprocessing import Preprocessing
-from medconvnext.data.transforms import (
-    IMAGE,
-    deterministic_transforms,
-    geometry_transforms,
-    intensity_transforms,
-    load_transforms,
-)
 from medconvnext.engine.checkpoint import load_checkpoint
 from medconvnext.engine.devices import as_model_input, autocast, resolve_device
 from medconvnext.engine.sliding_window import AGGREGATIONS, WindowResult, sliding_window_classify
@@ -75,19 +68,6 @@ def check_inference(settings: InferenceConfig) -> None:
         raise UserError(f"inference.overlap must be in [0, 1), got {settings.overlap}")
     if settings.sw_batch_size < 1:
         raise UserError(f"inference.sw_batch_size must be >= 1, got {settings.sw_batch_size}")
-
-
-def uncropped_transforms(pre: Preprocessing) -> mt.Compose:
-    """The deterministic preprocessing without the final pad/crop to the input size (keeps the affine)."""
-    compose = mt.Compose([
-        *load_transforms(),
-        *geometry_transforms(pre),
-        *intensity_transforms(pre),
-        mt.EnsureTyped(IMAGE, dtype="float32", track_meta=True),
-    ])
-    compose.preprocessing = pre  # the disk cache keys on it (sliding-window validation caches full volumes)
-    compose.cache_variant = "uncropped+meta"
-    return compose
 
 
 def choose_mode(settings: InferenceConfig, volume_size: Sequence[int], input_size: Sequence[int]) -> str:
@@ -207,25 +187,28 @@ class Predictor:
         check_inference(settings)
         return cls(model, pre, checkpoint.class_names, torch_device, inference=settings, tta=tta)
 
-    def transforms(self, crop: bool = True, keep_meta: bool = False) -> mt.Compose:
-        """The deterministic preprocessing (``crop=False``: without the final pad/crop, always with metadata).
+    def pipeline(self, crop: bool = True, keep_meta: bool = False) -> PipelineVariant:
+        """The run's deterministic preprocessing: ``cropped`` (``crop=False``: ``uncropped``, always with metadata).
 
         Keep the returned object to invert it later (MONAI matches each inverse to its own transform).
         """
-        return deterministic_transforms(self.preprocessing, keep_meta=keep_meta) if crop \
-            else uncropped_transforms(self.preprocessing)
+        return PreprocessingPipeline(self.preprocessing).deterministic("cropped" if crop else "uncropped", keep_meta)
 
-    def preprocess(self, image: ImagePaths, crop: bool = True, transform: mt.Compose | None = None) -> torch.Tensor:
+    def preprocess(self, image: ImagePaths, crop: bool = True, pipeline: PipelineVariant | None = None
+                   ) -> torch.Tensor:
         """(C, D, H, W) tensor exactly as in training (``crop=False``: without the final pad/crop).
 
-        ``image`` is one path, or several (stacked as channels, as in training); ``transform`` replaces
-        :meth:`transforms` (e.g. one kept for inverting).
+        ``image`` is one path, or several (stacked as channels, as in training); ``pipeline`` replaces
+        :meth:`pipeline` (e.g. one kept for inverting).
+
+        Raises:
+            UserError: a missing file, or one that cannot be read or preprocessed (the message names it).
         """
         paths = [Path(image)] if isinstance(image, (str, Path)) else [Path(i) for i in image]
         for path in paths:
             if not path.exists():
                 raise UserError(f"{path}: no such file")
-        transform = transform or self.transforms(crop)
+        transform = pipeline or self.pipeline(crop)
         try:
             with reporting(str(paths[0])):  # what MONAI warns about on the way: one line naming the scan
                 return transform({"image": str(paths[0]) if len(paths) == 1 else [str(p) for p in paths]})["image"]
@@ -235,23 +218,12 @@ class Predictor:
                 raise cause from None
             raise UserError(f"{paths[0]}: cannot read or preprocess the image ({_root_cause(exc)})") from None
 
-    @torch.no_grad()
-    def predict_tensor(self, volume: torch.Tensor) -> np.ndarray:
-        """Class probabilities (K,) for one preprocessed (C, D, H, W) volume, in one forward pass."""
-        with autocast(self.device, self.amp):
-            logits = self.model(as_model_input(volume.unsqueeze(0), self.device, model_memory_format(self.model)))
-        return torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
-
     def predict_case(self, images: ImagePaths) -> VolumePrediction:
         """One case (a path, or several stacked as channels) with the configured inference mode and TTA."""
         crop = self.inference.mode == "whole"
         volume = self.preprocess(images, crop=crop)
         return infer_volume(self.model, volume, self.inference, self.preprocessing.input_size, self.device,
                             self.amp, tta=self.tta)
-
-    def predict_file(self, image: ImagePaths) -> VolumePrediction:
-        """One scan with the configured inference mode (same as :meth:`predict_case`)."""
-        return self.predict_case(image)
 
     def predict_files(self, images: Sequence[ImagePaths]) -> np.ndarray:
         """Probabilities (N, K) for N image files (or cases)."""

@@ -27,8 +27,8 @@ from medconvnext.config import Config, load_config, save_config
 from medconvnext.data.datalist import Case, Datalist, case_id_from_path, is_image_file, load_datalist
 from medconvnext.data.dataset import make_dataset
 from medconvnext.data.fingerprint import compute_fingerprint, plan_preprocessing
+from medconvnext.data.pipeline import PreprocessingPipeline
 from medconvnext.data.preprocessing import Preprocessing
-from medconvnext.data.transforms import deterministic_transforms, training_transforms
 from medconvnext.data.validate import require_valid, validate_datalist
 from medconvnext.engine import distributed as dist
 from medconvnext.engine.checkpoint import atomic_write, save_checkpoint, unwrap_model
@@ -42,6 +42,7 @@ from medconvnext.errors import UserError
 from medconvnext.models import apply_memory_format, create_model, model_memory_format
 from medconvnext.models.convnext import ConvNeXt3d
 from medconvnext.models.fcmae import FCMAE3d, ReconstructionLoss, patchify
+from medconvnext.reports.plots import matplotlib_available
 from medconvnext.rundir import RunDir
 
 ENCODER = "encoder"  # checkpoint_encoder.safetensors
@@ -174,7 +175,7 @@ def _fit(config: Config, run: RunDir, cases: list[Case], plan: Preprocessing, op
         model = DistributedDataParallel(fcmae, device_ids=[device.index] if device.type == "cuda" else None)
     records = [{"image": c.images[0] if len(c.images) == 1 else list(c.images), "label": -1, "case_id": c.case_id}
                for c in cases]
-    transform = training_transforms(plan, config.data.augment)
+    transform = PreprocessingPipeline(plan).training(config.data.augment)
     dataset = make_dataset(records, transform, config.data.cache, cache_dir=config.data.cache_dir)
     generator = torch.Generator().manual_seed(cfg.seed)
     sampler = (DistributedSampler(dataset, dist.world_size(), dist.rank(), shuffle=True, seed=cfg.seed)
@@ -269,8 +270,6 @@ def _train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Op
 def _save_reconstructions(model: FCMAE3d, records: list[dict], plan: Preprocessing, path: Path,
                           device: torch.device, cases: int = 4) -> None:
     """Middle slices of masked inputs, reconstructions (visible units kept) and targets of a few cases."""
-    from medconvnext.reports.plots import matplotlib_available
-
     if not matplotlib_available():
         warnings.warn(f"{path.name} not written: matplotlib is not installed", stacklevel=2)
         return
@@ -279,7 +278,7 @@ def _save_reconstructions(model: FCMAE3d, records: list[dict], plan: Preprocessi
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    transform = deterministic_transforms(plan)
+    transform = PreprocessingPipeline(plan).deterministic()
     x = torch.stack([plain(transform(dict(r))["image"]) for r in records[:cases]]).to(device)
     model.eval()
     out = model(x, generator=torch.Generator().manual_seed(0))

@@ -30,15 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai import transforms as mt
-from monai.data import MetaTensor
 from torch import nn
 
 from medconvnext.engine.inference import FoldEnsemble, ImagePaths, Predictor, _pad_to
 from medconvnext.errors import UserError
 
 CAM_METHODS = ("gradcam", "occlusion")
-SALIENCY_KEY = "saliency"
 
 
 @dataclass
@@ -179,8 +176,8 @@ def scan_saliency(predictor: Predictor, images: ImagePaths, class_index: int, me
     (cropped to the input size in ``whole`` mode, else the full volume in one pass), then the preprocessing is
     inverted (MONAI ``Invertd``: pad/crop, resampling, reorientation)."""
     crop = predictor.inference.mode == "whole"
-    transform = predictor.transforms(crop=crop, keep_meta=True)
-    volume = predictor.preprocess(images, transform=transform)
+    pipeline = predictor.pipeline(crop=crop, keep_meta=True)
+    volume = predictor.preprocess(images, pipeline=pipeline)
     plain = volume.as_tensor()
     padded = _pad_to(plain, predictor.preprocessing.input_size)
     if method == "gradcam" and last_stage_is_one_voxel(predictor.model, padded):
@@ -191,11 +188,7 @@ def scan_saliency(predictor: Predictor, images: ImagePaths, class_index: int, me
     # undo _pad_to's symmetric padding (a volume smaller than the input size on some axis)
     heat = heat[tuple(slice((p - s) // 2, (p - s) // 2 + s) for p, s in
                       zip(padded.shape[1:], plain.shape[1:], strict=True))]
-    inverse = mt.Invertd(keys=SALIENCY_KEY, transform=transform, orig_keys="image", nearest_interp=False,
-                         to_tensor=True)
-    # a MetaTensor, so that Invertd gives it the image's trace of applied transforms
-    restored = inverse({"image": volume, SALIENCY_KEY: MetaTensor(heat[None].float())})
-    result = restored[SALIENCY_KEY]
+    result = pipeline.to_scan_grid(volume, heat[None].float())
     array = np.clip(np.nan_to_num(result.as_tensor()[0].numpy().astype(np.float32)), 0.0, 1.0)
     return ScanMap(array, np.asarray(result.affine, dtype=np.float64), method)
 

@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from medconvnext.engine.calibration import Calibration, check_calibration_matches, load_calibration
 from medconvnext.errors import UserError
+from medconvnext.results.calibration import Calibration, check_calibration_matches, load_calibration
+from medconvnext.results.table import require_finite
 from medconvnext.rundir import RunDir
 
 Log = Callable[[str], None]
@@ -62,7 +63,6 @@ def predict_scans(
     from medconvnext.data.leakage import audit_run, enforce
     from medconvnext.data.validate import require_valid
     from medconvnext.engine.inference import FoldEnsemble
-    from medconvnext.engine.predictions import require_finite
     from medconvnext.engine.saliency import CAM_METHODS
 
     model = Path(model)

@@ -56,6 +56,7 @@ from medconvnext.engine.validation import (
 )
 from medconvnext.errors import UserError
 from medconvnext.models import apply_memory_format, model_memory_format
+from medconvnext.reports.plots import plot_training_curves
 from medconvnext.rundir import RunDir
 
 __all__ = [
@@ -284,8 +285,6 @@ def _checkpoint_meta(setup: RunSetup, loop: Loop) -> dict[str, Any]:
 
 def _plot_progress(run: RunDir, history: list[dict[str, Any]]) -> None:
     """progress.png (loss and validation curves); a failure is one warning naming the figure, never silent."""
-    from medconvnext.reports.plots import plot_training_curves
-
     try:
         plot_training_curves({"run": history}, run.progress_plot)
     except Exception as exc:  # noqa: BLE001 - a figure must never stop a training

@@ -13,11 +13,11 @@ from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampl
 
 from medconvnext.config import Config
 from medconvnext.data.dataset import case_records, make_dataset
-from medconvnext.data.patches import patch_training_transforms
-from medconvnext.data.transforms import augmentation_transforms, deterministic_transforms, training_transforms
+from medconvnext.data.pipeline import PreprocessingPipeline
+from medconvnext.data.transforms import augmentation_transforms
 from medconvnext.engine import distributed as dist
 from medconvnext.engine.feeding import BatchAugment, loader_options
-from medconvnext.engine.inference import check_inference, uncropped_transforms
+from medconvnext.engine.inference import check_inference
 from medconvnext.engine.setup import RunSetup
 from medconvnext.engine.validation import Tiling
 
@@ -49,17 +49,14 @@ def training_data(setup: RunSetup, generator: torch.Generator) -> TrainingData:
     # data.augment_on=device: the loader's transforms stop before the augmentation, which runs in the step
     on_device = config.data.augment_on == "device"
     loader_augment = "none" if on_device else config.data.augment
-    if config.train.patches != "none":
-        train_transform = patch_training_transforms(plan, loader_augment, config.train.patches)
-    else:
-        train_transform = training_transforms(plan, loader_augment)
+    train_transform = PreprocessingPipeline(plan).training(loader_augment, config.train.patches)
     feed = loader_options(config.data, device)  # the loaders' workers also fill the memory cache (threads)
     train_ds = make_dataset(train_records, train_transform, config.data.cache, feed["num_workers"],
                             cache_dir=config.data.cache_dir)
     check_inference(config.inference)
     # whole: validate on the training input size; sliding/auto: on the full (uncropped) volumes
     tiled = config.inference.mode != "whole"
-    val_transform = uncropped_transforms(plan) if tiled else deterministic_transforms(plan)
+    val_transform = PreprocessingPipeline(plan).deterministic("uncropped" if tiled else "cropped")
     # each rank evaluates (and caches) every world_size-th case; the results are gathered, so each case counts once
     val_part = make_dataset(val_records[dist.rank() :: dist.world_size()], val_transform, config.data.cache,
                             feed["num_workers"], cache_dir=config.data.cache_dir)

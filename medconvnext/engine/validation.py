@@ -21,15 +21,16 @@ from torch.utils.data import DataLoader
 from medconvnext.config import InferenceConfig, load_config
 from medconvnext.data.datalist import load_datalist
 from medconvnext.data.dataset import case_records, make_dataset
+from medconvnext.data.pipeline import PreprocessingPipeline
 from medconvnext.data.preprocessing import Preprocessing
-from medconvnext.data.transforms import deterministic_transforms
 from medconvnext.engine import distributed as dist
 from medconvnext.engine.checkpoint import load_checkpoint
 from medconvnext.engine.devices import as_model_input, autocast, resolve_device
 from medconvnext.engine.feeding import loader_options
-from medconvnext.engine.inference import infer_volume, uncropped_transforms
-from medconvnext.engine.metrics import classification_metrics
+from medconvnext.engine.inference import infer_volume
 from medconvnext.models import apply_memory_format, model_memory_format
+from medconvnext.results.metrics import classification_metrics
+from medconvnext.results.table import write_prediction_table
 from medconvnext.rundir import RunDir
 
 __all__ = ["Tiling", "evaluate", "evaluate_run", "is_better", "predict_loader", "warn_undefined_auc",
@@ -85,7 +86,7 @@ def evaluate(
     """Loss, probabilities and metrics over a labelled loader (all ranks' cases under DDP).
 
     Returns :func:`predict_loader`'s keys plus ``loss`` (``loss_fn`` of the gathered logits), ``probs``
-    (N, K softmax) and ``metrics`` (:func:`~medconvnext.engine.metrics.classification_metrics`).
+    (N, K softmax) and ``metrics`` (:func:`~medconvnext.results.metrics.classification_metrics`).
     """
     out = _gather_predictions(predict_loader(model, loader, device, amp, tiling))
     probs = torch.softmax(out["logits"], dim=1)
@@ -131,8 +132,6 @@ def warn_undefined_auc(val_cases: list, select: str) -> None:
 
 def write_val_predictions(path: Path, val: dict[str, Any], class_names: Sequence[str]) -> None:
     """The prediction table of :func:`evaluate`'s output (case id, label, prediction, one probability per class)."""
-    from medconvnext.engine.predictions import write_prediction_table
-
     labels = [class_names[i] for i in val["labels"].tolist()]
     write_prediction_table(path, val["case_ids"], val["probs"].numpy(), class_names, labels=labels)
 
@@ -152,7 +151,7 @@ def evaluate_run(run_dir: str | Path, which: str = "last", device: str = "cpu") 
     by_id = {c.case_id: c for c in datalist.cases}
     records = case_records(datalist, [by_id[i] for i in splits["val"]])
     tiled = config.inference.mode != "whole"
-    transform = uncropped_transforms(plan) if tiled else deterministic_transforms(plan)
+    transform = PreprocessingPipeline(plan).deterministic("uncropped" if tiled else "cropped")
     torch_device = resolve_device(device)
     loader = DataLoader(make_dataset(records, transform, "none"), batch_size=1 if tiled else config.train.batch_size,
                         **loader_options(config.data, torch_device))

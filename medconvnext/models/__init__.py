@@ -9,7 +9,6 @@ from medconvnext.models._memory import (
     layout_for,
     model_memory_format,
     preferred_memory_format,
-    to_memory_format,
 )
 from medconvnext.models._registry import ModelEntry, create_model, get_entry, list_models, register_model
 from medconvnext.models.convmixer import ConvMixer3d
@@ -35,5 +34,4 @@ __all__ = [
     "model_memory_format",
     "preferred_memory_format",
     "register_model",
-    "to_memory_format",
 ]

@@ -114,8 +114,3 @@ def model_memory_format(model: nn.Module) -> torch.memory_format:
     plain = getattr(plain, "_orig_mod", plain)
     return FORMATS[getattr(plain, _ATTRIBUTE, CONTIGUOUS)]
 
-
-def to_memory_format(model: nn.Module, x: torch.Tensor, fmt: torch.memory_format) -> tuple[nn.Module, torch.Tensor]:
-    """Convert ``model`` (in place) and return ``x`` in ``fmt``; 5D inputs only for channels_last_3d."""
-    model = model.to(memory_format=fmt)
-    return model, x.contiguous(memory_format=fmt)

@@ -1,4 +1,6 @@
-"""Evaluation and cross-validation reports: predictions table IO, summary (cv_summary.json), plots, md/html.
+"""Evaluation and cross-validation reports: summary (cv_summary.json), plots, md/html.
+
+The prediction table itself lives in :mod:`medconvnext.results.table` (re-exported here).
 
 Typical use::
 
@@ -10,10 +12,10 @@ Typical use::
     write_report("runs/exp", preds, summary, training_logs={"fold_0": "runs/exp/fold_0/metrics.jsonl"})
 """
 
-from medconvnext.reports.predictions import Predictions, predictions_from_rows, read_predictions, write_predictions
 from medconvnext.reports.render import REPORT_FILES, write_report
 from medconvnext.reports.summary import save_summary, summarize
 from medconvnext.reports.training_log import read_training_log
+from medconvnext.results.table import Predictions, predictions_from_rows, read_predictions, write_predictions
 
 __all__ = [
     "Predictions",

@@ -1,7 +1,7 @@
 """The report's operating-point and calibration sections, and fitting them on a run's held-out predictions.
 
 - :func:`fit_run_calibration`: temperature (and, binary, threshold) from held-out predictions (out-of-fold of a
-  cross-validation, or a train run's validation set), as a :class:`~medconvnext.engine.calibration.Calibration`.
+  cross-validation, or a train run's validation set), as a :class:`~medconvnext.results.calibration.Calibration`.
 - :func:`calibration_summary`: what a calibration gives on a set of predictions (ECE/NLL/Brier before and after,
   sensitivity/specificity at the threshold with bootstrap CIs): the ``calibration`` part of the summary JSON.
 """
@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from medconvnext.engine.calibration import (
+from medconvnext.results.calibration import (
     Calibration,
     apply_temperature,
     choose_threshold,
@@ -20,8 +20,8 @@ from medconvnext.engine.calibration import (
     nll,
     sensitivity_specificity,
 )
-from medconvnext.engine.metrics import expected_calibration_error
-from medconvnext.reports.predictions import Predictions
+from medconvnext.results.metrics import expected_calibration_error
+from medconvnext.results.table import Predictions
 
 __all__ = ["calibration_summary", "fit_run_calibration"]
 

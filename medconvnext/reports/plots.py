@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medconvnext.engine.metrics import binary_auc, expected_calibration_error, reliability_bins
 from medconvnext.reports.training_log import CURVE_KEYS
+from medconvnext.results.metrics import binary_auc, expected_calibration_error, reliability_bins
 
 __all__ = [
     "matplotlib_available",

@@ -11,13 +11,14 @@ import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from medconvnext.engine.metrics import SCALAR_METRICS
 from medconvnext.reports import plots
 from medconvnext.reports.document import Doc, to_html, to_markdown
 from medconvnext.reports.operating import criterion_text, section_rows
-from medconvnext.reports.predictions import TEST_FOLD, Predictions
 from medconvnext.reports.summary import summarize
 from medconvnext.reports.training_log import read_training_log
+from medconvnext.results.calibration import apply_temperature
+from medconvnext.results.metrics import SCALAR_METRICS
+from medconvnext.results.table import TEST_FOLD, Predictions
 
 __all__ = ["write_report", "REPORT_FILES"]
 
@@ -176,8 +177,6 @@ def _training_table(doc: Doc, logs: Mapping[str, Sequence[Mapping]]) -> None:
 def _draw_figures(run_dir: Path, pooled: Predictions, metrics: Mapping, logs: Mapping,
                   calibration: Mapping | None) -> dict[str, Path]:
     """Draw every applicable figure; returns name -> path. A figure that fails is one warning naming it."""
-    from medconvnext.engine.calibration import apply_temperature
-
     y, p, names = pooled.y_true, pooled.probs, pooled.class_names
     jobs = {
         "roc": lambda path: plots.plot_roc(y, p, names, path),

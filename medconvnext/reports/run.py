@@ -18,9 +18,16 @@ from typing import Any
 import numpy as np
 
 from medconvnext.errors import UserError
-from medconvnext.reports.predictions import TEST_FOLD, Predictions, predictions_from_rows, read_predictions
+from medconvnext.reports.operating import calibration_summary, fit_run_calibration
 from medconvnext.reports.render import write_report
 from medconvnext.reports.summary import save_summary, summarize
+from medconvnext.results.calibration import (
+    check_calibration_matches,
+    checkpoint_digests,
+    load_calibration,
+    save_calibration,
+)
+from medconvnext.results.table import TEST_FOLD, Predictions, predictions_from_rows, read_predictions
 from medconvnext.rundir import RunDir
 
 __all__ = ["RunReport", "concat_predictions", "report_run"]
@@ -139,14 +146,6 @@ def _cv_report(run: RunDir, n_boot: int, seed: int, fit: dict) -> RunReport:
 
 def _calibration(run: RunDir, predictions: Predictions, fit: dict, n_boot: int, seed: int) -> dict | None:
     """Fit (cv / train run) or load (evaluate) the calibration, and what it gives on the pooled predictions."""
-    from medconvnext.engine.calibration import (
-        check_calibration_matches,
-        checkpoint_digests,
-        load_calibration,
-        save_calibration,
-    )
-    from medconvnext.reports.operating import calibration_summary, fit_run_calibration
-
     pooled = predictions.subset(predictions.folds != TEST_FOLD) if (predictions.folds != TEST_FOLD).any() \
         else predictions
     if "stored" in fit:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medconvnext.engine.metrics import SCALAR_METRICS, bootstrap_ci, classification_metrics
-from medconvnext.reports.predictions import TEST_FOLD, Predictions
+from medconvnext.results.metrics import SCALAR_METRICS, bootstrap_ci, classification_metrics
+from medconvnext.results.table import TEST_FOLD, Predictions
 
 __all__ = ["CI_METRICS", "summarize", "save_summary"]
 

@@ -1,13 +1,20 @@
-"""The predictions table: one row per case with its true label, fold and class probabilities.
+"""The prediction table: one row per case with its image, label, fold and class probabilities.
 
-Columns: ``image``, ``label`` (class name), ``fold`` (int, optional; -1 marks a test-set / fold-ensemble
-row), ``prediction`` (class name, optional: metrics always use the argmax of the probabilities),
-and ``prob_<class>`` for each class. The class names and their order come from the ``prob_`` columns.
+Every table the toolkit writes or reads has this layout (``predict --output``, ``val_predictions.csv``,
+``oof_predictions.csv``, ``test_predictions.csv``, an evaluation's ``predictions.csv``). Columns, in order:
+``image``; ``label`` (class name; absent from ``predict`` output without labels, empty for an unlabelled case);
+``repeat`` (cross-validation with repeats only); ``fold`` (int, optional; -1 marks a test-set / fold-ensemble
+row); ``prediction`` (class name; metrics always use the argmax of the probabilities); ``prob_<class>`` for
+each class. The class names and their order come from the ``prob_`` columns.
+
+Written tables round probabilities to 6 decimals (:func:`prediction_rows`); :class:`Predictions` is a
+labelled table read back as arrays for :mod:`medconvnext.results.metrics`.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +22,20 @@ from pathlib import Path
 import numpy as np
 
 from medconvnext.errors import UserError
+from medconvnext.fileio import atomic_write
 
-__all__ = ["Predictions", "PROB_PREFIX", "TEST_FOLD", "read_predictions", "predictions_from_rows", "write_predictions"]
+__all__ = [
+    "PROB_PREFIX",
+    "TEST_FOLD",
+    "Predictions",
+    "prediction_rows",
+    "predictions_from_rows",
+    "read_predictions",
+    "require_finite",
+    "write_prediction_table",
+    "write_predictions",
+    "write_table",
+]
 
 PROB_PREFIX = "prob_"
 TEST_FOLD = -1  # fold value of rows that are not out-of-fold validation predictions (test set, fold ensemble)
@@ -25,7 +44,7 @@ REQUIRED_COLUMNS = ("image", "label")
 
 @dataclass
 class Predictions:
-    """Predictions of one run, as arrays ready for :mod:`medconvnext.engine.metrics`.
+    """Predictions of one run, as arrays ready for :mod:`medconvnext.results.metrics`.
 
     Attributes:
         images: case identifiers (usually the image path), length N.
@@ -145,13 +164,93 @@ def read_predictions(csv_path: str | Path) -> Predictions:
 
 
 def write_predictions(path: str | Path, predictions: Predictions) -> Path:
-    """Write predictions as CSV in the layout :func:`read_predictions` reads (e.g. ``oof_predictions.csv``)."""
+    """Write predictions as CSV in the layout :func:`read_predictions` reads (probabilities not rounded)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    rows = predictions.to_rows()
     fields = ["image", "label", "fold", "prediction"] + [PROB_PREFIX + c for c in predictions.class_names]
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
+    write_table(path, predictions.to_rows(), fields)
+    return path
+
+
+def require_finite(images: Sequence[str], probs: np.ndarray) -> None:
+    """UserError naming the first scan whose probabilities (N, K) hold NaN/Inf: never written as a prediction.
+
+    The inputs passed the validation gate (finite voxels), so this is the model's doing (e.g. a checkpoint whose
+    training diverged)."""
+    bad = [image for image, p in zip(images, probs, strict=True) if not np.isfinite(p).all()]
+    if bad:
+        more = f" (and {len(bad) - 1} more scan(s))" if len(bad) > 1 else ""
+        raise UserError(f"{bad[0]}: the model gave NaN/Inf probabilities{more}; its weights are probably not finite "
+                        "(a training run that diverged); nothing was written")
+
+
+def prediction_rows(
+    images: Sequence[str],
+    probs: np.ndarray,
+    class_names: Sequence[str],
+    labels: Sequence[str] | None = None,
+    threshold: float | None = None,
+    folds: Sequence[int] | None = None,
+    repeats: Sequence[int] | None = None,
+) -> list[dict]:
+    """One dict per case in the module's column order, probabilities (N, K) rounded to 6 decimals.
+
+    ``prediction`` is the most probable class, or (two classes, ``threshold`` given) the second (positive) class
+    when its probability is >= ``threshold``. ``labels``, ``repeats`` and ``folds`` (length N each) add their
+    columns when given.
+    """
+    rows = []
+    for i, image in enumerate(images):
+        row: dict = {"image": image}
+        if labels is not None:
+            row["label"] = labels[i]
+        if repeats is not None:
+            row["repeat"] = repeats[i]
+        if folds is not None:
+            row["fold"] = folds[i]
+        if threshold is not None and len(class_names) == 2:
+            row["prediction"] = class_names[1 if probs[i][1] >= threshold else 0]
+        else:
+            row["prediction"] = class_names[int(np.argmax(probs[i]))]
+        for k, name in enumerate(class_names):
+            row[f"{PROB_PREFIX}{name}"] = round(float(probs[i][k]), 6)
+        rows.append(row)
+    return rows
+
+
+def write_table(path: str | Path, rows: Sequence[Mapping], fields: Sequence[str] | None = None) -> None:
+    """Write rows atomically: JSON (a list of objects) for a ``.json`` path, else CSV with the columns ``fields``
+    (default: the first row's keys).
+
+    Raises:
+        ValueError: a CSV without rows and without ``fields`` (its columns are unknown).
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(list(rows), indent=2), encoding="utf-8"))
+        return
+    if fields is None and not rows:
+        raise ValueError(f"{path}: no rows and no columns to write")
+    columns = list(fields) if fields is not None else list(rows[0])
+    atomic_write(path, lambda tmp: _write_csv(tmp, rows, columns))
+
+
+def write_prediction_table(
+    path: str | Path,
+    images: Sequence[str],
+    probs: np.ndarray,
+    class_names: Sequence[str],
+    labels: Sequence[str] | None = None,
+    threshold: float | None = None,
+) -> list[dict]:
+    """Write a ``.csv`` or ``.json`` prediction table atomically; returns the rows (see :func:`prediction_rows`)."""
+    rows = prediction_rows(images, probs, class_names, labels, threshold)
+    write_table(path, rows)
+    return rows
+
+
+def _write_csv(path: Path, rows: Sequence[Mapping], fields: list[str]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    return path
