@@ -1,5 +1,8 @@
 """GPU benchmark: every number issue 14 asks for, in one process, in a few minutes on one H200.
 
+(One file of ~440 lines on purpose: a GPU session is short and lent by chance, so the whole measurement travels
+and runs as one script with no project-internal helpers to carry; each section is a short function below.)
+
 Sections (run in the order of ``SECTIONS``; each row times its own warmed-up steps, so the order does not bias
 the rows; a configuration measured twice is measured once):
 

@@ -32,6 +32,11 @@ from typing import Any
 from medconvnext.config import Config
 from medconvnext.data.datalist import Case, Datalist, load_datalist
 from medconvnext.data.splits import Fold, cv_splits, resolve_group_column
+from medconvnext.data.validate import validate_datalist
+from medconvnext.engine.inference import FoldEnsemble
+from medconvnext.engine.resume import load_training_state
+from medconvnext.engine.setup import audit_training_split
+from medconvnext.engine.trainer import resume, train
 from medconvnext.errors import UserError
 from medconvnext.reports.run import report_run
 from medconvnext.results.table import TEST_FOLD, prediction_rows, read_predictions, write_table
@@ -140,8 +145,6 @@ def _prepare(run: RunDir, params: dict[str, Any], splits: dict[str, Any], overwr
 def _fold_status(fold: RunDir, epochs: int) -> tuple[str, dict[str, Any] | None]:
     """``done`` (marked), ``finished`` (trained, not yet marked), ``resume`` (interrupted after an epoch) or
     ``new``; with the best epoch's record when known."""
-    from medconvnext.engine.resume import load_training_state
-
     if fold.done.is_file():
         return "done", json.loads(fold.done.read_text(encoding="utf-8"))
     needed = (fold.config, fold.dataset, fold.splits, fold.training_state())
@@ -157,8 +160,6 @@ def _fold_status(fold: RunDir, epochs: int) -> tuple[str, dict[str, Any] | None]
 def _train_fold(
     config: Config, fold: Fold, run: RunDir, callbacks: Any, log: Callable[[str], None], total: int, repeats: int
 ) -> FoldResult:
-    from medconvnext.engine.trainer import resume, train
-
     folder = run.fold(fold.index, fold.repeat if repeats > 1 else None)
     name = folder.root.relative_to(run.root).as_posix()
     position = fold.repeat * (total // repeats) + fold.index + 1
@@ -208,15 +209,12 @@ def cross_validate(
         n_boot: bootstrap resamples of the report's confidence intervals.
         target_sensitivity: the operating point written to ``calibration.json`` (None: Youden's J).
     """
-    from medconvnext.engine.setup import audit_training_split
-
     if not config.data.path:
         raise UserError("data.path is not set: pass --data DIR")
     log = log or (lambda line: None)
     run = RunDir(Path(out))
     _check_out(run, overwrite)
     datalist = load_datalist(config.data.path)
-    from medconvnext.data.validate import validate_datalist
 
     # the gate: every image is checked before anything is written (folds then reuse the cached results)
     datalist, skipped = validate_datalist(datalist, skip_bad=config.data.skip_bad)
@@ -272,8 +270,6 @@ def _write_oof(run: RunDir, datalist: Datalist, folds: list[Fold], repeats: int)
 
 
 def _write_test_predictions(run: RunDir, datalist: Datalist, test: list[Case], device: str) -> Path:
-    from medconvnext.engine.inference import FoldEnsemble
-
     # every fold keeps its own preprocessing; probabilities are the mean over folds (as nnU-Net ensembles folds)
     probs = FoldEnsemble.load(run.root, device=device).predict_files([list(c.images) for c in test])
     rows = [_row(case, p, datalist.classes, TEST_FOLD, None) for case, p in zip(test, probs, strict=True)]

@@ -20,6 +20,7 @@ from typing import Any
 from medconvnext.data.datalist import Case, Datalist, load_datalist
 from medconvnext.data.leakage import LeakageReport, audit_run, enforce
 from medconvnext.data.validate import require_valid
+from medconvnext.engine.inference import FoldEnsemble
 from medconvnext.errors import UserError
 from medconvnext.reports.run import report_run
 from medconvnext.results.table import require_finite, write_prediction_table
@@ -93,8 +94,6 @@ def evaluate_run_on(
     with a run's training cases does (``warn``, ``error`` -> UserError, ``off``; see
     :mod:`medconvnext.data.leakage`).
     """
-    from medconvnext.engine.inference import FoldEnsemble
-
     runs = [RunDir(Path(r)) for r in ([run_dir] if isinstance(run_dir, (str, Path)) else run_dir)]
     if not runs:
         raise UserError("evaluate needs at least one run directory")

@@ -15,6 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from medconvnext.data.inputs import resolve_prediction_inputs
+from medconvnext.data.leakage import audit_run, enforce
+from medconvnext.data.validate import require_valid
+from medconvnext.engine.inference import FoldEnsemble, save_window_map
+from medconvnext.engine.saliency import CAM_METHODS, ensemble_saliency, save_saliency
 from medconvnext.errors import UserError
 from medconvnext.results.calibration import Calibration, check_calibration_matches, load_calibration
 from medconvnext.results.table import require_finite
@@ -59,12 +64,6 @@ def predict_scans(
     Raises:
         UserError: a bad input, option or run, or probabilities that are not finite.
     """
-    from medconvnext.data.inputs import resolve_prediction_inputs
-    from medconvnext.data.leakage import audit_run, enforce
-    from medconvnext.data.validate import require_valid
-    from medconvnext.engine.inference import FoldEnsemble
-    from medconvnext.engine.saliency import CAM_METHODS
-
     model = Path(model)
     if cam_method not in CAM_METHODS:
         raise UserError(f"--cam-method {cam_method!r}: choose one of {', '.join(CAM_METHODS)}")
@@ -153,8 +152,6 @@ def unique_names(cases: list, suffix: str) -> list[str]:
 
 def write_window_maps(folder: Path, cases: list, results: list, class_names: list[str], log: Log) -> None:
     """Each scan's per-window probability grid as NIfTI (scans that ran whole-volume have none)."""
-    from medconvnext.engine.inference import save_window_map
-
     written = 0
     for name, result in zip(unique_names(cases, "_windows.nii.gz"), results, strict=True):
         if save_window_map(result, class_names, folder / name) is not None:
@@ -167,8 +164,6 @@ def write_window_maps(folder: Path, cases: list, results: list, class_names: lis
 def write_cams(folder: Path, cases: list, ensemble: Any, probs: np.ndarray, cam_class: str | None, method: str,
                log: Log) -> None:
     """A saliency map per scan on the scan's own grid (Grad-CAM, or occlusion where Grad-CAM has no resolution)."""
-    from medconvnext.engine.saliency import ensemble_saliency, save_saliency
-
     names = ensemble.class_names
     start = time.perf_counter()
     used = set()
