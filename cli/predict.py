@@ -15,9 +15,10 @@ def predict(
         ..., help="Scan files (.nii, .nii.gz, .nrrd, .mha, .mhd), DICOM series folders, folders of scans "
                   "(searched recursively), or a .csv/.tsv with an 'image' column (and optionally 'label')."
     ),
-    model: Path = typer.Option(
+    model: list[Path] = typer.Option(
         ..., "--model", help="Run directory (its best checkpoint), checkpoint file, or cross-validation run "
-                             "directory (its folds are ensembled: mean probability)."
+                             "directory (its folds are ensembled: mean probability). Repeat it to ensemble several "
+                             "runs (e.g. three seeds of one recipe)."
     ),
     output: Path = typer.Option(None, "--output", "-o", help="Write predictions to a .csv or .json file."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
@@ -78,7 +79,7 @@ def predict(
         labels = result.labels
         rows = prediction_rows(result.images, result.probs, result.class_names, labels, result.threshold)
         table = Table("image", *(["label"] if labels else []), "prediction", "probability",
-                      title=f"predictions ({model}: {result.description})")
+                      title=f"predictions ({', '.join(map(str, model))}: {result.description})")
         for row in rows:
             # the file name keeps the table readable in a narrow terminal; the CSV/JSON has the full path
             table.add_row(Path(row["image"]).name, *([row["label"]] if labels else []), row["prediction"],

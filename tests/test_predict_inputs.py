@@ -123,7 +123,23 @@ def test_fold_ensemble_is_the_mean_of_the_folds(cv_run, tmp_path):
     ensemble = FoldEnsemble.load(cv_run, device="cpu")
     assert [p.parent.name for p in ensemble.checkpoints] == ["fold_0", "fold_1"]
     result = runner.invoke(app, ["predict", str(SCANS[0]), "--model", str(cv_run), "--window-map", str(tmp_path)])
-    assert result.exit_code == 2 and "pass one fold's directory" in result.output
+    assert result.exit_code == 2 and "one fold's directory" in result.output
+
+
+def test_several_runs_are_one_ensemble_of_all_their_models(cv_run, tmp_path):
+    single = make_checkpoint(tmp_path / "seed2" / "checkpoint_best.safetensors", seed=2).parent
+    out = tmp_path / "p.csv"
+    args = ["predict", str(SCANS[0]), str(SCANS[2]), "--model", str(cv_run), "--model", str(single)]
+    result = runner.invoke(app, [*args, "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "ensemble of 2 runs (3 models, mean probability)" in " ".join(result.output.split())
+    rows = list(csv.DictReader(out.open(encoding="utf-8")))
+    models = [cv_run / "fold_0", cv_run / "fold_1", single]
+    each = [Predictor.load(m, device="cpu").predict_files(SCANS[::2]) for m in models]
+    expected = np.mean(each, axis=0)  # every model counts once, not every run
+    np.testing.assert_allclose([[float(r["prob_cystic"]), float(r["prob_solid"])] for r in rows], expected, atol=2e-6)
+    result = runner.invoke(app, [*args, "--threshold", "auto"])
+    assert result.exit_code == 2 and "a calibration belongs to one run" in " ".join(result.output.split())
 
 
 def _symmetric_volume() -> torch.Tensor:

@@ -248,6 +248,7 @@ class FoldEnsemble:
 
     members: list[Predictor]
     checkpoints: list[Path]
+    runs: int = 1  # how many runs the members come from (load_many)
 
     @classmethod
     def load(
@@ -268,6 +269,24 @@ class FoldEnsemble:
                 raise UserError(f"{path}: classes {member.class_names} differ from {paths[0]}'s {first}")
         return cls(members, paths)
 
+    @classmethod
+    def load_many(
+        cls,
+        model_paths: Sequence[str | Path],
+        device: str = "auto",
+        inference: InferenceConfig | None = None,
+        tta: bool = False,
+    ) -> FoldEnsemble:
+        """Every model of several runs (train runs, cv runs or checkpoints) as one ensemble, e.g. one recipe trained
+        with three seeds; UserError when their classes differ."""
+        parts = [cls.load(path, device=device, inference=inference, tta=tta) for path in model_paths]
+        for path, part in zip(model_paths, parts, strict=True):
+            if part.class_names != parts[0].class_names:
+                raise UserError(f"{path}: classes {part.class_names} differ from {model_paths[0]}'s "
+                                f"{parts[0].class_names}")
+        return cls([m for part in parts for m in part.members], [c for part in parts for c in part.checkpoints],
+                   len(parts))
+
     @property
     def class_names(self) -> list[str]:
         return self.members[0].class_names
@@ -277,8 +296,11 @@ class FoldEnsemble:
         return len(self.members) > 1
 
     def describe(self) -> str:
-        """One line for people: what predicts (a single model or an ensemble of N folds) and how."""
-        what = f"ensemble of {len(self.members)} folds (mean probability)" if self.is_ensemble else "single model"
+        """One line for people: what predicts (a single model, an ensemble of N folds or of several runs) and how."""
+        if self.runs > 1:
+            what = f"ensemble of {self.runs} runs ({len(self.members)} models, mean probability)"
+        else:
+            what = f"ensemble of {len(self.members)} folds (mean probability)" if self.is_ensemble else "single model"
         if self.members[0].tta:
             what += f", test-time augmentation ({len(TTA_FLIPS)} flips)"
         return what

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from medconvnext.data.inputs import resolve_prediction_inputs
-from medconvnext.data.leakage import audit_run, enforce
+from medconvnext.data.leakage import LeakageReport, audit_run, enforce
 from medconvnext.data.validate import require_valid
 from medconvnext.engine.inference import FoldEnsemble, save_window_map
 from medconvnext.engine.saliency import CAM_METHODS, ensemble_saliency, save_saliency
@@ -42,7 +42,7 @@ class ScanPredictions:
 
 def predict_scans(
     inputs: Sequence[str | Path],
-    model: str | Path,
+    model: str | Path | Sequence[str | Path],
     *,
     device: str = "auto",
     tta: bool = False,
@@ -56,7 +56,8 @@ def predict_scans(
     cam_method: str = "gradcam",
     log: Log = print,
 ) -> ScanPredictions:
-    """Predict every scan of ``inputs`` with the run (or checkpoint, or cv run) ``model``.
+    """Predict every scan of ``inputs`` with the run (or checkpoint, or cv run) ``model``; several runs are one
+    ensemble (the mean probability of all their models, e.g. one recipe trained with three seeds).
 
     Every check runs before any prediction or write: the inputs (the validator of ``data check``), the leakage
     audit against the run's cases (``strict``: refuse), the calibration and threshold options.
@@ -64,24 +65,33 @@ def predict_scans(
     Raises:
         UserError: a bad input, option or run, or probabilities that are not finite.
     """
-    model = Path(model)
+    models = [Path(m) for m in ([model] if isinstance(model, (str, Path)) else model)]
+    if not models:
+        raise UserError("--model: give at least one run directory or checkpoint")
     if cam_method not in CAM_METHODS:
         raise UserError(f"--cam-method {cam_method!r}: choose one of {', '.join(CAM_METHODS)}")
+    if len(models) > 1 and (calibrate is True or threshold == "auto"):
+        raise UserError(f"{'--calibrate' if calibrate is True else '--threshold auto'}: a calibration belongs to one "
+                        f"run; with {len(models)} --model runs pass a number to --threshold, or one run")
     cases = resolve_prediction_inputs(list(inputs))
     require_valid(cases)  # the checks of data check/train: a NaN or blank scan is refused, not predicted
-    if RunDir(model).splits.is_file():  # a checkpoint alone does not say what it was trained on
-        report = audit_run(model, [case.images[0] for case in cases], eval_side="predicted")
-        enforce(report, "error" if strict else "warn")
-    ensemble = FoldEnsemble.load(model, device=device, tta=tta)
+    report = LeakageReport()
+    for path in models:
+        if RunDir(path).splits.is_file():  # a checkpoint alone does not say what it was trained on
+            report = report.merge(audit_run(path, [case.images[0] for case in cases], eval_side="predicted"))
+    enforce(report, "error" if strict else "warn")
+    ensemble = FoldEnsemble.load_many(models, device=device, tta=tta)
+    label = ", ".join(str(m) for m in models)  # what predicts, in messages
     ensemble.set_inference(**(inference or {}))
     names = ensemble.class_names
     if cam_class is not None and cam_class not in names:
         raise UserError(f"--cam-class {cam_class!r}: unknown class (classes: {', '.join(names)})")
     if window_map is not None and ensemble.is_ensemble:
-        raise UserError(f"--window-map: {model} is an ensemble of {len(ensemble.members)} folds whose grids "
-                        "differ; pass one fold's directory (e.g. RUN/fold_0) to --model")
-    log(f"{model}: {ensemble.describe()}, {len(cases)} scan(s)")
-    calibration = run_calibration(model, calibrate, threshold, names, log)  # checked before any work or write
+        raise UserError(f"--window-map: {label} is an ensemble of {len(ensemble.members)} models whose grids "
+                        "differ; pass one run, or one fold's directory (e.g. RUN/fold_0), to --model")
+    log(f"{label}: {ensemble.describe()}, {len(cases)} scan(s)")
+    # checked before any work or write; a calibration is fitted for one run's models, not for an ensemble of runs
+    calibration = run_calibration(models[0], calibrate, threshold, names, log) if len(models) == 1 else None
     cut = resolve_threshold(threshold, calibration, names, log)
     results = [ensemble.predict_case(case.images) for case in cases]
     probs = np.stack([r.probabilities for r in results])
