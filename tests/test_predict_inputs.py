@@ -139,7 +139,7 @@ def test_several_runs_are_one_ensemble_of_all_their_models(cv_run, tmp_path):
     expected = np.mean(each, axis=0)  # every model counts once, not every run
     np.testing.assert_allclose([[float(r["prob_cystic"]), float(r["prob_solid"])] for r in rows], expected, atol=2e-6)
     result = runner.invoke(app, [*args, "--threshold", "auto"])
-    assert result.exit_code == 2 and "a calibration belongs to one run" in " ".join(result.output.split())
+    assert result.exit_code == 2 and "a stored threshold belongs to one run" in " ".join(result.output.split())
 
 
 def _symmetric_volume() -> torch.Tensor:

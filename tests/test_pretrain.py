@@ -93,11 +93,20 @@ def test_pretrain_then_train_init_loads_every_encoder_tensor(csv_dataset, tmp_pa
             torch.testing.assert_close(tuned[key], value)
 
 
-def test_init_refuses_another_architecture(csv_dataset, tmp_path):
-    pretrain(tiny(csv_dataset, 1), tmp_path / "pt", PretrainOptions())
+def test_init_refuses_another_architecture_or_intensity_before_writing(csv_dataset, tmp_path):
+    pretrain(tiny(csv_dataset, 1, **{"preprocessing.intensity": "minmax"}), tmp_path / "pt", PretrainOptions())
     with pytest.raises(UserError, match="of another shape"):
-        train(tiny(csv_dataset, 1, **{"model.init": str(tmp_path / "pt"), "model.args.dims": [8, 16, 24, 40]}),
+        train(tiny(csv_dataset, 1, **{"model.init": str(tmp_path / "pt"), "model.args.dims": [8, 16, 24, 40],
+                                      "preprocessing.intensity": "minmax"}), tmp_path / "ft")
+    assert not (tmp_path / "ft").exists()
+    # an encoder pretrained on [0, 1] inputs, fine-tuned on z-scored ones: refused, naming the fix
+    with pytest.raises(UserError, match=r"intensity 'minmax', this run plans 'zscore'.*intensity=minmax"):
+        train(tiny(csv_dataset, 1, **{"model.init": str(tmp_path / "pt"), "preprocessing.intensity": "zscore"}),
               tmp_path / "ft")
+    assert not (tmp_path / "ft").exists()
+    with pytest.warns(UserWarning, match=r"trained on input size \[32, 32, 32\], this run plans \[64, 64, 64\]"):
+        train(tiny(csv_dataset, 1, **{"model.init": str(tmp_path / "pt"), "preprocessing.intensity": "minmax",
+                                      "preprocessing.input_size": [64, 64, 64]}), tmp_path / "ft")
 
 
 def test_pretrain_resume_after_a_kill_matches_an_uninterrupted_run(csv_dataset, tmp_path):

@@ -70,9 +70,19 @@ def select_cases(datalist: Datalist, split: str, run: RunDir | None = None) -> l
     else:
         chosen = [c for c in datalist.cases if c.split == split]
     if not chosen:
-        raise UserError(f"--data {datalist.source}: no {split} cases (its split column marks none); "
-                        "use --split all to evaluate every case")
+        raise UserError(_no_cases_message(datalist, split, marked, run))
     return chosen
+
+
+def _no_cases_message(datalist: Datalist, split: str, marked: bool, run: RunDir | None) -> str:
+    """Why ``split`` selects nothing, and what to do; never a hint that leads to scoring cases a model trained on."""
+    why = f"--data {datalist.source}: no {split} cases"
+    why += " (its split column marks none)" if marked else " (it has no split column)"
+    if run is not None and run.is_cv():
+        return (f"{why}. A cv run's honest estimate is its out-of-fold predictions (`medconvnext report "
+                f"{run.root}`); to evaluate it on held-out scans, give data whose split column marks them test")
+    return (f"{why}. Mark held-out cases `test` in a split column (cases no model trained or selected on); "
+            "--split all scores every case, including training cases")
 
 
 def evaluate_run_on(

@@ -70,9 +70,13 @@ def predict_scans(
         raise UserError("--model: give at least one run directory or checkpoint")
     if cam_method not in CAM_METHODS:
         raise UserError(f"--cam-method {cam_method!r}: choose one of {', '.join(CAM_METHODS)}")
-    if len(models) > 1 and (calibrate is True or threshold == "auto"):
-        raise UserError(f"{'--calibrate' if calibrate is True else '--threshold auto'}: a calibration belongs to one "
-                        f"run; with {len(models)} --model runs pass a number to --threshold, or one run")
+    if len(models) > 1 and calibrate is True:
+        raise UserError(f"--calibrate: a calibration (calibration.json) belongs to one run; an ensemble of "
+                        f"{len(models)} runs is predicted uncalibrated (drop --calibrate, or pass one run)")
+    if len(models) > 1 and threshold == "auto":
+        raise UserError(f"--threshold auto: a stored threshold belongs to one run; for an ensemble of {len(models)} "
+                        "runs pass a number, e.g. one read from `medconvnext evaluate RUN1 RUN2 ... --split val`'s "
+                        "ROC, or one run")
     cases = resolve_prediction_inputs(list(inputs))
     require_valid(cases)  # the checks of data check/train: a NaN or blank scan is refused, not predicted
     report = LeakageReport()

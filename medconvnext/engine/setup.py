@@ -37,6 +37,7 @@ from medconvnext.engine.devices import resolve_device
 from medconvnext.engine.feeding import check_data_options
 from medconvnext.engine.provenance import environment_info
 from medconvnext.engine.resume import load_training_state
+from medconvnext.engine.warm_start import check_init_compatible
 from medconvnext.errors import UserError
 from medconvnext.models import create_model, get_entry
 from medconvnext.rundir import RunDir
@@ -98,12 +99,16 @@ def prepare_training(
     if audit:
         audit_training_split(config, datalist, split)
     device = setup_device(config.train.device)
-    if dist.is_main():
-        run.prepare_new(overwrite)
-    dist.barrier()
     model = _seeded_model(config, datalist)
     train_cases = [c for c in datalist.cases if c.case_id in set(split.train)]
     plan = plan_preprocessing(config.preprocessing, compute_fingerprint(train_cases), model.min_input_size)
+    if config.model.init:  # weights that do not fit, or another intensity scheme, are refused before any write
+        for note in check_init_compatible(model, plan, config.model.init):
+            if dist.is_main():
+                warnings.warn(note, stacklevel=3)
+    if dist.is_main():
+        run.prepare_new(overwrite)
+    dist.barrier()
     if dist.is_main():
         _write_run_files(run, config, datalist, split, plan, skipped)
     return RunSetup(config, run, datalist, split, plan, device, model)

@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import nn
 
+from medconvnext.data.preprocessing import Preprocessing
 from medconvnext.engine.checkpoint import load_checkpoint, unwrap_model
 from medconvnext.errors import UserError
 
@@ -31,14 +32,35 @@ def init_checkpoint(path: str | Path) -> Path:
     raise UserError(f"model.init {path}: no checkpoint there (a .safetensors file, or a pretrain/train run folder)")
 
 
-def load_3d_weights(model: nn.Module, path: str | Path) -> dict[str, Any]:
-    """Copy the checkpoint's tensors into ``model`` (all but ``head.*``); returns what was loaded.
+def check_init_compatible(model: nn.Module, plan: Preprocessing, path: str | Path) -> list[str]:
+    """Refuse (UserError) a checkpoint whose tensors do not fit ``model`` or that was trained on another intensity
+    scheme than ``plan``'s; returns warnings for a different spacing (> 10 % on an axis) or input size.
 
-    Raises:
-        UserError: unreadable checkpoint, or tensors missing, unexpected or of another shape.
+    Called before a run directory is written. Why the intensity is an error: an encoder pretrained on inputs in
+    [0, 1] (minmax) and fine-tuned on z-scored ones sees another distribution in every layer, silently.
     """
     file = init_checkpoint(path)
-    state = load_checkpoint(file).state_dict
+    checkpoint = load_checkpoint(file)
+    _given_tensors(model, checkpoint.state_dict, file)
+    if "preprocessing" not in checkpoint.meta:  # a foreign checkpoint: nothing to compare
+        return []
+    theirs = Preprocessing.from_dict(checkpoint.meta["preprocessing"])
+    if theirs.intensity != plan.intensity:
+        raise UserError(f"model.init {file}: its weights were trained on preprocessing.intensity {theirs.intensity!r}, "
+                        f"this run plans {plan.intensity!r}; set --set preprocessing.intensity={theirs.intensity}")
+    notes = []
+    if theirs.spacing is not None and plan.spacing is not None and any(
+            abs(a - b) > 0.1 * b for a, b in zip(plan.spacing, theirs.spacing, strict=True)):
+        notes.append(f"model.init {file}: trained at spacing {list(theirs.spacing)} mm, this run plans "
+                     f"{list(plan.spacing)} mm")
+    if tuple(theirs.input_size) != tuple(plan.input_size):
+        notes.append(f"model.init {file}: trained on input size {list(theirs.input_size)}, this run plans "
+                     f"{list(plan.input_size)}")
+    return notes
+
+
+def _given_tensors(model: nn.Module, state: dict[str, Any], file: Path) -> dict[str, Any]:
+    """The checkpoint's tensors but ``head.*``; UserError when any is missing, unexpected or of another shape."""
     own = {k: v for k, v in model.state_dict().items() if not k.startswith(HEAD_PREFIX)}
     given = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
     missing = sorted(set(own) - set(given))
@@ -50,6 +72,17 @@ def load_3d_weights(model: nn.Module, path: str | Path) -> dict[str, Any]:
             shown = ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
             raise UserError(f"model.init {file}: {len(keys)} tensor(s) {kind} ({shown}); the checkpoint must come "
                             "from the same model and arguments")
+    return given
+
+
+def load_3d_weights(model: nn.Module, path: str | Path) -> dict[str, Any]:
+    """Copy the checkpoint's tensors into ``model`` (all but ``head.*``); returns what was loaded.
+
+    Raises:
+        UserError: unreadable checkpoint, or tensors missing, unexpected or of another shape.
+    """
+    file = init_checkpoint(path)
+    given = _given_tensors(model, load_checkpoint(file).state_dict, file)
     model.load_state_dict(given, strict=False)
     return {"path": str(file), "loaded": len(given), "not_loaded": sorted(k for k in model.state_dict()
                                                                           if k.startswith(HEAD_PREFIX))}
