@@ -139,3 +139,8 @@ def test_train_warns_in_one_line_and_strict_refuses(csv_dataset, tmp_path):
     assert result.exit_code == 0 and "possible leakage" not in result.output
     result = runner.invoke(app, ["predict", str(tmp_path / "scan_a.nii.gz"), "--model", str(out), "--strict"])
     assert result.exit_code == 2 and "possible leakage" in result.output
+    # an ensemble of runs: each finding names the run whose case it matches
+    result = runner.invoke(app, ["predict", str(tmp_path / "scan_a.nii.gz"), "--model", str(out),
+                                 "--model", str(out / "checkpoint_best.safetensors"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert f"predicted scan_a = warned {role_c00} c00" in " ".join(result.output.split())

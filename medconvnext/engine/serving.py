@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +82,10 @@ def predict_scans(
     report = LeakageReport()
     for path in models:
         if RunDir(path).splits.is_file():  # a checkpoint alone does not say what it was trained on
-            report = report.merge(audit_run(path, [case.images[0] for case in cases], eval_side="predicted"))
+            found = audit_run(path, [case.images[0] for case in cases], eval_side="predicted")
+            if len(models) > 1:  # name the run each training case belongs to
+                found.findings = [replace(f, train_side=f"{path.name} {f.train_side}") for f in found.findings]
+            report = report.merge(found)
     enforce(report, "error" if strict else "warn")
     ensemble = FoldEnsemble.load_many(models, device=device, tta=tta)
     label = ", ".join(str(m) for m in models)  # what predicts, in messages
