@@ -56,6 +56,17 @@ def main() -> None:
         print(f"| {group} | {len(records)} | " + " | ".join(cells) + " |")
     if args.runs is not None:
         print_curves(args.runs, groups)
+    print_ensembles(results)
+
+
+def print_ensembles(results: dict[str, dict]) -> None:
+    """The seed ensembles (the mean probability of a group's runs), without and with TTA."""
+    print("\n| ensemble | test AUC | test ACC | test AUC, TTA | test ACC, TTA |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, r in results.items():
+        if r.get("ensemble"):
+            tta = [f"{r[k]:.3f}" if r.get(k) is not None else "-" for k in ("test_auc_tta", "test_accuracy_tta")]
+            print(f"| {name} | {r['test_auc']:.3f} | {r['test_accuracy']:.3f} | {tta[0]} | {tta[1]} |")
 
 
 def print_curves(runs: Path, groups: dict[str, list[str]]) -> None:
