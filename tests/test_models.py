@@ -252,3 +252,9 @@ def test_isotropic_medical_convnext_keeps_one_resolution() -> None:
     assert torch.equal(model.stages[0][0].gamma.detach(), torch.ones(64))
     with torch.no_grad():
         assert model.eval().forward_features(torch.randn(2, 1, 32, 32, 32)).shape == (2, 64, 8, 8, 8)
+        # the 8³-stem variant keeps the same 8³ token grid on a 64³ input, with the same blocks
+        p8 = create_model("convnext_med_iso_p8").eval()
+        assert tuple(p8.min_input_size) == (8, 8, 8)
+        assert p8.forward_features(torch.randn(2, 1, 64, 64, 64)).shape == (2, 64, 8, 8, 8)
+    shapes = {k: v.shape for k, v in p8.state_dict().items() if not k.startswith("stem.0")}
+    assert shapes == {k: v.shape for k, v in model.state_dict().items() if not k.startswith("stem.0")}
