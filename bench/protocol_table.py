@@ -8,8 +8,8 @@ writes JSON.
 
     R=runs/adrenal28/convnext_med_iso
     python bench/protocol_table.py --json bench/results/protocols.json \\
-      --row "single run" "$R_seed*/eval_test" "$R_seed*/metrics.jsonl" \\
-      --row "3-seed ensemble" ${R}_ensemble "$R_seed*/metrics.jsonl" \\
+      --row "single run" "${R}_seed*/eval_test" "${R}_seed*/metrics.jsonl" \\
+      --row "3-seed ensemble" ${R}_ensemble "${R}_seed*/metrics.jsonl" \\
       --row "cv 5-fold ensemble" runs/cv/iso_seed0/eval_test "runs/cv/iso_seed0/fold_*/metrics.jsonl"
 """
 
