@@ -58,8 +58,9 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) ->
     atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8"))
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Read a checkpoint without unpickling anything."""
+def load_checkpoint(path: str | Path, tensors: bool = True) -> Checkpoint:
+    """Read a checkpoint without unpickling anything. ``tensors=False`` reads the header only: the metadata and,
+    in ``state_dict``, empty tensors of the stored shapes (to compare shapes without reading the weights)."""
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
@@ -68,7 +69,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
-            state = {key: f.get_tensor(key) for key in f.keys()}
+            state = {key: f.get_tensor(key) if tensors else torch.empty(f.get_slice(key).get_shape(), device="meta")
+                     for key in f.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
         raise UserError(f"{path}: not a readable medconvnext checkpoint ({exc})") from None
     if META_KEY not in header:

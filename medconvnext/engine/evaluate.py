@@ -127,32 +127,29 @@ def evaluate_run_on(
         for run in runs:
             report = report.merge(audit_run(run.root, labelled, eval_side=split))
     enforce(report, leakage)
-    per_run = [FoldEnsemble.load(run.root, device=device, tta=tta).members for run in runs]
-    classes = per_run[0][0].class_names
-    for run, members in zip(runs, per_run, strict=True):
-        if members[0].class_names != classes:
-            raise UserError(f"{run.root}: classes {members[0].class_names} differ from {runs[0].root}'s {classes}")
-    predictors = [p for members in per_run for p in members]
+    ensemble = FoldEnsemble.load_many([run.root for run in runs], device=device, tta=tta)
+    classes = ensemble.class_names
     unknown = sorted({c.label for c in labelled} - set(classes))
     if unknown:
         raise UserError(f"--data {datalist.source}: label {unknown[0]!r} is not one of the model's classes "
                         f"({', '.join(classes)})")
     # the mean of every member's probabilities (each keeps its own preprocessing)
-    probs = FoldEnsemble(predictors, []).predict_files([list(c.images) for c in labelled])
+    probs = ensemble.predict_files([list(c.images) for c in labelled])
     require_finite([c.images[0] for c in labelled], probs)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = RunDir(out_dir)
     write_prediction_table(target.predictions, [c.images[0] for c in labelled], probs, classes,
                            labels=[c.label for c in labelled])
-    note = f"{len(labelled)} {split} case(s) of {datalist.source}, predicted by {_describe(runs, len(predictors))}"
+    models = len(ensemble.members)
+    note = f"{len(labelled)} {split} case(s) of {datalist.source}, predicted by {_describe(runs, models)}"
     note += " with test-time augmentation (8 flips)." if tta else "."
     if len(chosen) > len(labelled):
         note += f" {len(chosen) - len(labelled)} unlabelled case(s) left out."
     if report:
         note += f" Leakage audit: {report.message()}."
     meta = {"runs": [str(run.root) for run in runs], "data": str(data), "split": split, "n_cases": len(labelled),
-            "models": len(predictors), "tta": tta, "note": note}
+            "models": models, "tta": tta, "note": note}
     target.evaluation.write_text(json.dumps(meta, indent=2), encoding="utf-8")
     written = report_run(out_dir, n_boot=n_boot, seed=seed)
-    return EvaluationResult(out_dir, len(labelled), len(predictors), written.summary, written.files, report,
+    return EvaluationResult(out_dir, len(labelled), models, written.summary, written.files, report,
                             len(chosen) - len(labelled))

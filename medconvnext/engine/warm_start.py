@@ -40,7 +40,7 @@ def check_init_compatible(model: nn.Module, plan: Preprocessing, path: str | Pat
     [0, 1] (minmax) and fine-tuned on z-scored ones sees another distribution in every layer, silently.
     """
     file = init_checkpoint(path)
-    checkpoint = load_checkpoint(file)
+    checkpoint = load_checkpoint(file, tensors=False)  # shapes and metadata; the weights are read once, when loaded
     _given_tensors(model, checkpoint.state_dict, file)
     if "preprocessing" not in checkpoint.meta:  # a foreign checkpoint: nothing to compare
         return []
