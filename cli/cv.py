@@ -57,12 +57,14 @@ def cv(
     run_guarded(work)
 
 
-def render_summary(summary: dict, files: dict, where: Path) -> None:
-    """Headline metrics (pooled / test) with their CIs, and where the report is."""
+def render_summary(summary: dict, files: dict, where: Path, label: str = "all") -> None:
+    """Headline metrics (pooled / test) with their CIs, the operating point, and where the report is.
+
+    ``label`` names the pooled set when it is not out-of-fold (e.g. the evaluated split)."""
     from rich.table import Table
 
     table = Table("set", "cases", "AUC", "95% CI", "accuracy", "balanced acc.", title="metrics")
-    sets = [("out-of-fold" if summary["scope"] == "out_of_fold" else "all", summary["pooled"])]
+    sets = [("out-of-fold" if summary["scope"] == "out_of_fold" else label, summary["pooled"])]
     if summary.get("test"):
         sets.append(("test (ensemble)", summary["test"]))
     for name, m in sets:
@@ -79,8 +81,13 @@ def render_summary(summary: dict, files: dict, where: Path) -> None:
                 f"operating point ({op['criterion']}): P({op['positive_class']}) >= {op['threshold']:.3f} gives "
                 f"sensitivity {_fmt(op['sensitivity'])} ({_interval(ci['sensitivity'])}), specificity "
                 f"{_fmt(op['specificity'])} ({_interval(ci['specificity'])})", highlight=False)
-        console.print(f"calibration: T = {cal['temperature']:.3f}, ECE {cal['ece_before']:.3f} -> "
-                      f"{cal['ece_after']:.3f}", highlight=False)
+        if cal["temperature"] != 1.0:
+            console.print(f"calibration: T = {cal['temperature']:.3f}, ECE {cal['ece_before']:.3f} -> "
+                          f"{cal['ece_after']:.3f}", highlight=False)
+        else:
+            console.print(f"threshold chosen on the {cal['fitted_on']}; uncalibrated (T = 1)", highlight=False)
+    if summary.get("operating_point_missing"):
+        console.print(f"no operating point: {summary['operating_point_missing']}", highlight=False)
     report = files.get("html")
     console.print(f"[bold green]done[/bold green]: report in {report or where}", highlight=False)
 

@@ -35,6 +35,6 @@ def evaluate(
         result = evaluate_run_on(run_dirs, data, split=split, out=out, device=device,
                                  leakage="error" if strict else "warn", n_boot=n_boot, tta=tta)
         console.print(f"evaluated {result.cases} {split} case(s) with {result.models} model(s)", highlight=False)
-        render_summary(result.summary, result.files, result.out_dir)
+        render_summary(result.summary, result.files, result.out_dir, label=split)
 
     run_guarded(work)

@@ -65,7 +65,7 @@ def predict(
 
         from medconvnext.engine.serving import predict_scans
         from medconvnext.errors import UserError
-        from medconvnext.results.table import prediction_rows, write_prediction_table
+        from medconvnext.results.table import prediction_rows, with_decision, write_table
 
         if output is not None and output.suffix.lower() not in (".csv", ".json"):
             raise UserError(f"--output {output}: use a .csv or .json file name")
@@ -77,16 +77,24 @@ def predict(
             log=lambda line: console.print(line, highlight=False),
         )
         labels = result.labels
-        rows = prediction_rows(result.images, result.probs, result.class_names, labels, result.threshold)
-        table = Table("image", *(["label"] if labels else []), "prediction", "probability",
+        names = result.class_names
+        rows = prediction_rows(result.images, result.probs, names, labels, result.threshold)
+        # two classes: P(second class), the number a threshold applies to; else the predicted class's probability
+        shown = f"P({names[1]})" if len(names) == 2 else "probability"
+        table = Table("image", *(["label"] if labels else []), "prediction", shown,
                       title=f"predictions ({', '.join(map(str, model))}: {result.description})")
         for row in rows:
+            column = "prob_" + (names[1] if len(names) == 2 else row["prediction"])
             # the file name keeps the table readable in a narrow terminal; the CSV/JSON has the full path
             table.add_row(Path(row["image"]).name, *([row["label"]] if labels else []), row["prediction"],
-                          f"{row['prob_' + row['prediction']]:.3f}")
+                          f"{row[column]:.3f}")
         console.print(table)
+        cut = result.threshold
+        decided = f"P({names[1]}) >= {cut:.4g}" if cut is not None else "the most probable class"
+        calibrated = f", temperature {result.temperature:.3f}" if result.temperature is not None else ""
+        console.print(f"prediction: {decided}{calibrated}", highlight=False)
         if output is not None:
-            write_prediction_table(output, result.images, result.probs, result.class_names, labels, result.threshold)
+            write_table(output, with_decision(rows, result.threshold, result.temperature))
             console.print(f"wrote {output}")
 
     run_guarded(work)

@@ -279,6 +279,11 @@ def test_cv_fits_calibration_and_predict_uses_it(binary_cv, tmp_path):
     assert calibrated == pytest.approx(apply_temperature(raw, t), abs=1e-5)
     expected = ["malignant" if p >= stored["threshold"] else "benign" for p in calibrated[:, 1]]
     assert [r["prediction"] for r in auto] == expected
+    # the written table says how its predictions were made; the uncalibrated argmax table leaves both empty
+    assert {(r["threshold"], r["temperature"]) for r in auto} == {(str(round(stored["threshold"], 6)),
+                                                                   str(round(t, 6)))}
+    assert {(r["threshold"], r["temperature"]) for r in _read(raw_csv)} == {("", "")}
+    assert "P(malignant) >= " in result.output and f"temperature {t:.3f}" in result.output
     bad = runner.invoke(app, ["predict", scans[0], "--model", str(run), "--threshold", "high"])
     assert bad.exit_code == 2 and "--threshold 'high'" in bad.output
 

@@ -124,6 +124,9 @@ def test_evaluate_ensemble_of_runs_and_tta(runs):
     np.testing.assert_allclose(_probs(root / "both" / "predictions.csv"), expected, atol=1e-5)
     report = (root / "both" / "report.md").read_text(encoding="utf-8")
     assert "ensemble of 2 runs" in report
+    # a cv's out-of-fold cases and a train run's val cases differ: no honest operating point for the two
+    assert "no operating point" in both.output and "held out different cases" in " ".join(both.output.split())
+    assert "No operating point" in report
     assert f"Evaluation: {runs['cv'].name} + {runs['train'].name} on test cases" in report
     assert f"Evaluation: {runs['train'].name} on test cases" in (root / "alone_train" / "report.md").read_text(
         encoding="utf-8")
@@ -136,6 +139,40 @@ def test_evaluate_ensemble_of_runs_and_tta(runs):
     np.testing.assert_allclose(_probs(root / "tta" / "predictions.csv"), flipped[:, 1], atol=1e-5)
     assert not np.allclose(flipped[:, 1], _probs(root / "alone_train" / "predictions.csv"), atol=1e-6)
     assert json.loads((root / "tta" / "evaluation.json").read_text(encoding="utf-8"))["tta"] is True
+
+
+def test_a_seed_ensemble_gets_its_operating_point_from_the_mean_validation_predictions(runs, tmp_path):
+    """Two runs that held out the same cases: the ensemble's threshold is Youden's J on their mean val predictions,
+    shown by evaluate (on the evaluated cases) and applied by predict --threshold auto."""
+    from medconvnext.results.calibration import choose_threshold
+
+    data, root = str(runs["data"]), runs["root"]
+    other = root / "train_wider"  # the same seed, so the same validation cases, other weights
+    if not other.is_dir():
+        trained = runner.invoke(app, ["train", "--data", data, "--out", str(other), *TINY_CONVMIXER,
+                                      "--set", "model.args.dim=24"])
+        assert trained.exit_code == 0, trained.output
+    val = [_read(run / "val_predictions.csv") for run in (runs["train"], other)]
+    assert [r["image"] for r in val[0]] == [r["image"] for r in val[1]]
+    mean = (_probs(runs["train"] / "val_predictions.csv") + _probs(other / "val_predictions.csv")) / 2
+    point = choose_threshold(np.array([r["label"] == "malignant" for r in val[0]]), mean)
+    result = runner.invoke(app, ["evaluate", str(runs["train"]), str(other), "--data", data, "--out",
+                                 str(tmp_path / "ens"), "--device", "cpu", "--n-boot", "0"])
+    assert result.exit_code == 0, result.output
+    assert "metrics" in result.output and "│ test " in result.output  # the set is named by the split
+    op = json.loads((tmp_path / "ens" / "summary.json").read_text(encoding="utf-8"))["calibration"]
+    assert op["operating_point"]["threshold"] == pytest.approx(point.threshold) and op["temperature"] == 1.0
+    assert "operating point (youden)" in result.output and "uncalibrated (T = 1)" in result.output
+    scans = [str(runs["data"] / r["image"]) for r in _read(runs["data"] / "labels.csv")[:4]]
+    out = tmp_path / "p.csv"
+    predicted = runner.invoke(app, ["predict", *scans, "--model", str(runs["train"]), "--model", str(other),
+                                    "--threshold", "auto", "-o", str(out), "--device", "cpu"])
+    assert predicted.exit_code == 0, predicted.output
+    rows = _read(out)
+    assert {r["threshold"] for r in rows} == {str(round(point.threshold, 6))}
+    assert {r["temperature"] for r in rows} == {""}  # an ensemble is served uncalibrated
+    assert [r["prediction"] for r in rows] == ["malignant" if float(r["prob_malignant"]) >= point.threshold
+                                               else "benign" for r in rows]
 
 
 def test_evaluate_several_runs_needs_out(runs):

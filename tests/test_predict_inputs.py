@@ -105,7 +105,7 @@ def test_csv_labels_are_carried_to_the_output(run, tmp_path):
     result = runner.invoke(app, ["predict", str(table), str(SCANS[1]), "--model", str(run), "-o", str(out)])
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(out.open(encoding="utf-8")))
-    assert list(rows[0]) == ["image", "label", "prediction", "prob_cystic", "prob_solid"]
+    assert list(rows[0]) == ["image", "label", "prediction", "prob_cystic", "prob_solid", "threshold", "temperature"]
     assert [r["label"] for r in rows] == ["solid", ""]
     assert "single model" in result.output
 
@@ -139,7 +139,8 @@ def test_several_runs_are_one_ensemble_of_all_their_models(cv_run, tmp_path):
     expected = np.mean(each, axis=0)  # every model counts once, not every run
     np.testing.assert_allclose([[float(r["prob_cystic"]), float(r["prob_solid"])] for r in rows], expected, atol=2e-6)
     result = runner.invoke(app, [*args, "--threshold", "auto"])
-    assert result.exit_code == 2 and "a stored threshold belongs to one run" in " ".join(result.output.split())
+    # a checkpoint keeps no held-out predictions: the ensemble has no operating point to apply
+    assert result.exit_code == 2 and "no operating point for this ensemble of 2 runs" in " ".join(result.output.split())
 
 
 def _symmetric_volume() -> torch.Tensor:
@@ -181,4 +182,4 @@ def test_tta_is_identity_on_a_flip_invariant_volume_and_sees_every_flip(run):
 def test_tta_from_the_cli(run):
     result = runner.invoke(app, ["predict", str(SCANS[0]), "--model", str(run), "--tta"])
     assert result.exit_code == 0, result.output
-    assert "test-time augmentation (8 flips)" in result.output
+    assert "test-time augmentation (8 flips)" in " ".join(result.output.split())

@@ -21,7 +21,12 @@ from medconvnext.data.validate import require_valid
 from medconvnext.engine.inference import FoldEnsemble, save_window_map
 from medconvnext.engine.saliency import CAM_METHODS, ensemble_saliency, save_saliency
 from medconvnext.errors import UserError
-from medconvnext.results.calibration import Calibration, check_calibration_matches, load_calibration
+from medconvnext.results.calibration import (
+    Calibration,
+    check_calibration_matches,
+    ensemble_operating_point,
+    load_calibration,
+)
 from medconvnext.results.table import require_finite
 from medconvnext.rundir import RunDir
 
@@ -37,6 +42,7 @@ class ScanPredictions:
     probs: np.ndarray  # (N, K), calibrated when a calibration was applied
     class_names: list[str]
     threshold: float | None  # on P(class 1) for two classes; None = the most probable class
+    temperature: float | None  # the calibration temperature applied to ``probs``; None = uncalibrated
     description: str  # e.g. "ensemble of 5 folds"
 
 
@@ -73,10 +79,6 @@ def predict_scans(
     if len(models) > 1 and calibrate is True:
         raise UserError(f"--calibrate: a calibration (calibration.json) belongs to one run; an ensemble of "
                         f"{len(models)} runs is predicted uncalibrated (drop --calibrate, or pass one run)")
-    if len(models) > 1 and threshold == "auto":
-        raise UserError(f"--threshold auto: a stored threshold belongs to one run; for an ensemble of {len(models)} "
-                        "runs pass a number, e.g. one read from `medconvnext evaluate RUN1 RUN2 ... --split val`'s "
-                        "ROC, or one run")
     cases = resolve_prediction_inputs(list(inputs))
     require_valid(cases)  # the checks of data check/train: a NaN or blank scan is refused, not predicted
     report = LeakageReport()
@@ -98,19 +100,25 @@ def predict_scans(
                         "differ; pass one run, or one fold's directory (e.g. RUN/fold_0), to --model")
     log(f"{label}: {ensemble.describe()}, {len(cases)} scan(s)")
     # checked before any work or write; a calibration is fitted for one run's models, not for an ensemble of runs
-    calibration = run_calibration(models[0], calibrate, threshold, names, log) if len(models) == 1 else None
+    if len(models) == 1:
+        calibration = run_calibration(models[0], calibrate, threshold, names, log)
+    else:
+        calibration = ensemble_calibration(models, threshold, names, log)
     cut = resolve_threshold(threshold, calibration, names, log)
     results = [ensemble.predict_case(case.images) for case in cases]
     probs = np.stack([r.probabilities for r in results])
     require_finite([case.image for case in cases], probs)
-    if calibration is not None and calibrate is not False:
+    temperature = None
+    if calibration is not None and calibrate is not False and len(models) == 1:  # an ensemble's is T = 1
         probs = calibration.calibrate(probs)
+        temperature = calibration.temperature
     if window_map is not None:
         write_window_maps(window_map, cases, [r.members[0] for r in results], names, log)
     if cam is not None:
         write_cams(cam, cases, ensemble, probs, cam_class, cam_method, log)
     labels = [case.label or "" for case in cases] if any(case.label for case in cases) else None
-    return ScanPredictions([case.image for case in cases], labels, probs, names, cut, ensemble.describe())
+    return ScanPredictions([case.image for case in cases], labels, probs, names, cut, temperature,
+                           ensemble.describe())
 
 
 def run_calibration(model: Path, calibrate: bool | None, threshold: str | None, names: list[str],
@@ -132,6 +140,20 @@ def run_calibration(model: Path, calibrate: bool | None, threshold: str | None, 
         raise UserError(f"{run.calibration}: classes {calibration.class_names} differ from the model's {names}")
     log(f"calibration: T = {calibration.temperature:.3f} ({calibration.fitted_on})"
         + (", not applied (--no-calibrate)" if calibrate is False else ""))
+    return calibration
+
+
+def ensemble_calibration(models: list[Path], threshold: str | None, names: list[str], log: Log) -> Calibration | None:
+    """For ``--threshold auto`` with several runs: the ensemble's operating point, chosen on the mean of the runs'
+    held-out predictions (uncalibrated; :func:`~medconvnext.results.calibration.ensemble_operating_point`)."""
+    if threshold != "auto":
+        return None
+    calibration, why = ensemble_operating_point(models)
+    if calibration is None:
+        raise UserError(f"--threshold auto: no operating point for this ensemble of {len(models)} runs: {why}")
+    if calibration.class_names != list(names):
+        raise UserError(f"--threshold auto: the runs' held-out predictions have classes {calibration.class_names}, "
+                        f"the models {names}")
     return calibration
 
 

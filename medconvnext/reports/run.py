@@ -24,6 +24,7 @@ from medconvnext.reports.summary import save_summary, summarize
 from medconvnext.results.calibration import (
     check_calibration_matches,
     checkpoint_digests,
+    ensemble_operating_point,
     load_calibration,
     save_calibration,
 )
@@ -95,8 +96,11 @@ def report_run(run_dir: str | Path, n_boot: int = 1000, seed: int = 0,
         names = " + ".join(Path(r).name for r in evaluated)
         title = f"Evaluation: {names} on {meta.get('split', 'the given')} cases"
         notes = [meta["note"]] if meta.get("note") else []
-        stored = RunDir(Path(evaluated[0])).calibration if len(evaluated) == 1 else None
-        fit = {"stored": stored} if stored is not None and stored.is_file() else {}
+        if len(evaluated) > 1:
+            fit = {"ensemble": [Path(r) for r in evaluated]}
+        else:
+            stored = RunDir(Path(evaluated[0])).calibration
+            fit = {"stored": stored} if stored.is_file() else {}
         return _write(run, "evaluate", predictions, run.evaluation_summary, title, {}, notes, n_boot, seed, fit)
     if run.val_predictions.is_file():
         predictions = read_predictions(run.val_predictions)
@@ -144,33 +148,44 @@ def _cv_report(run: RunDir, n_boot: int, seed: int, fit: dict) -> RunReport:
                   {**fit, "fitted_on": "out-of-fold predictions"})
 
 
-def _calibration(run: RunDir, predictions: Predictions, fit: dict, n_boot: int, seed: int) -> dict | None:
-    """Fit (cv / train run) or load (evaluate) the calibration, and what it gives on the pooled predictions."""
+def _calibration(run: RunDir, predictions: Predictions, fit: dict, n_boot: int, seed: int
+                 ) -> tuple[dict | None, str | None]:
+    """Fit (cv / train run) or load (evaluate) the calibration, and what it gives on the pooled predictions;
+    or (None, why there is none) for an ensemble of runs without one."""
     pooled = predictions.subset(predictions.folds != TEST_FOLD) if (predictions.folds != TEST_FOLD).any() \
         else predictions
-    if "stored" in fit:
+    if "ensemble" in fit:
+        calibration, why = ensemble_operating_point(fit["ensemble"])
+        if calibration is None or calibration.class_names != pooled.class_names:
+            return None, why or "the runs' classes differ from the evaluated ones"
+        source = (f"an ensemble of runs has no stored calibration: the threshold was chosen on the "
+                  f"{calibration.fitted_on}, uncalibrated (T = 1), and applied to these cases")
+    elif "stored" in fit:
         calibration = load_calibration(fit["stored"])
         check_calibration_matches(calibration, Path(fit["stored"]).parent, fit["stored"])
         if calibration.class_names != pooled.class_names:
-            return None
+            return None, None
         source = f"the evaluated run's calibration (fitted on its {calibration.fitted_on}), applied to these cases"
     elif "fitted_on" in fit:
         calibration = fit_run_calibration(pooled, fit["fitted_on"], fit.get("target_sensitivity"))
         if calibration is None:
-            return None
+            return None, None
         calibration.models = checkpoint_digests(run.root)
         save_calibration(run.calibration, calibration)
         source = ("fitted on these same predictions: T and the threshold are chosen in-sample, so these numbers are "
                   "optimistic; `evaluate` on held-out test cases gives unbiased ones")
     else:
-        return None
-    return calibration_summary(pooled, calibration, source, n_boot, seed)
+        return None, None
+    return calibration_summary(pooled, calibration, source, n_boot, seed), None
 
 
 def _write(run: RunDir, kind: str, predictions: Predictions, summary_path: Path, title: str, logs: dict,
            notes: list[str], n_boot: int, seed: int, fit: dict | None = None) -> RunReport:
     summary = summarize(predictions, n_boot=n_boot, seed=seed)
-    summary["calibration"] = _calibration(run, predictions, fit or {}, n_boot, seed)
+    summary["calibration"], missing = _calibration(run, predictions, fit or {}, n_boot, seed)
+    if missing:
+        summary["operating_point_missing"] = missing
+        notes = [*notes, f"No operating point: {missing}."]
     save_summary(summary_path, summary)
     files = write_report(run.root, predictions, summary, title=title, training_logs=logs, notes=notes)
     return RunReport(kind, predictions, summary, summary_path, files)

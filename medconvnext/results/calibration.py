@@ -12,6 +12,8 @@ validation predictions), stored with the run as ``calibration.json`` and applied
   is called positive, chosen for a target sensitivity (the highest threshold that reaches it, i.e. the best
   specificity at that sensitivity) or, by default, for Youden's J = sensitivity + specificity - 1 (ties: the
   highest threshold).
+- The operating point of an ensemble of runs (:func:`ensemble_operating_point`, e.g. one recipe trained with three
+  seeds): the threshold on the mean of the runs' held-out predictions, uncalibrated.
 """
 
 from __future__ import annotations
@@ -24,12 +26,15 @@ from typing import Any
 import numpy as np
 
 from medconvnext.errors import UserError
+from medconvnext.results.table import TEST_FOLD, Predictions, read_predictions
+from medconvnext.rundir import RunDir
 
 __all__ = [
     "Calibration",
     "OperatingPoint",
     "apply_temperature",
     "choose_threshold",
+    "ensemble_operating_point",
     "fit_temperature",
     "load_calibration",
     "save_calibration",
@@ -199,3 +204,61 @@ def load_calibration(path: str | Path) -> Calibration:
         raise UserError(f"{path}: no calibration (run `medconvnext report` on the run to fit one)") from None
     except (ValueError, TypeError) as exc:
         raise UserError(f"{path}: not a medconvnext calibration file ({exc})") from None
+
+
+def _held_out_by_image(run: RunDir) -> Predictions | None:
+    """A run's held-out predictions (a cv's out-of-fold, a train run's validation set), one row per image (the
+    mean over a repeated cv's rows), sorted by image; None when the run has none."""
+    path = run.oof_predictions if run.is_cv() else run.val_predictions
+    if not path.is_file():
+        return None
+    table = read_predictions(path)
+    images = sorted(set(table.images))
+    where = {image: [i for i, name in enumerate(table.images) if name == image] for image in images}
+    return Predictions(
+        images=images,
+        y_true=np.array([table.y_true[where[image][0]] for image in images], dtype=np.int64),
+        probs=np.stack([table.probs[where[image]].mean(axis=0) for image in images]),
+        folds=np.full(len(images), TEST_FOLD, dtype=np.int64),
+        class_names=list(table.class_names),
+    )
+
+
+def ensemble_operating_point(runs: list[Path]) -> tuple[Calibration | None, str | None]:
+    """The operating point of an ensemble of runs (e.g. one recipe trained with three seeds), for two classes:
+    the Youden threshold on the mean of the runs' held-out predictions, uncalibrated (temperature 1, so the same
+    threshold applies to ``predict --model R1 --model R2 --threshold T``).
+
+    The runs must have held out the same cases (a fixed split column, or cv runs on the same data); else each
+    run's held-out cases include cases the others trained on, and no honest threshold exists.
+
+    Returns:
+        (the calibration, None), or (None, why there is none).
+    """
+    tables = []
+    for root in runs:
+        table = _held_out_by_image(RunDir(root))
+        if table is None:
+            return None, f"{root} has no held-out predictions (val_predictions.csv or oof_predictions.csv)"
+        tables.append(table)
+    first = tables[0]
+    if len(first.class_names) != 2:
+        return None, f"an operating point needs two classes (these runs have {len(first.class_names)})"
+    for root, table in zip(runs[1:], tables[1:], strict=True):
+        if table.class_names != first.class_names:
+            return None, f"{root} has classes {table.class_names}, {runs[0]} has {first.class_names}"
+        if table.images != first.images or not np.array_equal(table.y_true, first.y_true):
+            return None, (f"{root} and {runs[0]} held out different cases (no fixed split column?), so their "
+                          "held-out predictions cannot be averaged without leakage")
+    mean = np.mean([t.probs for t in tables], axis=0)
+    try:
+        point = choose_threshold(first.y_true == 1, mean[:, 1])
+    except ValueError as exc:
+        return None, f"the runs' held-out cases: {exc}"
+    kind = "out-of-fold" if RunDir(runs[0]).is_cv() else "validation"
+    calibration = Calibration(1.0, list(first.class_names),
+                              f"mean {kind} predictions of the {len(runs)} runs ({len(first)} cases)",
+                              positive_class=first.class_names[1], threshold=point.threshold,
+                              criterion=point.criterion, sensitivity=point.sensitivity,
+                              specificity=point.specificity)
+    return calibration, None

@@ -5,7 +5,10 @@ Every table the toolkit writes or reads has this layout (``predict --output``, `
 ``image``; ``label`` (class name; absent from ``predict`` output without labels, empty for an unlabelled case);
 ``repeat`` (cross-validation with repeats only); ``fold`` (int, optional; -1 marks a test-set / fold-ensemble
 row); ``prediction`` (class name; metrics always use the argmax of the probabilities); ``prob_<class>`` for
-each class. The class names and their order come from the ``prob_`` columns.
+each class. The class names and their order come from the ``prob_`` columns. ``predict --output`` adds how each
+``prediction`` was made (:func:`with_decision`): ``threshold`` (on ``prob_<second class>``; empty = the most
+probable class) and ``temperature`` (the temperature scaling applied to the probabilities; empty = none); readers
+ignore both.
 
 Written tables round probabilities to 6 decimals (:func:`prediction_rows`); :class:`Predictions` is a
 labelled table read back as arrays for :mod:`medconvnext.results.metrics`.
@@ -32,6 +35,7 @@ __all__ = [
     "predictions_from_rows",
     "read_predictions",
     "require_finite",
+    "with_decision",
     "write_prediction_table",
     "write_predictions",
     "write_table",
@@ -215,6 +219,15 @@ def prediction_rows(
         for k, name in enumerate(class_names):
             row[f"{PROB_PREFIX}{name}"] = round(float(probs[i][k]), 6)
         rows.append(row)
+    return rows
+
+
+def with_decision(rows: list[dict], threshold: float | None, temperature: float | None) -> list[dict]:
+    """The rows with ``threshold`` and ``temperature`` columns: a written table says how its predictions were
+    made (the threshold on P(second class), the calibration temperature; ``""`` = argmax / uncalibrated)."""
+    for row in rows:
+        row["threshold"] = "" if threshold is None else round(float(threshold), 6)
+        row["temperature"] = "" if temperature is None else round(float(temperature), 6)
     return rows
 
 
