@@ -15,47 +15,48 @@ TrackingChoice = Literal["none", "mlflow"]
 _DEFAULTS = Config()
 
 
-def _config_default(field: str) -> str:
+def config_default(field: str) -> str:
     """``[default: <value> (<section.key>)]`` for a flag whose unset value comes from the config."""
     section, key = field.split(".")
     value = getattr(getattr(_DEFAULTS, section), key)
-    return f"\\[default: {value} ({field})]"
+    return f"[default: {value} ({field})]"
 
 
 DATA = typer.Option(None, "--data", help="Folder (labels.csv or one subfolder per class) or a CSV/TSV. "
-                    "\\[default: data.path of --config]")
+                    "[default: data.path of --config]")
 MODEL = typer.Option(None, "--model", help="Registered model name (see `medconvnext models`). "
-                     + _config_default("model.name"))
-EPOCHS = typer.Option(None, "--epochs", min=1, help="Number of epochs. " + _config_default("train.epochs"))
-BATCH_SIZE = typer.Option(None, "--batch-size", min=1, help="Volumes per batch. " + _config_default("train.batch_size"))
-LR = typer.Option(None, "--lr", help="Peak learning rate (AdamW). " + _config_default("train.lr"))
-SEED = typer.Option(None, "--seed", help="Random seed (split, init, augmentation). " + _config_default("train.seed"))
+                     + config_default("model.name"))
+EPOCHS = typer.Option(None, "--epochs", min=1, help="Number of epochs. " + config_default("train.epochs"))
+BATCH_SIZE = typer.Option(None, "--batch-size", min=1, help="Volumes per batch. " + config_default("train.batch_size"))
+LR = typer.Option(None, "--lr", help="Peak learning rate (AdamW). " + config_default("train.lr"))
+SEED = typer.Option(None, "--seed", help="Random seed (split, init, augmentation). " + config_default("train.seed"))
 DEVICE = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (auto: CUDA when available). "
-                      + _config_default("train.device"))
-CONFIG = typer.Option(None, "--config", help="YAML config; CLI flags override it. \\[default: built-in defaults]")
-SET = typer.Option([], "--set", help="Override any config field: section.key=value (repeatable).")
+                      + config_default("train.device"))
+CONFIG = typer.Option(None, "--config", help="YAML config; CLI flags override it. [default: built-in defaults]")
+SET = typer.Option([], "--set", metavar="<section.key=value>",
+                   help="Override any config field: section.key=value (repeatable).")
 STRICT = typer.Option(
     None, "--strict/--no-strict", show_default=False, metavar="",
     help="Refuse (exit 2) when a subject or an identical image is on both sides of a split; --no-strict only "
-         "warns. \\[default: data.leakage of the config (warn)]",
+         "warns. [default: data.leakage of the config (warn)]",
 )
 TENSORBOARD = typer.Option(
     None, "--tensorboard/--no-tensorboard", show_default=False, metavar="",
-    help="Also log to <out>/tensorboard (needs tensorboard). " + _config_default("train.tensorboard"),
+    help="Also log to <out>/tensorboard (needs tensorboard). " + config_default("train.tensorboard"),
 )
 TRACKING = typer.Option(
     "none", "--tracking", help="Log params, per-epoch metrics and the run folder to an experiment tracker "
-    "(mlflow needs pip install 'medconvnext\\[mlflow]').",
+    "(mlflow needs pip install 'medconvnext[mlflow]').",
 )
 TRACKING_URI = typer.Option(
     None, "--tracking-uri", help="MLflow tracking URI (a folder, file:///..., sqlite:///..., http://...). "
-    "\\[default: ./mlruns]",
+    "[default: ./mlruns]",
 )
 EXPERIMENT = typer.Option("medconvnext", "--experiment", help="MLflow experiment name.")
 TARGET_SENSITIVITY = typer.Option(
     None, "--target-sensitivity", min=0.0, max=1.0,
     help="Operating point: the highest threshold whose out-of-fold sensitivity reaches this value (binary "
-         "only). \\[default: Youden's J (max sensitivity + specificity - 1)]",
+         "only). [default: Youden's J (max sensitivity + specificity - 1)]",
 )
 
 def build_config(

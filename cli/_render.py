@@ -12,16 +12,21 @@ def _fmt(value: Any) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+def plural(count: int, noun: str) -> str:
+    """``plural(1, "epoch")`` -> "1 epoch"; ``plural(3, "epoch")`` -> "3 epochs"."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def _params(count: int) -> str:
     return f"{count / 1e6:.2f} M" if count >= 1e5 else f"{count / 1e3:.1f} k"
 
 
 def epoch_progress(fields: str) -> Any:
-    """A rich progress bar: epoch, a short bar (an 80-column terminal keeps the numbers), steps, ``fields`` (a
-    template over the task's fields), elapsed time and ETA. Started by the caller when training starts."""
+    """A rich progress bar: epoch, a short bar, ``fields`` (a template over the task's fields), elapsed time and
+    ETA; it fits an 80-column terminal (rich cuts columns that do not fit). Started by the caller when training
+    starts."""
     from rich.progress import (
         BarColumn,
-        MofNCompleteColumn,
         Progress,
         TextColumn,
         TimeElapsedColumn,
@@ -29,7 +34,7 @@ def epoch_progress(fields: str) -> Any:
     )
 
     return Progress(
-        TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(bar_width=12), MofNCompleteColumn(),
+        TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(bar_width=10),
         TextColumn(fields), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
         console=console, transient=False,
     )
@@ -48,14 +53,16 @@ def plan_panel(plan: dict[str, Any]) -> Any:
     size = " x ".join(str(s) for s in p["input_size"])
     grid.add_row("plan", f"spacing {spacing} mm, input {size} voxels, intensity {p['intensity']}, {p['orientation']}")
     for side, counts in plan["split"].items():
-        detail = ", ".join(f"{name} {n}" for name, n in counts.items())
-        grid.add_row(side, f"{sum(counts.values())} cases ({detail})")
+        detail = f" ({', '.join(f'{name} {n}' for name, n in counts.items())})" if len(counts) > 1 else ""
+        grid.add_row(side, f"{plural(sum(counts.values()), 'case')}{detail}")
     model = plan["model"]
     grid.add_row("model", f"{model['name']}, {_params(model['parameters'])} parameters")
+    if plan.get("masking"):
+        grid.add_row("masking", plan["masking"])
     amp = ", mixed precision" if plan["amp"] else ""
     grid.add_row("device", f"{plan['device']}{amp}")
     resumed = f", resuming at epoch {plan['start_epoch']}" if plan["start_epoch"] > 1 else ""
-    grid.add_row("schedule", f"{plan['epochs']} epochs x {plan['steps_per_epoch']} steps, batch "
+    grid.add_row("schedule", f"{plural(plan['epochs'], 'epoch')} x {plural(plan['steps_per_epoch'], 'step')}, batch "
                  f"{plan['batch_size']}{resumed}")
     return Panel(grid, title=f"[bold]{plan['run_dir']}[/bold]", title_align="left", expand=False)
 
@@ -107,4 +114,4 @@ class TrainingProgress:
     def on_epoch_end(self, record: dict[str, Any]) -> None:
         if self._progress is None:
             return
-        self._progress.update(self._task, auc=_fmt(record["val_auc"]), best=f"epoch {record['best_epoch']}")
+        self._progress.update(self._task, auc=_fmt(record["val_auc"]), best=str(record["best_epoch"]))

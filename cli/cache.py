@@ -8,7 +8,8 @@ import typer
 
 from medconvnext.cli._common import console, run_guarded
 
-cache_app = typer.Typer(help="Inspect or clear the disk cache (data.cache=disk).", no_args_is_help=True)
+cache_app = typer.Typer(rich_markup_mode=None, help="Inspect or clear the disk cache (data.cache=disk).",
+                        no_args_is_help=True)
 
 DIR_HELP = "Cache folder (default: $MEDCONVNEXT_CACHE_DIR or ~/.cache/medconvnext)."
 

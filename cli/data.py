@@ -9,7 +9,7 @@ import typer
 
 from medconvnext.cli._common import console, err_console, run_guarded
 
-data_app = typer.Typer(help="Check datasets and import public ones.", no_args_is_help=True)
+data_app = typer.Typer(rich_markup_mode=None, help="Check datasets and import public ones.", no_args_is_help=True)
 
 DEFAULT_MIN_SIZE = (32, 32, 32)  # the default model's (convnext_atto) minimum input
 

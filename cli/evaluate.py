@@ -13,7 +13,8 @@ from medconvnext.cli._common import console, run_guarded
 
 def evaluate(
     run_dirs: list[Path] = typer.Argument(
-        ..., help="A cv run directory (ensemble of its folds) or a train run (best); several runs are ensembled."
+        ..., metavar="RUN_DIR",
+        help="A cv run directory (ensemble of its folds) or a train run (best); several runs are ensembled."
     ),
     data: Path = typer.Option(..., "--data", help="Labelled data: folder, CSV/TSV or JSON datalist."),
     split: Literal["test", "val", "train", "all"] = typer.Option(

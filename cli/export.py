@@ -13,7 +13,7 @@ from medconvnext.cli._common import console, err_console, run_guarded
 def export(
     run: Path = typer.Argument(..., help="Run directory (its best checkpoint) or checkpoint file; one fold of a cv."),
     fmt: Literal["torchscript", "onnx"] = typer.Option(
-        "torchscript", "--format", "-f", help="Model format (onnx needs: pip install medconvnext\\[onnx])."
+        "torchscript", "--format", "-f", help="Model format (onnx needs: pip install medconvnext[onnx])."
     ),
     out: Path = typer.Option(
         None, "--out", "-o", help="Model file (default RUN/model.torchscript.pt or RUN/model.onnx); the "

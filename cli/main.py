@@ -16,6 +16,8 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's plain help wraps at any width; rich's option boxes cut text at 80 columns
+    context_settings={"max_content_width": 100},
 )
 
 

@@ -12,11 +12,13 @@ from medconvnext.cli._common import console, run_guarded
 
 def predict(
     inputs: list[Path] = typer.Argument(
-        ..., help="Scan files (.nii, .nii.gz, .nrrd, .mha, .mhd), DICOM series folders, folders of scans "
+        ..., metavar="SCAN",
+        help="Scan files (.nii, .nii.gz, .nrrd, .mha, .mhd), DICOM series folders, folders of scans "
                   "(searched recursively), or a .csv/.tsv with an 'image' column (and optionally 'label')."
     ),
     model: list[Path] = typer.Option(
-        ..., "--model", help="Run directory (its best checkpoint), checkpoint file, or cross-validation run "
+        ..., "--model", metavar="<run>",
+        help="Run directory (its best checkpoint), checkpoint file, or cross-validation run "
                              "directory (its folds are ensembled: mean probability). Repeat it to ensemble several "
                              "runs (e.g. three seeds of one recipe)."
     ),
@@ -29,7 +31,7 @@ def predict(
     overlap: float = typer.Option(None, "--overlap", help="Window overlap in [0, 1) (default 0.25)."),
     sw_batch_size: int = typer.Option(None, "--sw-batch-size", min=1, help="Windows per forward pass (default 4)."),
     aggregation: Literal["mean", "max", "logit_mean"] = typer.Option(
-        None, "--aggregation", help="How window probabilities are combined. \\[default: mean]"),
+        None, "--aggregation", help="How window probabilities are combined. [default: mean]"),
     window_map: Path = typer.Option(
         None, "--window-map", help="Write each scan's per-window probability grid (NIfTI, grid x K) to this folder."
     ),
@@ -45,12 +47,12 @@ def predict(
     threshold: str = typer.Option(
         None, "--threshold",
         help="Two classes: call the second class when its probability is >= this value, or 'auto' for the threshold "
-             "stored with the run (calibration.json, chosen on out-of-fold predictions). \\[default: the most "
+             "stored with the run (calibration.json, chosen on out-of-fold predictions). [default: the most "
              "probable class]",
     ),
     calibrate: bool = typer.Option(
         None, "--calibrate/--no-calibrate", metavar="", show_default=False,
-        help="Apply the run's temperature scaling (calibration.json) to the probabilities. \\[default: on when the "
+        help="Apply the run's temperature scaling (calibration.json) to the probabilities. [default: on when the "
              "run has one]",
     ),
     strict: bool = typer.Option(

@@ -19,7 +19,8 @@ def pretrain(
     epochs: int = options.EPOCHS,
     batch_size: int = options.BATCH_SIZE,
     lr: float = options.LR,
-    seed: int = options.SEED,
+    seed: int = typer.Option(None, "--seed", help="Random seed (init, masks, augmentation). "
+                             + options.config_default("train.seed")),
     device: str = options.DEVICE,
     mask_ratio: float = typer.Option(0.6, "--mask-ratio", min=0.05, max=0.95, help="Share of units masked."),
     patch_size: int = typer.Option(8, "--patch-size", min=1,
@@ -62,7 +63,9 @@ def pretrain(
         if not main:  # under torchrun only rank 0 reports
             return
         last = result.history[-1]
-        console.print(f"[bold green]done[/bold green]: {last['epoch']} epochs, reconstruction loss "
+        from medconvnext.cli._render import plural
+
+        console.print(f"[bold green]done[/bold green]: {plural(last['epoch'], 'epoch')}, reconstruction loss "
                       f"{last['loss']:.4f}; encoder in {result.run_dir / 'checkpoint_encoder.safetensors'}")
 
     run_guarded(work)
@@ -81,6 +84,11 @@ class PretrainProgress:
     def __exit__(self, *exc: object) -> None:
         if self._started:
             self._progress.__exit__(*exc)
+
+    def on_plan(self, plan: dict[str, Any]) -> None:
+        from medconvnext.cli._render import plan_panel
+
+        self._progress.console.print(plan_panel(plan))
 
     def on_start(self, total_epochs: int, steps_per_epoch: int) -> None:
         self._steps, self._epochs = steps_per_epoch, total_epochs

@@ -16,10 +16,10 @@ def tune(
                              "Rerunning the command continues the study there."),
     trials: int = typer.Option(20, "--trials", min=1, help="Finished trials wanted in the study, in total."),
     space: Path = typer.Option(
-        None, "--space", help="YAML search space (config field -> distribution). \\[default: lr, weight decay, "
+        None, "--space", help="YAML search space (config field -> distribution). [default: lr, weight decay, "
         "drop path, EMA, augmentation, model size]"),
     cv: int = typer.Option(None, "--cv", min=2, help="Score each trial by K-fold cross-validation (pooled "
-                           "out-of-fold AUC, no pruning). \\[default: one train run, best validation AUC]"),
+                           "out-of-fold AUC, no pruning). [default: one train run, best validation AUC]"),
     model: str = options.MODEL,
     epochs: int = options.EPOCHS,
     batch_size: int = options.BATCH_SIZE,
@@ -30,7 +30,7 @@ def tune(
     show_space: bool = typer.Option(False, "--show-space/--no-show-space", metavar="",
                                     help="Print the search space as YAML and exit."),
 ) -> None:
-    """Search hyperparameters with Optuna (pip install 'medconvnext\\[tune]'): median pruning on the validation AUC
+    """Search hyperparameters with Optuna (pip install 'medconvnext[tune]'): median pruning on the validation AUC
     of every epoch, a table of the trials, and best_config.yaml for `medconvnext train --config`."""
 
     def work() -> None:

@@ -40,15 +40,21 @@ def test_help_lists_commands_and_does_not_import_torch():
 @pytest.mark.parametrize("command", [[], ["train"], ["cv"], ["predict"], ["evaluate"], ["report"], ["tune"],
                                      ["pretrain"], ["data", "check"], ["export"]])
 def test_every_help_shows_defaults_and_choices(command):
+    narrow = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "80"})
+    assert narrow.exit_code == 0, narrow.output
+    lines = narrow.output.splitlines()
+    assert max(map(len, lines)) <= 80 and not any("…" in line for line in lines)  # wrapped, never cut
+    assert "\\[" not in narrow.output  # no rich-markup escapes left in the plain help
     result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "220"})
     assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())  # help wraps at 80-100 columns
     if command in (["train"], ["cv"]):
-        assert "[default: 30 (train.epochs)]" in result.output
-        assert "--strict" in result.output and "--no-strict" in result.output
-        assert "<none|mlflow>" in result.output and "[default: none]" in result.output
+        assert "[default: 30 (train.epochs)]" in text
+        assert "--strict" in text and "--no-strict" in text
+        assert "<none|mlflow>" in text and "[default: none]" in text
     if command == ["predict"]:
-        assert "<whole|sliding|auto>" in result.output and "<mean|max|logit_mean>" in result.output
-        assert "--tta" in result.output and "--no-tta" in result.output
+        assert "<whole|sliding|auto>" in text and "<mean|max|logit_mean>" in text
+        assert "--tta" in text and "--no-tta" in text
     ours = [line for line in result.output.splitlines() if "Show this message" not in line]  # typer's own --help
     assert not any("<bool>" in line for line in ours)  # flags read as --flag/--no-flag, not <bool>
 

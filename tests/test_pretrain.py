@@ -117,6 +117,17 @@ def test_pretrain_resume_after_a_kill_matches_an_uninterrupted_run(csv_dataset, 
     assert [r["loss"] for r in resumed.history] == pytest.approx([r["loss"] for r in full.history], rel=1e-5)
 
 
+def test_pretrain_cli_shows_its_plan_and_counts_epochs(tmp_path, csv_dataset):
+    out = tmp_path / "pt"
+    args = ["pretrain", "--data", str(csv_dataset), "--out", str(out), "--epochs", "1", "--mask-ratio", "0.5"]
+    args += [f"--set={key}={json.dumps(value)}" for key, value in TINY.items() if key != "train.epochs"]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "100"})
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "masking FCMAE, 50% of 8³-voxel units masked, mse loss" in text and "scans 12 cases" in text
+    assert "schedule 1 epoch x 3 steps, batch 4" in text and "done: 1 epoch, reconstruction loss" in text
+
+
 def test_pretrain_cli_refuses_other_families(csv_dataset, tmp_path):
     result = CliRunner().invoke(app, ["pretrain", "--data", str(csv_dataset), "--out", str(tmp_path / "r"),
                                       "--model", "resnext_tiny"])

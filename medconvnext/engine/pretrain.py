@@ -158,6 +158,28 @@ def _as_datalist(cases: list[Case], source: str) -> Datalist:
     return Datalist(cases, [], source)
 
 
+def _plan(config: Config, run: RunDir, n_scans: int, plan: Preprocessing, options: PretrainOptions,
+          fcmae: nn.Module, device: torch.device, steps: int, start: int) -> dict[str, Any]:
+    """What the pretraining is about to do, in the keys of :func:`medconvnext.engine.setup.run_plan` (``split``:
+    the scans, unlabelled) plus ``masking``."""
+    cfg = config.train
+    return {
+        "run_dir": str(run.root),
+        "plan": {"spacing": list(plan.spacing), "input_size": list(plan.input_size), "intensity": plan.intensity,
+                 "orientation": plan.orientation},
+        "split": {"scans": {"unlabelled": n_scans}},
+        "model": {"name": config.model.name, "parameters": sum(p.numel() for p in fcmae.encoder.parameters())},
+        "device": str(device),
+        "amp": bool(cfg.amp and device.type == "cuda"),
+        "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size,
+        "steps_per_epoch": steps,
+        "start_epoch": start,
+        "masking": f"FCMAE, {options.mask_ratio:.0%} of {options.mask_unit}³-voxel units masked, {options.loss} "
+                   f"loss{', normalised targets' if options.norm_target else ''}",
+    }
+
+
 def _fit(config: Config, run: RunDir, cases: list[Case], plan: Preprocessing, options: PretrainOptions,
          device: torch.device, callbacks: Any, state: dict[str, Any] | None) -> PretrainResult:
     cfg = config.train
@@ -201,6 +223,8 @@ def _fit(config: Config, run: RunDir, cases: list[Case], plan: Preprocessing, op
         lines = "".join(json.dumps(r) + "\n" for r in history)
         atomic_write(run.metrics, lambda tmp: tmp.write_text(lines, encoding="utf-8"))
     if callbacks is not None:
+        if hasattr(callbacks, "on_plan"):
+            callbacks.on_plan(_plan(config, run, len(cases), plan, options, fcmae, device, len(loader), start))
         callbacks.on_start(cfg.epochs, len(loader))
     meta = {"class_names": [], "preprocessing": plan.to_dict(), "pretrain": dataclasses.asdict(options),
             "environment": environment_info()}
