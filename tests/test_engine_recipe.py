@@ -102,13 +102,15 @@ def test_auto_mode_and_padding():
     assert tuple(_pad_to(torch.zeros(1, 10, 40, 31), (32, 32, 32)).shape) == (1, 32, 40, 32)
 
 
-@pytest.mark.parametrize("name", ["convnext_med_atto", "convnext_med_iso"])
-def test_medical_convnexts_learn_on_tiny_volumes(name, csv_dataset, tmp_path):
+@pytest.mark.parametrize(("name", "size"), [("convnext_med_atto", 32), ("convnext_med_iso", 32),
+                                           ("convnext_med_iso_p8", 64)])  # p8: an 8³ stem for ~64³ inputs
+def test_medical_convnexts_learn_on_tiny_volumes(name, size, csv_dataset, tmp_path):
     from medconvnext.config import Config, apply_overrides
 
     config = apply_overrides(Config(), {"data.path": str(csv_dataset), "model.name": name,
                                         "train.epochs": 6, "train.batch_size": 4, "train.lr": 1e-3,
-                                        "train.device": "cpu", "preprocessing.input_size": [32, 32, 32]})
+                                        "train.device": "cpu", "preprocessing.input_size": [size] * 3,
+                                        "preprocessing.spacing": [0.5, 0.5, 0.5] if size == 64 else None})
     result = train(config, tmp_path / "run")
     losses = [r["train_loss"] for r in result.history]
     assert losses[-1] < losses[0] and result.best_metrics["val_auc"] >= 0.75
