@@ -27,7 +27,7 @@ def info(cache_dir: Path = typer.Option(None, "--cache-dir", help=DIR_HELP)) -> 
     run_guarded(work)
 
 
-@cache_app.command("clear")
+@cache_app.command("clear", short_help="Delete every cached entry (rebuilt when next needed).")
 def clear(cache_dir: Path = typer.Option(None, "--cache-dir", help=DIR_HELP)) -> None:
     """Delete every cached entry (they are rebuilt on the next run that needs them)."""
 

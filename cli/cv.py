@@ -81,7 +81,7 @@ def render_summary(summary: dict, files: dict, where: Path, label: str = "all") 
                 f"operating point ({op['criterion']}): P({op['positive_class']}) >= {op['threshold']:.3f} gives "
                 f"sensitivity {_fmt(op['sensitivity'])} ({_interval(ci['sensitivity'])}), specificity "
                 f"{_fmt(op['specificity'])} ({_interval(ci['specificity'])})", highlight=False)
-        if cal["temperature"] != 1.0:
+        if cal.get("temperature_fitted", True):
             console.print(f"calibration: T = {cal['temperature']:.3f}, ECE {cal['ece_before']:.3f} -> "
                           f"{cal['ece_after']:.3f}", highlight=False)
         else:

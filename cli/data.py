@@ -14,7 +14,7 @@ data_app = typer.Typer(rich_markup_mode=None, help="Check datasets and import pu
 DEFAULT_MIN_SIZE = (32, 32, 32)  # the default model's (convnext_atto) minimum input
 
 
-@data_app.command("check")
+@data_app.command("check", short_help="Read and validate every case; print a summary.")
 def check(
     data: Path = typer.Option(..., "--data", help="Folder (labels.csv/.tsv, datalist.json or class folders) or list."),
     skip_bad: bool = typer.Option(
@@ -51,7 +51,7 @@ def check(
     run_guarded(work)
 
 
-@data_app.command("import-medmnist")
+@data_app.command("import-medmnist", short_help="MedMNIST 3D .npz -> NIfTI files and labels.csv.")
 def import_medmnist_command(
     npz: Path = typer.Argument(..., help="A MedMNIST 3D .npz (e.g. adrenalmnist3d.npz)."),
     out: Path = typer.Option(..., "--out", help="Folder to write images/ and labels.csv into."),

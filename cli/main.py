@@ -28,17 +28,18 @@ def _global_options(
     State.debug = debug
 
 
-app.command("train")(train.train)
-app.command("predict")(predict.predict)
-app.command("pretrain")(pretrain.pretrain)
+# short help: the command list fits 80 columns (click cuts a longer first sentence)
+app.command("train", short_help="Train a classifier; keep the best checkpoint by val AUC.")(train.train)
+app.command("predict", short_help="Predict scans with a run, a cv fold ensemble or several runs.")(predict.predict)
+app.command("pretrain", short_help="Pretrain a ConvNeXt encoder by masked reconstruction.")(pretrain.pretrain)
 app.add_typer(data.data_app, name="data")
 app.add_typer(cache.cache_app, name="cache")
-app.command("models")(models.models)
-app.command("cv")(cv.cv)
-app.command("evaluate")(evaluate.evaluate)
-app.command("report")(report.report)
-app.command("export")(export.export)
-app.command("tune")(tune.tune)
+app.command("models", short_help="List the registered models: family, parameters, GFLOPs.")(models.models)
+app.command("cv", short_help="Cross-validate: one model per fold, out-of-fold report.")(cv.cv)
+app.command("evaluate", short_help="Evaluate runs on a labelled split: metrics and report.")(evaluate.evaluate)
+app.command("report", short_help="Recompute a run's metrics, calibration and report.")(report.report)
+app.command("export", short_help="Export a model to TorchScript or ONNX.")(export.export)
+app.command("tune", short_help="Search hyperparameters with Optuna.")(tune.tune)
 
 
 def main() -> None:

@@ -46,9 +46,9 @@ def predict(
         "gradcam", "--cam-method", help="gradcam (last feature stage) or occlusion."),
     threshold: str = typer.Option(
         None, "--threshold",
-        help="Two classes: call the second class when its probability is >= this value, or 'auto' for the threshold "
-             "stored with the run (calibration.json, chosen on out-of-fold predictions). [default: the most "
-             "probable class]",
+        help="Two classes: call the second class when its probability is >= this value, or 'auto': the run's "
+             "stored threshold (calibration.json, chosen on its out-of-fold or validation predictions); for "
+             "several runs, the one chosen on their mean validation predictions. [default: the most probable class]",
     ),
     calibrate: bool = typer.Option(
         None, "--calibrate/--no-calibrate", metavar="", show_default=False,
@@ -84,7 +84,7 @@ def predict(
         # two classes: P(second class), the number a threshold applies to; else the predicted class's probability
         shown = f"P({names[1]})" if len(names) == 2 else "probability"
         table = Table("image", *(["label"] if labels else []), "prediction", shown,
-                      title=f"predictions ({', '.join(map(str, model))}: {result.description})")
+                      title="predictions")  # what predicted is the first line of the output
         for row in rows:
             column = "prob_" + (names[1] if len(names) == 2 else row["prediction"])
             # the file name keeps the table readable in a narrow terminal; the CSV/JSON has the full path

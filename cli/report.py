@@ -27,6 +27,8 @@ def report(
         from medconvnext.reports.run import report_run
 
         result = report_run(run_dir, n_boot=n_boot, seed=seed, target_sensitivity=target_sensitivity)
-        render_summary(result.summary, result.files, run_dir)
+        # the pooled set of a train run is its validation set; of an evaluate folder, the evaluated cases
+        label = {"train": "validation", "evaluate": "evaluated"}.get(result.kind, "all")
+        render_summary(result.summary, result.files, run_dir, label=label)
 
     run_guarded(work)

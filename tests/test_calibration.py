@@ -28,24 +28,34 @@ POSITIVE = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0], dtype=bool)
 
 def test_youden_threshold_by_hand():
     # threshold: sens, spec, J = 0.9: .25 1 .25 | 0.8: .5 1 .5 | 0.7: .5 .8 .3 | 0.6: .75 .8 .55 | 0.5: .75 .6 .35
-    #            0.4: 1 .6 .6 (max) | 0.3: 1 .4 .4 | ...
+    #            0.4: 1 .6 .6 (max) | 0.3: 1 .4 .4 | ...; placed halfway down to the next score: 0.35
     point = choose_threshold(POSITIVE, SCORES)
     assert point.criterion == "youden"
-    assert point.threshold == pytest.approx(0.4)
+    assert point.threshold == pytest.approx(0.35)
     assert (point.sensitivity, point.specificity) == pytest.approx((1.0, 0.6))
 
 
 @pytest.mark.parametrize("target, threshold, sens, spec", [
-    (0.7, 0.6, 0.75, 0.8),   # highest threshold with sensitivity >= 0.7
-    (0.5, 0.8, 0.5, 1.0),
-    (1.0, 0.4, 1.0, 0.6),
-    (0.0, 0.9, 0.25, 1.0),
+    (0.7, 0.55, 0.75, 0.8),   # highest score with sensitivity >= 0.7 (0.6), halfway down to the next (0.5)
+    (0.5, 0.75, 0.5, 1.0),
+    (1.0, 0.35, 1.0, 0.6),
+    (0.0, 0.85, 0.25, 1.0),
 ])
 def test_target_sensitivity_threshold_by_hand(target, threshold, sens, spec):
     point = choose_threshold(POSITIVE, SCORES, target)
     assert point.threshold == pytest.approx(threshold)
     assert (point.sensitivity, point.specificity) == pytest.approx((sens, spec))
     assert sensitivity_specificity(POSITIVE, SCORES, point.threshold) == pytest.approx((sens, spec))
+
+
+def test_a_score_on_the_threshold_stays_on_its_side_when_recomputed():
+    """The case that sets the operating point must get the same call from a probability a little off its stored,
+    6-decimal value (predict recomputes it at full precision)."""
+    point = choose_threshold(POSITIVE, SCORES)
+    for drift in (-1e-6, 1e-6):
+        assert sensitivity_specificity(POSITIVE, SCORES + drift, point.threshold) == pytest.approx((1.0, 0.6))
+    # the lowest score (every case called positive) is placed halfway down to 0
+    assert choose_threshold(np.array([0, 1], bool), np.array([0.2, 0.1]), 1.0).threshold == pytest.approx(0.05)
 
 
 def test_operating_point_needs_both_classes():
@@ -93,7 +103,8 @@ def test_run_calibration_and_its_summary(tmp_path):
     calibration = fit_run_calibration(preds, "out-of-fold predictions")
     assert calibration.temperature == pytest.approx(2 / math.log(3), rel=1e-4)  # the same margin, 6 of 8 right
     assert calibration.positive_class == "pos" and calibration.criterion == "youden"
-    assert calibration.threshold == pytest.approx(0.75, rel=1e-4)  # the upper of the two calibrated scores
+    # halfway between the two calibrated scores (0.75 and 0.25): the upper one called positive
+    assert calibration.threshold == pytest.approx(0.5, rel=1e-4)
     assert (calibration.sensitivity, calibration.specificity) == pytest.approx((0.75, 0.75))
     summary = calibration_summary(preds, calibration, "test", n_boot=200, seed=0)
     op = summary["operating_point"]

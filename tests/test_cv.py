@@ -284,8 +284,20 @@ def test_cv_fits_calibration_and_predict_uses_it(binary_cv, tmp_path):
                                                                    str(round(t, 6)))}
     assert {(r["threshold"], r["temperature"]) for r in _read(raw_csv)} == {("", "")}
     assert "P(malignant) >= " in result.output and f"temperature {t:.3f}" in result.output
-    bad = runner.invoke(app, ["predict", scans[0], "--model", str(run), "--threshold", "high"])
-    assert bad.exit_code == 2 and "--threshold 'high'" in bad.output
+    # --no-calibrate serves raw probabilities: the stored threshold moves to the raw scale and calls the same cases
+    raw_auto_csv = tmp_path / "raw_auto.csv"
+    result = runner.invoke(app, ["predict", *scans, "--model", str(run), "--device", "cpu", "--threshold", "auto",
+                                 "--no-calibrate", "-o", str(raw_auto_csv)])
+    assert result.exit_code == 0, result.output
+    raw_auto = _read(raw_auto_csv)
+    assert [r["prediction"] for r in raw_auto] == expected and {r["temperature"] for r in raw_auto} == {""}
+    cut = float(raw_auto[0]["threshold"])
+    assert apply_temperature(np.array([[1 - cut, cut]]), t)[0, 1] == pytest.approx(stored["threshold"], abs=1e-5)
+    for value in ("high", "1.5"):  # refused before any model is loaded
+        bad = runner.invoke(app, ["predict", scans[0], "--model", str(run), "--threshold", value])
+        assert bad.exit_code == 2 and f"--threshold '{value}'" in bad.output and "ensemble of" not in bad.output
+    twice = runner.invoke(app, ["predict", scans[0], "--model", str(run), "--model", f"{run}/"])
+    assert twice.exit_code == 2 and "given twice" in twice.output
 
 
 def test_a_calibration_fitted_for_other_weights_is_refused(binary_cv, tmp_path):

@@ -163,6 +163,9 @@ def test_a_seed_ensemble_gets_its_operating_point_from_the_mean_validation_predi
     op = json.loads((tmp_path / "ens" / "summary.json").read_text(encoding="utf-8"))["calibration"]
     assert op["operating_point"]["threshold"] == pytest.approx(point.threshold) and op["temperature"] == 1.0
     assert "operating point (youden)" in result.output and "uncalibrated (T = 1)" in result.output
+    report = (tmp_path / "ens" / "report.md").read_text(encoding="utf-8")
+    assert "Threshold (P(malignant))" in report and "Calibration (temperature scaling)" not in report
+    assert not (tmp_path / "ens" / "calibration_before_after.png").exists()
     scans = [str(runs["data"] / r["image"]) for r in _read(runs["data"] / "labels.csv")[:4]]
     out = tmp_path / "p.csv"
     predicted = runner.invoke(app, ["predict", *scans, "--model", str(runs["train"]), "--model", str(other),

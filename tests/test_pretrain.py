@@ -115,6 +115,9 @@ def test_pretrain_resume_after_a_kill_matches_an_uninterrupted_run(csv_dataset, 
         pretrain(tiny(csv_dataset, 3), tmp_path / "cut", PretrainOptions(), callbacks=StopAfter(2))
     resumed = resume_pretrain(tmp_path / "cut")
     assert [r["loss"] for r in resumed.history] == pytest.approx([r["loss"] for r in full.history], rel=1e-5)
+    for epochs in (None, 3, 2):  # nothing left to run: said before any work, whatever the --epochs
+        with pytest.raises(UserError, match=r"already finished \(3 epochs\); pass --epochs N \(more than 3\)"):
+            resume_pretrain(tmp_path / "cut", epochs=epochs)
 
 
 def test_pretrain_cli_shows_its_plan_and_counts_epochs(tmp_path, csv_dataset):

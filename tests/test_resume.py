@@ -19,6 +19,7 @@ from medconvnext.config import Config, apply_overrides
 from medconvnext.engine.checkpoint import load_checkpoint
 from medconvnext.engine.resume import load_training_state
 from medconvnext.engine.trainer import SilentCallbacks, resume, train
+from medconvnext.errors import UserError
 
 runner = CliRunner()
 # a tiny ConvMixer: convnext_atto with depths/dims overrides currently fails in models/convnext.py (_convnext
@@ -72,6 +73,10 @@ def test_resume_equals_an_uninterrupted_run(csv_dataset, tmp_path):
     a = load_checkpoint(tmp_path / "straight" / "checkpoint_last.safetensors").state_dict
     b = load_checkpoint(tmp_path / "resumed" / "checkpoint_last.safetensors").state_dict
     assert all(torch.equal(a[k], b[k]) for k in a)
+    before = (tmp_path / "resumed" / "metrics.jsonl").read_bytes()
+    with pytest.raises(UserError, match="already finished"):  # nothing left to run: said, and nothing rewritten
+        resume(tmp_path / "resumed")
+    assert (tmp_path / "resumed" / "metrics.jsonl").read_bytes() == before
 
 
 def test_training_state_loads_with_weights_only(csv_dataset, tmp_path):

@@ -75,13 +75,18 @@ def select_cases(datalist: Datalist, split: str, run: RunDir | None = None) -> l
 
 
 def _no_cases_message(datalist: Datalist, split: str, marked: bool, run: RunDir | None) -> str:
-    """Why ``split`` selects nothing, and what to do; never a hint that leads to scoring cases a model trained on."""
+    """Why ``split`` selects nothing, and what to do; never a hint that leads to scoring cases a model trained on.
+    ``run`` is None for an ensemble of runs."""
     why = f"--data {datalist.source}: no {split} cases"
     why += " (its split column marks none)" if marked else " (it has no split column)"
     if run is not None and run.is_cv():
         return (f"{why}. A cv run's honest estimate is its out-of-fold predictions (`medconvnext report "
                 f"{run.root}`); to evaluate it on held-out scans, give data whose split column marks them test")
-    return (f"{why}. Mark held-out cases `test` in a split column (cases no model trained or selected on); "
+    if run is None and not marked and split in ("train", "val"):
+        return (f"{why}. One train run evaluates its own {split} cases (its splits.json); runs trained without a "
+                "split column drew different ones, so an ensemble of them has no common set. Add a split column "
+                "(train/val/test) and retrain")
+    return (f"{why}. Mark the cases `{split}` in a split column (for `test`: cases no model trained or selected on); "
             "--split all scores every case, including training cases")
 
 

@@ -222,6 +222,9 @@ def _fit(config: Config, run: RunDir, cases: list[Case], plan: Preprocessing, op
     if dist.is_main():
         lines = "".join(json.dumps(r) + "\n" for r in history)
         atomic_write(run.metrics, lambda tmp: tmp.write_text(lines, encoding="utf-8"))
+    if start > cfg.epochs:  # before any output: nothing is left to run
+        raise UserError(f"--resume {run.root}: the run already finished ({len(history)} epochs); pass --epochs N "
+                        f"(more than {len(history)}) to extend it")
     if callbacks is not None:
         if hasattr(callbacks, "on_plan"):
             callbacks.on_plan(_plan(config, run, len(cases), plan, options, fcmae, device, len(loader), start))
@@ -243,8 +246,6 @@ def _fit(config: Config, run: RunDir, cases: list[Case], plan: Preprocessing, op
             _save_epoch(run, fcmae, optimizer, scheduler, scaler, generator, history, meta)
         if callbacks is not None:
             callbacks.on_epoch_end(history[-1])
-    if not history:
-        raise UserError(f"--resume {run.root}: the run already finished ({cfg.epochs} epochs); pass --epochs to extend")
     if dist.is_main():
         _save_reconstructions(fcmae, records, plan, run.root / "reconstructions.png", device)
     dist.barrier()

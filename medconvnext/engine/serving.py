@@ -79,6 +79,11 @@ def predict_scans(
     if len(models) > 1 and calibrate is True:
         raise UserError(f"--calibrate: a calibration (calibration.json) belongs to one run; an ensemble of "
                         f"{len(models)} runs is predicted uncalibrated (drop --calibrate, or pass one run)")
+    seen = [m.resolve() for m in models]
+    if len(set(seen)) < len(seen):
+        twice = next(m for i, m in enumerate(models) if seen[i] in seen[:i])
+        raise UserError(f"--model {twice}: given twice; each run of an ensemble counts once")
+    parse_threshold(threshold)  # a bad number is refused before any model is loaded
     cases = resolve_prediction_inputs(list(inputs))
     require_valid(cases)  # the checks of data check/train: a NaN or blank scan is refused, not predicted
     report = LeakageReport()
@@ -104,7 +109,10 @@ def predict_scans(
         calibration = run_calibration(models[0], calibrate, threshold, names, log)
     else:
         calibration = ensemble_calibration(models, threshold, names, log)
-    cut = resolve_threshold(threshold, calibration, names, log)
+    cut = resolve_threshold(threshold, calibration, names, log, calibrated=calibrate is not False)
+    if tta and threshold == "auto":
+        log("note: the stored threshold was chosen on predictions without test-time augmentation; with --tta the "
+            "probabilities are smoother, so the operating point may shift a little")
     results = [ensemble.predict_case(case.images) for case in cases]
     probs = np.stack([r.probabilities for r in results])
     require_finite([case.image for case in cases], probs)
@@ -157,18 +165,10 @@ def ensemble_calibration(models: list[Path], threshold: str | None, names: list[
     return calibration
 
 
-def resolve_threshold(text: str | None, calibration: Calibration | None, names: list[str], log: Log) -> float | None:
-    """--threshold as a number: None (argmax), a value in [0, 1], or 'auto' (the run's stored threshold)."""
-    if text is None:
-        return None
-    if len(names) != 2:
-        raise UserError(f"--threshold: only for two classes (this model has {len(names)}: {', '.join(names)})")
-    if text == "auto":
-        if calibration is None or calibration.threshold is None:
-            raise UserError("--threshold auto: the run's calibration.json has no threshold")
-        log(f"threshold: {calibration.threshold:.4f} on P({names[1]}) ({calibration.criterion}, "
-            f"{calibration.fitted_on})")
-        return calibration.threshold
+def parse_threshold(text: str | None) -> float | str | None:
+    """--threshold: None, ``"auto"``, or a number in [0, 1] (UserError otherwise)."""
+    if text is None or text == "auto":
+        return text
     try:
         value = float(text)
     except ValueError:
@@ -176,6 +176,30 @@ def resolve_threshold(text: str | None, calibration: Calibration | None, names: 
     if not 0.0 <= value <= 1.0:
         raise UserError(f"--threshold {text!r}: expected a number in [0, 1] or 'auto'")
     return value
+
+
+def resolve_threshold(text: str | None, calibration: Calibration | None, names: list[str], log: Log,
+                      calibrated: bool = True) -> float | None:
+    """--threshold as a number: None (argmax), a value in [0, 1], or 'auto' (the run's stored threshold, on the
+    probabilities as they are served: on the raw ones when ``calibrated`` is False, see
+    :meth:`Calibration.raw_threshold`)."""
+    value = parse_threshold(text)
+    if value is None:
+        return None
+    if len(names) != 2:
+        raise UserError(f"--threshold: only for two classes (this model has {len(names)}: {', '.join(names)})")
+    if value != "auto":
+        return float(value)
+    if calibration is None or calibration.threshold is None:
+        raise UserError("--threshold auto: the run's calibration.json has no threshold")
+    if calibrated or calibration.temperature == 1.0:
+        log(f"threshold: {calibration.threshold:.4f} on P({names[1]}) ({calibration.criterion}, "
+            f"{calibration.fitted_on})")
+        return calibration.threshold
+    raw = calibration.raw_threshold()
+    log(f"threshold: {raw:.4f} on the uncalibrated P({names[1]}) (--no-calibrate; the same cases as "
+        f"{calibration.threshold:.4f} on the calibrated one; {calibration.criterion}, {calibration.fitted_on})")
+    return raw
 
 
 def unique_names(cases: list, suffix: str) -> list[str]:

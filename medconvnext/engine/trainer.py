@@ -167,6 +167,9 @@ def _fit(setup: RunSetup, callbacks: TrainingCallbacks | None) -> TrainResult:
                       data.train_transform)
     loop.augment = data.augment
     start_epoch = 1 if setup.state is None else restore_loop(loop, setup.state) + 1
+    if start_epoch > cfg.epochs:  # before any output: nothing is left to run
+        raise UserError(f"--resume {run.root}: the run already finished ({cfg.epochs} epochs); pass --epochs N "
+                        f"(more than {cfg.epochs}) to extend it")
     if dist.is_main():
         # the state is the commit point of an epoch: drop any epoch logged after it (killed mid-write)
         lines = "".join(json.dumps(r) + "\n" for r in loop.history)
@@ -179,8 +182,9 @@ def _fit(setup: RunSetup, callbacks: TrainingCallbacks | None) -> TrainResult:
         run_epochs(loop, data.train_loader, range(start_epoch, cfg.epochs + 1), hooks)
     finally:
         hooks.close()
-    if loop.best is None:
-        raise UserError(f"--resume {run.root}: the run already finished ({cfg.epochs} epochs); pass --epochs to extend")
+    if loop.best is None:  # a resumed run shortened to fewer epochs than it had
+        raise UserError(f"--resume {run.root}: the run already finished ({cfg.epochs} epochs); pass --epochs N "
+                        f"(more than {cfg.epochs}) to extend it")
     return TrainResult(run.root, loop.best["epoch"], loop.best, loop.history)
 
 

@@ -130,7 +130,8 @@ def section_rows(cal: Mapping) -> tuple[list[list[str]], list[list[str]]]:
     op_rows = []
     if op:
         op_rows = [
-            ["Threshold (calibrated P(" + str(op["positive_class"]) + "))", f(op["threshold"]), ""],
+            [f"Threshold ({'calibrated ' if cal.get('temperature_fitted', True) else ''}P({op['positive_class']}))",
+             f(op["threshold"]), ""],
             ["Chosen by", criterion_text(op["criterion"]), ""],
             ["Sensitivity", f(op["sensitivity"]), ci(op["ci"]["sensitivity"])],
             ["Specificity", f(op["specificity"]), ci(op["ci"]["specificity"])],

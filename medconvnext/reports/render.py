@@ -184,7 +184,7 @@ def _draw_figures(run_dir: Path, pooled: Predictions, metrics: Mapping, logs: Ma
         "confusion": lambda path: plots.plot_confusion(metrics["confusion_matrix"], names, path),
         "calibration": lambda path: plots.plot_calibration(y, p, path),
     }
-    if calibration is not None:
+    if calibration is not None and calibration.get("temperature_fitted", True):
         after = apply_temperature(p, calibration["temperature"])
         jobs["recalibration"] = lambda path: plots.plot_recalibration(y, p, after, calibration["temperature"], path)
     if logs:
@@ -260,13 +260,17 @@ def _build(title: str, summary: Mapping, figures: Mapping[str, Path], logs: Mapp
 def _calibration_sections(doc: Doc, cal: Mapping, figures: Mapping[str, Path]) -> None:
     """Operating point (binary) and post-hoc calibration, from the summary's ``calibration``."""
     op_rows, cal_rows = section_rows(cal)
+    fitted = cal.get("temperature_fitted", True)  # False: an ensemble of runs, served uncalibrated
     if op_rows:
         op = cal["operating_point"]
         doc.heading(2, "Operating point")
-        doc.paragraph(f"A case is called {op['positive_class']} when its calibrated probability is at least the "
-                      f"threshold, chosen by {criterion_text(op['criterion'])} on the {cal['fitted_on']}; "
-                      f"{cal['source']}. `medconvnext predict --threshold auto` uses this threshold.")
+        doc.paragraph(f"A case is called {op['positive_class']} when its {'calibrated ' if fitted else ''}"
+                      f"probability is at least the threshold, chosen by {criterion_text(op['criterion'])} on the "
+                      f"{cal['fitted_on']}; {cal['source']}. `medconvnext predict --threshold auto` uses this "
+                      "threshold.")
         doc.table(["", "Value", "95% CI"], op_rows)
+    if not fitted:
+        return
     doc.heading(2, "Calibration (temperature scaling)")
     doc.paragraph(f"One temperature T divides the logits (Guo et al. 2017), fitted by minimising the negative "
                   f"log-likelihood on the {cal['fitted_on']}; it never changes the predicted class. "

@@ -97,7 +97,7 @@ def report_run(run_dir: str | Path, n_boot: int = 1000, seed: int = 0,
         title = f"Evaluation: {names} on {meta.get('split', 'the given')} cases"
         notes = [meta["note"]] if meta.get("note") else []
         if len(evaluated) > 1:
-            fit = {"ensemble": [Path(r) for r in evaluated]}
+            fit = {"ensemble": [Path(r) for r in evaluated], "split": meta.get("split")}
         else:
             stored = RunDir(Path(evaluated[0])).calibration
             fit = {"stored": stored} if stored.is_file() else {}
@@ -158,8 +158,12 @@ def _calibration(run: RunDir, predictions: Predictions, fit: dict, n_boot: int, 
         calibration, why = ensemble_operating_point(fit["ensemble"])
         if calibration is None or calibration.class_names != pooled.class_names:
             return None, why or "the runs' classes differ from the evaluated ones"
-        source = (f"an ensemble of runs has no stored calibration: the threshold was chosen on the "
-                  f"{calibration.fitted_on}, uncalibrated (T = 1), and applied to these cases")
+        source = "an ensemble of runs has no stored calibration: its mean probability is used as it is"
+        if fit.get("split") == "val":
+            source += ("; these are the validation cases the threshold was chosen on, so its sensitivity and "
+                       "specificity here are optimistic")
+        summary = calibration_summary(pooled, calibration, source, n_boot, seed)
+        return {**summary, "temperature_fitted": False}, None
     elif "stored" in fit:
         calibration = load_calibration(fit["stored"])
         check_calibration_matches(calibration, Path(fit["stored"]).parent, fit["stored"])

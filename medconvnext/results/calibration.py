@@ -118,7 +118,10 @@ class OperatingPoint:
 
 def choose_threshold(is_positive: np.ndarray, score: np.ndarray, target_sensitivity: float | None = None
                      ) -> OperatingPoint:
-    """Threshold (call positive when ``score >= threshold``) among the observed scores.
+    """Threshold (call positive when ``score >= threshold``), chosen among the observed scores and then placed
+    halfway down to the next lower observed score (0 below the lowest): the same cases are called positive, but a
+    probability recomputed at another precision (prediction tables keep 6 decimals) or on another machine cannot
+    fall on the other side of a threshold that equals it.
 
     Args:
         is_positive: (N,) bool, the true positive cases.
@@ -144,7 +147,8 @@ def choose_threshold(is_positive: np.ndarray, score: np.ndarray, target_sensitiv
             raise ValueError(f"target sensitivity must be in [0, 1], got {target_sensitivity}")
         i = int(np.argmax(sens >= target_sensitivity - 1e-12))  # sensitivity grows as the threshold falls
         criterion = f"sensitivity>={target_sensitivity:g}"
-    return OperatingPoint(float(candidates[i]), criterion, float(sens[i]), float(spec[i]))
+    below = float(candidates[i + 1]) if i + 1 < len(candidates) else 0.0
+    return OperatingPoint((float(candidates[i]) + below) / 2, criterion, float(sens[i]), float(spec[i]))
 
 
 @dataclass
@@ -165,6 +169,14 @@ class Calibration:
 
     def calibrate(self, probs: np.ndarray) -> np.ndarray:
         return apply_temperature(probs, self.temperature)
+
+    def raw_threshold(self) -> float | None:
+        """The threshold on the uncalibrated positive probability that calls the same cases: two classes,
+        ``softmax(log p / T)[1] = sigmoid(logit(p1) / T)``, so ``p1_cal >= t`` iff ``p1 >= sigmoid(T logit(t))``."""
+        if self.threshold is None:
+            return None
+        t = min(max(self.threshold, EPS), 1 - EPS)
+        return float(1.0 / (1.0 + np.exp(-self.temperature * np.log(t / (1 - t)))))
 
 
 def checkpoint_digests(run_root: str | Path) -> dict[str, str]:
@@ -248,7 +260,7 @@ def ensemble_operating_point(runs: list[Path]) -> tuple[Calibration | None, str 
         if table.class_names != first.class_names:
             return None, f"{root} has classes {table.class_names}, {runs[0]} has {first.class_names}"
         if table.images != first.images or not np.array_equal(table.y_true, first.y_true):
-            return None, (f"{root} and {runs[0]} held out different cases (no fixed split column?), so their "
+            return None, (f"{runs[0]} and {root} held out different cases (no fixed split column?), so their "
                           "held-out predictions cannot be averaged without leakage")
     mean = np.mean([t.probs for t in tables], axis=0)
     try:
