@@ -73,6 +73,16 @@ class Finding:
     train_side: str = "train"  # the role of train_case in the run: "train", "val" (model selection), "cv"
 
 
+def _item(f: Finding) -> str:
+    """One finding in a message: ``s3 (train c06 / val c07)``, ``val c07 = train c02``, or, when the evaluated case
+    is itself one the run trained or selected on, ``c07 (the run's own val case)``."""
+    if f.kind == "subject":
+        return f"{f.detail} ({f.train_side} {f.train_case} / {f.eval_side} {f.eval_case})"
+    if f.train_case == f.eval_case:
+        return f"{f.eval_case} (the run's own {f.train_side} case)"
+    return f"{f.eval_side} {f.eval_case} = {f.train_side} {f.train_case}"
+
+
 @dataclass
 class LeakageReport:
     """Findings of an audit (empty: nothing found)."""
@@ -95,11 +105,7 @@ class LeakageReport:
             found = [f for f in self.findings if f.kind == kind]
             if not found:
                 continue
-            items = [
-                f"{f.detail} ({f.train_side} {f.train_case} / {f.eval_side} {f.eval_case})" if kind == "subject"
-                else f"{f.eval_side} {f.eval_case} = {f.train_side} {f.train_case}"
-                for f in found[:SHOWN]
-            ]
+            items = [_item(f) for f in found[:SHOWN]]
             more = f" and {len(found) - SHOWN} more" if len(found) > SHOWN else ""
             parts.append(f"{len(found)} {title}{'s' if len(found) > 1 else ''}: {', '.join(items)}{more}")
         return "possible leakage between training and evaluation cases: " + "; ".join(parts)
