@@ -19,6 +19,8 @@ def config_default(field: str) -> str:
     """``[default: <value> (<section.key>)]`` for a flag whose unset value comes from the config."""
     section, key = field.split(".")
     value = getattr(getattr(_DEFAULTS, section), key)
+    if isinstance(value, bool):  # a --flag/--no-flag pair: on or off, as the flag reads
+        value = "on" if value else "off"
     return f"[default: {value} ({field})]"
 
 
