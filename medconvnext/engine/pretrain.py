@@ -37,7 +37,7 @@ from medconvnext.engine.feeding import loader_options, plain
 from medconvnext.engine.optim import param_groups, warmup_cosine
 from medconvnext.engine.provenance import environment_info
 from medconvnext.engine.resume import load_training_state, rng_states, save_training_state, set_rng_states
-from medconvnext.engine.setup import setup_device
+from medconvnext.engine.setup import schedule_plan, setup_device
 from medconvnext.errors import UserError
 from medconvnext.models import apply_memory_format, create_model, model_memory_format
 from medconvnext.models.convnext import ConvNeXt3d
@@ -160,21 +160,11 @@ def _as_datalist(cases: list[Case], source: str) -> Datalist:
 
 def _plan(config: Config, run: RunDir, n_scans: int, plan: Preprocessing, options: PretrainOptions,
           fcmae: nn.Module, device: torch.device, steps: int, start: int) -> dict[str, Any]:
-    """What the pretraining is about to do, in the keys of :func:`medconvnext.engine.setup.run_plan` (``split``:
-    the scans, unlabelled) plus ``masking``."""
-    cfg = config.train
+    """What the pretraining is about to do: :func:`medconvnext.engine.setup.schedule_plan` of the encoder, the
+    scans (``split``, unlabelled) and ``masking``."""
     return {
-        "run_dir": str(run.root),
-        "plan": {"spacing": list(plan.spacing), "input_size": list(plan.input_size), "intensity": plan.intensity,
-                 "orientation": plan.orientation},
+        **schedule_plan(run, config, plan, fcmae.encoder, device, steps, start),
         "split": {"scans": {"unlabelled": n_scans}},
-        "model": {"name": config.model.name, "parameters": sum(p.numel() for p in fcmae.encoder.parameters())},
-        "device": str(device),
-        "amp": bool(cfg.amp and device.type == "cuda"),
-        "epochs": cfg.epochs,
-        "batch_size": cfg.batch_size,
-        "steps_per_epoch": steps,
-        "start_epoch": start,
         "masking": f"FCMAE, {options.mask_ratio:.0%} of {options.mask_unit}³-voxel units masked, {options.loss} "
                    f"loss{', normalised targets' if options.norm_target else ''}",
     }

@@ -247,29 +247,35 @@ def _write_run_files(
 def run_plan(setup: RunSetup, model: nn.Module, steps_per_epoch: int, start_epoch: int) -> dict[str, Any]:
     """What a run is about to do, as plain JSON values (passed to an optional ``on_plan`` callback).
 
-    Keys: ``run_dir``; ``plan`` (spacing mm (x, y, z), input_size voxels, intensity, orientation); ``split``
-    (side -> class -> cases); ``model`` (name, parameters, args); ``device``, ``amp``, ``epochs``,
-    ``batch_size``, ``steps_per_epoch``, ``start_epoch`` (> 1 when resumed); ``config`` (the resolved config).
+    Keys: those of :func:`schedule_plan`, plus ``split`` (side -> class -> cases), ``model.args`` and ``config``
+    (the resolved config).
     """
-    config, plan, split = setup.config, setup.plan, setup.split
+    config, split = setup.config, setup.split
     label_of = {c.case_id: c.label for c in setup.datalist.cases}
     sides = {"train": split.train, "val": split.val, "test": split.test}
     counts = {side: {name: sum(label_of.get(i) == name for i in ids) for name in setup.datalist.classes}
               for side, ids in sides.items() if ids}
+    plan = schedule_plan(setup.run, config, setup.plan, model, setup.device, steps_per_epoch, start_epoch)
+    plan["model"]["args"] = dict(getattr(model, "model_args", {}) or {})
+    return {**plan, "split": counts, "config": dataclasses.asdict(config)}
+
+
+def schedule_plan(run: RunDir, config: Config, plan: Preprocessing, model: nn.Module, device: torch.device,
+                  steps_per_epoch: int, start_epoch: int) -> dict[str, Any]:
+    """The part of a plan that training and pretraining share: ``run_dir``; ``plan`` (spacing mm (x, y, z),
+    input_size voxels, intensity, orientation); ``model`` (name, parameters); ``device``, ``amp``, ``epochs``,
+    ``batch_size``, ``steps_per_epoch``, ``start_epoch`` (> 1 when resumed)."""
     return {
-        "run_dir": str(setup.run.root),
+        "run_dir": str(run.root),
         "plan": {"spacing": list(plan.spacing), "input_size": list(plan.input_size), "intensity": plan.intensity,
                  "orientation": plan.orientation},
-        "split": counts,
-        "model": {"name": config.model.name, "parameters": sum(p.numel() for p in model.parameters()),
-                  "args": dict(getattr(model, "model_args", {}) or {})},
-        "device": str(setup.device),
-        "amp": bool(config.train.amp and setup.device.type == "cuda"),
+        "model": {"name": config.model.name, "parameters": sum(p.numel() for p in model.parameters())},
+        "device": str(device),
+        "amp": bool(config.train.amp and device.type == "cuda"),
         "epochs": config.train.epochs,
         "batch_size": config.train.batch_size,
         "steps_per_epoch": steps_per_epoch,
         "start_epoch": start_epoch,
-        "config": dataclasses.asdict(config),
     }
 
 

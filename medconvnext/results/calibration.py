@@ -225,8 +225,10 @@ def _held_out_by_image(run: RunDir) -> Predictions | None:
     if not path.is_file():
         return None
     table = read_predictions(path)
-    images = sorted(set(table.images))
-    where = {image: [i for i, name in enumerate(table.images) if name == image] for image in images}
+    where: dict[str, list[int]] = {}
+    for i, image in enumerate(table.images):
+        where.setdefault(image, []).append(i)
+    images = sorted(where)
     return Predictions(
         images=images,
         y_true=np.array([table.y_true[where[image][0]] for image in images], dtype=np.int64),
