@@ -1,15 +1,17 @@
 """Which checkpoint to keep on a small validation set: the best val-AUC epoch, or the last (EMA) epoch?
 
-For each finished train run given, scores ``checkpoint_best`` and ``checkpoint_last`` on the ``val`` and
-``test`` rows of the run's data (AUC of class 1, accuracy at argmax: medmnist's conventions) through the normal
-:class:`~medconvnext.engine.inference.Predictor`, and prints one row per run plus the mean over runs of each
-group (the run name without its ``_seedN``). A protocol question, not a model one: with 98 validation cases
-(22 positive), an AUC difference of 0.03 between epochs is within the noise of the set, so "the best val epoch"
-can be an early, lucky one. Read the test columns as the cost of each rule across many runs, never to choose a
-single run's checkpoint.
+For each finished train run given, scores ``checkpoint_best`` and ``checkpoint_last`` on the ``val`` and ``test``
+rows of the data the run was trained on (its ``dataset.json`` source; AUC of class 1, accuracy at argmax: medmnist's
+conventions) through the normal :class:`~medconvnext.engine.inference.Predictor`, and prints one row per run plus
+the mean over runs of each group (the run name without its ``_seedN``). A protocol question, not a model one: with
+98 validation cases (22 positive), an AUC difference of 0.03 between epochs is within the noise of the set, so "the
+best val epoch" can be an early, lucky one. Read the test columns as the cost of each rule across many runs, never
+to choose a single run's checkpoint.
 
-    python bench/selection_rule.py runs/adrenal28/convnext_atto_k3_seed* --data data/adrenal28 \
-        --json bench/results/selection_rule.json
+    python bench/selection_rule.py runs/adrenal28/convnext_atto_k3_seed* --json bench/results/selection_rule.json
+
+``--data DIR`` scores every run on DIR instead (a run keeps its own preprocessing, so a 64³ run given the 28³
+files would be scored on volumes it never saw the like of: the default avoids that).
 """
 
 from __future__ import annotations
@@ -35,6 +37,12 @@ def split_rows(data: Path) -> dict[str, tuple[list[Path], np.ndarray]]:
             paths.append(data / row["image"])
             labels.append(int(row["label"]))
     return {split: (paths, np.asarray(labels)) for split, (paths, labels) in rows.items()}
+
+
+def run_data(run: Path) -> Path:
+    """The ``data import-medmnist`` folder a run was trained on: the folder of its ``dataset.json`` source."""
+    source = Path(json.loads((run / "dataset.json").read_text(encoding="utf-8"))["source"])
+    return source.parent if source.suffix == ".csv" else source
 
 
 def score(checkpoint: Path, rows: dict, splits: tuple[str, ...] = ("val", "test")) -> dict[str, float]:
@@ -64,16 +72,20 @@ def finished(run: Path) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path)
-    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--data", type=Path, default=None, help="score every run on this folder (default: its own)")
     parser.add_argument("--json", type=Path, default=None, help="results file (updated, not replaced)")
     args = parser.parse_args()
-    rows = split_rows(args.data)
+    rows: dict[Path, dict] = {}
     results = json.loads(args.json.read_text(encoding="utf-8")) if args.json and args.json.is_file() else {}
     for run in args.runs:
         if not finished(run):
             continue
-        if run.name not in results:
-            results[run.name] = {rule: score(run / f"checkpoint_{rule}.safetensors", rows) for rule in ("best", "last")}
+        data = args.data or run_data(run)
+        if results.get(run.name, {}).get("data") != str(data):
+            if data not in rows:
+                rows[data] = split_rows(data)
+            record = {rule: score(run / f"checkpoint_{rule}.safetensors", rows[data]) for rule in ("best", "last")}
+            results[run.name] = {**record, "data": str(data)}
         r = results[run.name]
         print(f"{run.name:40s} best: val {r['best']['val_auc']:.3f} test {r['best']['test_auc']:.3f}   "
               f"last: val {r['last']['val_auc']:.3f} test {r['last']['test_auc']:.3f}", flush=True)

@@ -94,3 +94,18 @@ def test_minmax_intensity_maps_a_mask_to_zero_and_one_whatever_its_size(tmp_path
     zscored = [PreprocessingPipeline(Preprocessing("RAS", None, (12, 12, 12), "zscore")).deterministic()(
         {"image": str(tmp_path / f"{name}.nii.gz")})["image"].max() for name in ("small", "large")]
     assert zscored[0] > 2 * zscored[1]
+
+
+def test_resampling_a_mask_keeps_partial_volumes_and_the_volume(tmp_path):
+    """A 1 mm mask resampled to 2.29 mm (the AdrenalMNIST3D 64³ -> 28³ grid) keeps each boundary voxel's occupied
+    fraction instead of re-binarising it, so the object's volume, the size cue, survives the coarser grid."""
+    grid = np.mgrid[:48, :48, :48].astype(np.float32) - 23.5
+    data = np.where((grid**2).sum(0) <= 11.3**2, 255.0, 0.0).astype(np.float32)
+    path = write_volume(tmp_path / "sphere.nii.gz", data)
+    spacing = 64 / 28
+    pre = Preprocessing("RAS", (spacing, spacing, spacing), (32, 32, 32), "minmax")
+    out = PreprocessingPipeline(pre).deterministic()({"image": str(path)})["image"].numpy()
+    fractional = ((out > 0.01) & (out < 0.99)).sum() / (out > 0.01).sum()
+    assert fractional > 0.15  # a re-binarised mask has none
+    volume_mm3 = float(out.sum()) * spacing**3
+    assert volume_mm3 == pytest.approx(float((data > 0).sum()), rel=0.03)
