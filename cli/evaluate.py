@@ -37,5 +37,9 @@ def evaluate(
                                  leakage="error" if strict else "warn", n_boot=n_boot, tta=tta)
         console.print(f"evaluated {result.cases} {split} case(s) with {result.models} model(s)", highlight=False)
         render_summary(result.summary, result.files, result.out_dir, label=split)
+        if tta and (result.summary.get("calibration") or {}).get("operating_point"):
+            from medconvnext.results.calibration import TTA_THRESHOLD_NOTE
+
+            console.print(f"note: {TTA_THRESHOLD_NOTE}", highlight=False)
 
     run_guarded(work)

@@ -139,6 +139,11 @@ def test_evaluate_ensemble_of_runs_and_tta(runs):
     np.testing.assert_allclose(_probs(root / "tta" / "predictions.csv"), flipped[:, 1], atol=1e-5)
     assert not np.allclose(flipped[:, 1], _probs(root / "alone_train" / "predictions.csv"), atol=1e-6)
     assert json.loads((root / "tta" / "evaluation.json").read_text(encoding="utf-8"))["tta"] is True
+    # the run's threshold was chosen on val predictions without TTA: said where it is shown, and only with --tta
+    assert "operating point" in tta.output and "without test-time augmentation" in " ".join(tta.output.split())
+    report_tta = (root / "tta" / "report.md").read_text(encoding="utf-8")
+    assert "without test-time augmentation" in " ".join(report_tta.split())
+    assert "without test-time augmentation" not in " ".join(alone.output.split())
 
 
 def test_a_seed_ensemble_gets_its_operating_point_from_the_mean_validation_predictions(runs, tmp_path):

@@ -89,9 +89,9 @@ def resolve_intensity(config: PreprocessingConfig, images: Sequence[tuple[str, .
         return config.intensity
     probed = _probe_cases(len(images)) if config.modality == "generic" else []
     if probed and all(_is_two_valued(_load(images[i][0])) for i in probed):
-        warnings.warn(f"preprocessing: the {len(probed)} training volumes read hold two values only (masks?): "
-                      "intensity auto -> minmax (per case to [0, 1]); set preprocessing.modality or .intensity to "
-                      "choose", stacklevel=2)
+        warnings.warn(f"preprocessing: all {len(probed)} training volumes sampled to plan the intensity hold two "
+                      "values only (masks?): intensity auto -> minmax (per case to [0, 1]); set "
+                      "preprocessing.modality or .intensity to choose", stacklevel=2)
         return "minmax"
     return INTENSITY_BY_MODALITY[config.modality]
 

@@ -23,6 +23,7 @@ from medconvnext.data.validate import require_valid
 from medconvnext.engine.inference import FoldEnsemble
 from medconvnext.errors import UserError
 from medconvnext.reports.run import report_run
+from medconvnext.results.calibration import TTA_THRESHOLD_NOTE
 from medconvnext.results.table import require_finite, write_prediction_table
 from medconvnext.rundir import RunDir
 
@@ -148,6 +149,8 @@ def evaluate_run_on(
     models = len(ensemble.members)
     note = f"{len(labelled)} {split} case(s) of {datalist.source}, predicted by {_describe(runs, models)}"
     note += " with test-time augmentation (8 flips)." if tta else "."
+    if tta:
+        note += f" Note: {TTA_THRESHOLD_NOTE}; the numbers at it below are measured on these cases."
     if len(chosen) > len(labelled):
         note += f" {len(chosen) - len(labelled)} unlabelled case(s) left out."
     if report:

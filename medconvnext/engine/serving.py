@@ -22,6 +22,7 @@ from medconvnext.engine.inference import FoldEnsemble, save_window_map
 from medconvnext.engine.saliency import CAM_METHODS, ensemble_saliency, save_saliency
 from medconvnext.errors import UserError
 from medconvnext.results.calibration import (
+    TTA_THRESHOLD_NOTE,
     Calibration,
     check_calibration_matches,
     ensemble_operating_point,
@@ -111,8 +112,7 @@ def predict_scans(
         calibration = ensemble_calibration(models, threshold, names, log)
     cut = resolve_threshold(threshold, calibration, names, log, calibrated=calibrate is not False)
     if tta and threshold == "auto":
-        log("note: the stored threshold was chosen on predictions without test-time augmentation; with --tta the "
-            "probabilities are smoother, so the operating point may shift a little")
+        log(f"note: {TTA_THRESHOLD_NOTE}")
     results = [ensemble.predict_case(case.images) for case in cases]
     probs = np.stack([r.probabilities for r in results])
     require_finite([case.image for case in cases], probs)

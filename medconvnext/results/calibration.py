@@ -30,6 +30,7 @@ from medconvnext.results.table import TEST_FOLD, Predictions, read_predictions
 from medconvnext.rundir import RunDir
 
 __all__ = [
+    "TTA_THRESHOLD_NOTE",
     "Calibration",
     "OperatingPoint",
     "apply_temperature",
@@ -42,6 +43,14 @@ __all__ = [
 ]
 
 EPS = 1e-12
+
+# Every stored threshold comes from held-out predictions made without test-time augmentation; the flip average
+# moves probabilities (an under-trained model's a long way), so the point it picks under TTA must be re-measured.
+TTA_THRESHOLD_NOTE = (
+    "the operating point's threshold was chosen on validation predictions without test-time augmentation; "
+    "TTA changes the probabilities, so the sensitivity and specificity it gives with --tta can differ from the "
+    "validation ones, by a lot for a weak model"
+)
 
 
 def _log_probs(probs: np.ndarray) -> np.ndarray:
