@@ -91,6 +91,9 @@ def test_bce_reconstruction_is_a_probability_and_excludes_norm_target() -> None:
     with pytest.raises(ValueError, match="'mse' or 'bce'"):
         FCMAE3d(create_model("convnext_atto"), loss="l1")  # type: ignore[arg-type]
 
+    with pytest.raises(ValueError, match="stem_conv_channels"):  # a 3³ conv would mix masked and visible voxels
+        FCMAE3d(create_model("convnext_med_iso", stem_conv_channels=8), mask_unit=8)
+
 
 def test_patchify_round_trip_and_shapes() -> None:
     model = FCMAE3d(create_model("convnext_atto", dims=(8, 16, 32, 64), depths=(1, 1, 1, 1)), mask_unit=8)

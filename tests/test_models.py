@@ -115,6 +115,23 @@ def test_overlapping_stem_keeps_the_patchify_grid() -> None:
         ConvNeXt3d(stem_stride=4, stem_kernel_size=3)
 
 
+
+def test_convolutional_pre_stem_reads_the_voxels_through_a_nonlinear_filter() -> None:
+    """stem_conv_channels puts a 3³ conv + norm + GELU before the patchify: same grid and minimum input, the
+    patchify now sees C channels, and the stem output is no longer linear in the input."""
+    plain = create_model("convnext_med_iso", num_classes=2)
+    conv = create_model("convnext_med_iso", num_classes=2, stem_conv_channels=8).eval()
+    assert conv.min_input_size == plain.min_input_size and conv.stem[0].in_channels == 8
+    x = torch.rand(2, 1, 32, 32, 32)
+    assert conv(x).shape == (2, 2) and conv.forward_features(x).shape == plain.forward_features(x).shape
+    tokens = conv.stem[0](conv.pre_stem(x))  # before the stem's norm
+    doubled = conv.stem[0](conv.pre_stem(2 * x))
+    assert not torch.allclose(doubled - conv.stem[0].bias.view(1, -1, 1, 1, 1),
+                              2 * (tokens - conv.stem[0].bias.view(1, -1, 1, 1, 1)), atol=1e-4)
+    with pytest.raises(ValueError, match="stem_conv_channels"):
+        create_model("convnext_med_iso", stem_conv_channels=-1)
+
+
 def _clone_grads(model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     model.zero_grad()
     model(x).square().sum().backward()

@@ -92,7 +92,7 @@ def convnext_layer_id(name: str, depths: list[int]) -> int:
     """Depth index of a ConvNeXt parameter: stem 0, blocks 1..sum(depths) in order (a downsampling layer
     with the first block of its stage), the head sum(depths) + 1."""
     parts = name.split(".")
-    if parts[0] == "stem":
+    if parts[0] in ("pre_stem", "stem"):
         return 0
     if parts[0] == "downsample":
         return 1 + sum(depths[: int(parts[1]) + 1])

@@ -81,6 +81,7 @@ class ConvNeXt3d(nn.Module):
         kernel_size: IntOr3 | Sequence[IntOr3] = 7,
         stem_stride: IntOr3 = 4,
         stem_kernel_size: IntOr3 | None = None,
+        stem_conv_channels: int = 0,
         downsample_strides: IntOr3 | Sequence[IntOr3] = 2,
         norm: str = "groupnorm",
         drop_path_rate: float = 0.0,
@@ -100,6 +101,10 @@ class ConvNeXt3d(nn.Module):
             stem_kernel_size: ``None`` (the paper's patchify stem: kernel = stride) or a larger kernel, e.g. 7,
                 for overlapping patches (padded to keep ``size / stride`` outputs); costs little, since the stem
                 sees only the input channels, and makes the stem's output change smoothly with sub-patch shifts.
+            stem_conv_channels: 0 (the paper) or C > 0: a 3³ convolution to C channels, the norm and GELU at full
+                resolution before the patchify stem, so each patch is read through a nonlinear, overlapping
+                filter (what the ResNet/DenseNet stems do) instead of one linear map. Not for FCMAE pretraining
+                (the 3³ filter would mix masked and visible voxels).
             downsample_strides: kernel = stride of the 3 downsampling layers; int, (D, H, W) or one per layer.
             norm: ``"groupnorm"`` (GroupNorm(1), default) or ``"layernorm"`` (per-voxel, as in the paper)
                 or ``"batchnorm"`` (BatchNorm3d; not the paper's) or ``"channelnorm"`` (GroupNorm with one
@@ -129,8 +134,15 @@ class ConvNeXt3d(nn.Module):
             keep * stem[axis] * _prod(d[axis] for d in downs) for axis in range(3)
         )
 
+        if stem_conv_channels < 0:
+            raise ValueError(f"stem_conv_channels must be >= 0, got {stem_conv_channels}")
+        self.pre_stem: nn.Module = nn.Identity()
+        if stem_conv_channels:
+            self.pre_stem = nn.Sequential(nn.Conv3d(in_channels, stem_conv_channels, 3, padding=1),
+                                          make_norm3d(norm, stem_conv_channels), nn.GELU())
         self.stem = nn.Sequential(
-            nn.Conv3d(in_channels, dims[0], stem_kernel, stride=stem, padding=stem_padding), make_norm3d(norm, dims[0])
+            nn.Conv3d(stem_conv_channels or in_channels, dims[0], stem_kernel, stride=stem, padding=stem_padding),
+            make_norm3d(norm, dims[0]),
         )
         self.downsample = nn.ModuleList(
             nn.Sequential(make_norm3d(norm, dims[i]), nn.Conv3d(dims[i], dims[i + 1], downs[i], stride=downs[i]))
@@ -155,7 +167,7 @@ class ConvNeXt3d(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Feature map of the last stage, (N, C_last, d, h, w)."""
         check_input_size(x, self.min_input_size, type(self).__name__)
-        x = self.stem(x)
+        x = self.stem(self.pre_stem(x))
         for i, stage in enumerate(self.stages):
             if i > 0:
                 x = self.downsample[i - 1](x)

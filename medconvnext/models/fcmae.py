@@ -163,11 +163,15 @@ class FCMAE3d(nn.Module):
             norm_target: reconstruct per-unit normalised voxels (the paper's ``norm_pix_loss``).
             loss: ``mse`` (the paper's) or ``bce`` (``pred`` are logits; inputs in [0, 1], e.g. masks).
         Raises:
-            ValueError: ``mask_unit`` not a multiple of the stem stride, ``mask_ratio`` outside (0, 1), an unknown
-                ``loss``, or ``bce`` with ``norm_target`` (normalised targets are not probabilities).
+            ValueError: an encoder with ``stem_conv_channels``; ``mask_unit`` not a multiple of the stem stride,
+                ``mask_ratio`` outside (0, 1), an unknown ``loss``, or ``bce`` with ``norm_target`` (normalised
+                targets are not probabilities).
         """
         super().__init__()
         self.encoder = encoder
+        if not isinstance(encoder.pre_stem, nn.Identity):
+            raise ValueError("FCMAE needs the patchify stem alone: stem_conv_channels > 0 puts a 3³ convolution "
+                             "before it, which would mix masked and visible voxels")
         self.mask_unit: Triple = as_triple(mask_unit, "mask_unit")
         stem = encoder.stem[0].stride
         if any(u % s for u, s in zip(self.mask_unit, stem, strict=True)):
