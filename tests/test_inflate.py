@@ -161,6 +161,9 @@ def test_shape_mismatch_and_unknown_format() -> None:
         load_2d_weights(wide, state)
     with pytest.raises(ValueError, match="timm or facebookresearch"):
         load_2d_weights(wide, {"conv1.weight": torch.zeros(1)})
+    pre_stem = ConvNeXt3d(depths=DEPTHS, dims=DIMS, norm="layernorm", stem_conv_channels=8)
+    with pytest.raises(ValueError, match="stem_conv_channels"):  # not silently adapted to 8 "input channels"
+        load_2d_weights(pre_stem, state)
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])

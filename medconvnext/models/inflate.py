@@ -136,10 +136,13 @@ def load_2d_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], mode:
     """Load a 2D ConvNeXt ``state_dict`` (timm or facebookresearch naming) into a 3D ConvNeXt ``model``.
 
     Shapes other than the depth axis and the stem's input channels must match (same variant widths and
-    in-plane kernel sizes); a mismatch raises ValueError naming the parameter.
+    in-plane kernel sizes); a mismatch raises ValueError naming the parameter, as does a model with
+    ``stem_conv_channels`` (the 2D stem was trained on image channels, not on a convolution's outputs).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if not isinstance(getattr(model, "pre_stem", nn.Identity()), nn.Identity):
+        raise ValueError("2D weights need the stem to read the image; stem_conv_channels puts a convolution before it")
     state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
     renamed, unused, source_format = rename_2d_keys(state_dict)
     report = InflationReport(source_format=source_format, mode=mode, unused=unused)
