@@ -132,6 +132,23 @@ def test_convolutional_pre_stem_reads_the_voxels_through_a_nonlinear_filter() ->
         create_model("convnext_med_iso", stem_conv_channels=-1)
 
 
+def test_pre_stem_without_norm_treats_each_case_alone() -> None:
+    """stem_conv_norm="none": conv + GELU, so in training mode a case's pre-stem output does not depend on the
+    other cases of the batch (it does with BatchNorm); asking for a pre-stem norm without a pre-stem is refused."""
+    torch.manual_seed(0)
+    x = torch.rand(3, 1, 16, 16, 16)
+    for norm, batch_independent in (("none", True), (None, False)):
+        model = create_model("convnext_med_iso", num_classes=2, stem_conv_channels=4, stem_conv_norm=norm).train()
+        alone, in_batch = model.pre_stem(x[:1]), model.pre_stem(x)[:1]
+        assert torch.allclose(alone, in_batch, atol=1e-6) is batch_independent
+    assert isinstance(create_model("convnext_med_iso", stem_conv_channels=4, stem_conv_norm="groupnorm").pre_stem[1],
+                      torch.nn.GroupNorm)
+    with pytest.raises(ValueError, match="stem_conv_norm"):
+        create_model("convnext_med_iso", stem_conv_norm="none")
+    with pytest.raises(ValueError, match="norm must be one of"):
+        create_model("convnext_med_iso", stem_conv_channels=4, stem_conv_norm="instance")
+
+
 def _clone_grads(model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     model.zero_grad()
     model(x).square().sum().backward()

@@ -82,6 +82,7 @@ class ConvNeXt3d(nn.Module):
         stem_stride: IntOr3 = 4,
         stem_kernel_size: IntOr3 | None = None,
         stem_conv_channels: int = 0,
+        stem_conv_norm: str | None = None,
         downsample_strides: IntOr3 | Sequence[IntOr3] = 2,
         norm: str = "groupnorm",
         drop_path_rate: float = 0.0,
@@ -105,6 +106,9 @@ class ConvNeXt3d(nn.Module):
                 resolution before the patchify stem, so each patch is read through a nonlinear, overlapping
                 filter (what the ResNet/DenseNet stems do) instead of one linear map. Not for FCMAE pretraining
                 (the 3³ filter would mix masked and visible voxels).
+            stem_conv_norm: the pre-stem's norm: ``None`` (the model's ``norm``), one of the norms below, or
+                ``"none"`` (conv with bias + GELU: no batch statistics at full resolution, and no per-case
+                normalisation, which on masks would divide by the foreground fraction).
             downsample_strides: kernel = stride of the 3 downsampling layers; int, (D, H, W) or one per layer.
             norm: ``"groupnorm"`` (GroupNorm(1), default) or ``"layernorm"`` (per-voxel, as in the paper)
                 or ``"batchnorm"`` (BatchNorm3d; not the paper's) or ``"channelnorm"`` (GroupNorm with one
@@ -137,9 +141,13 @@ class ConvNeXt3d(nn.Module):
         if stem_conv_channels < 0:
             raise ValueError(f"stem_conv_channels must be >= 0, got {stem_conv_channels}")
         self.pre_stem: nn.Module = nn.Identity()
+        if stem_conv_norm is not None and not stem_conv_channels:
+            raise ValueError("stem_conv_norm is the pre-stem's norm: it needs stem_conv_channels > 0")
         if stem_conv_channels:
-            self.pre_stem = nn.Sequential(nn.Conv3d(in_channels, stem_conv_channels, 3, padding=1),
-                                          make_norm3d(norm, stem_conv_channels), nn.GELU())
+            pre_norm = stem_conv_norm or norm
+            self.pre_stem = nn.Sequential(
+                nn.Conv3d(in_channels, stem_conv_channels, 3, padding=1),
+                nn.Identity() if pre_norm == "none" else make_norm3d(pre_norm, stem_conv_channels), nn.GELU())
         self.stem = nn.Sequential(
             nn.Conv3d(stem_conv_channels or in_channels, dims[0], stem_kernel, stride=stem, padding=stem_padding),
             make_norm3d(norm, dims[0]),
