@@ -149,6 +149,21 @@ def test_pre_stem_without_norm_treats_each_case_alone() -> None:
         create_model("convnext_med_iso", stem_conv_channels=4, stem_conv_norm="instance")
 
 
+def test_strided_pre_stem_halves_the_grid_before_the_patchify() -> None:
+    """stem_conv_stride=2 with a 4³ patchify gives the 8³ token grid of an 8³ patchify on 64³ (total stride 8,
+    minimum input 8³), reading the 1 mm voxels through 3³ filters; a stride without a pre-stem is refused."""
+    strided = create_model("convnext_med_iso", num_classes=2, stem_conv_channels=4, stem_conv_stride=2)
+    p8 = create_model("convnext_med_iso_p8", num_classes=2)
+    assert strided.min_input_size == p8.min_input_size == (8, 8, 8)
+    x = torch.rand(2, 1, 64, 64, 64)
+    assert strided.pre_stem(x).shape == (2, 4, 32, 32, 32)
+    assert strided.forward_features(x).shape == p8.forward_features(x).shape == (2, 64, 8, 8, 8)
+    with pytest.raises(ValueError, match="stem_conv_stride"):
+        create_model("convnext_med_iso", stem_conv_stride=2)
+    with pytest.raises(ValueError, match="stem_conv_stride must be >= 1"):
+        create_model("convnext_med_iso", stem_conv_channels=4, stem_conv_stride=0)
+
+
 def _clone_grads(model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     model.zero_grad()
     model(x).square().sum().backward()

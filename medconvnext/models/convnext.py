@@ -83,6 +83,7 @@ class ConvNeXt3d(nn.Module):
         stem_kernel_size: IntOr3 | None = None,
         stem_conv_channels: int = 0,
         stem_conv_norm: str | None = None,
+        stem_conv_stride: int = 1,
         downsample_strides: IntOr3 | Sequence[IntOr3] = 2,
         norm: str = "groupnorm",
         drop_path_rate: float = 0.0,
@@ -109,6 +110,10 @@ class ConvNeXt3d(nn.Module):
             stem_conv_norm: the pre-stem's norm: ``None`` (the model's ``norm``), one of the norms below, or
                 ``"none"`` (conv with bias + GELU: no batch statistics at full resolution, and no per-case
                 normalisation, which on masks would divide by the foreground fraction).
+            stem_conv_stride: stride of the pre-stem's convolution (1: full resolution). 2 halves the grid before
+                the patchify stem, so the model's total stride is ``2 * stem_stride``: a 64³ input gets the 8³
+                token grid of an 8³ patchify stem at a quarter of the full-resolution pre-stem's cost (the
+                "early convolutions" stem of Xiao et al. 2021, one layer deep).
             downsample_strides: kernel = stride of the 3 downsampling layers; int, (D, H, W) or one per layer.
             norm: ``"groupnorm"`` (GroupNorm(1), default) or ``"layernorm"`` (per-voxel, as in the paper)
                 or ``"batchnorm"`` (BatchNorm3d; not the paper's) or ``"channelnorm"`` (GroupNorm with one
@@ -135,18 +140,20 @@ class ConvNeXt3d(nn.Module):
         # refuses it for a batch of one), so the last stage must keep 2 voxels per axis
         keep = 2 if norm == "channelnorm" else 1
         self.min_input_size: Triple = tuple(  # type: ignore[assignment]
-            keep * stem[axis] * _prod(d[axis] for d in downs) for axis in range(3)
+            keep * stem_conv_stride * stem[axis] * _prod(d[axis] for d in downs) for axis in range(3)
         )
 
         if stem_conv_channels < 0:
             raise ValueError(f"stem_conv_channels must be >= 0, got {stem_conv_channels}")
         self.pre_stem: nn.Module = nn.Identity()
-        if stem_conv_norm is not None and not stem_conv_channels:
-            raise ValueError("stem_conv_norm is the pre-stem's norm: it needs stem_conv_channels > 0")
+        if (stem_conv_norm is not None or stem_conv_stride != 1) and not stem_conv_channels:
+            raise ValueError("stem_conv_norm and stem_conv_stride set the pre-stem: they need stem_conv_channels > 0")
+        if stem_conv_stride < 1:
+            raise ValueError(f"stem_conv_stride must be >= 1, got {stem_conv_stride}")
         if stem_conv_channels:
             pre_norm = stem_conv_norm or norm
             self.pre_stem = nn.Sequential(
-                nn.Conv3d(in_channels, stem_conv_channels, 3, padding=1),
+                nn.Conv3d(in_channels, stem_conv_channels, 3, stride=stem_conv_stride, padding=1),
                 nn.Identity() if pre_norm == "none" else make_norm3d(pre_norm, stem_conv_channels), nn.GELU())
         self.stem = nn.Sequential(
             nn.Conv3d(stem_conv_channels or in_channels, dims[0], stem_kernel, stride=stem, padding=stem_padding),
