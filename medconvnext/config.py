@@ -97,6 +97,10 @@ class TrainConfig:
     drop_path_rate: float | None = None  # stochastic depth; None keeps the model's own default
     ema: bool = False  # evaluate and save an exponential moving average of the weights
     ema_decay: float = 0.999
+    # with ema and BatchNorm: before each validation the EMA's BatchNorm statistics are recomputed for the averaged
+    # weights on this many training batches (deterministic preprocessing, no augmentation); 0 = averaged as the
+    # other buffers (stale while the weights move fast: docs/benchmarks.md, "EMA and BatchNorm")
+    ema_bn_batches: int = 16
     accumulate: int = 1  # gradient accumulation: optimizer steps every N batches
     clip_grad_norm: float | None = None
     balance: Balance = "none"  # none | weights (class-weighted loss) | sampler (class-balanced sampling)

@@ -11,7 +11,7 @@ from torch import nn
 
 from medconvnext.config import Config, InferenceConfig, apply_overrides
 from medconvnext.data.datalist import Case, Datalist
-from medconvnext.engine.ema import ModelEma
+from medconvnext.engine.ema import ModelEma, recompute_batchnorm
 from medconvnext.engine.inference import _pad_to, choose_mode
 from medconvnext.engine.setup import build_model
 from medconvnext.engine.trainer import train
@@ -114,3 +114,62 @@ def test_medical_convnexts_learn_on_tiny_volumes(name, size, csv_dataset, tmp_pa
     result = train(config, tmp_path / "run")
     losses = [r["train_loss"] for r in result.history]
     assert losses[-1] < losses[0] and result.best_metrics["val_auc"] >= 0.75
+
+
+def test_recompute_batchnorm_measures_the_averaged_weights_without_drawing_random_numbers():
+    """The running statistics become the mean over the given batches of the batch statistics (SWA's update_bn),
+    with dropout off: the global random stream is untouched, and the training mode is restored."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv3d(1, 2, 1), nn.BatchNorm3d(2), nn.Dropout(0.5)).train()
+    batches = [torch.randn(4, 1, 3, 3, 3) * 2 + 1, torch.randn(4, 1, 3, 3, 3) - 3]
+    with torch.no_grad():
+        outs = [model[0](x) for x in batches]
+    rng = torch.get_rng_state()
+    assert recompute_batchnorm(model, iter(batches)) == 2
+    assert torch.equal(torch.get_rng_state(), rng) and model.training and model[1].momentum == 0.1
+    bn = model[1]
+    expected_mean = torch.stack([o.mean(dim=(0, 2, 3, 4)) for o in outs]).mean(0)
+    expected_var = torch.stack([o.var(dim=(0, 2, 3, 4), unbiased=True) for o in outs]).mean(0)
+    assert torch.allclose(bn.running_mean, expected_mean, atol=1e-5)
+    assert torch.allclose(bn.running_var, expected_var, atol=1e-5)
+    before = bn.running_mean.clone()
+    assert recompute_batchnorm(model, iter([])) == 0 and torch.equal(bn.running_mean, before)  # kept, not reset
+    assert recompute_batchnorm(nn.Linear(2, 2), iter(batches)) == 0
+
+
+def test_ema_batchnorm_statistics_belong_to_the_saved_weights(csv_dataset, tmp_path):
+    """With train.ema on a BatchNorm model, the saved EMA's running statistics are those of its own weights on the
+    fixed training batches; the recomputation does not change the training itself (same losses as without it)."""
+    from test_resume import metrics
+
+    from medconvnext.engine.checkpoint import load_checkpoint
+    from medconvnext.engine.setup import prepare_resume
+    from medconvnext.engine.training_data import training_data
+
+    train(tiny_config(csv_dataset, epochs=2, ema=True, ema_bn_batches=2), tmp_path / "fresh")
+    train(tiny_config(csv_dataset, epochs=2, ema=True, ema_bn_batches=0), tmp_path / "averaged")
+    fresh, averaged = metrics(tmp_path / "fresh"), metrics(tmp_path / "averaged")
+    assert [r["train_loss"] for r in fresh] == [r["train_loss"] for r in averaged]
+    saved = load_checkpoint(tmp_path / "fresh" / "checkpoint_last.safetensors")
+    model = saved.build_model()
+    setup = prepare_resume(tmp_path / "fresh", None, "cpu")
+    loader = training_data(setup, torch.Generator()).bn_loader
+    assert loader is not None and len(loader) == 2
+    assert recompute_batchnorm(model, (b["image"] for b in loader)) == 2
+    names = [k for k in saved.state_dict if k.endswith("running_var")]
+    assert names and all(torch.allclose(model.state_dict()[k], saved.state_dict[k], atol=1e-5) for k in names)
+    stale = load_checkpoint(tmp_path / "averaged" / "checkpoint_last.safetensors").state_dict
+    assert not all(torch.allclose(stale[k], saved.state_dict[k], atol=1e-3) for k in names)
+
+
+def test_no_batchnorm_loader_without_ema_or_batchnorm(csv_dataset, tmp_path):
+    from medconvnext.engine.setup import prepare_training
+    from medconvnext.engine.training_data import training_data
+
+    """The fixed batches are only built where they are used: EMA on, and a model with BatchNorm (not GroupNorm)."""
+    for ema, name, args in ((False, "convmixer_128_4", {"dim": 16, "depth": 1}),
+                            (True, "convnext_atto", {"dims": [8, 16, 32, 64]})):
+        config = tiny_config(csv_dataset, epochs=1, ema=ema)
+        config.model.name, config.model.args = name, args
+        setup = prepare_training(config, tmp_path / f"run_{ema}", False, None, False, False)
+        assert training_data(setup, torch.Generator()).bn_loader is None

@@ -335,6 +335,8 @@ def check_recipe(cfg: TrainConfig) -> None:
         raise UserError(f"train.mix_prob must be in [0, 1], got {cfg.mix_prob}")
     if not 0.0 <= cfg.ema_decay < 1.0:
         raise UserError(f"train.ema_decay must be in [0, 1), got {cfg.ema_decay}")
+    if cfg.ema_bn_batches < 0:
+        raise UserError(f"train.ema_bn_batches must be >= 0, got {cfg.ema_bn_batches}")
     if cfg.balance == "sampler" and dist.env_world_size() > 1:
         raise UserError("train.balance=sampler is not supported with torchrun; use train.balance=weights")
 

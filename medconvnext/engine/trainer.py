@@ -18,6 +18,7 @@ import dataclasses
 import json
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,7 +30,8 @@ from medconvnext.config import Config
 from medconvnext.data.splits import Split
 from medconvnext.engine import distributed as dist
 from medconvnext.engine.checkpoint import atomic_write, save_checkpoint, unwrap_model
-from medconvnext.engine.devices import enable_fast_kernels
+from medconvnext.engine.devices import as_model_input, autocast, enable_fast_kernels
+from medconvnext.engine.ema import recompute_batchnorm
 from medconvnext.engine.loop import EpochHooks, EpochStats, Loop, build_loop, loop_state, restore_loop, run_epochs
 from medconvnext.engine.optim import param_groups, warmup_cosine
 from medconvnext.engine.provenance import environment_info
@@ -230,6 +232,9 @@ class _RunHooks(EpochHooks):
 
     def _validate(self, loop: Loop, stats: EpochStats) -> tuple[dict[str, Any], dict[str, Any]]:
         """Evaluate the validation cases; returns (the epoch's metrics record, the validation outputs)."""
+        if loop.ema is not None and self.data.bn_loader is not None:
+            with autocast(loop.device, loop.amp):
+                recompute_batchnorm(loop.eval_model, self._bn_inputs(loop))
         dist.broadcast_buffers(loop.eval_model)  # evaluate with the buffers that rank 0 saves
         val = evaluate(loop.eval_forward, self.data.val_loader, loop.device, self.cfg.amp,
                        self.setup.datalist.classes, loop.loss_fn, self.data.tiling)
@@ -248,6 +253,13 @@ class _RunHooks(EpochHooks):
             "data_wait_share": round(stats.data_wait_share, 4) if stats.data_wait_share is not None else None,
         }
         return record, val
+
+    def _bn_inputs(self, loop: Loop) -> Iterator[torch.Tensor]:
+        """The fixed training batches, as the model takes them."""
+        assert self.data.bn_loader is not None
+        memory_format = model_memory_format(loop.eval_model)
+        for batch in self.data.bn_loader:
+            yield as_model_input(batch["image"], loop.device, memory_format)
 
     def _checkpoint(self, loop: Loop, epoch: int, improved: bool, val: dict[str, Any]) -> None:
         """Checkpoints, then the training state (the commit point), then the metrics line."""

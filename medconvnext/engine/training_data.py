@@ -1,5 +1,6 @@
-"""The datasets and loaders of a training run: shuffled (class-balanced, distributed) training batches and this
-rank's share of the validation cases, as whole volumes or uncropped for sliding windows."""
+"""The datasets and loaders of a training run: shuffled (class-balanced, distributed) training batches, this
+rank's share of the validation cases (whole volumes, or uncropped for sliding windows), and the fixed training
+batches on which an EMA's BatchNorm statistics are recomputed."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from medconvnext.data.dataset import case_records, make_dataset
 from medconvnext.data.pipeline import PreprocessingPipeline
 from medconvnext.data.transforms import augmentation_transforms
 from medconvnext.engine import distributed as dist
+from medconvnext.engine.ema import has_batchnorm
 from medconvnext.engine.feeding import BatchAugment, loader_options
 from medconvnext.engine.inference import check_inference
 from medconvnext.engine.setup import RunSetup
@@ -34,6 +36,7 @@ class TrainingData:
     augment: BatchAugment | None  # the random augmentation on the device (data.augment_on=device), else None
     tiling: Tiling | None  # sliding-window validation of uncropped volumes, None for whole volumes
     class_counts: list[int]  # training cases per class, each at least 1
+    bn_loader: DataLoader | None = None  # train.ema with BatchNorm: fixed training batches for the EMA's statistics
 
 
 def training_data(setup: RunSetup, generator: torch.Generator) -> TrainingData:
@@ -66,7 +69,22 @@ def training_data(setup: RunSetup, generator: torch.Generator) -> TrainingData:
     val_loader = DataLoader(val_part, batch_size=1 if tiled else config.train.batch_size, **feed)
     augment = BatchAugment(augmentation_transforms(config.data.augment, plan.input_size)) if on_device else None
     tiling = (config.inference, plan.input_size) if tiled else None
-    return TrainingData(train_loader, val_loader, train_transform, augment, tiling, counts)
+    bn_loader = None
+    if config.train.ema and config.train.ema_bn_batches > 0 and has_batchnorm(setup.model):
+        bn_records = _bn_records(train_records, config.train.ema_bn_batches * config.train.batch_size)
+        bn_ds = make_dataset(bn_records, PreprocessingPipeline(plan).deterministic("cropped"), config.data.cache,
+                             feed["num_workers"], cache_dir=config.data.cache_dir)
+        bn_loader = DataLoader(bn_ds, batch_size=config.train.batch_size, **feed)
+    return TrainingData(train_loader, val_loader, train_transform, augment, tiling, counts, bn_loader)
+
+
+def _bn_records(records: list[dict], cases: int) -> list[dict]:
+    """This rank's share of a fixed random choice of ``cases`` training cases (at most all of them), every rank
+    the same number: a SyncBatchNorm in training mode must be called as often on every rank."""
+    world = dist.world_size()
+    order = np.random.default_rng(0).permutation(len(records))  # fixed: the same batches every epoch
+    per_rank = max(1, min(cases, len(records)) // world)
+    return [records[i] for i in order[: per_rank * world]][dist.rank() :: world]
 
 
 def class_counts(records: list[dict], num_classes: int) -> list[int]:
