@@ -86,6 +86,13 @@ def render_summary(summary: dict, files: dict, where: Path, label: str = "all") 
                           f"{cal['ece_after']:.3f}", highlight=False)
         else:
             console.print(f"threshold chosen on the {cal['fitted_on']}; uncalibrated (T = 1)", highlight=False)
+        tta = cal.get("tta")
+        if tta:  # the run's fit on its held-out predictions made with TTA, used by predict/evaluate --tta
+            point = ""
+            if op and tta.get("threshold") is not None:
+                point = f"P({op['positive_class']}) >= {tta['threshold']:.3f}, "
+            console.print(f"with --tta: {point}T = {tta['temperature']:.3f} (fitted on the {tta['fitted_on']})",
+                          highlight=False)
     if summary.get("operating_point_missing"):
         console.print(f"no operating point: {summary['operating_point_missing']}", highlight=False)
     report = files.get("html")

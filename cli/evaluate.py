@@ -24,7 +24,9 @@ def evaluate(
     strict: bool = options.STRICT,
     n_boot: int = typer.Option(1000, "--n-boot", min=0, help="Bootstrap resamples for the 95% CIs."),
     tta: bool = typer.Option(
-        False, "--tta/--no-tta", metavar="", help="Average each model's probabilities over the 8 flips."
+        False, "--tta/--no-tta", metavar="",
+        help="Average each model's probabilities over the 8 flips (scored at the operating point fitted on the runs' "
+             "held-out predictions made with TTA, when they have them)."
     ),
 ) -> None:
     """Evaluate a trained run (or an ensemble of runs) on a labelled set: predictions.csv, summary.json, report."""
@@ -37,9 +39,11 @@ def evaluate(
                                  leakage="error" if strict else "warn", n_boot=n_boot, tta=tta)
         console.print(f"evaluated {result.cases} {split} case(s) with {result.models} model(s)", highlight=False)
         render_summary(result.summary, result.files, result.out_dir, label=split)
-        if tta and (result.summary.get("calibration") or {}).get("operating_point"):
-            from medconvnext.results.calibration import TTA_THRESHOLD_NOTE
+        if tta:  # which operating point a TTA evaluation was scored at: fitted with TTA, or chosen without it
+            from medconvnext.reports.run import tta_note
 
-            console.print(f"note: {TTA_THRESHOLD_NOTE}", highlight=False)
+            note = tta_note(result.summary.get("calibration"))
+            if note:
+                console.print(note, highlight=False)
 
     run_guarded(work)

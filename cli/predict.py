@@ -36,7 +36,9 @@ def predict(
         None, "--window-map", help="Write each scan's per-window probability grid (NIfTI, grid x K) to this folder."
     ),
     tta: bool = typer.Option(
-        False, "--tta/--no-tta", metavar="", help="Average the probabilities over the 8 flips of each volume."
+        False, "--tta/--no-tta", metavar="",
+        help="Average the probabilities over the 8 flips of each volume (calibration and --threshold auto: the run's "
+             "fit on its held-out predictions made with TTA, when it has one)."
     ),
     cam: Path = typer.Option(
         None, "--cam", help="Write a saliency map per scan (NIfTI on the scan's own grid, values in [0, 1]) here."
@@ -47,8 +49,9 @@ def predict(
     threshold: str = typer.Option(
         None, "--threshold",
         help="Two classes: call the second class when its probability is >= this value, or 'auto': the run's "
-             "stored threshold (calibration.json, chosen on its out-of-fold or validation predictions); for "
-             "several runs, the one chosen on their mean validation predictions. [default: the most probable class]",
+             "stored threshold (calibration.json, chosen on its out-of-fold or validation predictions, made with TTA "
+             "under --tta); for several runs, the one chosen on their mean validation predictions. [default: the most "
+             "probable class]",
     ),
     calibrate: bool = typer.Option(
         None, "--calibrate/--no-calibrate", metavar="", show_default=False,

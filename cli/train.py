@@ -78,6 +78,12 @@ def train(
             return
         distributed.cleanup()
         best = result.best_metrics
+        if result.epochs_run == 0:  # a finished run resumed for its missing TTA validation predictions
+            from medconvnext.rundir import RunDir
+
+            console.print(f"the run had finished: nothing trained; its validation predictions with TTA are in "
+                          f"{RunDir(result.run_dir).val_predictions_tta} (`medconvnext report {result.run_dir}` fits "
+                          "the operating point for --tta on them)", highlight=False)
         console.print(
             f"[bold green]done[/bold green]: best epoch {result.best_epoch}, "
             f"val AUC {_fmt(best['val_auc'])}, val accuracy {_fmt(best['val_accuracy'])}; "

@@ -14,9 +14,10 @@ CHECKPOINT_SUFFIX = ".safetensors"
 # Every name medconvnext writes into a run directory (train, cv, report, evaluate): ``--overwrite`` deletes only
 # these, so a user's own files in the folder survive, and a folder holding none of them is not a run.
 RUN_FILES = frozenset({
-    "config.yaml", "dataset.json", "splits.json", "metrics.jsonl", "val_predictions.csv", "progress.png",
-    "training_state.pt", "init_2d.json", "init.json", "done.json", "cv.json", "oof_predictions.csv",
-    "test_predictions.csv", "cv_summary.json", "summary.json", "predictions.csv", "evaluation.json",
+    "config.yaml", "dataset.json", "splits.json", "metrics.jsonl", "val_predictions.csv", "val_predictions_tta.csv",
+    "progress.png", "training_state.pt", "init_2d.json", "init.json", "done.json", "cv.json", "oof_predictions.csv",
+    "oof_predictions_tta.csv", "test_predictions.csv", "cv_summary.json", "summary.json", "predictions.csv",
+    "evaluation.json",
     # medconvnext.engine.pretrain
     "pretrain.json", "reconstructions.png",
     # medconvnext.reports.render.REPORT_FILES
@@ -58,6 +59,19 @@ class RunDir:
         return self.root / "val_predictions.csv"
 
     @property
+    def val_predictions_tta(self) -> Path:
+        """The validation cases predicted by the best checkpoint with test-time augmentation (written once, after
+        the last epoch; deleted whenever a new best checkpoint is saved, so it never belongs to an older one)."""
+        return self.root / "val_predictions_tta.csv"
+
+    def held_out_predictions(self, tta: bool = False) -> Path:
+        """The run's held-out predictions: a cv's out-of-fold table, else a train run's validation table; with
+        ``tta``, the ones made with test-time augmentation."""
+        if self.is_cv():
+            return self.oof_predictions_tta if tta else self.oof_predictions
+        return self.val_predictions_tta if tta else self.val_predictions
+
+    @property
     def progress_plot(self) -> Path:
         return self.root / "progress.png"
 
@@ -89,6 +103,11 @@ class RunDir:
     @property
     def oof_predictions(self) -> Path:
         return self.root / "oof_predictions.csv"
+
+    @property
+    def oof_predictions_tta(self) -> Path:
+        """Every fold's ``val_predictions_tta.csv``, collected as ``oof_predictions.csv`` is."""
+        return self.root / "oof_predictions_tta.csv"
 
     @property
     def test_predictions(self) -> Path:

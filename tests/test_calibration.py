@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -117,3 +118,32 @@ def test_run_calibration_and_its_summary(tmp_path):
     with pytest.raises(UserError, match="no calibration"):
         load_calibration(tmp_path / "missing.json")
     assert isinstance(calibration, Calibration)
+
+
+def test_the_tta_section_round_trips_and_old_files_load_without_it(tmp_path):
+    """calibration.json's optional ``tta`` section: saved and loaded nested, served as a calibration of its own (the
+    run's classes and models); a file written before it existed loads with ``tta`` None."""
+    from dataclasses import asdict
+
+    from medconvnext.results.calibration import TtaCalibration
+
+    plain = Calibration(1.3, ["neg", "pos"], "validation predictions (8 cases)", "pos", 0.41, "youden", 0.75, 0.75,
+                        {"checkpoint_best.safetensors": "abc"})
+    values = asdict(plain)
+    del values["tta"]  # as written before the section existed
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(values), encoding="utf-8")
+    assert load_calibration(old) == plain and plain.for_tta() is None
+    plain.tta = TtaCalibration(0.8, "validation predictions with TTA (8 cases)", 0.47, "youden", 1.0, 0.5)
+    path = save_calibration(tmp_path / "calibration.json", plain)
+    assert json.loads(path.read_text(encoding="utf-8"))["tta"]["threshold"] == 0.47
+    loaded = load_calibration(path)
+    assert loaded == plain
+    served = loaded.for_tta()
+    assert (served.temperature, served.threshold, served.fitted_on) == (0.8, 0.47, plain.tta.fitted_on)
+    assert (served.class_names, served.positive_class, served.models) == (plain.class_names, "pos", plain.models)
+    assert served.raw_threshold() != plain.raw_threshold()  # the TTA temperature moves the TTA threshold
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(asdict(plain) | {"tta": {"temperature": 1.0}}), encoding="utf-8")
+    with pytest.raises(UserError, match="not a medconvnext calibration file"):
+        load_calibration(bad)

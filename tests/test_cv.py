@@ -142,6 +142,49 @@ def test_cv_run_layout_and_oof_predictions(binary_cv):
     assert {r["fold"] for r in test_rows} == {"-1"}
 
 
+def test_oof_tta_predictions_are_the_folds_best_checkpoints_with_tta(binary_cv):
+    """Every fold predicted its validation cases with TTA after its last epoch (fold 1 was interrupted and resumed:
+    its file belongs to its final best checkpoint), collected as the out-of-fold table is."""
+    from medconvnext.engine.inference import Predictor
+
+    run = binary_cv["run"]
+    plain, tta = _read(run / "oof_predictions.csv"), _read(run / "oof_predictions_tta.csv")
+    assert list(tta[0]) == list(plain[0])
+    assert [(r["image"], r["label"], r["fold"]) for r in tta] == [(r["image"], r["label"], r["fold"]) for r in plain]
+    for fold in range(3):
+        rows = [r for r in tta if r["fold"] == str(fold)]
+        predictor = Predictor.load(run / f"fold_{fold}" / "checkpoint_best.safetensors", device="cpu", tta=True)
+        expected = predictor.predict_files([r["image"] for r in rows])
+        np.testing.assert_allclose([float(r["prob_malignant"]) for r in rows], expected[:, 1], atol=2e-6)
+        ids = [r["image"] for r in _read(run / f"fold_{fold}" / "val_predictions_tta.csv")]
+        assert sorted(ids) == sorted(Path(r["image"]).name.removesuffix(".nii.gz") for r in rows)
+
+
+def test_a_continued_cv_writes_the_tta_predictions_a_finished_fold_lacks(binary_cv, tmp_path):
+    """A fold trained before the TTA predictions existed (or stopped before they were written): continuing the cv
+    writes them with the fold's best checkpoint, retrains nothing, and refits the TTA operating point."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(binary_cv["run"], run)
+    fold = run / "fold_2"
+    expected = (fold / "val_predictions_tta.csv").read_text(encoding="utf-8")
+    stamp = (fold / "checkpoint_best.safetensors").stat().st_mtime_ns
+    for old in (fold / "val_predictions_tta.csv", run / "oof_predictions_tta.csv"):
+        old.unlink()
+    values = json.loads((run / "calibration.json").read_text(encoding="utf-8"))
+    values.pop("tta")  # as written before the TTA section existed
+    (run / "calibration.json").write_text(json.dumps(values), encoding="utf-8")
+    lines: list[str] = []
+    cross_validate(binary_cv["config"], run, folds=3, log=lines.append, n_boot=0)
+    assert "fold_2 (3/3): finished earlier, skipped (wrote its missing val_predictions_tta.csv" in lines[2]
+    assert all(line.endswith("skipped") for line in lines[:2])
+    assert (fold / "val_predictions_tta.csv").read_text(encoding="utf-8") == expected
+    assert (fold / "checkpoint_best.safetensors").stat().st_mtime_ns == stamp
+    assert _read(run / "oof_predictions_tta.csv") == _read(binary_cv["run"] / "oof_predictions_tta.csv")
+    assert json.loads((run / "calibration.json").read_text(encoding="utf-8"))["tta"] is not None
+
+
 def test_report_numbers_equal_sklearn(binary_cv):
     run = binary_cv["run"]
     rows = _read(run / "oof_predictions.csv")
@@ -254,6 +297,15 @@ def test_cv_fits_calibration_and_predict_uses_it(binary_cv, tmp_path):
     assert stored["temperature"] == pytest.approx(t)
     point = choose_threshold(y == 1, apply_temperature(probs, t)[:, 1])
     assert (stored["threshold"], stored["criterion"]) == (pytest.approx(point.threshold), "youden")
+    # the TTA section: the same fit on the out-of-fold predictions made with TTA
+    tta_rows = _read(run / "oof_predictions_tta.csv")
+    tta_probs = np.array([[float(r["prob_benign"]), float(r["prob_malignant"])] for r in tta_rows])
+    y_tta = np.array([r["label"] == "malignant" for r in tta_rows], dtype=int)
+    t_tta = fit_temperature(tta_probs, y_tta)
+    tta_point = choose_threshold(y_tta == 1, apply_temperature(tta_probs, t_tta)[:, 1])
+    assert stored["tta"]["temperature"] == pytest.approx(t_tta)
+    assert stored["tta"]["threshold"] == pytest.approx(tta_point.threshold)
+    assert stored["tta"]["fitted_on"].startswith("out-of-fold predictions with test-time augmentation")
     summary = json.loads((run / "cv_summary.json").read_text(encoding="utf-8"))
     assert summary["calibration"]["operating_point"]["sensitivity"] == pytest.approx(point.sensitivity)
     for name in ("sensitivity", "specificity", "f1", "mcc"):

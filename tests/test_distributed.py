@@ -9,11 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from safetensors.torch import load_file
 from test_resume import TINY
 
+from medconvnext.engine.inference import Predictor
 from medconvnext.engine.validation import evaluate_run
+from medconvnext.results.table import read_predictions
 
 TORCHRUN = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
 
@@ -38,6 +41,13 @@ def test_two_process_gloo_run_matches_single_process_evaluation(csv_dataset, tmp
     assert single["metrics"]["auc"] == pytest.approx(records[-1]["val_auc"])
     predictions = (run / "val_predictions.csv").read_text(encoding="utf-8").splitlines()
     assert len(predictions) - 1 == len(splits["val"])
+    # the TTA pass is shared by the ranks (2 + 1 cases) and written once by rank 0: every case once, as one
+    # process predicts it with the best checkpoint
+    tta = read_predictions(run / "val_predictions_tta.csv")
+    assert sorted(tta.images) == sorted(splits["val"])
+    cases = {c["case_id"]: c["images"] for c in json.loads((run / "dataset.json").read_text("utf-8"))["cases"]}
+    expected = Predictor.load(run, device="cpu", tta=True).predict_files([cases[i] for i in tta.images])
+    np.testing.assert_allclose(tta.probs, expected, atol=2e-6)
 
 
 @pytest.mark.skipif(not Path(TORCHRUN).exists(), reason="torchrun not installed")

@@ -139,11 +139,17 @@ def test_evaluate_ensemble_of_runs_and_tta(runs):
     np.testing.assert_allclose(_probs(root / "tta" / "predictions.csv"), flipped[:, 1], atol=1e-5)
     assert not np.allclose(flipped[:, 1], _probs(root / "alone_train" / "predictions.csv"), atol=1e-6)
     assert json.loads((root / "tta" / "evaluation.json").read_text(encoding="utf-8"))["tta"] is True
-    # the run's threshold was chosen on val predictions without TTA: said where it is shown, and only with --tta
-    assert "operating point" in tta.output and "without test-time augmentation" in " ".join(tta.output.split())
-    report_tta = (root / "tta" / "report.md").read_text(encoding="utf-8")
-    assert "without test-time augmentation" in " ".join(report_tta.split())
-    assert "without test-time augmentation" not in " ".join(alone.output.split())
+    # the run has TTA validation predictions, so its operating point for --tta was fitted on them: said where it is
+    # shown, and no note that it was chosen without TTA (tests/test_tta_operating_point.py: runs without them)
+    stored = json.loads((runs["train"] / "calibration.json").read_text(encoding="utf-8"))
+    cal = json.loads((root / "tta" / "summary.json").read_text(encoding="utf-8"))["calibration"]
+    assert cal["fitted_with_tta"] and cal["operating_point"]["threshold"] == pytest.approx(stored["tta"]["threshold"])
+    said = " ".join(tta.output.split())
+    assert "operating point" in said and "with test-time augmentation (8 flips)" in said
+    assert "without test-time augmentation" not in said
+    report_tta = " ".join((root / "tta" / "report.md").read_text(encoding="utf-8").split())
+    assert "without test-time augmentation" not in report_tta and "The operating point was fitted on" in report_tta
+    assert "test-time augmentation" not in " ".join(alone.output.split())
 
 
 def test_a_seed_ensemble_gets_its_operating_point_from_the_mean_validation_predictions(runs, tmp_path):

@@ -72,8 +72,9 @@ def test_overwrite_replaces_a_run_and_keeps_the_users_files(tmp_path):
 
 def test_remove_run_files_knows_every_kind_of_run_file(tmp_path):
     run = RunDir(tmp_path / "cv")
-    written = ["cv.json", "splits.json", "oof_predictions.csv", "cv_summary.json", "report.html", "roc.png",
-               "fold_0/config.yaml", "fold_0/checkpoint_best.safetensors", "fold_0/checkpoint_best.json",
+    written = ["cv.json", "splits.json", "oof_predictions.csv", "oof_predictions_tta.csv", "cv_summary.json",
+               "report.html", "roc.png", "fold_0/config.yaml", "fold_0/checkpoint_best.safetensors",
+               "fold_0/checkpoint_best.json", "fold_0/val_predictions.csv", "fold_0/val_predictions_tta.csv",
                "fold_0/.checkpoint_last.safetensors.abc123.tmp", "fold_0/tensorboard/events.out.tfevents.1.host",
                "repeat_1/fold_0/metrics.jsonl", "repeat_1/fold_0/done.json"]
     kept = ["README.txt", "fold_0/my_plot.png", "data/labels.csv", "fold_10_backup/config.yaml"]

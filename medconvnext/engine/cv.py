@@ -8,6 +8,8 @@ Layout of the run directory (file names in :mod:`medconvnext.rundir`)::
       fold_0/ ... fold_K-1/   a complete ``train`` run each (repeats > 1: repeat_R/fold_I/)
       oof_predictions.csv     image, label, [repeat,] fold, prediction, prob_<class>: every non-test case
                               once (per repeat), predicted by the fold model that held it out
+      oof_predictions_tta.csv the same with test-time augmentation (every fold's val_predictions_tta.csv, written
+                              once after its last epoch by its best checkpoint): for the operating point of --tta
       test_predictions.csv    test cases, predicted once by the ensemble of all fold models (fold = -1)
       cv_summary.json  report.md  report.html  roc.png  pr.png  confusion.png  calibration.png  curves.png
 
@@ -17,7 +19,8 @@ it makes the pooled estimate slightly optimistic, because the same cases chose t
 never used for training or selection, give the unbiased number when there are any.
 
 Re-running the same call on an existing run directory continues it: finished folds are skipped, an
-interrupted fold resumes from its last epoch (:func:`medconvnext.engine.trainer.resume`).
+interrupted fold resumes from its last epoch (:func:`medconvnext.engine.trainer.resume`). A finished fold without
+its TTA validation predictions (trained before they existed, or stopped before they were written) gets them.
 """
 
 from __future__ import annotations
@@ -165,9 +168,13 @@ def _train_fold(
     position = fold.repeat * (total // repeats) + fold.index + 1
     status, done = _fold_status(folder, config.train.epochs)
     if status in ("done", "finished"):
+        extra = ""
+        if not folder.val_predictions_tta.is_file():  # trained before the file existed, or stopped before it
+            resume(folder.root, device=config.train.device, callbacks=callbacks)  # trains nothing, writes it
+            extra = f" (wrote its missing {folder.val_predictions_tta.name}: validation cases predicted with TTA)"
         if status == "finished":
             folder.done.write_text(json.dumps(done, indent=2), encoding="utf-8")
-        log(f"{name} ({position}/{total}): finished earlier, skipped")
+        log(f"{name} ({position}/{total}): finished earlier, skipped{extra}")
         return FoldResult(fold.repeat, fold.index, folder.root, "skipped", done.get("best_epoch"),
                           done.get("best_metrics", {}))
     if status == "resume":
@@ -227,6 +234,7 @@ def cross_validate(
     _prepare(run, params, _splits_document(fold_list, column), overwrite)
     results = [_train_fold(config, fold, run, callbacks, log, len(fold_list), repeats) for fold in fold_list]
     _write_oof(run, datalist, fold_list, repeats)
+    _write_oof(run, datalist, fold_list, repeats, tta=True)
     test = [c for c in datalist.cases if c.case_id in set(fold_list[0].split.test)]
     if test:
         log(f"test: predicting {len(test)} case(s) with the ensemble of {len(fold_list)} fold models")
@@ -243,21 +251,23 @@ def _row(case: Case, probs: Sequence[float], classes: Sequence[str], fold: int, 
     return prediction_rows([case.images[0]], [probs], classes, [case.label or ""], folds=[fold], repeats=repeats)[0]
 
 
-def _write_oof(run: RunDir, datalist: Datalist, folds: list[Fold], repeats: int) -> Path:
-    """Collect every fold's ``val_predictions.csv`` (its best epoch) into ``oof_predictions.csv``."""
+def _write_oof(run: RunDir, datalist: Datalist, folds: list[Fold], repeats: int, tta: bool = False) -> Path:
+    """Collect every fold's ``val_predictions.csv`` (its best epoch) into ``oof_predictions.csv``; with ``tta``,
+    every fold's ``val_predictions_tta.csv`` into ``oof_predictions_tta.csv``."""
     by_id = {c.case_id: c for c in datalist.cases}
     per_repeat = len(folds) // repeats
     rows = []
     for fold in folds:
         folder = run.fold(fold.index, fold.repeat if repeats > 1 else None)
-        if not folder.val_predictions.is_file():
-            raise UserError(f"{folder.val_predictions}: missing; rerun the cv command to finish this fold")
-        predictions = read_predictions(folder.val_predictions)
+        source = folder.val_predictions_tta if tta else folder.val_predictions
+        if not source.is_file():
+            raise UserError(f"{source}: missing; rerun the cv command to finish this fold")
+        predictions = read_predictions(source)
         if predictions.class_names != datalist.classes:
-            raise UserError(f"{folder.val_predictions}: classes {predictions.class_names} differ from the data's "
+            raise UserError(f"{source}: classes {predictions.class_names} differ from the data's "
                             f"{datalist.classes}; pass --overwrite to start again")
         if sorted(predictions.images) != sorted(fold.split.val):
-            raise UserError(f"{folder.val_predictions}: does not hold exactly the fold's validation cases; "
+            raise UserError(f"{source}: does not hold exactly the fold's validation cases; "
                             "pass --overwrite to start again")
         number = fold.repeat * per_repeat + fold.index
         for case_id, probs in zip(predictions.images, predictions.probs, strict=True):
@@ -265,8 +275,9 @@ def _write_oof(run: RunDir, datalist: Datalist, folds: list[Fold], repeats: int)
                          _row(by_id[case_id], probs, datalist.classes, number, fold.repeat if repeats > 1 else None)))
     order = {c.case_id: i for i, c in enumerate(datalist.cases)}
     rows.sort(key=lambda r: (r[0], order[r[1].case_id]))
-    write_table(run.oof_predictions, [r[2] for r in rows])
-    return run.oof_predictions
+    target = run.oof_predictions_tta if tta else run.oof_predictions
+    write_table(target, [r[2] for r in rows])
+    return target
 
 
 def _write_test_predictions(run: RunDir, datalist: Datalist, test: list[Case], device: str) -> Path:

@@ -23,7 +23,6 @@ from medconvnext.data.validate import require_valid
 from medconvnext.engine.inference import FoldEnsemble
 from medconvnext.errors import UserError
 from medconvnext.reports.run import report_run
-from medconvnext.results.calibration import TTA_THRESHOLD_NOTE
 from medconvnext.results.table import require_finite, write_prediction_table
 from medconvnext.rundir import RunDir
 
@@ -106,9 +105,10 @@ def evaluate_run_on(
 
     ``run_dir`` may also be several runs (e.g. the same recipe trained with different seeds): their models
     are ensembled (mean probability), and ``out`` must then be given. ``tta`` averages each model's
-    probabilities over the 8 flips of every volume. ``leakage``: what a case sharing a subject or an image
-    with a run's training cases does (``warn``, ``error`` -> UserError, ``off``; see
-    :mod:`medconvnext.data.leakage`).
+    probabilities over the 8 flips of every volume; the report then applies the operating point fitted on the
+    runs' held-out predictions made with TTA when they have them (:func:`medconvnext.reports.run.report_run`).
+    ``leakage``: what a case sharing a subject or an image with a run's training cases does (``warn``, ``error``
+    -> UserError, ``off``; see :mod:`medconvnext.data.leakage`).
     """
     runs = [RunDir(Path(r)) for r in ([run_dir] if isinstance(run_dir, (str, Path)) else run_dir)]
     if not runs:
@@ -149,8 +149,6 @@ def evaluate_run_on(
     models = len(ensemble.members)
     note = f"{len(labelled)} {split} case(s) of {datalist.source}, predicted by {_describe(runs, models)}"
     note += " with test-time augmentation (8 flips)." if tta else "."
-    if tta:
-        note += f" Note: {TTA_THRESHOLD_NOTE}; the numbers at it below are measured on these cases."
     if len(chosen) > len(labelled):
         note += f" {len(chosen) - len(labelled)} unlabelled case(s) left out."
     if report:

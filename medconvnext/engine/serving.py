@@ -22,6 +22,7 @@ from medconvnext.engine.inference import FoldEnsemble, save_window_map
 from medconvnext.engine.saliency import CAM_METHODS, ensemble_saliency, save_saliency
 from medconvnext.errors import UserError
 from medconvnext.results.calibration import (
+    TTA_CALIBRATION_HINT,
     TTA_THRESHOLD_NOTE,
     Calibration,
     check_calibration_matches,
@@ -107,12 +108,12 @@ def predict_scans(
     log(f"{label}: {ensemble.describe()}, {len(cases)} scan(s)")
     # checked before any work or write; a calibration is fitted for one run's models, not for an ensemble of runs
     if len(models) == 1:
-        calibration = run_calibration(models[0], calibrate, threshold, names, log)
+        calibration, with_tta = run_calibration(models[0], calibrate, threshold, names, log, tta)
     else:
-        calibration = ensemble_calibration(models, threshold, names, log)
+        calibration, with_tta = ensemble_calibration(models, threshold, names, log, tta)
     cut = resolve_threshold(threshold, calibration, names, log, calibrated=calibrate is not False)
-    if tta and threshold == "auto":
-        log(f"note: {TTA_THRESHOLD_NOTE}")
+    if tta and threshold == "auto" and not with_tta:  # a run without TTA held-out predictions
+        log(f"note: {TTA_THRESHOLD_NOTE}; {TTA_CALIBRATION_HINT}")
     results = [ensemble.predict_case(case.images) for case in cases]
     probs = np.stack([r.probabilities for r in results])
     require_finite([case.image for case in cases], probs)
@@ -130,9 +131,11 @@ def predict_scans(
 
 
 def run_calibration(model: Path, calibrate: bool | None, threshold: str | None, names: list[str],
-                    log: Log) -> Calibration | None:
-    """The run's ``calibration.json`` (None when it has none and none is asked for); UserError when it is
-    needed and missing, fitted for other weights, or for other classes."""
+                    log: Log, tta: bool = False) -> tuple[Calibration | None, bool]:
+    """The run's ``calibration.json`` (None when it has none and none is asked for), and whether it is the fit on
+    TTA held-out predictions: with ``tta``, its TTA section when it has one (the probabilities it is applied to
+    are flip averages too). UserError when it is needed and missing, fitted for other weights, or for other
+    classes."""
     run = RunDir(model if model.is_dir() else model.parent)
     needed = calibrate is True or threshold == "auto"
     if not run.calibration.is_file():
@@ -140,29 +143,36 @@ def run_calibration(model: Path, calibrate: bool | None, threshold: str | None, 
             raise UserError(f"{run.calibration}: missing, needed by "
                             f"{'--threshold auto' if threshold == 'auto' else '--calibrate'} (run `medconvnext report "
                             f"{run.root}` to fit it from the run's held-out predictions)")
-        return None
+        return None, False
     calibration = load_calibration(run.calibration)
     if calibrate is not False or threshold == "auto":
         check_calibration_matches(calibration, run.root, run.calibration)
     if calibration.class_names != list(names):
         raise UserError(f"{run.calibration}: classes {calibration.class_names} differ from the model's {names}")
+    served = calibration.for_tta() if tta else None
+    calibration = served if served is not None else calibration
     log(f"calibration: T = {calibration.temperature:.3f} ({calibration.fitted_on})"
         + (", not applied (--no-calibrate)" if calibrate is False else ""))
-    return calibration
+    return calibration, served is not None
 
 
-def ensemble_calibration(models: list[Path], threshold: str | None, names: list[str], log: Log) -> Calibration | None:
+def ensemble_calibration(models: list[Path], threshold: str | None, names: list[str], log: Log, tta: bool = False
+                         ) -> tuple[Calibration | None, bool]:
     """For ``--threshold auto`` with several runs: the ensemble's operating point, chosen on the mean of the runs'
-    held-out predictions (uncalibrated; :func:`~medconvnext.results.calibration.ensemble_operating_point`)."""
+    held-out predictions (uncalibrated; :func:`~medconvnext.results.calibration.ensemble_operating_point`), and
+    whether it was chosen on their TTA ones (``tta`` and every run has them)."""
     if threshold != "auto":
-        return None
-    calibration, why = ensemble_operating_point(models)
+        return None, False
+    calibration = ensemble_operating_point(models, tta=True)[0] if tta else None
+    with_tta = calibration is not None
     if calibration is None:
-        raise UserError(f"--threshold auto: no operating point for this ensemble of {len(models)} runs: {why}")
+        calibration, why = ensemble_operating_point(models)
+        if calibration is None:
+            raise UserError(f"--threshold auto: no operating point for this ensemble of {len(models)} runs: {why}")
     if calibration.class_names != list(names):
         raise UserError(f"--threshold auto: the runs' held-out predictions have classes {calibration.class_names}, "
                         f"the models {names}")
-    return calibration
+    return calibration, with_tta
 
 
 def parse_threshold(text: str | None) -> float | str | None:

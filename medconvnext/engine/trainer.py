@@ -10,6 +10,11 @@ A run goes through three rooms:
 
 This module wires them: :class:`_RunHooks` seeds each epoch's augmentation, validates, keeps the best epoch, saves
 checkpoints and the training state, and logs (metrics.jsonl, progress.png, TensorBoard, the caller's callbacks).
+
+When the last epoch is done (and the best checkpoint is final) the validation cases are predicted once more by the
+best checkpoint with test-time augmentation (``val_predictions_tta.csv``), for the operating point that ``--tta``
+uses. The file is deleted before a new best checkpoint is saved, so it never belongs to an older one; a finished
+run without it (trained before it existed, or stopped before it was written) gets it from ``resume``.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ from medconvnext.engine.validation import (
     predict_loader,
     warn_undefined_auc,
     write_val_predictions,
+    write_val_predictions_tta,
 )
 from medconvnext.errors import UserError
 from medconvnext.models import apply_memory_format, model_memory_format
@@ -102,6 +108,7 @@ class TrainResult:
     best_epoch: int
     best_metrics: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
+    epochs_run: int = 0  # by this call: 0 when a finished run was resumed only to write its TTA predictions
 
 
 def train(
@@ -142,15 +149,38 @@ def resume(
 
     ``epochs`` extends (or shortens) the run; the cosine schedule is then recomputed for the new
     total from the current step on. ``device`` may move the run to another device. A run killed
-    before finishing its first epoch starts again from epoch 1.
+    before finishing its first epoch starts again from epoch 1. A finished run without
+    ``val_predictions_tta.csv`` (trained before it was written, or stopped between its last epoch and that
+    file) trains nothing: its validation cases are predicted with TTA by the best checkpoint, and that is all.
 
     Raises:
         UserError: not a run directory; its data changed and is now bad; the run already finished.
     """
     setup = prepare_resume(run_dir, epochs, device)
+    state = setup.state
+    if state is not None and _finished_without_tta(setup):
+        _write_tta(setup)
+        return TrainResult(setup.run.root, state["best"]["epoch"], state["best"], list(state["history"]), 0)
     if setup.state is None:  # killed before its first epoch ended: it starts again, from the same weights
         init_weights(setup.model, setup.config, setup.run)
     return _fit(setup, callbacks)
+
+
+def _finished_without_tta(setup: RunSetup) -> bool:
+    """The run has trained all its epochs (or stopped early) and has a best checkpoint, but no TTA predictions."""
+    state = setup.state
+    if state is None or not state.get("best") or setup.run.val_predictions_tta.is_file():
+        return False
+    # an epoch count below the epochs already run is the "already finished" error of _fit, not a finished run
+    return bool(state.get("stopped")) or int(state["epoch"]) == setup.config.train.epochs
+
+
+def _write_tta(setup: RunSetup) -> None:
+    """``val_predictions_tta.csv`` of the run's best checkpoint (all ranks predict, rank 0 writes)."""
+    by_id = {c.case_id: c for c in setup.datalist.cases}
+    cases = [by_id[i] for i in setup.split.val]
+    if cases:  # a run always validates; nothing to predict otherwise
+        write_val_predictions_tta(setup.run, cases, setup.datalist.classes, setup.device)
 
 
 def _fit(setup: RunSetup, callbacks: TrainingCallbacks | None) -> TrainResult:
@@ -187,7 +217,10 @@ def _fit(setup: RunSetup, callbacks: TrainingCallbacks | None) -> TrainResult:
     if loop.best is None:  # a resumed run shortened to fewer epochs than it had
         raise UserError(f"--resume {run.root}: the run already finished ({cfg.epochs} epochs); pass --epochs N "
                         f"(more than {cfg.epochs}) to extend it")
-    return TrainResult(run.root, loop.best["epoch"], loop.best, loop.history)
+    epochs_run = len(loop.history) - (start_epoch - 1)  # none when an early-stopped run is resumed
+    if epochs_run or not run.val_predictions_tta.is_file():
+        _write_tta(setup)  # the best checkpoint is final now
+    return TrainResult(run.root, loop.best["epoch"], loop.best, loop.history, epochs_run)
 
 
 class _RunHooks(EpochHooks):
@@ -267,6 +300,8 @@ class _RunHooks(EpochHooks):
         meta = {**self.meta, "epoch": epoch, "metrics": loop.history[-1]}
         save_checkpoint(run.checkpoint("last"), loop.eval_model, meta)
         if improved:
+            # the TTA predictions belong to the best checkpoint: gone before it changes, rewritten after the last epoch
+            run.val_predictions_tta.unlink(missing_ok=True)
             save_checkpoint(run.checkpoint("best"), loop.eval_model, meta)
             write_val_predictions(run.val_predictions, val, classes)
         save_training_state(run.training_state(), loop_state(loop, epoch))

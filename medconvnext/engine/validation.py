@@ -4,6 +4,10 @@ One path from a loader to metrics: :func:`predict_loader` (logits, labels, case 
 windows) -> :func:`evaluate` (gathered over DDP ranks: loss, probabilities, metrics). The epoch's validation in
 ``train``, :func:`evaluate_run` (a run's checkpoint on its validation cases, in one process) and
 ``bench/recipe_search.py`` all go through it. Which epoch is best (:func:`is_better`) is decided here too.
+
+After the last epoch, :func:`write_val_predictions_tta` predicts the validation cases once more with the best
+checkpoint and test-time augmentation, through ``predict --tta``'s own path (:class:`~medconvnext.engine.inference.
+Predictor`), so the operating point used with ``--tta`` can be fitted on the probabilities it is applied to.
 """
 
 from __future__ import annotations
@@ -14,12 +18,13 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from medconvnext.config import InferenceConfig, load_config
-from medconvnext.data.datalist import load_datalist
+from medconvnext.data.datalist import Case, load_datalist
 from medconvnext.data.dataset import case_records, make_dataset
 from medconvnext.data.pipeline import PreprocessingPipeline
 from medconvnext.data.preprocessing import Preprocessing
@@ -27,14 +32,14 @@ from medconvnext.engine import distributed as dist
 from medconvnext.engine.checkpoint import load_checkpoint
 from medconvnext.engine.devices import as_model_input, autocast, resolve_device
 from medconvnext.engine.feeding import loader_options
-from medconvnext.engine.inference import infer_volume
+from medconvnext.engine.inference import Predictor, infer_volume
 from medconvnext.models import apply_memory_format, model_memory_format
 from medconvnext.results.metrics import classification_metrics
 from medconvnext.results.table import write_prediction_table
 from medconvnext.rundir import RunDir
 
-__all__ = ["Tiling", "evaluate", "evaluate_run", "is_better", "predict_loader", "warn_undefined_auc",
-           "write_val_predictions"]
+__all__ = ["Tiling", "evaluate", "evaluate_run", "is_better", "predict_cases_tta", "predict_loader",
+           "warn_undefined_auc", "write_val_predictions", "write_val_predictions_tta"]
 
 # (inference settings, training input size): evaluate uncropped volumes with sliding windows; None = whole volumes
 Tiling = tuple[InferenceConfig, Sequence[int]]
@@ -134,6 +139,32 @@ def write_val_predictions(path: Path, val: dict[str, Any], class_names: Sequence
     """The prediction table of :func:`evaluate`'s output (case id, label, prediction, one probability per class)."""
     labels = [class_names[i] for i in val["labels"].tolist()]
     write_prediction_table(path, val["case_ids"], val["probs"].numpy(), class_names, labels=labels)
+
+
+def predict_cases_tta(checkpoint: Path, cases: Sequence[Case], device: torch.device) -> np.ndarray:
+    """(N, K) probabilities of ``cases`` by ``checkpoint`` with test-time augmentation, exactly as
+    ``predict --tta`` computes them (the checkpoint's preprocessing and inference settings, the mean over the 8
+    flips). Under DDP each rank predicts every world_size-th case and every rank gets all of them."""
+    predictor = Predictor.load(checkpoint, device=str(device), tta=True)
+    mine = {i: predictor.predict_case(list(cases[i].images)).probabilities
+            for i in range(dist.rank(), len(cases), dist.world_size())}
+    merged: dict[int, np.ndarray] = {}
+    for part in dist.all_gather_objects(mine):
+        merged.update(part)
+    return np.stack([merged[i] for i in range(len(cases))])
+
+
+def write_val_predictions_tta(run: RunDir, cases: Sequence[Case], class_names: Sequence[str],
+                              device: torch.device) -> Path:
+    """Write ``val_predictions_tta.csv``: the validation ``cases`` predicted by the run's best checkpoint with TTA,
+    in the layout of ``val_predictions.csv`` (case id, label, prediction, probabilities). Costs one 8x pass over
+    the validation set. Only rank 0 writes (atomically); every rank takes part in the prediction."""
+    probs = predict_cases_tta(run.checkpoint("best"), cases, device)
+    if dist.is_main():
+        write_prediction_table(run.val_predictions_tta, [c.case_id for c in cases], probs, class_names,
+                               labels=[c.label or "" for c in cases])
+    dist.barrier()
+    return run.val_predictions_tta
 
 
 def evaluate_run(run_dir: str | Path, which: str = "last", device: str = "cpu") -> dict[str, Any]:

@@ -269,6 +269,8 @@ def _calibration_sections(doc: Doc, cal: Mapping, figures: Mapping[str, Path]) -
                       f"{cal['fitted_on']}; {cal['source']}. `medconvnext predict --threshold auto` uses this "
                       "threshold.")
         doc.table(["", "Value", "95% CI"], op_rows)
+        if cal.get("tta"):
+            doc.paragraph(tta_section_text(cal["tta"], op["positive_class"]))
     if not fitted:
         return
     doc.heading(2, "Calibration (temperature scaling)")
@@ -276,8 +278,20 @@ def _calibration_sections(doc: Doc, cal: Mapping, figures: Mapping[str, Path]) -
                   f"log-likelihood on the {cal['fitted_on']}; it never changes the predicted class. "
                   f"Here: {cal['source']}. `medconvnext predict` applies it (--no-calibrate: raw probabilities).")
     doc.table(["", "Before", "After"], cal_rows)
+    if cal.get("tta") and not op_rows:  # more than two classes: a temperature only
+        doc.paragraph(tta_section_text(cal["tta"], None))
     if "recalibration" in figures:
         doc.image(figures["recalibration"], FIGURE_CAPTIONS["recalibration"], wide=True)
+
+
+def tta_section_text(tta: Mapping, positive_class: str | None) -> str:
+    """What the run uses with test-time augmentation: the fit on its TTA held-out predictions (``tta`` section)."""
+    text = (f"With test-time augmentation (`predict --tta`, `evaluate --tta`) the run uses the same fit on its "
+            f"{tta['fitted_on']}: temperature T = {tta['temperature']:.3f}")
+    if tta.get("threshold") is not None:
+        text += (f", threshold {tta['threshold']:.3f} on the calibrated P({positive_class}) (sensitivity "
+                 f"{tta['sensitivity']:.3f}, specificity {tta['specificity']:.3f} on those predictions)")
+    return text + "."
 
 
 def _pooled_predictions(predictions: Predictions, summary: Mapping) -> Predictions:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,10 @@ from medconvnext.reports.operating import calibration_summary, fit_run_calibrati
 from medconvnext.reports.render import write_report
 from medconvnext.reports.summary import save_summary, summarize
 from medconvnext.results.calibration import (
+    TTA_CALIBRATION_HINT,
+    TTA_FITTED_ON,
+    TTA_THRESHOLD_NOTE,
+    TtaCalibration,
     check_calibration_matches,
     checkpoint_digests,
     ensemble_operating_point,
@@ -31,7 +36,7 @@ from medconvnext.results.calibration import (
 from medconvnext.results.table import TEST_FOLD, Predictions, predictions_from_rows, read_predictions
 from medconvnext.rundir import RunDir
 
-__all__ = ["RunReport", "concat_predictions", "report_run"]
+__all__ = ["RunReport", "concat_predictions", "report_run", "tta_note"]
 
 
 @dataclass
@@ -74,8 +79,9 @@ def report_run(run_dir: str | Path, n_boot: int = 1000, seed: int = 0,
 
     A cross-validation (its out-of-fold predictions) or a train run (its validation predictions) also gets its
     post-hoc calibration fitted and written to ``calibration.json``: the temperature and, for two classes, the
-    threshold for ``target_sensitivity`` (None: Youden's J). An ``evaluate`` folder shows what the evaluated
-    run's stored calibration and threshold give on its cases.
+    threshold for ``target_sensitivity`` (None: Youden's J); and, when the run has held-out predictions made with
+    test-time augmentation, the same fit on those (its ``tta`` section). An ``evaluate`` folder shows what the
+    evaluated run's stored calibration and threshold give on its cases (evaluated with TTA: the TTA section's).
     """
     run = RunDir(Path(run_dir))
     if not run.root.is_dir():
@@ -101,6 +107,7 @@ def report_run(run_dir: str | Path, n_boot: int = 1000, seed: int = 0,
         else:
             stored = RunDir(Path(evaluated[0])).calibration
             fit = {"stored": stored} if stored.is_file() else {}
+        fit["tta"] = bool(meta.get("tta"))
         return _write(run, "evaluate", predictions, run.evaluation_summary, title, {}, notes, n_boot, seed, fit)
     if run.val_predictions.is_file():
         predictions = read_predictions(run.val_predictions)
@@ -151,36 +158,88 @@ def _cv_report(run: RunDir, n_boot: int, seed: int, fit: dict) -> RunReport:
 def _calibration(run: RunDir, predictions: Predictions, fit: dict, n_boot: int, seed: int
                  ) -> tuple[dict | None, str | None]:
     """Fit (cv / train run) or load (evaluate) the calibration, and what it gives on the pooled predictions;
-    or (None, why there is none) for an ensemble of runs without one."""
+    or (None, why there is none) for an ensemble of runs without one.
+
+    The summary's ``fitted_with_tta`` says whether the values used were fitted on predictions made with TTA (an
+    evaluation with ``--tta`` of a run that has them); a fitted calibration's TTA section is its ``tta``."""
     pooled = predictions.subset(predictions.folds != TEST_FOLD) if (predictions.folds != TEST_FOLD).any() \
         else predictions
     if "ensemble" in fit:
-        calibration, why = ensemble_operating_point(fit["ensemble"])
-        if calibration is None or calibration.class_names != pooled.class_names:
-            return None, why or "the runs' classes differ from the evaluated ones"
-        source = "an ensemble of runs has no stored calibration: its mean probability is used as it is"
-        if fit.get("split") == "val":
-            source += ("; these are the validation cases the threshold was chosen on, so its sensitivity and "
-                       "specificity here are optimistic")
-        summary = calibration_summary(pooled, calibration, source, n_boot, seed)
-        return {**summary, "temperature_fitted": False}, None
-    elif "stored" in fit:
+        return _ensemble_calibration(pooled, fit, n_boot, seed)
+    with_tta = False
+    if "stored" in fit:
         calibration = load_calibration(fit["stored"])
         check_calibration_matches(calibration, Path(fit["stored"]).parent, fit["stored"])
         if calibration.class_names != pooled.class_names:
             return None, None
+        served = calibration.for_tta() if fit.get("tta") else None
+        calibration, with_tta = (served, True) if served is not None else (calibration, False)
         source = f"the evaluated run's calibration (fitted on its {calibration.fitted_on}), applied to these cases"
     elif "fitted_on" in fit:
         calibration = fit_run_calibration(pooled, fit["fitted_on"], fit.get("target_sensitivity"))
         if calibration is None:
             return None, None
+        calibration.tta = _fit_tta_section(run, pooled, fit)
         calibration.models = checkpoint_digests(run.root)
         save_calibration(run.calibration, calibration)
         source = ("fitted on these same predictions: T and the threshold are chosen in-sample, so these numbers are "
                   "optimistic; `evaluate` on held-out test cases gives unbiased ones")
     else:
         return None, None
-    return calibration_summary(pooled, calibration, source, n_boot, seed), None
+    summary = calibration_summary(pooled, calibration, source, n_boot, seed)
+    summary["fitted_with_tta"] = with_tta
+    if calibration.tta is not None and "fitted_on" in fit:
+        summary["tta"] = asdict(calibration.tta)
+    return summary, None
+
+
+def _ensemble_calibration(pooled: Predictions, fit: dict, n_boot: int, seed: int) -> tuple[dict | None, str | None]:
+    """The operating point of an ensemble of runs on their mean held-out predictions (with TTA when evaluated with
+    TTA and every run has them; else the plain ones), and what it gives on the pooled predictions."""
+    calibration, why, with_tta = None, None, False
+    if fit.get("tta"):
+        calibration, _ = ensemble_operating_point(fit["ensemble"], tta=True)
+        with_tta = calibration is not None
+    if calibration is None:
+        calibration, why = ensemble_operating_point(fit["ensemble"])
+    if calibration is None or calibration.class_names != pooled.class_names:
+        return None, why or "the runs' classes differ from the evaluated ones"
+    source = "an ensemble of runs has no stored calibration: its mean probability is used as it is"
+    if fit.get("split") == "val":
+        source += ("; these are the validation cases the threshold was chosen on, so its sensitivity and "
+                   "specificity here are optimistic")
+    summary = calibration_summary(pooled, calibration, source, n_boot, seed)
+    return {**summary, "temperature_fitted": False, "fitted_with_tta": with_tta}, None
+
+
+def _fit_tta_section(run: RunDir, pooled: Predictions, fit: dict) -> TtaCalibration | None:
+    """The calibration fitted on the run's held-out predictions made with TTA, as the ``tta`` section; None when the
+    run has none (trained before they were written), or (with a warning) when they are not of the same cases."""
+    path = run.held_out_predictions(tta=True)
+    if not path.is_file():
+        return None
+    table = read_predictions(path)
+    if sorted(zip(table.images, table.y_true.tolist(), strict=True)) != sorted(
+            zip(pooled.images, pooled.y_true.tolist(), strict=True)) or table.class_names != pooled.class_names:
+        warnings.warn(f"{path}: not the cases and classes of {run.held_out_predictions().name}; no TTA operating "
+                      "point fitted (retrain the run, or rerun the cv command, to write it again)", stacklevel=2)
+        return None
+    fitted = fit_run_calibration(table, fit["fitted_on"] + TTA_FITTED_ON, fit.get("target_sensitivity"))
+    return fitted.as_tta_section() if fitted is not None else None
+
+
+def tta_note(calibration: dict | None) -> str | None:
+    """What an evaluation with ``--tta`` says about its operating point: fitted on TTA predictions, or (a run
+    without them) chosen without TTA and how to get one; None without an operating point or calibration."""
+    if not calibration:
+        return None
+    if calibration.get("fitted_with_tta"):
+        what = "operating point" if calibration.get("operating_point") else "calibration"
+        return f"The {what} was fitted on the {calibration['fitted_on']}, as these cases were predicted."
+    if not calibration.get("operating_point"):
+        return None
+    return f"Note: {TTA_THRESHOLD_NOTE}; the numbers at it below are measured on these cases. To refit it: " \
+           f"{TTA_CALIBRATION_HINT}."
 
 
 def _write(run: RunDir, kind: str, predictions: Predictions, summary_path: Path, title: str, logs: dict,
@@ -190,6 +249,9 @@ def _write(run: RunDir, kind: str, predictions: Predictions, summary_path: Path,
     if missing:
         summary["operating_point_missing"] = missing
         notes = [*notes, f"No operating point: {missing}."]
+    note = tta_note(summary["calibration"]) if (fit or {}).get("tta") else None
+    if note and not any(TTA_THRESHOLD_NOTE in n for n in notes):  # folders evaluated before carry it in their note
+        notes = [*notes, note]
     save_summary(summary_path, summary)
     files = write_report(run.root, predictions, summary, title=title, training_logs=logs, notes=notes)
     return RunReport(kind, predictions, summary, summary_path, files)

@@ -14,6 +14,11 @@ validation predictions), stored with the run as ``calibration.json`` and applied
   highest threshold).
 - The operating point of an ensemble of runs (:func:`ensemble_operating_point`, e.g. one recipe trained with three
   seeds): the threshold on the mean of the runs' held-out predictions, uncalibrated.
+- Test-time augmentation (the mean probability over 8 flips) moves the probabilities, so a temperature and a
+  threshold fitted on plain predictions do not fit TTA ones. A run that has held-out predictions made with TTA
+  (``val_predictions_tta.csv`` / ``oof_predictions_tta.csv``) gets a second fit on them, by the same functions
+  and with the same target: the ``tta`` section of ``calibration.json`` (:class:`TtaCalibration`), which
+  ``predict --tta`` and ``evaluate --tta`` use (:meth:`Calibration.for_tta`).
 """
 
 from __future__ import annotations
@@ -30,9 +35,12 @@ from medconvnext.results.table import TEST_FOLD, Predictions, read_predictions
 from medconvnext.rundir import RunDir
 
 __all__ = [
+    "TTA_CALIBRATION_HINT",
+    "TTA_FITTED_ON",
     "TTA_THRESHOLD_NOTE",
     "Calibration",
     "OperatingPoint",
+    "TtaCalibration",
     "apply_temperature",
     "choose_threshold",
     "ensemble_operating_point",
@@ -44,13 +52,20 @@ __all__ = [
 
 EPS = 1e-12
 
-# Every stored threshold comes from held-out predictions made without test-time augmentation; the flip average
-# moves probabilities (an under-trained model's a long way), so the point it picks under TTA must be re-measured.
+# A run trained before TTA held-out predictions existed has only a threshold chosen without test-time
+# augmentation; the flip average moves probabilities (an under-trained model's a long way), so the point it picks
+# under TTA must be re-measured, or refitted on TTA predictions (the hint says how).
 TTA_THRESHOLD_NOTE = (
     "the operating point's threshold was chosen on validation predictions without test-time augmentation; "
     "TTA changes the probabilities, so the sensitivity and specificity it gives with --tta can differ from the "
     "validation ones, by a lot for a weak model"
 )
+TTA_CALIBRATION_HINT = (
+    "a run trained before held-out predictions with TTA were written has none: `medconvnext train --resume RUN` "
+    "writes them for a finished train run (nothing is trained; for a cross-validation, rerun the same `cv` "
+    "command), then `medconvnext report RUN` fits the TTA operating point"
+)
+TTA_FITTED_ON = " with test-time augmentation (8 flips)"  # appended to ``fitted_on`` of a fit on TTA predictions
 
 
 def _log_probs(probs: np.ndarray) -> np.ndarray:
@@ -161,6 +176,19 @@ def choose_threshold(is_positive: np.ndarray, score: np.ndarray, target_sensitiv
 
 
 @dataclass
+class TtaCalibration:
+    """The ``tta`` section of ``calibration.json``: the same fit as the run's, on its held-out predictions made with
+    test-time augmentation (for ``predict --tta`` / ``evaluate --tta``)."""
+
+    temperature: float
+    fitted_on: str  # e.g. "out-of-fold predictions with test-time augmentation (8 flips) (60 cases)"
+    threshold: float | None = None  # on the temperature-scaled positive-class probability
+    criterion: str | None = None
+    sensitivity: float | None = None
+    specificity: float | None = None
+
+
+@dataclass
 class Calibration:
     """What ``calibration.json`` holds: the temperature and (binary) the operating point, and where they came from."""
 
@@ -175,6 +203,22 @@ class Calibration:
     # checkpoint file (relative to the run) -> BLAKE2b digest: the models these values were fitted for, so a run
     # retrained in place (``train --overwrite``) cannot be served another model's temperature and threshold
     models: dict[str, str] = field(default_factory=dict)
+    # the fit on the TTA held-out predictions; None in files written before them, or when a run has none
+    tta: TtaCalibration | None = None
+
+    def for_tta(self) -> Calibration | None:
+        """The TTA section as a calibration of its own (this one's classes and models), or None without one."""
+        if self.tta is None:
+            return None
+        section = self.tta
+        return Calibration(section.temperature, list(self.class_names), section.fitted_on, self.positive_class,
+                           section.threshold, section.criterion, section.sensitivity, section.specificity,
+                           dict(self.models))
+
+    def as_tta_section(self) -> TtaCalibration:
+        """This calibration (fitted on TTA predictions) as the ``tta`` section of another one."""
+        return TtaCalibration(self.temperature, self.fitted_on, self.threshold, self.criterion, self.sensitivity,
+                              self.specificity)
 
     def calibrate(self, probs: np.ndarray) -> np.ndarray:
         return apply_temperature(probs, self.temperature)
@@ -220,17 +264,19 @@ def load_calibration(path: str | Path) -> Calibration:
     path = Path(path)
     try:
         values: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-        return Calibration(**values)
+        tta = values.pop("tta", None)  # absent from files written before the TTA section existed
+        return Calibration(**values, tta=TtaCalibration(**tta) if tta is not None else None)
     except FileNotFoundError:
         raise UserError(f"{path}: no calibration (run `medconvnext report` on the run to fit one)") from None
     except (ValueError, TypeError) as exc:
         raise UserError(f"{path}: not a medconvnext calibration file ({exc})") from None
 
 
-def _held_out_by_image(run: RunDir) -> Predictions | None:
-    """A run's held-out predictions (a cv's out-of-fold, a train run's validation set), one row per image (the
-    mean over a repeated cv's rows), sorted by image; None when the run has none."""
-    path = run.oof_predictions if run.is_cv() else run.val_predictions
+def _held_out_by_image(run: RunDir, tta: bool = False) -> Predictions | None:
+    """A run's held-out predictions (a cv's out-of-fold, a train run's validation set; ``tta``: those made with
+    test-time augmentation), one row per image (the mean over a repeated cv's rows), sorted by image; None when the
+    run has none."""
+    path = run.held_out_predictions(tta)
     if not path.is_file():
         return None
     table = read_predictions(path)
@@ -247,10 +293,11 @@ def _held_out_by_image(run: RunDir) -> Predictions | None:
     )
 
 
-def ensemble_operating_point(runs: list[Path]) -> tuple[Calibration | None, str | None]:
+def ensemble_operating_point(runs: list[Path], tta: bool = False) -> tuple[Calibration | None, str | None]:
     """The operating point of an ensemble of runs (e.g. one recipe trained with three seeds), for two classes:
     the Youden threshold on the mean of the runs' held-out predictions, uncalibrated (temperature 1, so the same
-    threshold applies to ``predict --model R1 --model R2 --threshold T``).
+    threshold applies to ``predict --model R1 --model R2 --threshold T``). ``tta``: on the held-out predictions
+    made with test-time augmentation, for an ensemble predicted with ``--tta``.
 
     The runs must have held out the same cases (a fixed split column, or cv runs on the same data); else each
     run's held-out cases include cases the others trained on, and no honest threshold exists.
@@ -260,9 +307,10 @@ def ensemble_operating_point(runs: list[Path]) -> tuple[Calibration | None, str 
     """
     tables = []
     for root in runs:
-        table = _held_out_by_image(RunDir(root))
+        table = _held_out_by_image(RunDir(root), tta)
         if table is None:
-            return None, f"{root} has no held-out predictions (val_predictions.csv or oof_predictions.csv)"
+            name = RunDir(root).held_out_predictions(tta).name
+            return None, f"{root} has no held-out predictions ({name})"
         tables.append(table)
     first = tables[0]
     if len(first.class_names) != 2:
@@ -279,8 +327,9 @@ def ensemble_operating_point(runs: list[Path]) -> tuple[Calibration | None, str 
     except ValueError as exc:
         return None, f"the runs' held-out cases: {exc}"
     kind = "out-of-fold" if RunDir(runs[0]).is_cv() else "validation"
+    made = TTA_FITTED_ON if tta else ""
     calibration = Calibration(1.0, list(first.class_names),
-                              f"mean {kind} predictions of the {len(runs)} runs ({len(first)} cases)",
+                              f"mean {kind} predictions{made} of the {len(runs)} runs ({len(first)} cases)",
                               positive_class=first.class_names[1], threshold=point.threshold,
                               criterion=point.criterion, sensitivity=point.sensitivity,
                               specificity=point.specificity)
