@@ -33,6 +33,9 @@ def runs(tmp_path_factory):
     assert "out-of-fold" in cv.output and "test (ensemble)" in cv.output
     train = runner.invoke(app, ["train", "--data", str(data), "--out", str(root / "train"), *TINY_CONVMIXER])
     assert train.exit_code == 0, train.output
+    # a train run's calibration.json comes from `report` (a cv writes its own): every test below can use it alone
+    report = runner.invoke(app, ["report", str(root / "train"), "--n-boot", "0"])
+    assert report.exit_code == 0, report.output
     return {"data": data, "cv": root / "cv", "train": root / "train", "root": root}
 
 

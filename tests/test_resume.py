@@ -77,6 +77,10 @@ def test_resume_equals_an_uninterrupted_run(csv_dataset, tmp_path):
     with pytest.raises(UserError, match="already finished"):  # nothing left to run: said, and nothing rewritten
         resume(tmp_path / "resumed")
     assert (tmp_path / "resumed" / "metrics.jsonl").read_bytes() == before
+    config = (tmp_path / "resumed" / "config.yaml").read_bytes()
+    with pytest.raises(UserError, match="already finished"):  # shortened: refused, and its config not rewritten
+        resume(tmp_path / "resumed", epochs=2)
+    assert (tmp_path / "resumed" / "config.yaml").read_bytes() == config
 
 
 def test_training_state_loads_with_weights_only(csv_dataset, tmp_path):

@@ -137,10 +137,12 @@ def prepare_resume(run_dir: str | Path, epochs: int | None, device: str | None) 
     used = {*split.train, *split.val}  # a scan replaced since the run started is checked again (cache by content)
     require_valid([c for c in datalist.cases if c.case_id in used], "; the run's data changed since it started")
     torch_device = setup_device(config.train.device)
-    if dist.is_main() and (epochs is not None or device is not None):
-        save_config(config, run.config)
     plan = Preprocessing.from_dict(dataset["preprocessing"])
     state = load_training_state(run.training_state()) if run.training_state().is_file() else None
+    # saved only when epochs are left to run: a shortened run is refused afterwards and must keep its config
+    left = state is None or config.train.epochs > int(state["epoch"])
+    if dist.is_main() and (epochs is not None or device is not None) and left:
+        save_config(config, run.config)
     return RunSetup(config, run, datalist, split, plan, torch_device, _seeded_model(config, datalist), state)
 
 
