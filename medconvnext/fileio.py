@@ -14,12 +14,27 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    """The process's umask: from /proc on Linux (reading it with os.umask means setting it, which races with other
+    threads creating files), else set and restored at once."""
+    try:
+        for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], Any], fsync: bool = True) -> None:
     """Call ``write(tmp_path)``, fsync (unless ``fsync=False``), then rename over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; the file gets the mode open() would give it
     try:
         write(Path(tmp))
         if fsync:

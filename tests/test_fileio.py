@@ -35,3 +35,19 @@ def test_a_cache_that_cannot_be_written_is_skipped_silently(tmp_path):
 def test_write_json_cache_round_trip(tmp_path):
     write_json_cache(tmp_path / "sub" / "memo.json", {"a": [1, 2]})
     assert json.loads((tmp_path / "sub" / "memo.json").read_text(encoding="utf-8")) == {"a": [1, 2]}
+
+
+def test_atomic_write_gives_the_file_the_usual_mode(tmp_path):
+    """mkstemp's 0600 must not reach the result: a prediction table in a shared folder is readable as the umask
+    allows, like a file written with open()."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "table.csv", lambda tmp: tmp.write_text("a\n", encoding="utf-8"))
+        (tmp_path / "plain.csv").write_text("a\n", encoding="utf-8")
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE((tmp_path / "table.csv").stat().st_mode)
+    assert mode == stat.S_IMODE((tmp_path / "plain.csv").stat().st_mode) == 0o644

@@ -128,7 +128,7 @@ def test_convolutional_pre_stem_reads_the_voxels_through_a_nonlinear_filter() ->
     doubled = conv.stem[0](conv.pre_stem(2 * x))
     assert not torch.allclose(doubled - conv.stem[0].bias.view(1, -1, 1, 1, 1),
                               2 * (tokens - conv.stem[0].bias.view(1, -1, 1, 1, 1)), atol=1e-4)
-    with pytest.raises(ValueError, match="stem_conv_channels"):
+    with pytest.raises(ValueError, match="stem_conv_channels must be an integer >= 0"):
         create_model("convnext_med_iso", stem_conv_channels=-1)
 
 
@@ -145,8 +145,14 @@ def test_pre_stem_without_norm_treats_each_case_alone() -> None:
                       torch.nn.GroupNorm)
     with pytest.raises(ValueError, match="stem_conv_norm"):
         create_model("convnext_med_iso", stem_conv_norm="none")
-    with pytest.raises(ValueError, match="norm must be one of"):
+    with pytest.raises(ValueError, match="stem_conv_norm must be one of .*none"):
         create_model("convnext_med_iso", stem_conv_channels=4, stem_conv_norm="instance")
+    # wrong types are named before any layer is built (a float stride used to fail in the first forward pass)
+    for args in ({"stem_conv_channels": 2.5}, {"stem_conv_channels": True}, {"stem_conv_channels": "abc"},
+                 {"stem_conv_channels": 4, "stem_conv_stride": 1.5},
+                 {"stem_conv_channels": 4, "stem_conv_stride": [1, 2, 2]}):
+        with pytest.raises(ValueError, match=f"{list(args)[-1]} must be an integer"):
+            create_model("convnext_med_iso", **args)
 
 
 def test_strided_pre_stem_halves_the_grid_before_the_patchify() -> None:
@@ -160,7 +166,7 @@ def test_strided_pre_stem_halves_the_grid_before_the_patchify() -> None:
     assert strided.forward_features(x).shape == p8.forward_features(x).shape == (2, 64, 8, 8, 8)
     with pytest.raises(ValueError, match="stem_conv_stride"):
         create_model("convnext_med_iso", stem_conv_stride=2)
-    with pytest.raises(ValueError, match="stem_conv_stride must be >= 1"):
+    with pytest.raises(ValueError, match="stem_conv_stride must be an integer >= 1"):
         create_model("convnext_med_iso", stem_conv_channels=4, stem_conv_stride=0)
 
 

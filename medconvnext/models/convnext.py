@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from medconvnext.layers import DropPath, GRN3d, as_triple, check_input_size, drop_path_rates, init_weights, make_norm3d
+from medconvnext.layers.norm import NORMS
 from medconvnext.layers.shapes import Triple
 from medconvnext.models._dwconv import DepthwiseConv3d
 from medconvnext.models._registry import register_model
@@ -67,6 +68,18 @@ class ConvNeXtBlock(nn.Module):
             x = x * self.gamma
         x = x.permute(0, 4, 1, 2, 3)
         return shortcut + self.drop_path(x)
+
+
+def _check_pre_stem(channels: object, norm: object, stride: object) -> None:
+    """ValueError naming the pre-stem argument that is not an int in range, or not a known norm."""
+    for name, value, low in (("stem_conv_channels", channels, 0), ("stem_conv_stride", stride, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if norm is not None and norm not in (*NORMS, "none"):
+        raise ValueError(f"stem_conv_norm must be one of {', '.join((*NORMS, 'none'))} (or unset: the model's "
+                         f"norm), got {norm!r}")
+    if (norm is not None or stride != 1) and not channels:
+        raise ValueError("stem_conv_norm and stem_conv_stride set the pre-stem: they need stem_conv_channels > 0")
 
 
 class ConvNeXt3d(nn.Module):
@@ -126,6 +139,7 @@ class ConvNeXt3d(nn.Module):
         """
         super().__init__()
         stages = len(depths)
+        _check_pre_stem(stem_conv_channels, stem_conv_norm, stem_conv_stride)
         kernels = _per_stage(kernel_size, stages, "kernel_size")
         stem = as_triple(stem_stride, "stem_stride")
         stem_kernel = stem if stem_kernel_size is None else as_triple(stem_kernel_size, "stem_kernel_size")
@@ -143,13 +157,7 @@ class ConvNeXt3d(nn.Module):
             keep * stem_conv_stride * stem[axis] * _prod(d[axis] for d in downs) for axis in range(3)
         )
 
-        if stem_conv_channels < 0:
-            raise ValueError(f"stem_conv_channels must be >= 0, got {stem_conv_channels}")
         self.pre_stem: nn.Module = nn.Identity()
-        if (stem_conv_norm is not None or stem_conv_stride != 1) and not stem_conv_channels:
-            raise ValueError("stem_conv_norm and stem_conv_stride set the pre-stem: they need stem_conv_channels > 0")
-        if stem_conv_stride < 1:
-            raise ValueError(f"stem_conv_stride must be >= 1, got {stem_conv_stride}")
         if stem_conv_channels:
             pre_norm = stem_conv_norm or norm
             self.pre_stem = nn.Sequential(
