@@ -374,4 +374,24 @@ def test_a_calibration_fitted_for_other_weights_is_refused(binary_cv, tmp_path):
     shutil.copyfile(run / "fold_0" / "checkpoint_best.safetensors", run / "fold_1" / "checkpoint_best.safetensors")
     result = runner.invoke(app, ["predict", scan, "--model", str(run), "--threshold", "auto"])
     assert result.exit_code == 2 and "fitted for other weights" in result.output
+    # evaluate refuses it too, before writing any prediction table, and advises what it accepts
+    result = runner.invoke(app, ["evaluate", str(run), "--data", str(binary_cv["data"]), "--split", "test",
+                                 "--out", str(tmp_path / "eval"), "--n-boot", "0"])
+    assert result.exit_code == 2 and "fitted for other weights" in result.output
+    assert "--no-calibrate" not in result.output and not (tmp_path / "eval" / "predictions.csv").exists()
     assert {"calibration.json", "calibration_before_after.png"} <= RUN_FILES  # --overwrite removes them
+
+
+@pytest.mark.parametrize(("key", "value", "field"), [("train.ema_bn_batches", -3, "train.ema_bn_batches"),
+                                                     ("train.label_smoothing", 2.0, "train.label_smoothing"),
+                                                     ("model.args.stem_conv_norm", "none", "stem_conv_norm")])
+def test_cv_refuses_a_bad_option_before_writing_anything(tmp_path, key, value, field):
+    """The options are checked before cv.json and splits.json exist, so the corrected command is not told that the
+    folder 'holds a cross-validation with other parameters'."""
+    data = make_dataset(tmp_path / "data", n=12)
+    config = apply_overrides(tiny_config(data), {key: value})
+    if key.startswith("model.args"):
+        config.model.name, config.model.args = "convnext_med_iso", {"stem_conv_norm": value}
+    with pytest.raises(UserError, match=field):
+        cross_validate(config, tmp_path / "cv", folds=2, callbacks=SilentCallbacks())
+    assert not (tmp_path / "cv").exists() or not any((tmp_path / "cv").iterdir())

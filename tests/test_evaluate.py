@@ -152,6 +152,7 @@ def test_evaluate_ensemble_of_runs_and_tta(runs):
     assert "without test-time augmentation" not in said
     report_tta = " ".join((root / "tta" / "report.md").read_text(encoding="utf-8").split())
     assert "without test-time augmentation" not in report_tta and "The operating point was fitted on" in report_tta
+    assert "`medconvnext predict --tta --threshold auto` uses this threshold" in report_tta
     assert "test-time augmentation" not in " ".join(alone.output.split())
 
 

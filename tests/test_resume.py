@@ -78,7 +78,7 @@ def test_resume_equals_an_uninterrupted_run(csv_dataset, tmp_path):
         resume(tmp_path / "resumed")
     assert (tmp_path / "resumed" / "metrics.jsonl").read_bytes() == before
     config = (tmp_path / "resumed" / "config.yaml").read_bytes()
-    with pytest.raises(UserError, match="already finished"):  # shortened: refused, and its config not rewritten
+    with pytest.raises(UserError, match="--epochs 2, but the run has trained 3 epochs"):  # config kept as it was
         resume(tmp_path / "resumed", epochs=2)
     assert (tmp_path / "resumed" / "config.yaml").read_bytes() == config
 
@@ -112,3 +112,17 @@ def test_resume_rejects_other_flags_and_missing_runs(tmp_path):
     assert result.exit_code == 2 and "--lr" in result.output
     result = runner.invoke(app, ["train", "--resume", str(tmp_path / "nothing")])
     assert result.exit_code == 2 and "config.yaml" in result.output
+
+
+def test_a_run_from_before_ema_bn_batches_resumes_as_it_was_trained(csv_dataset, tmp_path):
+    """A config.yaml without train.ema_bn_batches (written before the option) resumes with 0 (the EMA averages the
+    BatchNorm statistics, as it did), not with the new default: the same epochs as a run trained with 0."""
+    straight = tmp_path / "straight"
+    train(tiny_config(csv_dataset, epochs=3, ema=True, ema_bn_batches=0), straight)
+    old = tmp_path / "old"
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(csv_dataset, epochs=3, ema=True, ema_bn_batches=0), old, callbacks=StopAfter(2))
+    lines = (old / "config.yaml").read_text(encoding="utf-8").splitlines()
+    (old / "config.yaml").write_text("\n".join(x for x in lines if "ema_bn_batches" not in x) + "\n", encoding="utf-8")
+    resume(old)
+    assert metrics(old) == metrics(straight)

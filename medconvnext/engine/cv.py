@@ -38,7 +38,7 @@ from medconvnext.data.splits import Fold, cv_splits, resolve_group_column
 from medconvnext.data.validate import validate_datalist
 from medconvnext.engine.inference import FoldEnsemble
 from medconvnext.engine.resume import load_training_state
-from medconvnext.engine.setup import audit_training_split
+from medconvnext.engine.setup import audit_training_split, check_training_config
 from medconvnext.engine.trainer import resume, train
 from medconvnext.errors import UserError
 from medconvnext.reports.run import report_run
@@ -230,6 +230,7 @@ def cross_validate(
     column = resolve_group_column(datalist, group_by)
     fold_list = cv_splits(datalist, folds, config.train.seed, repeats, column)
     params = cv_params(config, folds, repeats, column)
+    check_training_config(config, datalist)  # every option, before anything is written
     audit_training_split(config, datalist, fold_list, column)  # before anything is written
     _prepare(run, params, _splits_document(fold_list, column), overwrite)
     results = [_train_fold(config, fold, run, callbacks, log, len(fold_list), repeats) for fold in fold_list]

@@ -23,6 +23,7 @@ from medconvnext.data.validate import require_valid
 from medconvnext.engine.inference import FoldEnsemble
 from medconvnext.errors import UserError
 from medconvnext.reports.run import report_run
+from medconvnext.results.calibration import check_calibration_matches, load_calibration
 from medconvnext.results.table import require_finite, write_prediction_table
 from medconvnext.rundir import RunDir
 
@@ -133,6 +134,9 @@ def evaluate_run_on(
         for run in runs:
             report = report.merge(audit_run(run.root, labelled, eval_side=split))
     enforce(report, leakage)
+    # one run's report applies its calibration.json: one fitted for other weights is refused before any write
+    if len(runs) == 1 and runs[0].calibration.is_file():
+        check_calibration_matches(load_calibration(runs[0].calibration), runs[0].root, runs[0].calibration)
     ensemble = FoldEnsemble.load_many([run.root for run in runs], device=device, tta=tta)
     classes = ensemble.class_names
     unknown = sorted({c.label for c in labelled} - set(classes))

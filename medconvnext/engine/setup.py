@@ -10,6 +10,8 @@ The model is built once, right after the global generators are seeded, so its in
 
 from __future__ import annotations
 
+import copy
+
 import dataclasses
 import json
 import os
@@ -22,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 
 from medconvnext.config import Config, TrainConfig, load_config, save_config
@@ -102,6 +105,7 @@ def prepare_training(
     model = _seeded_model(config, datalist)
     train_cases = [c for c in datalist.cases if c.case_id in set(split.train)]
     plan = plan_preprocessing(config.preprocessing, compute_fingerprint(train_cases), model.min_input_size)
+    check_init_2d(model, config)
     if config.model.init:  # weights that do not fit, or another intensity scheme, are refused before any write
         for note in check_init_compatible(model, plan, config.model.init):
             if dist.is_main():
@@ -126,6 +130,8 @@ def prepare_resume(run_dir: str | Path, epochs: int | None, device: str | None) 
         if not needed.is_file():
             raise UserError(f"--resume {run.root}: {needed.name} missing (not a run directory); train it again")
     config = load_config(run.config)
+    if "ema_bn_batches" not in (_read_yaml(run.config).get("train") or {}):
+        config.train.ema_bn_batches = 0  # trained before the option: its EMA keeps averaging the statistics
     if epochs is not None:
         config.train.epochs = epochs
     if device is not None:
@@ -139,11 +145,20 @@ def prepare_resume(run_dir: str | Path, epochs: int | None, device: str | None) 
     torch_device = setup_device(config.train.device)
     plan = Preprocessing.from_dict(dataset["preprocessing"])
     state = load_training_state(run.training_state()) if run.training_state().is_file() else None
-    # saved only when epochs are left to run: a shortened run is refused afterwards and must keep its config
-    left = state is None or config.train.epochs > int(state["epoch"])
-    if dist.is_main() and (epochs is not None or device is not None) and left:
+    done = 0 if state is None else int(state["epoch"])
+    if epochs is not None and state is not None and epochs <= done:  # before the config is rewritten
+        raise UserError(f"--resume {run.root}: --epochs {epochs}, but the run has trained {done} "
+                        f"epoch{'s' * (done != 1)} already; pass --epochs N (more than {done}) to extend it, or "
+                        "leave --epochs out to finish it as planned")
+    if dist.is_main() and (epochs is not None or device is not None):
         save_config(config, run.config)
     return RunSetup(config, run, datalist, split, plan, torch_device, _seeded_model(config, datalist), state)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    """A run's config.yaml as written (load_config fills in the defaults of options added since)."""
+    values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return values if isinstance(values, dict) else {}
 
 
 def seed_everything(seed: int) -> None:
@@ -196,6 +211,32 @@ def init_weights(model: nn.Module, config: Config, run: RunDir) -> None:
         _init_from_2d(model, config, run)
     if config.model.init:
         _init_from_3d(model, config, run)
+
+
+def check_init_2d(model: nn.Module, config: Config) -> None:
+    """UserError when ``model.init_2d`` cannot be loaded into ``model`` (tried on a copy: before any write)."""
+    if not config.model.init_2d:
+        return
+    from medconvnext.models.inflate import load_2d_weights_file
+
+    try:
+        load_2d_weights_file(copy.deepcopy(model), config.model.init_2d, mode=config.model.init_2d_mode)
+    except ValueError as exc:
+        raise UserError(f"model.init_2d {config.model.init_2d}: {exc}") from None
+
+
+def check_training_config(config: Config, datalist: Datalist) -> None:
+    """Every check of the options that needs no run directory: the recipe, the data options, ``--init``, the model
+    (name and arguments, by building it) and its 2D weights. For commands that write before the first run is set
+    up (``cv``). Raises UserError naming the field."""
+    check_recipe(config.train)
+    check_data_options(config.data)
+    check_init(config)
+    try:
+        get_entry(config.model.name)
+    except ValueError as exc:
+        raise UserError(f"model.name: {exc}") from None
+    check_init_2d(build_model(config, datalist), config)
 
 
 def _init_from_2d(model: nn.Module, config: Config, run: RunDir) -> None:

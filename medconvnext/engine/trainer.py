@@ -200,8 +200,9 @@ def _fit(setup: RunSetup, callbacks: TrainingCallbacks | None) -> TrainResult:
     loop.augment = data.augment
     start_epoch = 1 if setup.state is None else restore_loop(loop, setup.state) + 1
     if start_epoch > cfg.epochs:  # before any output: nothing is left to run
-        raise UserError(f"--resume {run.root}: the run already finished ({cfg.epochs} epochs); pass --epochs N "
-                        f"(more than {cfg.epochs}) to extend it")
+        done = start_epoch - 1
+        raise UserError(f"--resume {run.root}: the run already finished ({done} epoch{'s' * (done != 1)}); pass "
+                        f"--epochs N (more than {done}) to extend it")
     if dist.is_main():
         # the state is the commit point of an epoch: drop any epoch logged after it (killed mid-write)
         lines = "".join(json.dumps(r) + "\n" for r in loop.history)

@@ -261,12 +261,13 @@ def _calibration_sections(doc: Doc, cal: Mapping, figures: Mapping[str, Path]) -
     """Operating point (binary) and post-hoc calibration, from the summary's ``calibration``."""
     op_rows, cal_rows = section_rows(cal)
     fitted = cal.get("temperature_fitted", True)  # False: an ensemble of runs, served uncalibrated
+    tta = " --tta" if cal.get("fitted_with_tta") else ""  # the values fitted on TTA predictions serve --tta
     if op_rows:
         op = cal["operating_point"]
         doc.heading(2, "Operating point")
         doc.paragraph(f"A case is called {op['positive_class']} when its {'calibrated ' if fitted else ''}"
                       f"probability is at least the threshold, chosen by {criterion_text(op['criterion'])} on the "
-                      f"{cal['fitted_on']}; {cal['source']}. `medconvnext predict --threshold auto` uses this "
+                      f"{cal['fitted_on']}; {cal['source']}. `medconvnext predict{tta} --threshold auto` uses this "
                       "threshold.")
         doc.table(["", "Value", "95% CI"], op_rows)
         if cal.get("tta"):
@@ -276,7 +277,7 @@ def _calibration_sections(doc: Doc, cal: Mapping, figures: Mapping[str, Path]) -
     doc.heading(2, "Calibration (temperature scaling)")
     doc.paragraph(f"One temperature T divides the logits (Guo et al. 2017), fitted by minimising the negative "
                   f"log-likelihood on the {cal['fitted_on']}; it never changes the predicted class. "
-                  f"Here: {cal['source']}. `medconvnext predict` applies it (--no-calibrate: raw probabilities).")
+                  f"Here: {cal['source']}. `medconvnext predict{tta}` applies it (--no-calibrate: raw probabilities).")
     doc.table(["", "Before", "After"], cal_rows)
     if cal.get("tta") and not op_rows:  # more than two classes: a temperature only
         doc.paragraph(tta_section_text(cal["tta"], None))

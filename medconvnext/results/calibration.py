@@ -246,7 +246,7 @@ def check_calibration_matches(calibration: Calibration, run_root: str | Path, pa
     """UserError when the run's checkpoints are not the ones ``calibration`` was fitted for."""
     if calibration.models and calibration.models != checkpoint_digests(run_root):
         raise UserError(f"{path}: fitted for other weights than the run's checkpoints now (retrained?); refit it with "
-                        f"`medconvnext report {run_root}` or pass --no-calibrate and a numeric --threshold")
+                        f"`medconvnext report {run_root}`")
 
 
 def save_calibration(path: str | Path, calibration: Calibration) -> Path:
