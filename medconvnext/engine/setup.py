@@ -11,7 +11,6 @@ The model is built once, right after the global generators are seeded, so its in
 from __future__ import annotations
 
 import copy
-
 import dataclasses
 import json
 import os
