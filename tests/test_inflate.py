@@ -216,3 +216,20 @@ def test_train_cli_init_2d_missing_file_is_a_user_error(csv_dataset, tmp_path) -
                                       "--init-2d", str(tmp_path / "nope.pth")])
     assert result.exit_code == 2 and "nope.pth" in result.output and "not found" in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_train_cli_init_2d_that_does_not_fit_is_refused_before_the_run_exists(csv_dataset, tmp_path) -> None:
+    """2D weights the model cannot take (here: a pre-stem before the stem) are tried on a copy first, so the run
+    folder is not created and the corrected command is not told it 'already holds a run'."""
+    from typer.testing import CliRunner
+
+    from medconvnext.cli.main import app
+
+    weights = tmp_path / "convnext2d.pth"
+    torch.save(_random_2d().state_dict(), weights)
+    args = ["train", "--data", str(csv_dataset), "--out", str(tmp_path / "run"), "--epochs", "1", "--init-2d",
+            str(weights), "--set", f"model.args.depths={list(DEPTHS)}", "--set", f"model.args.dims={list(DIMS)}",
+            "--set", "model.args.norm=layernorm", "--set", "model.args.stem_conv_channels=4"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "stem_conv_channels" in result.output
+    assert not (tmp_path / "run").exists()
