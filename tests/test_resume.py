@@ -67,6 +67,8 @@ def test_resume_equals_an_uninterrupted_run(csv_dataset, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train(tiny_config(csv_dataset, **recipe), tmp_path / "resumed", callbacks=StopAfter(2))
     assert [r["epoch"] for r in metrics(tmp_path / "resumed")] == [1, 2]
+    with pytest.raises(UserError, match="--epochs 2, but the run has trained 2 epochs"):  # not "finished" at 2 of 3
+        resume(tmp_path / "resumed", epochs=2)
     result = resume(tmp_path / "resumed")
     assert metrics(tmp_path / "resumed") == metrics(tmp_path / "straight")
     assert result.best_epoch == straight.best_epoch

@@ -131,6 +131,7 @@ def prepare_resume(run_dir: str | Path, epochs: int | None, device: str | None) 
     config = load_config(run.config)
     if "ema_bn_batches" not in (_read_yaml(run.config).get("train") or {}):
         config.train.ema_bn_batches = 0  # trained before the option: its EMA keeps averaging the statistics
+    planned = config.train.epochs
     if epochs is not None:
         config.train.epochs = epochs
     if device is not None:
@@ -145,7 +146,8 @@ def prepare_resume(run_dir: str | Path, epochs: int | None, device: str | None) 
     plan = Preprocessing.from_dict(dataset["preprocessing"])
     state = load_training_state(run.training_state()) if run.training_state().is_file() else None
     done = 0 if state is None else int(state["epoch"])
-    if epochs is not None and state is not None and epochs <= done:  # before the config is rewritten
+    # fewer epochs than run, or stopping an unfinished run where it stands: refused before the config is rewritten
+    if epochs is not None and state is not None and (epochs < done or epochs == done < planned):
         raise UserError(f"--resume {run.root}: --epochs {epochs}, but the run has trained {done} "
                         f"epoch{'s' * (done != 1)} already; pass --epochs N (more than {done}) to extend it, or "
                         "leave --epochs out to finish it as planned")
