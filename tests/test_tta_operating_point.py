@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import make_dataset
+from test_resume import StopAfter
 from typer.testing import CliRunner
 
 from medconvnext.cli.main import app
 from medconvnext.engine.inference import Predictor
-from medconvnext.engine.trainer import SilentCallbacks, resume, train
+from medconvnext.engine.trainer import resume, train
 from medconvnext.reports.run import report_run
 from medconvnext.results.calibration import (
     apply_temperature,
@@ -211,17 +212,6 @@ def test_resume_of_a_finished_run_writes_missing_tta_predictions_and_trains_noth
     assert (run / "val_predictions_tta.csv").read_text(encoding="utf-8") == expected
     again = runner.invoke(app, ["train", "--resume", str(run)])  # complete now: nothing left to do, as before
     assert again.exit_code == 2 and "already finished" in again.output
-
-
-class StopAfter(SilentCallbacks):
-    """Stops right after epoch ``n`` was committed (checkpoints and training state written)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def on_epoch_end(self, record: dict) -> None:
-        if record["epoch"] == self.n:
-            raise KeyboardInterrupt
 
 
 def _config(data: Path, **overrides: object):
