@@ -79,7 +79,7 @@ def training_data(setup: RunSetup, generator: torch.Generator) -> TrainingData:
 
 
 def _bn_records(records: list[dict], cases: int) -> list[dict]:
-    """This rank's share of a fixed random choice of ``cases`` training cases (at most all of them), every rank
+    """This rank's share of a fixed, class-stratified choice of ``cases`` training cases (at most all), every rank
     the same number: a SyncBatchNorm in training mode must be called as often on every rank."""
     world = dist.world_size()
     per_rank = max(1, min(cases, len(records)) // world)
