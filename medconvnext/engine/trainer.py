@@ -171,7 +171,7 @@ def _finished_without_tta(setup: RunSetup) -> bool:
     state = setup.state
     if state is None or not state.get("best") or setup.run.val_predictions_tta.is_file():
         return False
-    # an epoch count below the epochs already run is the "already finished" error of _fit, not a finished run
+    # --epochs below the epochs already run was refused by prepare_resume
     return bool(state.get("stopped")) or int(state["epoch"]) == setup.config.train.epochs
 
 
@@ -215,9 +215,6 @@ def _fit(setup: RunSetup, callbacks: TrainingCallbacks | None) -> TrainResult:
         run_epochs(loop, data.train_loader, range(start_epoch, cfg.epochs + 1), hooks)
     finally:
         hooks.close()
-    if loop.best is None:  # a resumed run shortened to fewer epochs than it had
-        raise UserError(f"--resume {run.root}: the run already finished ({cfg.epochs} epochs); pass --epochs N "
-                        f"(more than {cfg.epochs}) to extend it")
     epochs_run = len(loop.history) - (start_epoch - 1)  # none when an early-stopped run is resumed
     if epochs_run or not run.val_predictions_tta.is_file():
         _write_tta(setup)  # the best checkpoint is final now
