@@ -97,6 +97,7 @@ class ConvNeXt3d(nn.Module):
         stem_conv_channels: int = 0,
         stem_conv_norm: str | None = None,
         stem_conv_stride: int = 1,
+        stem_conv_init: str = "trunc_normal",
         downsample_strides: IntOr3 | Sequence[IntOr3] = 2,
         norm: str = "groupnorm",
         drop_path_rate: float = 0.0,
@@ -127,6 +128,10 @@ class ConvNeXt3d(nn.Module):
                 the patchify stem, so the model's total stride is ``2 * stem_stride``: a 64³ input gets the 8³
                 token grid of an 8³ patchify stem at a quarter of the full-resolution pre-stem's cost (the
                 "early convolutions" stem of Xiao et al. 2021, one layer deep).
+            stem_conv_init: the pre-stem convolution's init: ``"trunc_normal"`` (std 0.02, as every other layer)
+                or ``"kaiming"`` (He et al. 2015 normal, fan-in, ReLU gain, zero bias). With std 0.02 a 3³ filter
+                on [0, 1] inputs has outputs of std ~0.05, where GELU is nearly linear, and with no norm behind it
+                nothing rescales them; the He init puts them at std ~1, in GELU's nonlinear range, from step 0.
             downsample_strides: kernel = stride of the 3 downsampling layers; int, (D, H, W) or one per layer.
             norm: ``"groupnorm"`` (GroupNorm(1), default) or ``"layernorm"`` (per-voxel, as in the paper)
                 or ``"batchnorm"`` (BatchNorm3d; not the paper's) or ``"channelnorm"`` (GroupNorm with one
@@ -140,6 +145,10 @@ class ConvNeXt3d(nn.Module):
         super().__init__()
         stages = len(depths)
         _check_pre_stem(stem_conv_channels, stem_conv_norm, stem_conv_stride)
+        if stem_conv_init not in ("trunc_normal", "kaiming"):
+            raise ValueError(f"stem_conv_init must be 'trunc_normal' or 'kaiming', got {stem_conv_init!r}")
+        if stem_conv_init != "trunc_normal" and not stem_conv_channels:
+            raise ValueError("stem_conv_init sets the pre-stem's init: it needs stem_conv_channels > 0")
         kernels = _per_stage(kernel_size, stages, "kernel_size")
         stem = as_triple(stem_stride, "stem_stride")
         stem_kernel = stem if stem_kernel_size is None else as_triple(stem_kernel_size, "stem_kernel_size")
@@ -183,6 +192,10 @@ class ConvNeXt3d(nn.Module):
         self.head = nn.Linear(dims[-1], num_classes)
 
         self.apply(init_weights)
+        if stem_conv_init == "kaiming":
+            pre_conv = self.pre_stem[0]
+            nn.init.kaiming_normal_(pre_conv.weight, mode="fan_in", nonlinearity="relu")
+            nn.init.zeros_(pre_conv.bias)
         with torch.no_grad():
             self.head.weight.mul_(head_init_scale)
             self.head.bias.mul_(head_init_scale)
