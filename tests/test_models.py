@@ -155,6 +155,25 @@ def test_pre_stem_without_norm_treats_each_case_alone() -> None:
             create_model("convnext_med_iso", **args)
 
 
+def test_kaiming_pre_stem_init_puts_the_gelu_in_its_nonlinear_range() -> None:
+    """stem_conv_init="kaiming": on a [0, 1] mask the norm-free pre-stem's conv outputs have std near 1 at init
+    (vs ~0.05 with the trunc-normal 0.02 of every other layer), so GELU is not a linear map there; the rest of the
+    model keeps the paper's init; the option without a pre-stem, or an unknown init, is refused."""
+    x = (torch.rand(2, 1, 32, 32, 32) > 0.5).float()
+    stds = {}
+    for init in ("trunc_normal", "kaiming"):
+        torch.manual_seed(0)
+        model = create_model("convnext_med_iso", stem_conv_channels=16, stem_conv_norm="none", stem_conv_init=init)
+        stds[init] = model.pre_stem[0](x).std().item()
+        assert model.stem[0].weight.std().item() < 0.03  # the patchify stem keeps std 0.02
+    assert stds["trunc_normal"] < 0.1 < 0.3 < stds["kaiming"] < 3
+    assert not create_model("convnext_med_iso", stem_conv_channels=4, stem_conv_init="kaiming").pre_stem[0].bias.any()
+    with pytest.raises(ValueError, match="stem_conv_init sets the pre-stem"):
+        create_model("convnext_med_iso", stem_conv_init="kaiming")
+    with pytest.raises(ValueError, match="stem_conv_init must be"):
+        create_model("convnext_med_iso", stem_conv_channels=4, stem_conv_init="xavier")
+
+
 def test_strided_pre_stem_halves_the_grid_before_the_patchify() -> None:
     """stem_conv_stride=2 with a 4³ patchify gives the 8³ token grid of an 8³ patchify on 64³ (total stride 8,
     minimum input 8³), reading the 1 mm voxels through 3³ filters; a stride without a pre-stem is refused."""
