@@ -14,8 +14,9 @@ from typer.testing import CliRunner
 
 from medconvnext.cli.main import app
 from medconvnext.config import Config, apply_overrides
+from medconvnext.engine.cv import cross_validate
 from medconvnext.engine.pretrain import PretrainOptions, pretrain, pretrain_cases, resume_pretrain
-from medconvnext.engine.trainer import train
+from medconvnext.engine.trainer import SilentCallbacks, train
 from medconvnext.engine.warm_start import convnext_layer_id, layer_decay_groups
 from medconvnext.errors import UserError
 from medconvnext.models import create_model
@@ -104,6 +105,13 @@ def test_init_refuses_another_architecture_or_intensity_before_writing(csv_datas
         train(tiny(csv_dataset, 1, **{"model.init": str(tmp_path / "pt"), "preprocessing.intensity": "zscore"}),
               tmp_path / "ft")
     assert not (tmp_path / "ft").exists()
+    # cv checks the same before it writes cv.json (which would block the corrected command)
+    for bad, match in (({"model.args.dims": [8, 16, 24, 40], "preprocessing.intensity": "minmax"}, "of another shape"),
+                       ({"preprocessing.intensity": "zscore"}, "this run plans 'zscore'")):
+        with pytest.raises(UserError, match=match):
+            cross_validate(tiny(csv_dataset, 1, **{"model.init": str(tmp_path / "pt"), **bad}), tmp_path / "cv",
+                           folds=2, callbacks=SilentCallbacks())
+        assert not (tmp_path / "cv").exists()
     with pytest.warns(UserWarning, match=r"trained on input size \[32, 32, 32\], this run plans \[64, 64, 64\]"):
         train(tiny(csv_dataset, 1, **{"model.init": str(tmp_path / "pt"), "preprocessing.intensity": "minmax",
                                       "preprocessing.input_size": [64, 64, 64]}), tmp_path / "ft")

@@ -230,7 +230,8 @@ def cross_validate(
     column = resolve_group_column(datalist, group_by)
     fold_list = cv_splits(datalist, folds, config.train.seed, repeats, column)
     params = cv_params(config, folds, repeats, column)
-    check_training_config(config, datalist)  # every option, before anything is written
+    first_train = [c for c in datalist.cases if c.case_id in set(fold_list[0].split.train)]
+    check_training_config(config, datalist, first_train)  # every option, before anything is written
     audit_training_split(config, datalist, fold_list, column)  # before anything is written
     _prepare(run, params, _splits_document(fold_list, column), overwrite)
     results = [_train_fold(config, fold, run, callbacks, log, len(fold_list), repeats) for fold in fold_list]

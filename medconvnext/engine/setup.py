@@ -27,7 +27,7 @@ import yaml
 from torch import nn
 
 from medconvnext.config import Config, TrainConfig, load_config, save_config
-from medconvnext.data.datalist import Datalist, load_datalist
+from medconvnext.data.datalist import Case, Datalist, load_datalist
 from medconvnext.data.fingerprint import compute_fingerprint, plan_preprocessing
 from medconvnext.data.patches import PATCH_MODES
 from medconvnext.data.preprocessing import Preprocessing
@@ -226,10 +226,11 @@ def check_init_2d(model: nn.Module, config: Config) -> None:
         raise UserError(f"model.init_2d {config.model.init_2d}: {exc}") from None
 
 
-def check_training_config(config: Config, datalist: Datalist) -> None:
-    """Every check of the options that needs no run directory: the recipe, the data options, ``--init``, the model
-    (name and arguments, by building it) and its 2D weights. For commands that write before the first run is set
-    up (``cv``). Raises UserError naming the field."""
+def check_training_config(config: Config, datalist: Datalist, train_cases: Sequence[Case] | None = None) -> None:
+    """Every check of the options that needs no run directory: the recipe, the data options, ``--init`` (that it
+    exists, and that its weights fit the model and the intensity planned from ``train_cases``, default all cases),
+    the model (name and arguments, by building it) and its 2D weights. For commands that write before the first run
+    is set up (``cv``). Raises UserError naming the field."""
     check_recipe(config.train)
     check_data_options(config.data)
     check_init(config)
@@ -237,7 +238,12 @@ def check_training_config(config: Config, datalist: Datalist) -> None:
         get_entry(config.model.name)
     except ValueError as exc:
         raise UserError(f"model.name: {exc}") from None
-    check_init_2d(build_model(config, datalist), config)
+    model = build_model(config, datalist)
+    check_init_2d(model, config)
+    if config.model.init:  # the notes (spacing, size) are warned when each run is set up
+        cases = datalist.cases if train_cases is None else train_cases
+        plan = plan_preprocessing(config.preprocessing, compute_fingerprint(cases), model.min_input_size)
+        check_init_compatible(model, plan, config.model.init)
 
 
 def _init_from_2d(model: nn.Module, config: Config, run: RunDir) -> None:
