@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -191,6 +192,22 @@ def test_a_seed_ensemble_gets_its_operating_point_from_the_mean_validation_predi
     assert {r["temperature"] for r in rows} == {""}  # an ensemble is served uncalibrated
     assert [r["prediction"] for r in rows] == ["malignant" if float(r["prob_malignant"]) >= point.threshold
                                                else "benign" for r in rows]
+    # data without a split column: the two runs share their splits.json, so --split val is their common val set
+    unmarked = tmp_path / "unmarked.csv"
+    with open(unmarked, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=["image", "label"])
+        writer.writeheader()
+        writer.writerows({"image": str(runs["data"] / r["image"]), "label": r["label"]}
+                         for r in _read(runs["data"] / "labels.csv"))
+    result = runner.invoke(app, ["evaluate", str(runs["train"]), str(other), "--data", str(unmarked), "--split",
+                                 "val", "--out", str(tmp_path / "ens_val"), "--device", "cpu", "--n-boot", "0"])
+    assert result.exit_code == 0, result.output
+    scored = [r["image"] for r in _read(tmp_path / "ens_val" / "predictions.csv")]
+    assert sorted(Path(p).name.removesuffix(".nii.gz") for p in scored) == sorted(r["image"] for r in val[0])
+    # a cv run has no single val set: with it, the ensemble has no common one, and nothing is written
+    result = runner.invoke(app, ["evaluate", str(runs["train"]), str(runs["cv"]), "--data", str(unmarked), "--split",
+                                 "val", "--out", str(tmp_path / "mixed"), "--device", "cpu", "--n-boot", "0"])
+    assert result.exit_code == 2 and "no common set" in result.output and not (tmp_path / "mixed").exists()
 
 
 def test_evaluate_several_runs_needs_out(runs):

@@ -75,17 +75,28 @@ def select_cases(datalist: Datalist, split: str, run: RunDir | None = None) -> l
     return chosen
 
 
+def _split_owner(runs: Sequence[RunDir]) -> RunDir | None:
+    """The run whose splits.json stands for all of ``runs``: the only one, or the first when every run is a train
+    run with the same splits.json (e.g. seeds of a recipe given one split); None when their splits differ."""
+    if len(runs) == 1:
+        return runs[0]
+    if any(run.is_cv() or not run.splits.is_file() for run in runs):
+        return None
+    texts = {json.dumps(json.loads(run.splits.read_text(encoding="utf-8")), sort_keys=True) for run in runs}
+    return runs[0] if len(texts) == 1 else None
+
+
 def _no_cases_message(datalist: Datalist, split: str, marked: bool, run: RunDir | None) -> str:
     """Why ``split`` selects nothing, and what to do; never a hint that leads to scoring cases a model trained on.
-    ``run`` is None for an ensemble of runs."""
+    ``run`` is None for an ensemble of runs with different splits."""
     why = f"--data {datalist.source}: no {split} cases"
     why += " (its split column marks none)" if marked else " (it has no split column)"
     if run is not None and run.is_cv():
         return (f"{why}. A cv run's honest estimate is its out-of-fold predictions (`medconvnext report "
                 f"{run.root}`); to evaluate it on held-out scans, give data whose split column marks them test")
     if run is None and not marked and split in ("train", "val"):
-        return (f"{why}. One train run evaluates its own {split} cases (its splits.json); runs trained without a "
-                "split column drew different ones, so an ensemble of them has no common set. Add a split column "
+        return (f"{why}. One train run evaluates its own {split} cases (its splits.json); these runs' splits.json "
+                "differ, so an ensemble of them has no common set. Add a split column "
                 "(train/val/test) and retrain")
     return (f"{why}. Mark the cases `{split}` in a split column (for `test`: cases no model trained or selected on); "
             "--split all scores every case, including training cases")
@@ -124,7 +135,7 @@ def evaluate_run_on(
         raise UserError(f"--out {out_dir}: would overwrite a run's own report; choose another folder")
     RunDir(out_dir).check_foreign()  # an earlier evaluation is replaced; a folder of other files is never written
     datalist = load_datalist(data, for_training=False)
-    chosen = select_cases(datalist, split, runs[0] if len(runs) == 1 else None)
+    chosen = select_cases(datalist, split, _split_owner(runs))
     labelled = [c for c in chosen if c.label is not None]
     if not labelled:
         raise UserError(f"--data {datalist.source}: none of the {len(chosen)} {split} case(s) has a label")
