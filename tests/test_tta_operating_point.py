@@ -270,3 +270,11 @@ def test_an_ensemble_of_runs_gets_its_tta_operating_point_from_their_mean_tta_pr
                                  "--threshold", "auto", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert NOTE in _flat(result.output)
+    assert f"{other} has no held-out predictions (val_predictions_tta.csv)" in _flat(result.output)
+    evaluated = runner.invoke(app, ["evaluate", str(first), str(other), "--data", str(data), "--tta", "--out",
+                                    str(tmp_path / "ens_plain"), "--device", "cpu", "--n-boot", "0"])
+    assert evaluated.exit_code == 0, evaluated.output
+    cal = json.loads((tmp_path / "ens_plain" / "summary.json").read_text(encoding="utf-8"))["calibration"]
+    assert cal["fitted_with_tta"] is False and str(other) in cal["tta_missing"]
+    report = _flat((tmp_path / "ens_plain" / "report.md").read_text(encoding="utf-8"))
+    assert NOTE in report and f"{other} has no held-out predictions" in report

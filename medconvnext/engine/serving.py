@@ -163,8 +163,10 @@ def ensemble_calibration(models: list[Path], threshold: str | None, names: list[
     whether it was chosen on their TTA ones (``tta`` and every run has them)."""
     if threshold != "auto":
         return None, False
-    calibration = ensemble_operating_point(models, tta=True)[0] if tta else None
+    calibration, tta_missing = ensemble_operating_point(models, tta=True) if tta else (None, None)
     with_tta = calibration is not None
+    if tta_missing:  # names the run without TTA held-out predictions
+        log(f"note: no TTA operating point for this ensemble: {tta_missing}")
     if calibration is None:
         calibration, why = ensemble_operating_point(models)
         if calibration is None:

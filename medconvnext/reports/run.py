@@ -197,8 +197,9 @@ def _ensemble_calibration(pooled: Predictions, fit: dict, n_boot: int, seed: int
     """The operating point of an ensemble of runs on their mean held-out predictions (with TTA when evaluated with
     TTA and every run has them; else the plain ones), and what it gives on the pooled predictions."""
     calibration, why, with_tta = None, None, False
+    tta_missing = None
     if fit.get("tta"):
-        calibration, _ = ensemble_operating_point(fit["ensemble"], tta=True)
+        calibration, tta_missing = ensemble_operating_point(fit["ensemble"], tta=True)
         with_tta = calibration is not None
     if calibration is None:
         calibration, why = ensemble_operating_point(fit["ensemble"])
@@ -209,7 +210,10 @@ def _ensemble_calibration(pooled: Predictions, fit: dict, n_boot: int, seed: int
         source += ("; these are the validation cases the threshold was chosen on, so its sensitivity and "
                    "specificity here are optimistic")
     summary = calibration_summary(pooled, calibration, source, n_boot, seed)
-    return {**summary, "temperature_fitted": False, "fitted_with_tta": with_tta}, None
+    summary = {**summary, "temperature_fitted": False, "fitted_with_tta": with_tta}
+    if tta_missing:  # which run lacks its TTA predictions, for the note
+        summary["tta_missing"] = tta_missing
+    return summary, None
 
 
 def _fit_tta_section(run: RunDir, pooled: Predictions, fit: dict) -> TtaCalibration | None:
@@ -238,8 +242,9 @@ def tta_note(calibration: dict | None) -> str | None:
         return f"The {what} was fitted on the {calibration['fitted_on']}, as these cases were predicted."
     if not calibration.get("operating_point"):
         return None
-    return f"Note: {TTA_THRESHOLD_NOTE}; the numbers at it below are measured on these cases. To refit it: " \
-           f"{TTA_CALIBRATION_HINT}."
+    missing = f" (no TTA operating point: {calibration['tta_missing']})" if calibration.get("tta_missing") else ""
+    return f"Note: {TTA_THRESHOLD_NOTE}{missing}; the numbers at it below are measured on these cases. To refit " \
+           f"it: {TTA_CALIBRATION_HINT}."
 
 
 def _write(run: RunDir, kind: str, predictions: Predictions, summary_path: Path, title: str, logs: dict,
