@@ -15,9 +15,19 @@ from typing import TypeVar
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
 console = Console()
 err_console = Console(stderr=True)
+
+
+def print_table(table: Table) -> None:
+    """Print a table; into a pipe or file (no terminal width to fit) at its full width, so no column is cut."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    natural = console.measure(table, options=console.options.update(max_width=1000)).maximum
+    Console(file=console.file, width=max(console.width, natural)).print(table)
 
 T = TypeVar("T")
 

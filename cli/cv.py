@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from medconvnext.cli import _options as options
-from medconvnext.cli._common import console, run_guarded
+from medconvnext.cli._common import console, print_table, run_guarded
 
 
 def cv(
@@ -71,7 +71,7 @@ def render_summary(summary: dict, files: dict, where: Path, label: str = "all") 
         ci = m.get("ci", {}).get("auc") or [None, None]
         interval = f"{ci[0]:.3f}-{ci[1]:.3f}" if ci[0] is not None else "n/a"
         table.add_row(name, str(m["n"]), _fmt(m["auc"]), interval, _fmt(m["accuracy"]), _fmt(m["balanced_accuracy"]))
-    console.print(table)
+    print_table(table)
     cal = summary.get("calibration")
     if cal:
         op = cal.get("operating_point")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from medconvnext.cli._common import console, err_console, run_guarded
+from medconvnext.cli._common import console, err_console, print_table, run_guarded
 
 data_app = typer.Typer(rich_markup_mode=None, help="Check datasets and import public ones.", no_args_is_help=True)
 
@@ -96,7 +96,7 @@ def _print_summary(datalist, good, reports) -> None:
         table.add_column(f"split {split}", justify="right")
     for name in datalist.classes:
         table.add_row(name, *[str(sum(c.label == name and (c.split or "-") == s for c in good)) for s in splits])
-    console.print(table)
+    print_table(table)
     first = [reports[c.case_id][0] for c in good]
     if not first:
         return

@@ -6,7 +6,7 @@ import json
 
 import typer
 
-from medconvnext.cli._common import console, run_guarded
+from medconvnext.cli._common import print_table, run_guarded
 
 
 def models(
@@ -53,4 +53,4 @@ def _print_table(infos: list[dict]) -> None:
             "x".join(map(str, info["min_input_size"])),
             "x".join(map(str, info["default_input_size"])),
         )
-    console.print(table)
+    print_table(table)

@@ -7,7 +7,7 @@ from typing import Literal
 
 import typer
 
-from medconvnext.cli._common import console, run_guarded
+from medconvnext.cli._common import console, print_table, run_guarded
 
 
 def predict(
@@ -93,7 +93,7 @@ def predict(
             # the file name keeps the table readable in a narrow terminal; the CSV/JSON has the full path
             table.add_row(Path(row["image"]).name, *([row["label"]] if labels else []), row["prediction"],
                           f"{row[column]:.3f}")
-        console.print(table)
+        print_table(table)
         cut = result.threshold
         decided = f"P({names[1]}) >= {cut:.4g}" if cut is not None else "the most probable class"
         calibrated = f", temperature {result.temperature:.3f}" if result.temperature is not None else ""

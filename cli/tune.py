@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from medconvnext.cli import _options as options
-from medconvnext.cli._common import console, run_guarded
+from medconvnext.cli._common import console, print_table, run_guarded
 
 
 def tune(
@@ -68,7 +68,7 @@ def render_trials(result) -> None:  # noqa: ANN001 - a medconvnext.tuning.TuneRe
         values = [_fmt(row.params.get(name)) for name in names]
         table.add_row(str(row.number), row.state, "n/a" if row.value is None else f"{row.value:.4f}",
                       str(row.epochs or ""), *values, style=style)
-    console.print(table)
+    print_table(table)
     if result.best_config is not None:
         console.print(f"[bold green]best[/bold green]: trial {best}, AUC {result.best.value:.4f}; "
                       f"train it with: medconvnext train --config {result.best_config} --out RUN", highlight=False)
