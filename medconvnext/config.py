@@ -208,7 +208,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if origin is Literal:
         if isinstance(value, str) and value in args:
             return value
-        raise UserError(f"{where} = {value!r} is not one of: {', '.join(args)}")
+        raise UserError(f"{where} = {_spelling(value)} is not one of: {', '.join(args)}")
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -234,7 +234,17 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     elif origin is dict or hint is dict:
         if isinstance(value, dict):
             return dict(value)
-    raise UserError(f"{where} = {value!r} is not a valid {getattr(hint, '__name__', str(hint))}")
+    raise UserError(f"{where} = {_spelling(value)} is not {_TYPE_WORDS.get(hint, f'a valid {hint}')}")
+
+
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
+
+
+def _spelling(value: Any) -> str:
+    """``value`` as it is written in YAML and --set (``true``, ``null``, ``[1, 2]``), strings quoted."""
+    if isinstance(value, str):
+        return repr(value)
+    return yaml.safe_dump(value, default_flow_style=True).removesuffix("\n...\n").strip()
 
 
 def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -34,7 +34,9 @@ def test_defaults_are_a_config():
     ("text", "message"),
     [
         ("train:\n  lrr: 1\n", "unknown field 'train.lrr'"),
-        ("train:\n  epochs: many\n", "train.epochs = 'many' is not a valid int"),
+        ("train:\n  epochs: many\n", "train.epochs = 'many' is not an integer"),
+        ("train:\n  lr: true\n", "train.lr = true is not a number"),  # YAML's spelling, not Python's True
+        ("train:\n  ema: null\n", "train.ema = null is not true or false"),
         ("optim:\n  lr: 1\n", "unknown field 'optim.lr'"),
         ("- a\n- b\n", "expected a mapping"),
         ("train: [\n", "not valid YAML"),
