@@ -35,7 +35,8 @@ def probe(pre_stem: torch.nn.Module, images: torch.Tensor) -> str:
     with torch.no_grad():
         conv = pre_stem[0](images)
         out = pre_stem[2](pre_stem[1](conv))
-    return f"conv output std {conv.std().item():.3f}, nonlinear share of the GELU output {nonlinear_share(conv, out):.3f}"
+    share = nonlinear_share(conv, out)
+    return f"conv output std {conv.std().item():.3f}, nonlinear share of the GELU output {share:.3f}"
 
 
 def main() -> None:
