@@ -52,7 +52,12 @@ def cv(
                                     callbacks=group(progress, track),
                                     log=lambda line: console.print(line, highlight=False), n_boot=n_boot,
                                     target_sensitivity=target_sensitivity)
-        render_summary(result.summary, result.report, result.run_dir)
+        from medconvnext.engine import distributed
+
+        main = distributed.is_main()
+        distributed.cleanup()
+        if main:  # under torchrun only rank 0 reports
+            render_summary(result.summary, result.report, result.run_dir)
 
     run_guarded(work)
 

@@ -72,3 +72,21 @@ def test_two_process_gloo_pretrain_writes_one_run_that_train_init_loads(csv_data
     encoder = load_file(str(run / "checkpoint_encoder.safetensors"))
     loaded = json.loads((ft / "init.json").read_text(encoding="utf-8"))["loaded"]
     assert loaded == len([k for k in encoder if not k.startswith("head.")]) > 0
+
+
+@pytest.mark.skipif(not Path(TORCHRUN).exists(), reason="torchrun not installed")
+def test_two_process_gloo_cv_writes_one_set_of_pooled_tables_and_reports_once(csv_dataset, tmp_path):
+    """cv under torchrun: rank 0 creates the folder and cv.json before any rank trains (no rank reads a half-written
+    one), every fold is trained by both ranks, and only rank 0 writes the out-of-fold tables and the report."""
+    out = tmp_path / "cv"
+    args = [TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "medconvnext", "cv", "--data", str(csv_dataset),
+            "--out", str(out), "--folds", "2", "--epochs", "1", "--batch-size", "2", "--device", "cpu",
+            "--n-boot", "0", *TINY]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(args, capture_output=True, text=True, encoding="utf-8", timeout=180, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert proc.stdout.count("done: report in") == 1 and proc.stdout.count("│ out-of-fold") == 1
+    oof = read_predictions(out / "oof_predictions.csv")
+    assert sorted(Path(i).name for i in oof.images) == [f"c{i:02d}.nii.gz" for i in range(12)]  # every case once
+    assert sorted(read_predictions(out / "oof_predictions_tta.csv").images) == sorted(oof.images)
+    assert (out / "fold_0" / "checkpoint_best.safetensors").is_file() and not list(out.rglob("*.tmp"))

@@ -36,9 +36,10 @@ from medconvnext.config import Config
 from medconvnext.data.datalist import Case, Datalist, load_datalist
 from medconvnext.data.splits import Fold, cv_splits, resolve_group_column
 from medconvnext.data.validate import validate_datalist
+from medconvnext.engine import distributed as dist
 from medconvnext.engine.inference import FoldEnsemble
 from medconvnext.engine.resume import load_training_state
-from medconvnext.engine.setup import audit_training_split, check_training_config
+from medconvnext.engine.setup import audit_training_split, check_training_config, setup_device
 from medconvnext.engine.trainer import resume, train
 from medconvnext.errors import UserError
 from medconvnext.reports.run import report_run
@@ -215,6 +216,9 @@ def cross_validate(
         log: receives one line per fold (what is done with it).
         n_boot: bootstrap resamples of the report's confidence intervals.
         target_sensitivity: the operating point written to ``calibration.json`` (None: Youden's J).
+
+    Under torchrun every rank trains every fold (DDP); rank 0 alone writes ``cv.json``, the pooled tables and the
+    report, and the other ranks return a result without summary.
     """
     if not config.data.path:
         raise UserError("data.path is not set: pass --data DIR")
@@ -233,8 +237,15 @@ def cross_validate(
     first_train = [c for c in datalist.cases if c.case_id in set(fold_list[0].split.train)]
     check_training_config(config, datalist, first_train)  # every option, before anything is written
     audit_training_split(config, datalist, fold_list, column)  # before anything is written
-    _prepare(run, params, _splits_document(fold_list, column), overwrite)
+    setup_device(config.train.device)  # under torchrun: join the process group now, so that only rank 0 writes
+    if dist.is_main():
+        _prepare(run, params, _splits_document(fold_list, column), overwrite)
+    else:
+        log = lambda line: None  # noqa: E731 - rank 0 reports
+    dist.barrier()
     results = [_train_fold(config, fold, run, callbacks, log, len(fold_list), repeats) for fold in fold_list]
+    if not dist.is_main():  # rank 0 writes the pooled tables and the report
+        return CvResult(run.root, results, {}, {})
     _write_oof(run, datalist, fold_list, repeats)
     _write_oof(run, datalist, fold_list, repeats, tta=True)
     test = [c for c in datalist.cases if c.case_id in set(fold_list[0].split.test)]
