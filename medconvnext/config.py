@@ -7,6 +7,7 @@ Unknown keys and wrongly typed values are user errors that name the field.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -139,6 +140,23 @@ class Config:
         return dataclasses.asdict(self)
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's floats: PyYAML follows YAML 1.1, which reads ``3e-4`` (no dot) as the
+    string '3e-4', the way most people write a learning rate."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+(?:[eE][-+]?[0-9]+)?)$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML safely (no Python objects), reading ``1e-3`` as a number; raises yaml.YAMLError."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+
+
 def config_from_dict(values: dict[str, Any], where: str = "config") -> Config:
     """Build a Config from nested dicts; UserError names an unknown or mistyped field."""
     config = Config()
@@ -154,7 +172,7 @@ def load_config(path: str | Path | None) -> Config:
     if not path.is_file():
         raise UserError(f"--config {path}: no such file")
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        values = load_yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(values, dict):
@@ -173,7 +191,7 @@ def parse_set_option(item: str) -> tuple[str, Any]:
         raise UserError(f"--set {item!r}: expected section.key=value, e.g. train.lr=3e-4")
     key, raw = item.split("=", 1)
     try:
-        return key.strip(), yaml.safe_load(raw)
+        return key.strip(), load_yaml(raw)
     except yaml.YAMLError:
         raise UserError(f"--set {item!r}: cannot parse the value") from None
 
@@ -188,6 +206,10 @@ def apply_overrides(config: Config, overrides: dict[str, Any], where: str = "ove
 def _set_dotted(config: Config, dotted: str, value: Any, where: str) -> None:
     parts = dotted.split(".")
     section_name = parts[0]
+    if hasattr(config, section_name) and len(parts) == 1:
+        first = dataclasses.fields(getattr(config, section_name))[0].name
+        raise UserError(f"{where}: {section_name} must be a mapping of its fields (e.g. {section_name}: "
+                        f"{{{first}: ...}}), got {_spelling(value)}")
     if not hasattr(config, section_name) or len(parts) < 2:
         raise UserError(f"{where}: unknown field {dotted!r} (sections: model, data, preprocessing, train, inference)")
     section = getattr(config, section_name)
@@ -234,10 +256,21 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     elif origin is dict or hint is dict:
         if isinstance(value, dict):
             return dict(value)
-    raise UserError(f"{where} = {_spelling(value)} is not {_TYPE_WORDS.get(hint, f'a valid {hint}')}")
+    raise UserError(f"{where} = {_spelling(value)} is not {_type_words(hint)}")
 
 
 _TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
+_PLURALS = {int: "integers", float: "numbers", str: "strings"}
+
+
+def _type_words(hint: Any) -> str:
+    """``float`` -> "a number", ``list[float]`` -> "a list of numbers"."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is list and args and args[0] in _PLURALS:
+        return f"a list of {_PLURALS[args[0]]}"
+    if origin is dict:
+        return "a mapping"
+    return _TYPE_WORDS.get(hint, f"a valid {hint}")
 
 
 def _spelling(value: Any) -> str:

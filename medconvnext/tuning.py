@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from medconvnext.config import Config, apply_overrides, save_config
+from medconvnext.config import Config, apply_overrides, load_yaml, save_config
 from medconvnext.errors import UserError
 
 __all__ = ["DEFAULT_SPACE", "TrialRow", "TuneResult", "load_space", "tune"]
@@ -77,7 +77,7 @@ def load_space(path: str | Path | None) -> dict[str, dict[str, Any]]:
         return copy.deepcopy(DEFAULT_SPACE)
     path = Path(path)
     try:
-        space = yaml.safe_load(path.read_text(encoding="utf-8"))
+        space = load_yaml(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         raise UserError(f"--space {path}: cannot read ({exc})") from None
     if not isinstance(space, dict) or not space:

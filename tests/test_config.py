@@ -37,6 +37,8 @@ def test_defaults_are_a_config():
         ("train:\n  epochs: many\n", "train.epochs = 'many' is not an integer"),
         ("train:\n  lr: true\n", "train.lr = true is not a number"),  # YAML's spelling, not Python's True
         ("train:\n  ema: null\n", "train.ema = null is not true or false"),
+        ("preprocessing:\n  spacing: yes\n", "preprocessing.spacing = true is not a list of numbers"),
+        ("train: 5\n", "train must be a mapping of its fields .*got 5"),
         ("optim:\n  lr: 1\n", "unknown field 'optim.lr'"),
         ("- a\n- b\n", "expected a mapping"),
         ("train: [\n", "not valid YAML"),
@@ -47,6 +49,19 @@ def test_bad_config_names_the_field(tmp_path, text, message):
     path.write_text(text, encoding="utf-8")
     with pytest.raises(UserError, match=message):
         load_config(path)
+
+
+def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
+    """PyYAML (YAML 1.1) reads 3e-4 as a string; the toolkit reads it as YAML 1.2 does, on --set, in config files
+    (model.args too, which is not type-checked) and nowhere turns text into numbers."""
+    assert parse_set_option("train.lr=3e-4") == ("train.lr", 0.0003)
+    assert parse_set_option("model.args.drop_path_rate=1E-1") == ("model.args.drop_path_rate", 0.1)
+    assert parse_set_option("train.tracking_name=e3")[1] == "e3" and parse_set_option("x.y=1e")[1] == "1e"
+    path = tmp_path / "lr.yaml"
+    path.write_text("train:\n  lr: 1e-3\n  weight_decay: 5e-2\nmodel:\n  args:\n    layer_scale_init: 1e-6\n",
+                    encoding="utf-8")
+    config = load_config(path)
+    assert (config.train.lr, config.train.weight_decay, config.model.args["layer_scale_init"]) == (1e-3, 5e-2, 1e-6)
 
 
 def test_set_option_needs_equals():

@@ -23,10 +23,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 
-from medconvnext.config import Config, TrainConfig, load_config, save_config
+from medconvnext.config import Config, TrainConfig, load_config, load_yaml, save_config
 from medconvnext.data.datalist import Case, Datalist, load_datalist
 from medconvnext.data.fingerprint import compute_fingerprint, plan_preprocessing
 from medconvnext.data.patches import PATCH_MODES
@@ -158,7 +157,7 @@ def prepare_resume(run_dir: str | Path, epochs: int | None, device: str | None) 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     """A run's config.yaml as written (load_config fills in the defaults of options added since)."""
-    values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    values = load_yaml(path.read_text(encoding="utf-8"))
     return values if isinstance(values, dict) else {}
 
 
