@@ -208,6 +208,10 @@ def test_a_seed_ensemble_gets_its_operating_point_from_the_mean_validation_predi
     result = runner.invoke(app, ["evaluate", str(runs["train"]), str(runs["cv"]), "--data", str(unmarked), "--split",
                                  "val", "--out", str(tmp_path / "mixed"), "--device", "cpu", "--n-boot", "0"])
     assert result.exit_code == 2 and "no common set" in result.output and not (tmp_path / "mixed").exists()
+    # nor a common training set: each run's training cases hold the other's validation cases
+    result = runner.invoke(app, ["evaluate", str(runs["train"]), str(runs["cv"]), "--data", str(unmarked), "--split",
+                                 "train", "--out", str(tmp_path / "mixed"), "--device", "cpu", "--n-boot", "0"])
+    assert result.exit_code == 2 and "no common set" in result.output and not (tmp_path / "mixed").exists()
 
 
 def test_evaluate_several_runs_needs_out(runs):

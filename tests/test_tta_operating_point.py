@@ -278,3 +278,10 @@ def test_an_ensemble_of_runs_gets_its_tta_operating_point_from_their_mean_tta_pr
     assert cal["fitted_with_tta"] is False and str(other) in cal["tta_missing"]
     report = _flat((tmp_path / "ens_plain" / "report.md").read_text(encoding="utf-8"))
     assert NOTE in report and f"{other} has no held-out predictions" in report
+    # both runs without them: both named at once
+    (first / "val_predictions_tta.csv").rename(tmp_path / "saved_tta.csv")
+    result = runner.invoke(app, ["predict", *trained["scans"], "--model", str(first), "--model", str(other), "--tta",
+                                 "--threshold", "auto", "--device", "cpu"])
+    (tmp_path / "saved_tta.csv").rename(first / "val_predictions_tta.csv")  # the fixture's run, shared
+    assert result.exit_code == 0, result.output
+    assert f"{first} (val_predictions_tta.csv), {other} (val_predictions_tta.csv) have no" in _flat(result.output)

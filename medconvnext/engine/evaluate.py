@@ -54,15 +54,18 @@ def _describe(runs: Sequence[RunDir], models: int) -> str:
     return "its best checkpoint"
 
 
-def select_cases(datalist: Datalist, split: str, run: RunDir | None = None) -> list[Case]:
+def select_cases(datalist: Datalist, split: str, run: RunDir | None = None, ensemble: bool = False) -> list[Case]:
     """The cases of ``split`` by the data's ``split`` column: ``test``, ``val``, ``train`` (rows marked train or
     unmarked) or ``all``. When the data marks no split at all, ``train``/``val`` mean the run's own split
-    (its ``splits.json``, for a ``train`` run)."""
+    (its ``splits.json``, for a ``train`` run); for an ``ensemble`` of runs without one common split (``run``
+    None) they are refused (UserError), since each run's training cases are another run's validation cases."""
     if split not in EVAL_SPLITS:
         raise UserError(f"--split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
     if split == "all":
         return list(datalist.cases)
     marked = any(c.split for c in datalist.cases)
+    if ensemble and run is None and not marked and split in ("train", "val"):
+        raise UserError(_no_cases_message(datalist, split, marked, run))
     if not marked and split in ("train", "val") and run is not None and run.splits.is_file() and not run.is_cv():
         ids = set(json.loads(run.splits.read_text(encoding="utf-8"))[split])
         chosen = [c for c in datalist.cases if c.case_id in ids]
@@ -135,7 +138,7 @@ def evaluate_run_on(
         raise UserError(f"--out {out_dir}: would overwrite a run's own report; choose another folder")
     RunDir(out_dir).check_foreign()  # an earlier evaluation is replaced; a folder of other files is never written
     datalist = load_datalist(data, for_training=False)
-    chosen = select_cases(datalist, split, _split_owner(runs))
+    chosen = select_cases(datalist, split, _split_owner(runs), ensemble=len(runs) > 1)
     labelled = [c for c in chosen if c.label is not None]
     if not labelled:
         raise UserError(f"--data {datalist.source}: none of the {len(chosen)} {split} case(s) has a label")

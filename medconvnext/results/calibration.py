@@ -305,13 +305,13 @@ def ensemble_operating_point(runs: list[Path], tta: bool = False) -> tuple[Calib
     Returns:
         (the calibration, None), or (None, why there is none).
     """
-    tables = []
-    for root in runs:
-        table = _held_out_by_image(RunDir(root), tta)
-        if table is None:
-            name = RunDir(root).held_out_predictions(tta).name
-            return None, f"{root} has no held-out predictions ({name})"
-        tables.append(table)
+    tables = [_held_out_by_image(RunDir(root), tta) for root in runs]
+    missing = [Path(root) for root, table in zip(runs, tables, strict=True) if table is None]
+    if len(missing) == 1:
+        return None, f"{missing[0]} has no held-out predictions ({RunDir(missing[0]).held_out_predictions(tta).name})"
+    if missing:  # every run to fix, named at once
+        named = ", ".join(f"{root} ({RunDir(root).held_out_predictions(tta).name})" for root in missing)
+        return None, f"{named} have no held-out predictions"
     first = tables[0]
     if len(first.class_names) != 2:
         return None, f"an operating point needs two classes (these runs have {len(first.class_names)})"
