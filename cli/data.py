@@ -6,12 +6,11 @@ from collections import Counter
 from pathlib import Path
 
 import typer
+import yaml
 
 from medconvnext.cli._common import console, err_console, print_table, run_guarded
 
 data_app = typer.Typer(rich_markup_mode=None, help="Check datasets and import public ones.", no_args_is_help=True)
-
-DEFAULT_MIN_SIZE = (32, 32, 32)  # the default model's (convnext_atto) minimum input
 
 
 @data_app.command("check", short_help="Read and validate every case; print a summary.")
@@ -27,7 +26,7 @@ def check(
 
     def work() -> None:
         from medconvnext.config import load_config
-        from medconvnext.data.datalist import load_datalist
+        from medconvnext.data.datalist import Datalist, load_datalist
         from medconvnext.data.validate import inspect_datalist
 
         datalist = load_datalist(data)
@@ -45,8 +44,8 @@ def check(
             err_console.print(f"[yellow]skipped[/yellow] {line}", highlight=False, soft_wrap=True)
         if not good:
             raise typer.Exit(2)
-        _print_plan(load_config(config).preprocessing, [c for c in good if c.split not in ("val", "test")] or good,
-                    _min_size(model))
+        cfg = load_config(config)
+        _print_plan(cfg, Datalist(good, datalist.classes, datalist.source), _min_size(model, cfg))
 
     run_guarded(work)
 
@@ -77,12 +76,16 @@ def _class_count_problems(datalist, good) -> list[str]:
             for name in datalist.classes if counts.get(name, 0) < 2]
 
 
-def _min_size(model: str | None) -> tuple[int, int, int]:
-    if model is None:
-        return DEFAULT_MIN_SIZE
+def _min_size(model: str | None, config) -> tuple[int, int, int]:  # noqa: ANN001 - a medconvnext Config
+    """The minimum input size of --model, else of the config's model with its arguments."""
+    from medconvnext.errors import UserError
     from medconvnext.models import create_model
 
-    return tuple(create_model(model, num_classes=2).min_input_size)  # type: ignore[return-value]
+    name, args = (model, {}) if model is not None else (config.model.name, config.model.args)
+    try:
+        return tuple(create_model(name, num_classes=2, **args).min_input_size)  # type: ignore[return-value]
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{'--model' if model is not None else 'model'} {name}: {exc}") from None
 
 
 def _print_summary(datalist, good, reports) -> None:
@@ -112,10 +115,12 @@ def _print_summary(datalist, good, reports) -> None:
     console.print("channels per case: " + ", ".join(f"{k} x{n}" for k, n in channels.items()))
 
 
-def _print_plan(pre_config, cases, min_size) -> None:
-    from medconvnext.data.fingerprint import compute_fingerprint, plan_preprocessing
+def _print_plan(config, datalist, min_size) -> None:
+    from medconvnext.engine.setup import training_plan
 
-    plan = plan_preprocessing(pre_config, compute_fingerprint(cases), min_size)
-    console.print("[bold]preprocessing plan[/bold] (from the training cases):")
-    for key, value in plan.to_dict().items():
-        console.print(f"  {key}: {value}", highlight=False)
+    plan = training_plan(config, datalist, min_size)  # train's plan: from the training cases of its split
+    console.print("[bold]preprocessing plan[/bold] (from the training cases that train would use):")
+    for key, value in plan.to_dict().items():  # spelled as in a config file (null, [a, b, c])
+        shown = yaml.safe_dump(list(value) if isinstance(value, tuple) else value, default_flow_style=True)
+        shown = shown.removesuffix("\n...\n").strip()
+        console.print(f"  {key}: {shown}", highlight=False)

@@ -31,7 +31,7 @@ def test_check_good_data_prints_summary_and_plan(tmp_path):
     result = runner.invoke(app, ["data", "check", "--data", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "6 usable" in result.output and "(10, 10, 5) x6" in result.output and "RAS x6" in result.output
-    assert "preprocessing plan" in result.output and "input_size: (32, 32, 32)" in result.output
+    assert "preprocessing plan" in result.output and "input_size: [32, 32, 32]" in result.output
 
 
 def test_check_bad_files_exit_2_or_are_skipped(tmp_path):
@@ -42,3 +42,28 @@ def test_check_bad_files_exit_2_or_are_skipped(tmp_path):
     assert "Traceback" not in result.output
     skipped = runner.invoke(app, ["data", "check", "--data", str(tmp_path), "--skip-bad"])
     assert skipped.exit_code == 0 and "skipped" in skipped.output and "preprocessing plan" in skipped.output
+
+
+def test_check_prints_the_plan_train_makes(tmp_path):
+    """The plan comes from the training cases of the split `train` draws (not from every case): on cases whose
+    spacings differ, the printed spacing and input size are those of the run's dataset.json, spelled as in YAML."""
+    import json
+
+    rng = np.random.default_rng(1)
+    lines = ["image,label"]
+    for i in range(12):
+        spacing = (1.0 + 0.15 * i, 1.0 + 0.1 * (i % 5), 2.0 + 0.3 * (i % 3))
+        write_volume(tmp_path / "data" / f"c{i}.nii.gz", rng.normal(size=(20, 18, 12)).astype(np.float32), spacing)
+        lines.append(f"c{i}.nii.gz,{'yes' if i % 2 else 'no'}")
+    (tmp_path / "data" / "labels.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    model = ["--model", "convmixer_128_4"]
+    checked = runner.invoke(app, ["data", "check", "--data", str(tmp_path / "data"), *model])
+    assert checked.exit_code == 0, checked.output
+    trained = runner.invoke(app, ["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), *model,
+                                  "--set", "model.args.dim=8", "--set", "model.args.depth=1", "--epochs", "1",
+                                  "--device", "cpu"])
+    assert trained.exit_code == 0, trained.output
+    plan = json.loads((tmp_path / "run" / "dataset.json").read_text(encoding="utf-8"))["preprocessing"]
+    assert f"spacing: [{', '.join(str(v) for v in plan['spacing'])}]" in checked.output
+    assert f"input_size: [{', '.join(str(v) for v in plan['input_size'])}]" in checked.output
+    assert "clip: null" in checked.output

@@ -101,8 +101,7 @@ def prepare_training(
         audit_training_split(config, datalist, split)
     device = setup_device(config.train.device)
     model = _seeded_model(config, datalist)
-    train_cases = [c for c in datalist.cases if c.case_id in set(split.train)]
-    plan = plan_preprocessing(config.preprocessing, compute_fingerprint(train_cases), model.min_input_size)
+    plan = training_plan(config, datalist, model.min_input_size, split)
     check_init_2d(model, config)
     if config.model.init:  # weights that do not fit, or another intensity scheme, are refused before any write
         for note in check_init_compatible(model, plan, config.model.init):
@@ -114,6 +113,18 @@ def prepare_training(
     if dist.is_main():
         _write_run_files(run, config, datalist, split, plan, skipped)
     return RunSetup(config, run, datalist, split, plan, device, model)
+
+
+def training_plan(config: Config, datalist: Datalist, min_input_size: Sequence[int], split: Split | None = None
+                  ) -> Preprocessing:
+    """The preprocessing ``train`` plans (:func:`~medconvnext.data.fingerprint.plan_preprocessing`) from the
+    training cases of ``split``; default: the split ``train`` draws (the data's split column, or the hold-out of
+    ``data.val_fraction`` seeded by ``train.seed``). Raises UserError when no split can be drawn."""
+    if split is None:
+        split = train_val_split(datalist, config.data.val_fraction, config.train.seed)
+    train_ids = set(split.train)
+    cases = [c for c in datalist.cases if c.case_id in train_ids]
+    return plan_preprocessing(config.preprocessing, compute_fingerprint(cases), tuple(min_input_size))
 
 
 def prepare_resume(run_dir: str | Path, epochs: int | None, device: str | None) -> RunSetup:
