@@ -70,13 +70,17 @@ def test_bad_recipe_values_are_user_errors(csv_dataset, tmp_path, field, value):
         train(tiny_config(csv_dataset, epochs=1, **{field: value}), tmp_path / "run")
 
 
-@pytest.mark.parametrize(("key", "value", "message"), [("norm", "instancenorm", "norm must be one of"),
-                                                        ("widht", 8, "unexpected keyword argument 'widht'")])
-def test_bad_model_args_are_user_errors(csv_dataset, tmp_path, key, value, message):
-    config = apply_overrides(Config(), {"data.path": str(csv_dataset), "model.name": "convnext_atto",
+@pytest.mark.parametrize(("name", "key", "value", "message"), [
+    ("convnext_atto", "norm", "instancenorm", r"model.args: .*norm must be one of"),
+    ("convnext_atto", "widht", 8, r"model.args.widht: not an argument of convnext_atto \(its arguments: .*dims"),
+    ("convmixer_128_4", "stem_conv_channels", 16, r"model.args.stem_conv_channels: not an argument of convmixer"),
+    ("monai_densenet121", "depths", [1], r"not an argument of monai_densenet121 \(its arguments: .*growth_rate")])
+def test_bad_model_args_are_user_errors(csv_dataset, tmp_path, name, key, value, message):
+    config = apply_overrides(Config(), {"data.path": str(csv_dataset), "model.name": name,
                                         f"model.args.{key}": value})
-    with pytest.raises(UserError, match=f"model.args: .*{message}"):
+    with pytest.raises(UserError, match=message):
         train(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_early_stopping_with_a_frozen_model(csv_dataset, tmp_path):

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import json
 import os
 import random
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -201,10 +203,22 @@ def build_model(config: Config, datalist: Datalist) -> nn.Module:
         return _create_configured_model(config.model.name, num_classes, args)
     except TypeError as exc:
         if "drop_path_rate" not in str(exc) or "drop_path_rate" in config.model.args:
-            raise UserError(f"model.args: {exc}") from exc
+            raise UserError(_unknown_argument_message(config.model.name, exc)) from None
         warnings.warn(f"model {config.model.name} has no drop_path_rate; train.drop_path_rate ignored", stacklevel=2)
         args.pop("drop_path_rate")
         return _create_configured_model(config.model.name, num_classes, args)
+
+
+def _unknown_argument_message(name: str, exc: TypeError) -> str:
+    """``model.args.X: not an argument of NAME (its arguments: ...)`` for Python's "unexpected keyword argument"."""
+    found = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+    if found is None:
+        return f"model.args: {exc}"
+    model = create_model(name, num_classes=2)
+    model_class = type(getattr(model, "net", model))  # a MONAI network is wrapped: its own arguments
+    set_by_us = ("self", "args", "kwargs", "spatial_dims", "out_channels")
+    known = [p for p in inspect.signature(model_class.__init__).parameters if p not in set_by_us]
+    return f"model.args.{found.group(1)}: not an argument of {name} (its arguments: {', '.join(known)})"
 
 
 def _create_configured_model(name: str, num_classes: int, args: dict[str, Any]) -> nn.Module:
