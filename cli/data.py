@@ -92,19 +92,25 @@ def _print_summary(datalist, good, reports) -> None:
     import numpy as np
     from rich.table import Table
 
-    table = Table(title=f"{datalist.source}: {len(datalist.cases)} cases, {len(good)} usable")
+    # the heading is a line of its own: as a table title it would wrap to the width of the (narrow) table
+    console.print(f"{datalist.source}: {len(datalist.cases)} cases, {len(good)} usable", soft_wrap=True,
+                  highlight=False)
+    table = Table()
     splits = sorted({c.split or "-" for c in datalist.cases})
     table.add_column("class")
     for split in splits:
-        table.add_column(f"split {split}", justify="right")
+        table.add_column(f"split {split}" if split != "-" else "cases" if len(splits) == 1 else "no split",
+                         justify="right")
     for name in datalist.classes:
         table.add_row(name, *[str(sum(c.label == name and (c.split or "-") == s for c in good)) for s in splits])
     print_table(table)
     first = [reports[c.case_id][0] for c in good]
     if not first:
         return
-    shapes = Counter(r.shape for r in first).most_common(5)
-    console.print("shapes: " + ", ".join(f"{s} x{n}" for s, n in shapes))
+    counts = Counter(r.shape for r in first)
+    rest = len(counts) - 5
+    console.print("shapes: " + ", ".join(f"{s} x{n}" for s, n in counts.most_common(5))
+                  + (f" and {rest} more shape(s)" if rest > 0 else ""), soft_wrap=True)
     spacings = np.array([r.spacing for r in first])
     for label, values in (("min", spacings.min(0)), ("median", np.median(spacings, 0)), ("max", spacings.max(0))):
         console.print(f"spacing {label}: " + " x ".join(f"{v:.3g}" for v in values) + " mm")

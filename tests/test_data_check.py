@@ -67,3 +67,4 @@ def test_check_prints_the_plan_train_makes(tmp_path):
     assert f"spacing: [{', '.join(str(v) for v in plan['spacing'])}]" in checked.output
     assert f"input_size: [{', '.join(str(v) for v in plan['input_size'])}]" in checked.output
     assert "clip: null" in checked.output
+    assert "labels.csv: 12 cases, 12 usable" in checked.output  # one line, not wrapped to the table's width
