@@ -147,7 +147,7 @@ def test_12_float32_spacings_do_not_cost_a_block(tmp_path):
     plan = plan_preprocessing(PreprocessingConfig(), fingerprint, (32, 32, 32))
     assert plan.spacing == (0.8, 0.8, 1.5) and plan.input_size == (64, 64, 64)
     result = runner.invoke(app, ["data", "check", "--data", str(d), "--model", "convnext_atto"])
-    assert result.exit_code == 0 and "input_size: (64, 64, 64)" in result.output
+    assert result.exit_code == 0 and "input_size: [64, 64, 64]" in result.output
 
 
 @pytest.mark.parametrize(("voxels", "block", "expected"), [
