@@ -38,12 +38,12 @@ def evaluate(
         result = evaluate_run_on(run_dirs, data, split=split, out=out, device=device,
                                  leakage="error" if strict else "warn", n_boot=n_boot, tta=tta)
         console.print(f"evaluated {result.cases} {split} case(s) with {result.models} model(s)", highlight=False)
-        render_summary(result.summary, result.files, result.out_dir, label=split)
-        if tta:  # which operating point a TTA evaluation was scored at: fitted with TTA, or chosen without it
+        if tta:  # which operating point a TTA evaluation was scored at (before the numbers it speaks of)
             from medconvnext.reports.run import tta_note
 
             note = tta_note(result.summary.get("calibration"))
             if note:
                 console.print(note, highlight=False)
+        render_summary(result.summary, result.files, result.out_dir, label=split)
 
     run_guarded(work)
