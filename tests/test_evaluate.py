@@ -19,6 +19,10 @@ TINY_CONVMIXER = ["--model", "convmixer_128_4", "--set", "model.args.dim=16", "-
                   "--device", "cpu", "--batch-size", "4", "--epochs", "1"]
 
 
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
 def _read(path):
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
@@ -204,6 +208,12 @@ def test_a_seed_ensemble_gets_its_operating_point_from_the_mean_validation_predi
     assert result.exit_code == 0, result.output
     scored = [r["image"] for r in _read(tmp_path / "ens_val" / "predictions.csv")]
     assert sorted(Path(p).name.removesuffix(".nii.gz") for p in scored) == sorted(r["image"] for r in val[0])
+    # every case (--split all): the leakage warning names the run each training case belongs to
+    result = runner.invoke(app, ["evaluate", str(runs["train"]), str(other), "--data", str(unmarked), "--split",
+                                 "all", "--out", str(tmp_path / "ens_all"), "--device", "cpu", "--n-boot", "0"])
+    assert result.exit_code == 0, result.output
+    flat = _flat(result.output)
+    assert "(train's own train case)" in flat  # the first findings listed are the first run's
     # a cv run has no single val set: with it, the ensemble has no common one, and nothing is written
     result = runner.invoke(app, ["evaluate", str(runs["train"]), str(runs["cv"]), "--data", str(unmarked), "--split",
                                  "val", "--out", str(tmp_path / "mixed"), "--device", "cpu", "--n-boot", "0"])

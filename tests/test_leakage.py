@@ -144,3 +144,16 @@ def test_train_warns_in_one_line_and_strict_refuses(csv_dataset, tmp_path):
                                  "--model", str(out / "checkpoint_best.safetensors"), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert f"predicted scan_a = warned {role_c00} c00" in " ".join(result.output.split())
+
+
+def test_findings_of_an_ensemble_name_their_run():
+    """With several runs audited together (predict/evaluate of an ensemble), each finding names its run."""
+    from medconvnext.data.leakage import Finding, _item
+
+    own = Finding("image", "c03", "c03", "evaluated", "ab12", train_side="val", run="run_b")
+    other = Finding("image", "c02", "c07", "val", "ab12", run="run_b")
+    subject = Finding("subject", "c06", "c07", "val", "s3", run="run_b")
+    assert _item(own) == "c03 (run_b's own val case)"
+    assert _item(other) == "val c07 = run_b train c02"
+    assert _item(subject) == "s3 (run_b train c06 / val c07)"
+    assert _item(Finding("image", "c03", "c03", "val", "ab12", train_side="val")) == "c03 (the run's own val case)"

@@ -71,16 +71,20 @@ class Finding:
     eval_side: str  # e.g. "val", "test", "fold 2", "evaluated"
     detail: str  # the shared subject, or the shared image's hash prefix
     train_side: str = "train"  # the role of train_case in the run: "train", "val" (model selection), "cv"
+    run: str = ""  # the run's name, when several runs are audited together (an ensemble)
 
 
 def _item(f: Finding) -> str:
     """One finding in a message: ``s3 (train c06 / val c07)``, ``val c07 = train c02``, or, when the evaluated case
-    is itself one the run trained or selected on, ``c07 (the run's own val case)``."""
+    is itself one the run trained or selected on, ``c07 (the run's own val case)``; with ``run`` set, the run is
+    named: ``val c07 = run_b train c02``, ``c07 (run_b's own val case)``."""
+    side = f"{f.run} {f.train_side}" if f.run else f.train_side
     if f.kind == "subject":
-        return f"{f.detail} ({f.train_side} {f.train_case} / {f.eval_side} {f.eval_case})"
+        return f"{f.detail} ({side} {f.train_case} / {f.eval_side} {f.eval_case})"
     if f.train_case == f.eval_case:
-        return f"{f.eval_case} (the run's own {f.train_side} case)"
-    return f"{f.eval_side} {f.eval_case} = {f.train_side} {f.train_case}"
+        owner = f"{f.run}'s" if f.run else "the run's"
+        return f"{f.eval_case} ({owner} own {f.train_side} case)"
+    return f"{f.eval_side} {f.eval_case} = {side} {f.train_case}"
 
 
 @dataclass

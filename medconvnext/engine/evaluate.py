@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +146,10 @@ def evaluate_run_on(
     report = LeakageReport()
     if leakage != "off":
         for run in runs:
-            report = report.merge(audit_run(run.root, labelled, eval_side=split))
+            found = audit_run(run.root, labelled, eval_side=split)
+            if len(runs) > 1:  # name the run each training case belongs to, as predict does
+                found.findings = [replace(f, run=run.root.name) for f in found.findings]
+            report = report.merge(found)
     enforce(report, leakage)
     # one run's report applies its calibration.json: one fitted for other weights is refused before any write
     if len(runs) == 1 and runs[0].calibration.is_file():

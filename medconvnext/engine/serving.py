@@ -93,7 +93,7 @@ def predict_scans(
         if RunDir(path).splits.is_file():  # a checkpoint alone does not say what it was trained on
             found = audit_run(path, [case.images[0] for case in cases], eval_side="predicted")
             if len(models) > 1:  # name the run each training case belongs to
-                found.findings = [replace(f, train_side=f"{path.name} {f.train_side}") for f in found.findings]
+                found.findings = [replace(f, run=path.name) for f in found.findings]
             report = report.merge(found)
     enforce(report, "error" if strict else "warn")
     ensemble = FoldEnsemble.load_many(models, device=device, tta=tta)
