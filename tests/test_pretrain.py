@@ -96,7 +96,7 @@ def test_pretrain_then_train_init_loads_every_encoder_tensor(csv_dataset, tmp_pa
 
 def test_init_refuses_another_architecture_or_intensity_before_writing(csv_dataset, tmp_path):
     pretrain(tiny(csv_dataset, 1, **{"preprocessing.intensity": "minmax"}), tmp_path / "pt", PretrainOptions())
-    with pytest.raises(UserError, match="of another shape"):
+    with pytest.raises(UserError, match=r"of another shape.*\(it holds convnext_atto, .*dims=\[8, 16, 24, 32\]"):
         train(tiny(csv_dataset, 1, **{"model.init": str(tmp_path / "pt"), "model.args.dims": [8, 16, 24, 40],
                                       "preprocessing.intensity": "minmax"}), tmp_path / "ft")
     assert not (tmp_path / "ft").exists()

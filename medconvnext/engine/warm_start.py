@@ -41,7 +41,7 @@ def check_init_compatible(model: nn.Module, plan: Preprocessing, path: str | Pat
     """
     file = init_checkpoint(path)
     checkpoint = load_checkpoint(file, tensors=False)  # shapes and metadata; the weights are read once, when loaded
-    _given_tensors(model, checkpoint.state_dict, file)
+    _given_tensors(model, checkpoint.state_dict, file, _holds(checkpoint.meta))
     if "preprocessing" not in checkpoint.meta:  # a foreign checkpoint: nothing to compare
         return []
     theirs = Preprocessing.from_dict(checkpoint.meta["preprocessing"])
@@ -59,8 +59,18 @@ def check_init_compatible(model: nn.Module, plan: Preprocessing, path: str | Pat
     return notes
 
 
-def _given_tensors(model: nn.Module, state: dict[str, Any], file: Path) -> dict[str, Any]:
-    """The checkpoint's tensors but ``head.*``; UserError when any is missing, unexpected or of another shape."""
+def _holds(meta: dict[str, Any]) -> str:
+    """`` (it holds convnext_atto, dims=[8, 16]...)``: the model a checkpoint was saved from, for a mismatch."""
+    described = meta.get("model")
+    if not isinstance(described, dict) or "name" not in described:
+        return ""
+    args = [f"{k}={v}" for k, v in described.items() if k not in ("name", "num_classes", "in_channels")]
+    return f" (it holds {described['name']}{', ' if args else ''}{', '.join(args)})"
+
+
+def _given_tensors(model: nn.Module, state: dict[str, Any], file: Path, holds: str = "") -> dict[str, Any]:
+    """The checkpoint's tensors but ``head.*``; UserError when any is missing, unexpected or of another shape
+    (``holds``: what the checkpoint's metadata says it is, appended to the message)."""
     own = {k: v for k, v in model.state_dict().items() if not k.startswith(HEAD_PREFIX)}
     given = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
     missing = sorted(set(own) - set(given))
@@ -71,7 +81,7 @@ def _given_tensors(model: nn.Module, state: dict[str, Any], file: Path) -> dict[
         if keys:
             shown = ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
             raise UserError(f"model.init {file}: {len(keys)} tensor(s) {kind} ({shown}); the checkpoint must come "
-                            "from the same model and arguments")
+                            f"from the same model and arguments{holds}")
     return given
 
 
