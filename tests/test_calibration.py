@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -147,3 +148,18 @@ def test_the_tta_section_round_trips_and_old_files_load_without_it(tmp_path):
     bad.write_text(json.dumps(asdict(plain) | {"tta": {"temperature": 1.0}}), encoding="utf-8")
     with pytest.raises(UserError, match="not a medconvnext calibration file"):
         load_calibration(bad)
+
+
+def test_a_temperature_at_its_bound_is_reported():
+    """Confident predictions that do not separate the classes: the fitted T hits its upper bound and the fit says
+    so (the calibrated probabilities are all near 1/K), instead of passing the flattened numbers on silently."""
+    probs = np.array([[0.95, 0.05], [0.05, 0.95]] * 6)
+    y = np.array([0, 1, 1, 0] * 3)  # half of the confident predictions right, half wrong: AUC 0.5
+    preds = Predictions([f"c{i}" for i in range(12)], y, probs, np.zeros(12, dtype=np.int64), ["neg", "pos"])
+    with pytest.warns(UserWarning, match=r"temperature reached its bound \(20\).*barely separate the classes"):
+        calibration = fit_run_calibration(preds, "validation predictions")
+    assert calibration.temperature == 20.0
+    good = Predictions(preds.images, probs.argmax(1), probs, preds.folds, ["neg", "pos"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a model that separates them fits without the warning
+        fit_run_calibration(good, "validation predictions")

@@ -8,11 +8,13 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
 
 from medconvnext.results.calibration import (
+    T_MAX,
     Calibration,
     apply_temperature,
     choose_threshold,
@@ -37,6 +39,10 @@ def fit_run_calibration(pooled: Predictions, fitted_on: str, target_sensitivity:
     except ValueError:
         return None
     names = list(pooled.class_names)
+    if temperature >= T_MAX:  # the NLL wanted every probability at 1/K: the model does not separate these cases
+        warnings.warn(f"calibration on the {fitted_on}: the temperature reached its bound ({T_MAX:g}), so the "
+                      "calibrated probabilities are all close to 1/K; these predictions barely separate the classes "
+                      "(check the run's validation AUC)", stacklevel=2)
     calibration = Calibration(temperature, names, f"{fitted_on} ({len(pooled)} cases)")
     if len(names) == 2:
         calibrated = apply_temperature(pooled.probs, temperature)

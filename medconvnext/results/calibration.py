@@ -35,6 +35,8 @@ from medconvnext.results.table import TEST_FOLD, Predictions, read_predictions
 from medconvnext.rundir import RunDir
 
 __all__ = [
+    "T_MAX",
+    "T_MIN",
     "TTA_CALIBRATION_HINT",
     "TTA_FITTED_ON",
     "TTA_THRESHOLD_NOTE",
@@ -86,6 +88,9 @@ def nll(probs: np.ndarray, y_true: np.ndarray, temperature: float = 1.0) -> floa
     return float(-np.mean(np.log(np.clip(p[np.arange(len(y_true)), np.asarray(y_true)], EPS, 1.0))))
 
 
+T_MIN, T_MAX = 0.05, 20.0  # the bounds of a fitted temperature
+
+
 def fit_temperature(probs: np.ndarray, y_true: np.ndarray, max_iter: int = 100) -> float:
     """The temperature T minimising the NLL of ``y_true`` under ``softmax(log(probs) / T)``.
 
@@ -118,7 +123,7 @@ def fit_temperature(probs: np.ndarray, y_true: np.ndarray, max_iter: int = 100) 
 
     optimizer.step(closure)
     # bounded: separable data drive T towards 0 (the NLL keeps falling); 0.05-20 covers any sensible model
-    return float(np.clip(log_t.exp().item(), 0.05, 20.0))
+    return float(np.clip(log_t.exp().item(), T_MIN, T_MAX))
 
 
 def sensitivity_specificity(is_positive: np.ndarray, score: np.ndarray, threshold: float) -> tuple[float, float]:
