@@ -6,7 +6,6 @@ from collections import Counter
 from pathlib import Path
 
 import typer
-import yaml
 
 from medconvnext.cli._common import console, err_console, print_table, run_guarded
 
@@ -44,8 +43,8 @@ def check(
             err_console.print(f"[yellow]skipped[/yellow] {line}", highlight=False, soft_wrap=True)
         if not good:
             raise typer.Exit(2)
-        cfg = load_config(config)
-        _print_plan(cfg, Datalist(good, datalist.classes, datalist.source), _min_size(model, cfg))
+        cfg, usable = load_config(config), Datalist(good, datalist.classes, datalist.source)
+        _print_plan(cfg, usable, _min_size(model, cfg, usable))
 
     run_guarded(work)
 
@@ -76,16 +75,20 @@ def _class_count_problems(datalist, good) -> list[str]:
             for name in datalist.classes if counts.get(name, 0) < 2]
 
 
-def _min_size(model: str | None, config) -> tuple[int, int, int]:  # noqa: ANN001 - a medconvnext Config
-    """The minimum input size of --model, else of the config's model with its arguments."""
+def _min_size(model: str | None, config, datalist) -> tuple[int, int, int]:  # noqa: ANN001 - Config, Datalist
+    """The minimum input size of --model, else of the config's model with its arguments (built as train builds it,
+    so a bad name or argument gets train's message)."""
+    from medconvnext.engine.setup import build_model
     from medconvnext.errors import UserError
-    from medconvnext.models import create_model
+    from medconvnext.models import get_entry
 
-    name, args = (model, {}) if model is not None else (config.model.name, config.model.args)
+    if model is not None:
+        config.model.name, config.model.args = model, {}
     try:
-        return tuple(create_model(name, num_classes=2, **args).min_input_size)  # type: ignore[return-value]
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"{'--model' if model is not None else 'model'} {name}: {exc}") from None
+        get_entry(config.model.name)
+    except ValueError as exc:
+        raise UserError(f"{'--model' if model is not None else 'model.name'}: {exc}") from None
+    return tuple(build_model(config, datalist).min_input_size)  # type: ignore[return-value]
 
 
 def _print_summary(datalist, good, reports) -> None:
@@ -122,11 +125,10 @@ def _print_summary(datalist, good, reports) -> None:
 
 
 def _print_plan(config, datalist, min_size) -> None:
+    from medconvnext.config import yaml_spelling
     from medconvnext.engine.setup import training_plan
 
     plan = training_plan(config, datalist, min_size)  # train's plan: from the training cases of its split
     console.print("[bold]preprocessing plan[/bold] (from the training cases that train would use):")
     for key, value in plan.to_dict().items():  # spelled as in a config file (null, [a, b, c])
-        shown = yaml.safe_dump(list(value) if isinstance(value, tuple) else value, default_flow_style=True)
-        shown = shown.removesuffix("\n...\n").strip()
-        console.print(f"  {key}: {shown}", highlight=False)
+        console.print(f"  {key}: {yaml_spelling(value, quote=False)}", highlight=False)

@@ -209,7 +209,7 @@ def _set_dotted(config: Config, dotted: str, value: Any, where: str) -> None:
     if hasattr(config, section_name) and len(parts) == 1:
         first = dataclasses.fields(getattr(config, section_name))[0].name
         raise UserError(f"{where}: {section_name} must be a mapping of its fields (e.g. {section_name}: "
-                        f"{{{first}: ...}}), got {_spelling(value)}")
+                        f"{{{first}: ...}}), got {yaml_spelling(value)}")
     if not hasattr(config, section_name) or len(parts) < 2:
         raise UserError(f"{where}: unknown field {dotted!r} (sections: model, data, preprocessing, train, inference)")
     section = getattr(config, section_name)
@@ -230,7 +230,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if origin is Literal:
         if isinstance(value, str) and value in args:
             return value
-        raise UserError(f"{where} = {_spelling(value)} is not one of: {', '.join(args)}")
+        raise UserError(f"{where} = {yaml_spelling(value)} is not one of: {', '.join(args)}")
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -256,7 +256,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     elif origin is dict or hint is dict:
         if isinstance(value, dict):
             return dict(value)
-    raise UserError(f"{where} = {_spelling(value)} is not {_type_words(hint)}")
+    raise UserError(f"{where} = {yaml_spelling(value)} is not {_type_words(hint)}")
 
 
 _TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
@@ -273,10 +273,13 @@ def _type_words(hint: Any) -> str:
     return _TYPE_WORDS.get(hint, f"a valid {hint}")
 
 
-def _spelling(value: Any) -> str:
-    """``value`` as it is written in YAML and --set (``true``, ``null``, ``[1, 2]``), strings quoted."""
-    if isinstance(value, str):
+def yaml_spelling(value: Any, quote: bool = True) -> str:
+    """``value`` as it is written in YAML and --set (``true``, ``null``, ``[1, 2]``; tuples as lists), strings
+    quoted (``quote``)."""
+    if isinstance(value, str) and quote:
         return repr(value)
+    if isinstance(value, tuple):
+        value = list(value)
     return yaml.safe_dump(value, default_flow_style=True).removesuffix("\n...\n").strip()
 
 

@@ -68,3 +68,16 @@ def test_check_prints_the_plan_train_makes(tmp_path):
     assert f"input_size: [{', '.join(str(v) for v in plan['input_size'])}]" in checked.output
     assert "clip: null" in checked.output
     assert "labels.csv: 12 cases, 12 usable" in checked.output  # one line, not wrapped to the table's width
+
+
+def test_check_names_a_bad_model_or_model_argument(tmp_path):
+    """The plan's model is built as train builds it: an unknown --model, or an argument the config's model does not
+    take, is one line naming it, exit 2."""
+    make_dataset(tmp_path, bad=False)
+    result = runner.invoke(app, ["data", "check", "--data", str(tmp_path), "--model", "foo"])
+    assert result.exit_code == 2 and "--model: unknown model 'foo'" in result.output
+    config = tmp_path / "c.yaml"
+    config.write_text("model:\n  name: convmixer_128_4\n  args:\n    stem_conv_channels: 4\n", encoding="utf-8")
+    result = runner.invoke(app, ["data", "check", "--data", str(tmp_path), "--config", str(config)])
+    assert result.exit_code == 2
+    assert "model.args.stem_conv_channels: not an argument of convmixer_128_4" in result.output
