@@ -93,9 +93,22 @@ def _masked_block(block: ConvNeXtBlock, x: torch.Tensor, visible: torch.Tensor) 
     return (x + block.drop_path(h)) * visible
 
 
+def _masked_pre_stem(pre_stem: nn.Module, x: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    """The pre-stem (3³ conv, norm or none, GELU) as a sparse conv: the input is already masked, so a visible
+    voxel next to a masked unit reads zeros there, as a submanifold sparse conv would; the output is re-masked so
+    the conv's spill into masked units cannot reach the stem."""
+    conv, norm, act = pre_stem[0], pre_stem[1], pre_stem[2]
+    x = conv(x)
+    m = mask_at(visible, tuple(x.shape[2:]))
+    x = x * m if isinstance(norm, nn.Identity) else masked_norm(norm, x * m, m)
+    return act(x) * m
+
+
 def masked_forward_features(encoder: ConvNeXt3d, x: torch.Tensor, visible: torch.Tensor) -> list[torch.Tensor]:
     """Feature map of every stage, with masked positions held at zero; ``visible`` (N, 1, grid), 1 = visible."""
     x = x * mask_at(visible, tuple(x.shape[2:]))
+    if not isinstance(encoder.pre_stem, nn.Identity):
+        x = _masked_pre_stem(encoder.pre_stem, x, visible)
     conv, norm = encoder.stem[0], encoder.stem[1]
     x = conv(x)
     m = mask_at(visible, tuple(x.shape[2:]))
@@ -142,6 +155,13 @@ def masked_patch_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tens
     return (per_unit * mask).sum() / mask.sum().clamp_min(1.0)
 
 
+def _pre_stem_stride(encoder: ConvNeXt3d) -> tuple[int, int, int]:
+    """Stride of the pre-stem's conv per axis; (1, 1, 1) without a pre-stem."""
+    if isinstance(encoder.pre_stem, nn.Identity):
+        return (1, 1, 1)
+    return tuple(encoder.pre_stem[0].stride)  # type: ignore[return-value]
+
+
 class FCMAE3d(nn.Module):
     """ConvNeXt encoder + light decoder for masked reconstruction of (N, C, D, H, W) volumes."""
 
@@ -163,19 +183,16 @@ class FCMAE3d(nn.Module):
             norm_target: reconstruct per-unit normalised voxels (the paper's ``norm_pix_loss``).
             loss: ``mse`` (the paper's) or ``bce`` (``pred`` are logits; inputs in [0, 1], e.g. masks).
         Raises:
-            ValueError: an encoder with ``stem_conv_channels``; ``mask_unit`` not a multiple of the stem stride,
+            ValueError: ``mask_unit`` not a multiple of the stem stride (times the pre-stem's stride),
                 ``mask_ratio`` outside (0, 1), an unknown ``loss``, or ``bce`` with ``norm_target`` (normalised
                 targets are not probabilities).
         """
         super().__init__()
         self.encoder = encoder
-        if not isinstance(encoder.pre_stem, nn.Identity):
-            raise ValueError("FCMAE needs the patchify stem alone: stem_conv_channels > 0 puts a 3³ convolution "
-                             "before it, which would mix masked and visible voxels")
         self.mask_unit: Triple = as_triple(mask_unit, "mask_unit")
-        stem = encoder.stem[0].stride
+        stem = tuple(s * p for s, p in zip(encoder.stem[0].stride, _pre_stem_stride(encoder), strict=True))
         if any(u % s for u, s in zip(self.mask_unit, stem, strict=True)):
-            raise ValueError(f"mask_unit {self.mask_unit} must be a multiple of the stem stride {tuple(stem)}")
+            raise ValueError(f"mask_unit {self.mask_unit} must be a multiple of the stem stride {stem}")
         if not 0.0 < mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
         if loss not in ("mse", "bce"):
@@ -185,7 +202,8 @@ class FCMAE3d(nn.Module):
         self.mask_ratio = mask_ratio
         self.norm_target = norm_target
         self.loss = loss
-        in_channels = encoder.stem[0].in_channels
+        first = encoder.stem[0] if isinstance(encoder.pre_stem, nn.Identity) else encoder.pre_stem[0]
+        in_channels = first.in_channels
         self.proj = nn.Conv3d(encoder.num_features, decoder_dim, 1)
         self.mask_token = nn.Parameter(torch.zeros(1, decoder_dim, 1, 1, 1))
         self.decoder = ConvNeXtBlock(decoder_dim, (3, 3, 3), layer_scale_init=1.0, norm="layernorm")
