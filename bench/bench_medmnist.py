@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import fcntl
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -88,8 +89,26 @@ def train_once(args: argparse.Namespace, model: str, seed: int, run_dir: Path) -
         for item in args.set_:
             cmd += ["--set", item]
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    _run_child(cmd)
     return time.perf_counter() - start
+
+
+def _run_child(cmd: list[str]) -> None:
+    """Run ``cmd``; a SIGTERM to this script stops the child too (a killed study row used to leave its
+    ``medconvnext train`` running, slowing every later row on the shared cores)."""
+    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+
+    def stop(signum: int, _frame: object) -> None:
+        child.terminate()
+        child.wait()
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        if child.wait() != 0:
+            raise subprocess.CalledProcessError(child.returncode, cmd)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _finished(run_dir: Path) -> bool:
@@ -112,7 +131,7 @@ def evaluate_test(runs: list[Path], data: Path, out: Path, tta: bool) -> dict:
         if not _up_to_date(target / "summary.json", runs):
             cmd = [sys.executable, "-m", "medconvnext", "evaluate", *map(str, runs), "--data", str(data),
                    "--split", "test", "--out", str(target), "--n-boot", "0", "--device", "cpu", *extra]
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            _run_child(cmd)
         pooled = json.loads((target / "summary.json").read_text(encoding="utf-8"))["pooled"]
         record.update({f"test_auc{suffix}": pooled["auc"], f"test_accuracy{suffix}": pooled["accuracy"],
                        "n_test": pooled["n"]})
