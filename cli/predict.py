@@ -88,11 +88,10 @@ def predict(
         shown = f"P({names[1]})" if len(names) == 2 else "probability"
         table = Table("image", *(["label"] if labels else []), "prediction", shown,
                       title="predictions")  # what predicted is the first line of the output
-        for row in rows:
+        shown_names = _display_names([str(row["image"]) for row in rows])
+        for row, name in zip(rows, shown_names, strict=True):
             column = "prob_" + (names[1] if len(names) == 2 else row["prediction"])
-            # the file name keeps the table readable in a narrow terminal; the CSV/JSON has the full path
-            table.add_row(Path(row["image"]).name, *([row["label"]] if labels else []), row["prediction"],
-                          f"{row[column]:.3f}")
+            table.add_row(name, *([row["label"]] if labels else []), row["prediction"], f"{row[column]:.3f}")
         print_table(table)
         cut = result.threshold
         decided = f"P({names[1]}) >= {cut:.4g}" if cut is not None else "the most probable class"
@@ -103,6 +102,19 @@ def predict(
             console.print(f"wrote {output}")
 
     run_guarded(work)
+
+
+def _display_names(images: list[str]) -> list[str]:
+    """File names when they tell the scans apart (readable in a narrow terminal; the CSV/JSON has the full
+    paths), else the paths below the scans' common folder: two ``scan.nii.gz`` in different folders must not
+    look like one scan predicted twice."""
+    import os
+
+    names = [Path(image).name for image in images]
+    if len(set(names)) == len(names):
+        return names
+    common = os.path.commonpath([os.path.dirname(os.path.abspath(image)) for image in images])
+    return [os.path.relpath(os.path.abspath(image), common) for image in images]
 
 
 def _parse_size(text: str | None) -> list[int] | None:

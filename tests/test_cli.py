@@ -120,6 +120,19 @@ def test_predict_prints_and_writes_csv(trained_run, tmp_path):
         assert float(row["prob_cystic"]) + float(row["prob_solid"]) == pytest.approx(1, abs=1e-5)
 
 
+def test_predict_table_tells_same_named_scans_apart(trained_run, tmp_path):
+    # two scans called scan.nii.gz in two folders: the table shows a/ and b/, not one name twice
+    import shutil
+
+    for folder, case in (("a", 0), ("b", 1)):
+        (tmp_path / folder).mkdir()
+        shutil.copy(SAMPLE_DATA / "images" / f"case_00{case}.nii.gz", tmp_path / folder / "scan.nii.gz")
+    scans = [str(tmp_path / folder / "scan.nii.gz") for folder in ("a", "b")]
+    result = runner.invoke(app, ["predict", *scans, "--model", str(trained_run)])
+    assert result.exit_code == 0, result.output
+    assert "a/scan.nii.gz" in result.output and "b/scan.nii.gz" in result.output
+
+
 def test_predict_json_matches_the_library(trained_run, tmp_path):
     from medconvnext.engine.inference import Predictor
 
