@@ -81,11 +81,14 @@ def test_a_folder_of_scans_without_labels_and_test_rows_left_out(tmp_path, csv_d
     assert len(pretrain_cases(csv_dataset)[0]) == 10 and len(pretrain_cases(csv_dataset, include_test=True)[0]) == 12
 
 
-def test_pretrain_then_train_init_loads_every_encoder_tensor(csv_dataset, tmp_path):
-    pretrain(tiny(csv_dataset, 1), tmp_path / "pt", PretrainOptions())
+@pytest.mark.parametrize("pre_stem", [{}, {"model.args.stem_conv_channels": 4, "model.args.stem_conv_norm": "none",
+                                          "model.args.stem_conv_init": "kaiming"}], ids=["stem", "pre_stem"])
+def test_pretrain_then_train_init_loads_every_encoder_tensor(csv_dataset, tmp_path, pre_stem):
+    pretrain(tiny(csv_dataset, 1, **pre_stem), tmp_path / "pt", PretrainOptions())
     encoder = load_file(str(tmp_path / "pt" / "checkpoint_encoder.safetensors"))
-    train(tiny(csv_dataset, 1, **{"model.init": str(tmp_path / "pt"), "train.lr": 0.0, "train.layer_decay": 0.7}),
-          tmp_path / "ft")
+    assert ("pre_stem.0.weight" in encoder) == bool(pre_stem)
+    train(tiny(csv_dataset, 1, **{"model.init": str(tmp_path / "pt"), "train.lr": 0.0, "train.layer_decay": 0.7,
+                                  **pre_stem}), tmp_path / "ft")
     init = json.loads((tmp_path / "ft" / "init.json").read_text(encoding="utf-8"))
     assert init["loaded"] == len([k for k in encoder if not k.startswith("head.")])
     tuned = load_file(str(tmp_path / "ft" / "checkpoint_last.safetensors"))
