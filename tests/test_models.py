@@ -332,3 +332,18 @@ def test_isotropic_medical_convnext_keeps_one_resolution() -> None:
         assert p8.forward_features(torch.randn(2, 1, 64, 64, 64)).shape == (2, 64, 8, 8, 8)
     shapes = {k: v.shape for k, v in p8.state_dict().items() if not k.startswith("stem.0")}
     assert shapes == {k: v.shape for k, v in model.state_dict().items() if not k.startswith("stem.0")}
+
+
+def test_prestem_medical_convnext_is_the_isotropic_one_with_a_he_initialised_norm_free_pre_stem() -> None:
+    model = create_model("convnext_med_iso_prestem", num_classes=2)
+    plain = create_model("convnext_med_iso", num_classes=2)
+    conv, norm, act = model.pre_stem
+    assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride) == (1, 16, (3, 3, 3), (1, 1, 1))
+    assert isinstance(norm, torch.nn.Identity) and isinstance(act, torch.nn.GELU) and not conv.bias.any()
+    assert 0.22 < float(conv.weight.std()) < 0.33  # He: sqrt(2 / fan-in 27) = 0.27; the paper's init: 0.02
+    assert model.min_input_size == plain.min_input_size == (4, 4, 4)
+    with torch.no_grad():
+        assert model.eval().forward_features(torch.rand(2, 1, 32, 32, 32)).shape == (2, 64, 8, 8, 8)
+    body = {k: v.shape for k, v in model.state_dict().items() if not k.startswith(("pre_stem", "stem.0"))}
+    assert body == {k: v.shape for k, v in plain.state_dict().items() if not k.startswith("stem.0")}
+    assert create_model("convnext_med_iso_prestem", stem_conv_channels=32).pre_stem[0].out_channels == 32
