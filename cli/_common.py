@@ -19,7 +19,20 @@ from rich.markup import escape
 if TYPE_CHECKING:
     from rich.table import Table
 
-console = Console()
+class _Console(Console):
+    """rich's console, wrapping lines in a terminal only: into a pipe or file a line stays one line (a path cut
+    at column 80 breaks grep and copy-paste). Decided at each print, as the output may be redirected later."""
+
+    @property  # type: ignore[override]
+    def soft_wrap(self) -> bool:
+        return not self.is_terminal
+
+    @soft_wrap.setter
+    def soft_wrap(self, _value: bool) -> None:  # rich's __init__ assigns it; the property decides
+        pass
+
+
+console = _Console()
 err_console = Console(stderr=True)
 
 

@@ -140,6 +140,9 @@ def test_pretrain_cli_shows_its_plan_and_counts_epochs(tmp_path, csv_dataset):
     text = " ".join(result.output.split())
     assert "masking FCMAE, 50% of 8³-voxel units masked, mse loss" in text and "scans 12 cases" in text
     assert "schedule 1 epoch x 3 steps, batch 4" in text and "done: 1 epoch, reconstruction loss" in text
+    # not a terminal: the closing line keeps the encoder's full path on it, however long
+    done = next(line for line in result.output.splitlines() if line.startswith("done:"))
+    assert done.endswith(str(out / "checkpoint_encoder.safetensors"))
 
 
 def test_pretrain_cli_refuses_other_families(csv_dataset, tmp_path):
