@@ -10,7 +10,7 @@ import traceback
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -38,11 +38,19 @@ err_console = Console(stderr=True)
 
 def print_table(table: Table) -> None:
     """Print a table; into a pipe or file (no terminal width to fit) at its full width, so no column is cut."""
-    if console.is_terminal:
-        console.print(table)
+    print_wide(table)
+
+
+def print_wide(renderable: Any, on: Console | None = None, min_width: int = 0) -> None:
+    """Print a table or panel on ``on`` (default: the console); into a pipe or file at its natural width (at least
+    ``min_width``), as there is no terminal to fit and rich would cut it at 80 columns."""
+    target = on or console
+    if target.is_terminal:
+        target.print(renderable)
         return
-    natural = console.measure(table, options=console.options.update(max_width=1000)).maximum
-    Console(file=console.file, width=max(console.width, natural)).print(table)
+    natural = target.measure(renderable, options=target.options.update(max_width=1000)).maximum
+    Console(file=target.file, width=max(target.width, natural, min_width)).print(renderable)
+
 
 T = TypeVar("T")
 

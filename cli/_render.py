@@ -67,6 +67,13 @@ def plan_panel(plan: dict[str, Any]) -> Any:
     return Panel(grid, title=f"[bold]{plan['run_dir']}[/bold]", title_align="left", expand=False)
 
 
+def print_plan(plan: dict[str, Any], console: Any) -> None:
+    """The plan panel, wide enough in a pipe for its title (the run folder) and its lines."""
+    from medconvnext.cli._common import print_wide
+
+    print_wide(plan_panel(plan), console, min_width=len(str(plan["run_dir"])) + 8)
+
+
 class TrainingProgress:
     """Plan panel, then a rich progress bar (loss, validation AUC, best epoch, elapsed and remaining time).
 
@@ -89,7 +96,7 @@ class TrainingProgress:
 
     def on_plan(self, plan: dict[str, Any]) -> None:
         if self._progress is not None:
-            self._progress.console.print(plan_panel(plan))
+            print_plan(plan, self._progress.console)
 
     def on_start(self, total_epochs: int, steps_per_epoch: int) -> None:
         if self._progress is None:

@@ -86,9 +86,9 @@ class PretrainProgress:
             self._progress.__exit__(*exc)
 
     def on_plan(self, plan: dict[str, Any]) -> None:
-        from medconvnext.cli._render import plan_panel
+        from medconvnext.cli._render import print_plan
 
-        self._progress.console.print(plan_panel(plan))
+        print_plan(plan, self._progress.console)
 
     def on_start(self, total_epochs: int, steps_per_epoch: int) -> None:
         self._steps, self._epochs = steps_per_epoch, total_epochs

@@ -132,7 +132,7 @@ def test_pretrain_resume_after_a_kill_matches_an_uninterrupted_run(csv_dataset, 
 
 
 def test_pretrain_cli_shows_its_plan_and_counts_epochs(tmp_path, csv_dataset):
-    out = tmp_path / "pt"
+    out = tmp_path / ("a_long_folder_name_" * 6) / "pt"  # longer than the 100 columns given below
     args = ["pretrain", "--data", str(csv_dataset), "--out", str(out), "--epochs", "1", "--mask-ratio", "0.5"]
     args += [f"--set={key}={json.dumps(value)}" for key, value in TINY.items() if key != "train.epochs"]
     result = CliRunner().invoke(app, args, env={"COLUMNS": "100"})
@@ -140,15 +140,25 @@ def test_pretrain_cli_shows_its_plan_and_counts_epochs(tmp_path, csv_dataset):
     text = " ".join(result.output.split())
     assert "masking FCMAE, 50% of 8³-voxel units masked, mse loss" in text and "scans 12 cases" in text
     assert "schedule 1 epoch x 3 steps, batch 4" in text and "done: 1 epoch, reconstruction loss" in text
-    # not a terminal: the closing line keeps the encoder's full path on it, however long
+    # not a terminal: the plan's title and the closing line keep the full paths on one line, however long
+    assert any(line.startswith(f"╭─ {out} ─") for line in result.output.splitlines())
     done = next(line for line in result.output.splitlines() if line.startswith("done:"))
     assert done.endswith(str(out / "checkpoint_encoder.safetensors"))
+    # the encoder has no trained head and no classes: predicting with it is refused, not a crash after the forward
+    scan = csv_dataset / "img" / "c00.nii.gz"
+    refused = CliRunner().invoke(app, ["predict", str(scan), "--model", str(out / "checkpoint_encoder.safetensors")])
+    assert refused.exit_code == 2 and "a pretrained encoder without classes" in refused.output
+    assert "medconvnext train --init" in refused.output
 
 
 def test_pretrain_cli_refuses_other_families(csv_dataset, tmp_path):
     result = CliRunner().invoke(app, ["pretrain", "--data", str(csv_dataset), "--out", str(tmp_path / "r"),
                                       "--model", "resnext_tiny"])
     assert result.exit_code == 2 and "ConvNeXt family only" in result.output
+    assert not (tmp_path / "r").exists()
+    result = CliRunner().invoke(app, ["pretrain", "--data", str(csv_dataset), "--out", str(tmp_path / "r"),
+                                      "--model", "convnext_med_iso_prestem", "--patch-size", "6"])
+    assert result.exit_code == 2 and "--patch-size (6, 6, 6) must be a multiple of the stem stride" in result.output
     assert not (tmp_path / "r").exists()
 
 

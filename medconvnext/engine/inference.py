@@ -175,7 +175,11 @@ class Predictor:
     ) -> Predictor:
         """From a run directory (its best checkpoint) or a checkpoint file; ``compile``: ``torch.compile`` the
         model (pays off over many volumes of one size; each new size compiles again, up to torch's limit)."""
-        checkpoint = load_checkpoint(find_checkpoint(model_path))
+        file = find_checkpoint(model_path)
+        checkpoint = load_checkpoint(file)
+        if not checkpoint.class_names:  # `pretrain` saves the encoder alone: its head was never trained
+            raise UserError(f"{file}: a pretrained encoder without classes (its head is untrained); fine-tune it "
+                            f"first with `medconvnext train --init {file}`")
         torch_device = resolve_device(device)
         model = checkpoint.build_model().to(torch_device).eval()
         pre = Preprocessing.from_dict(checkpoint.meta["preprocessing"])

@@ -91,8 +91,8 @@ def build_fcmae(config: Config, in_channels: int, options: PretrainOptions) -> F
     try:
         return FCMAE3d(encoder, options.mask_unit, options.mask_ratio, options.decoder_dim, options.norm_target,
                        options.loss)
-    except ValueError as exc:
-        raise UserError(f"pretrain: {exc}") from None
+    except ValueError as exc:  # the CLI's names for FCMAE3d's arguments
+        raise UserError(f"pretrain: {str(exc).replace('mask_unit', '--patch-size')}") from None
 
 
 def pretrain(
