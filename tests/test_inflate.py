@@ -182,6 +182,25 @@ def test_load_from_file(tmp_path, suffix: str) -> None:
         load_2d_weights_file(_model_3d(), tmp_path / "missing.pth")
 
 
+def test_a_pickle_with_code_is_refused_in_one_line_and_never_run(tmp_path) -> None:
+    import collections
+    import pickle
+
+    marker = tmp_path / "ran"
+    path = tmp_path / "evil.pth"
+
+    class Evil:
+        def __reduce__(self):
+            return (marker.touch, ())
+
+    torch.save({"model": collections.OrderedDict(), "hook": Evil()}, path, pickle_module=pickle)
+    with pytest.raises(UserError) as caught:
+        load_2d_weights_file(_model_3d(), path)
+    message = str(caught.value)
+    assert "\n" not in message and "without running pickled code" in message and "weights_only=False" not in message
+    assert not marker.exists()
+
+
 def test_train_cli_init_2d_starts_from_the_inflated_weights(csv_dataset, tmp_path) -> None:
     """`train --init-2d` with lr 0: the saved 3D weights are exactly the inflated 2D ones."""
     from typer.testing import CliRunner

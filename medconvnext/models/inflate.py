@@ -201,7 +201,10 @@ def load_2d_weights_file(model: nn.Module, path: str | Path, mode: str = "center
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any reader failure means an unusable file
-        raise UserError(f"cannot read 2D weights {path}: {type(exc).__name__}: {exc}") from exc
+        # one line: torch's weights_only refusal spans many and suggests weights_only=False, which we never use
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise UserError(f"cannot read 2D weights {path}: not a weights file that loads without running pickled code "
+                        f"({type(exc).__name__}: {first})") from exc
     for wrapper in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
