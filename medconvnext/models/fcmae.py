@@ -1,8 +1,9 @@
 """3D FCMAE: masked-autoencoder pretraining of a ConvNeXt encoder (ConvNeXt V2, Woo et al. 2023).
 
 After facebookresearch/ConvNeXt-V2 ``models/fcmae.py``, in 3D and with the sparse convolution emulated
-densely, as the paper describes: the binary mask is applied to the input and re-applied after the stem, each
-depthwise convolution and each downsampling, so masked positions stay empty through the encoder. The norms
+densely, as the paper describes: the binary mask is applied to the input and re-applied after the pre-stem (a 3³
+conv before the patchify stem, when the model has one), the stem, each depthwise convolution and each downsampling,
+so masked positions stay empty through the encoder. The norms
 compute their statistics over the visible positions only (the paper's sparse LayerNorm / BatchNorm; for
 GroupNorm(1) and one group per channel the same rule), so a masked voxel cannot reach a visible one.
 
