@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import nn
 
+from medconvnext.config import yaml_spelling
 from medconvnext.data.preprocessing import Preprocessing
 from medconvnext.engine.checkpoint import load_checkpoint, unwrap_model
 from medconvnext.errors import UserError
@@ -64,7 +65,8 @@ def _holds(meta: dict[str, Any]) -> str:
     described = meta.get("model")
     if not isinstance(described, dict) or "name" not in described:
         return ""
-    args = [f"{k}={v}" for k, v in described.items() if k not in ("name", "num_classes", "in_channels")]
+    args = [f"{k}={yaml_spelling(v, quote=False)}" for k, v in described.items()
+            if k not in ("name", "num_classes", "in_channels")]
     return f" (it holds {described['name']}{', ' if args else ''}{', '.join(args)})"
 
 
