@@ -1,7 +1,8 @@
 """AdrenalMNIST3D accuracy under the official protocol, through the normal CLI.
 
 For each model and seed: ``medconvnext train`` (train on ``train``, select the epoch on ``val``), then
-``medconvnext evaluate --split test`` scores the best checkpoint on ``test`` once (and again with ``--tta``:
+``medconvnext evaluate --split test`` scores the best checkpoint on ``test`` once (skipped when the data has no
+test split, e.g. VesselMNIST3D's train + val file: the rows then hold ``val_auc`` and the training-loss curve only) (and again with ``--tta``:
 the mean over the 8 flips). With ``--ensemble`` the seeds of a model are also evaluated together as one
 ensemble (``medconvnext evaluate RUN1 RUN2 RUN3``). Prints per-run test AUC / accuracy and mean ± std over the
 seeds, and writes JSON (the runs in docs/benchmarks.md: bench/results/adrenal28.json). Finished runs are not
@@ -54,19 +55,23 @@ def main() -> None:
         parser.error("--data, --config and --out are required (unless --summary)")
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.results or args.out / "results.json"
+    has_test = _has_test_split(args.data)  # VesselMNIST3D's train + val file: select and report on val only
     for model in args.models:
         names = [f"{model}{args.tag}_seed{seed}" for seed in args.seeds]
         for seed, name in zip(args.seeds, names, strict=True):
             run_dir = args.out / name
             wall = train_once(args, model, seed, run_dir)
-            record = {**evaluate_test([run_dir], args.data, run_dir / "eval_test", args.tta), **run_facts(run_dir)}
-            record.update(model=model, seed=seed, tag=args.tag, set=args.set_, config=str(args.config))
+            tested = evaluate_test([run_dir], args.data, run_dir / "eval_test", args.tta) if has_test else {}
+            record = {**tested, **run_facts(run_dir)}
+            record.update(model=model, seed=seed, tag=args.tag, set=args.set_, config=str(args.config),
+                          data=str(args.data))
             if wall is not None:
                 record["train_wall_s"] = wall
             update_results(results_path, name, record)
-            print(f"{name}: test AUC {record['test_auc']:.3f}  ACC {record['test_accuracy']:.3f}  "
-                  f"(best epoch {record['best_epoch']}, val AUC {record['val_auc']:.3f})", flush=True)
-        if args.ensemble and len(names) > 1:
+            test = f"test AUC {record['test_auc']:.3f}  ACC {record['test_accuracy']:.3f}  " if has_test else ""
+            print(f"{name}: {test}(best epoch {record['best_epoch']}, val AUC {record['val_auc']:.3f}, "
+                  f"final train loss {record['final_train_loss']:.3f})", flush=True)
+        if args.ensemble and len(names) > 1 and has_test:
             runs = [args.out / name for name in names]
             record = evaluate_test(runs, args.data, args.out / f"{model}{args.tag}_ensemble", args.tta)
             record.update(model=model, seeds=args.seeds, tag=args.tag, ensemble=True, config=str(args.config),
@@ -111,6 +116,14 @@ def _run_child(cmd: list[str]) -> None:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _has_test_split(data: Path) -> bool:
+    """Whether the import holds test cases (a file with a withheld test split has only train and val)."""
+    import csv
+
+    with open(data / "labels.csv", newline="", encoding="utf-8") as f:
+        return any(row.get("split") == "test" for row in csv.DictReader(f))
+
+
 def _finished(run_dir: Path) -> bool:
     metrics = run_dir / "metrics.jsonl"
     if not (run_dir / "checkpoint_best.safetensors").is_file() or not metrics.is_file():
@@ -150,6 +163,8 @@ def run_facts(run_dir: Path) -> dict:
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     best = max(metrics, key=lambda r: (r["val_auc"] or 0.0, -r["val_loss"]))
     return {"best_epoch": best["epoch"], "val_auc": best["val_auc"], "epochs_run": metrics[-1]["epoch"],
+            "train_loss": [r["train_loss"] for r in metrics], "val_auc_curve": [r["val_auc"] for r in metrics],
+            "final_train_loss": metrics[-1]["train_loss"],
             "intensity": run_intensity(run_dir),
             "mean_epoch_s": float(np.mean([r["epoch_time_s"] for r in metrics])),
             "total_epoch_s": float(np.sum([r["epoch_time_s"] for r in metrics]))}
@@ -190,18 +205,19 @@ def print_summary(results: dict) -> None:
     for record in results.values():
         if not record.get("ensemble"):
             groups.setdefault(record["model"] + record.get("tag", ""), []).append(record)
-    print(f"\n{'model':36s} {'seeds':>5s} {'test AUC':>15s} {'test ACC':>15s} {'AUC (TTA)':>15s} "
-          f"{'ACC (TTA)':>15s} {'train min':>9s}")
+    print(f"\n{'model':36s} {'seeds':>5s} {'val AUC':>15s} {'train loss':>15s} {'test AUC':>15s} {'test ACC':>15s} "
+          f"{'AUC (TTA)':>15s} {'ACC (TTA)':>15s} {'train min':>9s}")
     for name, records in groups.items():
         cells = [_mean_std([r.get(key) for r in records])
-                 for key in ("test_auc", "test_accuracy", "test_auc_tta", "test_accuracy_tta")]
+                 for key in ("val_auc", "final_train_loss", "test_auc", "test_accuracy", "test_auc_tta",
+                             "test_accuracy_tta")]
         minutes = np.mean([r.get("total_epoch_s", r["mean_epoch_s"] * r["epochs_run"]) for r in records]) / 60
         print(f"{name:36s} {len(records):5d} {' '.join(f'{c:>15s}' for c in cells)} {minutes:9.1f}")
     for name, record in results.items():
         if record.get("ensemble"):
             cells = [f"{record[k]:.3f}" if k in record else "-"
                      for k in ("test_auc", "test_accuracy", "test_auc_tta", "test_accuracy_tta")]
-            print(f"{name:36s} {len(record['seeds']):5d} {' '.join(f'{c:>15s}' for c in cells)}")
+            print(f"{name:36s} {len(record['seeds']):5d} {'':>15s} {'':>15s} {' '.join(f'{c:>15s}' for c in cells)}")
 
 
 def _mean_std(values: list) -> str:

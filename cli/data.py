@@ -56,7 +56,8 @@ def import_medmnist_command(
     overwrite: bool = typer.Option(False, "--overwrite/--no-overwrite", metavar="", help="Replace a non-empty --out."),
     limit: int = typer.Option(None, "--limit", min=1, help="Only the first N volumes of each split (quick tests)."),
 ) -> None:
-    """Write one NIfTI per volume (64 mm cube) and labels.csv with the official train/val/test split."""
+    """Write one NIfTI per volume (64 mm cube) and labels.csv with the official split (train, val, and test when
+    the file has one)."""
 
     def work() -> None:
         from medconvnext.data.medmnist import import_medmnist

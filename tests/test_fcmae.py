@@ -129,3 +129,18 @@ def test_patchify_round_trip_and_shapes() -> None:
         FCMAE3d(create_model("convnext_atto"), mask_unit=6)
     with pytest.raises(ValueError, match="not a multiple of mask_unit"):
         model(torch.randn(1, 1, 36, 32, 32))
+
+
+def test_mixer_blocks_and_stem_gelu_are_masked_like_a_sparse_conv() -> None:
+    # the Vessel-diagnosis options (ConvMixer's layer, GELU in the stem) keep FCMAE's masking exact
+    torch.manual_seed(0)
+    encoder = create_model("convnext_med_iso", block="mixer", stem_act=True, dims=(16,), depths=(2,)).train()
+    x = torch.rand(2, 1, 32, 32, 32)
+    mask = random_mask(2, (4, 4, 4), 0.6, torch.Generator().manual_seed(1))
+    visible = 1 - mask
+    with torch.no_grad():
+        features = masked_forward_features(encoder, x, visible)
+        again = masked_forward_features(encoder, x + 10 * torch.rand_like(x) * mask_at(mask, (32, 32, 32)), visible)
+    m = mask_at(visible, tuple(features[-1].shape[2:]))
+    assert torch.count_nonzero(features[-1] * (1 - m)) == 0 and torch.count_nonzero(features[-1] * m) > 0
+    torch.testing.assert_close(features[-1], again[-1], atol=1e-5, rtol=1e-5)

@@ -19,9 +19,9 @@ from medconvnext.errors import UserError
 runner = CliRunner()
 
 
-def tiny_npz(path, side: int = 28):
+def tiny_npz(path, side: int = 28, test: bool = True):
     rng = np.random.default_rng(0)
-    sizes = {"train": 6, "val": 2, "test": 3}
+    sizes = {"train": 6, "val": 2, "test": 3} if test else {"train": 6, "val": 2}
     arrays = {}
     for split, n in sizes.items():
         arrays[f"{split}_images"] = rng.integers(0, 255, (n, side, side, side), dtype=np.uint8)
@@ -61,6 +61,25 @@ def test_cli_and_bad_file(tmp_path):
     result = runner.invoke(app, ["data", "import-medmnist", str(tmp_path / "other.npz"), "--out", str(tmp_path / "p")])
     assert result.exit_code == 2 and "not a MedMNIST 3D file" in result.output
     assert not (tmp_path / "p").exists()
+
+
+def test_file_without_test_split(tmp_path):
+    """VesselMNIST3D's train + val file (test withheld) imports; the split has no test cases."""
+    tiny_npz(tmp_path / "trainval.npz", test=False)
+    npz = str(tmp_path / "trainval.npz")
+    result = runner.invoke(app, ["data", "import-medmnist", npz, "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    assert "train 6, val 2 volumes" in result.output
+    split = train_val_split(load_datalist(tmp_path / "o"), 0.2, seed=0)
+    assert (len(split.train), len(split.val), len(split.test)) == (6, 2, 0)
+    arrays = dict(np.load(tmp_path / "trainval.npz"))
+    np.savez(tmp_path / "half.npz", **arrays, test_images=arrays["val_images"])
+    result = runner.invoke(app, ["data", "import-medmnist", str(tmp_path / "half.npz"), "--out", str(tmp_path / "h")])
+    assert result.exit_code == 2 and "only one of test_images and test_labels" in result.output
+    del arrays["val_labels"]
+    np.savez(tmp_path / "noval.npz", **arrays)
+    result = runner.invoke(app, ["data", "import-medmnist", str(tmp_path / "noval.npz"), "--out", str(tmp_path / "n")])
+    assert result.exit_code == 2 and "missing key 'val_labels'" in result.output
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "adrenalmnist3d.npz").is_file(), reason="AdrenalMNIST3D not present")

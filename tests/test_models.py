@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from medconvnext.layers import LayerNorm3d, drop_path, drop_path_rates
 from medconvnext.models import (
@@ -347,3 +348,29 @@ def test_prestem_medical_convnext_is_the_isotropic_one_with_a_he_initialised_nor
     body = {k: v.shape for k, v in model.state_dict().items() if not k.startswith(("pre_stem", "stem.0"))}
     assert body == {k: v.shape for k, v in plain.state_dict().items() if not k.startswith("stem.0")}
     assert create_model("convnext_med_iso_prestem", stem_conv_channels=32).pre_stem[0].out_channels == 32
+
+
+def test_vessel_diagnosis_options_change_what_they_name() -> None:
+    """block=mixer, stem_act, head_norm=False and init=torch_default: the ConvMixer traits, one at a time."""
+    from medconvnext.models.convnext import ConvNeXtBlock, MixerBlock
+
+    base = create_model("convnext_med_iso")
+    mixer = create_model("convnext_med_iso", block="mixer")
+    assert all(isinstance(b, ConvNeXtBlock) for b in base.stages[0])
+    assert all(isinstance(b, MixerBlock) for b in mixer.stages[0])
+    assert isinstance(create_model("convnext_med_iso", stem_act=True).stem[1], nn.GELU)
+    assert isinstance(create_model("convnext_med_iso", head_norm=False).head_norm, nn.Identity)
+    torch.manual_seed(0)
+    paper = create_model("convnext_med_iso").stages[0][0].pwconv1.weight
+    torch.manual_seed(0)
+    default = create_model("convnext_med_iso", init="torch_default").stages[0][0].pwconv1.weight
+    assert paper.std().item() < 0.021 and default.std().item() > 0.05  # U(±1/sqrt(64)) has std 0.072
+    x = torch.rand(2, 1, 16, 16, 16)
+    for model in (mixer, create_model("convnext_med_iso", stem_act=True, head_norm=False, init="torch_default")):
+        out = model(x)
+        out.sum().backward()
+        assert out.shape == (2, 2) and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="block must be one of convnext, mixer"):
+        create_model("convnext_med_iso", block="resnet")
+    with pytest.raises(ValueError, match="init must be one of"):
+        create_model("convnext_med_iso", init="xavier")

@@ -1,7 +1,9 @@
 """Import a MedMNIST 3D ``.npz`` (e.g. AdrenalMNIST3D) as NIfTI files + ``labels.csv`` with the official split.
 
 Every MedMNIST 3D volume is a 64 mm cube, so the voxel size is 64 mm / side (28^3 -> 2.2857 mm, 64^3 -> 1 mm).
-The array axes are written as the NIfTI's (x, y, z) with a diagonal (RAS) affine.
+The array axes are written as the NIfTI's (x, y, z) with a diagonal (RAS) affine. ``train`` and ``val`` are
+required; ``test`` is optional (a file whose test split is withheld, e.g. VesselMNIST3D's train + val, is valid:
+runs then select on ``val`` and the withheld test scans are scored later with ``medconvnext predict``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import numpy as np
 from medconvnext.errors import UserError
 
 CUBE_MM = 64.0
-SPLITS = {"train": "train", "val": "val", "test": "test"}
+SPLITS = ("train", "val", "test")
+REQUIRED_SPLITS = ("train", "val")
 
 
 @dataclass
@@ -73,10 +76,15 @@ def _read_npz(npz: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         raise UserError(f"{npz}: no such file")
     try:
         with np.load(npz) as data:
-            arrays = {s: (data[f"{s}_images"], data[f"{s}_labels"]) for s in SPLITS}
-    except KeyError as exc:
-        expected = "train/val/test _images and _labels"
-        raise UserError(f"{npz}: not a MedMNIST 3D file (missing key {exc}; expected {expected})") from None
+            keys = set(data.files)
+            missing = [f"{s}_{kind}" for s in REQUIRED_SPLITS for kind in ("images", "labels")
+                       if f"{s}_{kind}" not in keys]
+            if missing:
+                expected = "train/val (and optionally test) _images and _labels"
+                raise UserError(f"{npz}: not a MedMNIST 3D file (missing key {missing[0]!r}; expected {expected})")
+            if ("test_images" in keys) != ("test_labels" in keys):
+                raise UserError(f"{npz}: has only one of test_images and test_labels; a test split needs both")
+            arrays = {s: (data[f"{s}_images"], data[f"{s}_labels"]) for s in SPLITS if f"{s}_images" in keys}
     except (OSError, ValueError) as exc:
         raise UserError(f"{npz}: cannot read ({exc})") from None
     for split, (images, labels) in arrays.items():

@@ -70,6 +70,30 @@ class ConvNeXtBlock(nn.Module):
         return shortcut + self.drop_path(x)
 
 
+class MixerBlock(nn.Module):
+    """ConvMixer's layer (Trockman & Kolter, "Patches Are All You Need?") as a ConvNeXt block, for the Vessel
+    diagnosis: residual(depthwise conv -> GELU -> norm) -> pointwise conv -> GELU -> norm. The residual is around
+    the spatial mixing only; the channel mixing is one 1x1x1 layer (no 4x bottleneck) with a norm after it."""
+
+    def __init__(self, dim: int, kernel_size: Triple = (5, 5, 5), drop_path: float = 0.0,
+                 norm: str = "batchnorm") -> None:
+        super().__init__()
+        self.dwconv = DepthwiseConv3d(dim, kernel_size)
+        self.act = nn.GELU()
+        self.norm = make_norm3d(norm, dim)
+        self.pwconv = nn.Conv3d(dim, dim, 1)
+        self.norm2 = make_norm3d(norm, dim)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.norm(self.act(self.dwconv(x))))
+        return self.norm2(self.act(self.pwconv(x)))
+
+
+BLOCKS = ("convnext", "mixer")
+INITS = ("trunc_normal", "torch_default")
+
+
 def _check_pre_stem(channels: object, norm: object, stride: object) -> None:
     """ValueError naming the pre-stem argument that is not an int in range, or not a known norm."""
     for name, value, low in (("stem_conv_channels", channels, 0), ("stem_conv_stride", stride, 1)):
@@ -107,6 +131,10 @@ class ConvNeXt3d(nn.Module):
         head_init_scale: float = 1.0,
         head_dropout: float = 0.0,
         grad_checkpointing: bool = False,
+        block: str = "convnext",
+        stem_act: bool = False,
+        head_norm: bool = True,
+        init: str = "trunc_normal",
     ) -> None:
         """
         Args:
@@ -141,9 +169,22 @@ class ConvNeXt3d(nn.Module):
             grn: Global Response Normalization after the MLP's GELU (ConvNeXt V2).
             drop_path_rate: stochastic depth, linear from 0 to this rate over all blocks.
             grad_checkpointing: recompute block activations in backward to save memory.
+            block: ``"convnext"`` (the paper's block) or ``"mixer"`` (ConvMixer's layer, :class:`MixerBlock`;
+                ``mlp_ratio``, ``layer_scale_init`` and ``grn`` do not apply to it).
+            stem_act: GELU between the patchify conv and its norm (ConvMixer's stem: conv -> GELU -> norm).
+            head_norm: LayerNorm on the pooled features before the linear head (the paper's); False: pool -> Linear
+                (ConvMixer's, DenseNet's).
+            init: ``"trunc_normal"`` (the paper's std 0.02 for every conv and linear layer) or ``"torch_default"``
+                (PyTorch's own init, Kaiming-uniform with a = sqrt(5), as ConvMixer keeps): with std 0.02 a
+                64 -> 256 linear layer on unit inputs gives pre-activations of std ~0.16, where GELU is nearly
+                linear; PyTorch's gives ~0.58.
         """
         super().__init__()
         stages = len(depths)
+        if block not in BLOCKS:
+            raise ValueError(f"block must be one of {', '.join(BLOCKS)}, got {block!r}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
         _check_pre_stem(stem_conv_channels, stem_conv_norm, stem_conv_stride)
         if stem_conv_init not in ("trunc_normal", "kaiming"):
             raise ValueError(f"stem_conv_init must be 'trunc_normal' or 'kaiming', got {stem_conv_init!r}")
@@ -174,6 +215,7 @@ class ConvNeXt3d(nn.Module):
                 nn.Identity() if pre_norm == "none" else make_norm3d(pre_norm, stem_conv_channels), nn.GELU())
         self.stem = nn.Sequential(
             nn.Conv3d(stem_conv_channels or in_channels, dims[0], stem_kernel, stride=stem, padding=stem_padding),
+            *((nn.GELU(),) if stem_act else ()),
             make_norm3d(norm, dims[0]),
         )
         self.downsample = nn.ModuleList(
@@ -181,17 +223,21 @@ class ConvNeXt3d(nn.Module):
             for i in range(stages - 1)
         )
         rates = drop_path_rates(drop_path_rate, depths)
+
+        def make_block(i: int, rate: float) -> nn.Module:
+            if block == "mixer":
+                return MixerBlock(dims[i], kernels[i], rate, norm)
+            return ConvNeXtBlock(dims[i], kernels[i], rate, layer_scale_init, norm, mlp_ratio, grn)
+
         self.stages = nn.ModuleList(
-            nn.Sequential(
-                *(ConvNeXtBlock(dims[i], kernels[i], rate, layer_scale_init, norm, mlp_ratio, grn) for rate in rates[i])
-            )
-            for i in range(stages)
+            nn.Sequential(*(make_block(i, rate) for rate in rates[i])) for i in range(stages)
         )
-        self.head_norm = nn.LayerNorm(dims[-1], eps=1e-6)
+        self.head_norm = nn.LayerNorm(dims[-1], eps=1e-6) if head_norm else nn.Identity()
         self.head_drop = nn.Dropout(head_dropout)
         self.head = nn.Linear(dims[-1], num_classes)
 
-        self.apply(init_weights)
+        if init == "trunc_normal":
+            self.apply(init_weights)
         if stem_conv_init == "kaiming":
             pre_conv = self.pre_stem[0]
             nn.init.kaiming_normal_(pre_conv.weight, mode="fan_in", nonlinearity="relu")
@@ -215,7 +261,7 @@ class ConvNeXt3d(nn.Module):
         return x
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Global average pool over D, H, W -> LayerNorm -> (dropout) -> Linear."""
+        """Global average pool over D, H, W -> LayerNorm (unless ``head_norm=False``) -> (dropout) -> Linear."""
         x = self.head_norm(features.mean(dim=(2, 3, 4)))
         return x if pre_logits else self.head(self.head_drop(x))
 

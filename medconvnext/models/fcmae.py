@@ -31,7 +31,7 @@ from torch import nn
 
 from medconvnext.layers import LayerNorm3d, as_triple
 from medconvnext.layers.shapes import Triple
-from medconvnext.models.convnext import ConvNeXt3d, ConvNeXtBlock
+from medconvnext.models.convnext import ConvNeXt3d, ConvNeXtBlock, MixerBlock
 
 
 def random_mask(batch: int, grid: Triple, ratio: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -94,6 +94,13 @@ def _masked_block(block: ConvNeXtBlock, x: torch.Tensor, visible: torch.Tensor) 
     return (x + block.drop_path(h)) * visible
 
 
+def _masked_mixer_block(block: MixerBlock, x: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    """ConvMixer's layer with the mask re-applied after each conv (norms over visible positions only)."""
+    h = masked_norm(block.norm, block.act(block.dwconv(x) * visible), visible)
+    x = (x + block.drop_path(h)) * visible
+    return masked_norm(block.norm2, block.act(block.pwconv(x)) * visible, visible)
+
+
 def _masked_pre_stem(pre_stem: nn.Module, x: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
     """The pre-stem (3³ conv, norm or none, GELU) as a sparse conv: the input is already masked, so a visible
     voxel next to a masked unit reads zeros there, as a submanifold sparse conv would; the output is re-masked so
@@ -110,8 +117,10 @@ def masked_forward_features(encoder: ConvNeXt3d, x: torch.Tensor, visible: torch
     x = x * mask_at(visible, tuple(x.shape[2:]))
     if not isinstance(encoder.pre_stem, nn.Identity):
         x = _masked_pre_stem(encoder.pre_stem, x, visible)
-    conv, norm = encoder.stem[0], encoder.stem[1]
+    conv, norm = encoder.stem[0], encoder.stem[-1]  # stem: conv [-> GELU] -> norm
     x = conv(x)
+    if len(encoder.stem) == 3:
+        x = encoder.stem[1](x)
     m = mask_at(visible, tuple(x.shape[2:]))
     x = masked_norm(norm, x * m, m)
     features = []
@@ -122,7 +131,7 @@ def masked_forward_features(encoder: ConvNeXt3d, x: torch.Tensor, visible: torch
             m = mask_at(visible, tuple(x.shape[2:]))
             x = x * m
         for block in stage:
-            x = _masked_block(block, x, m)
+            x = _masked_mixer_block(block, x, m) if isinstance(block, MixerBlock) else _masked_block(block, x, m)
         features.append(x)
     return features
 
