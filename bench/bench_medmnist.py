@@ -5,8 +5,9 @@ For each model and seed: ``medconvnext train`` (train on ``train``, select the e
 test split, e.g. VesselMNIST3D's train + val file: the rows then hold ``val_auc`` and the training-loss curve
 only), and again with ``--tta`` (the mean over the 8 flips). With ``--ensemble`` the seeds of a model are also
 evaluated together as one ensemble (``medconvnext evaluate RUN1 RUN2 RUN3``). Prints per-run test AUC /
-accuracy and mean ± std over the seeds, and writes JSON (the runs in docs/benchmarks.md: bench/results/adrenal28.json). Finished runs are not
-trained again, nor are their up-to-date evaluations run again, so the script can be stopped and restarted;
+accuracy and mean ± std over the seeds, and writes JSON (the runs in docs/benchmarks.md: bench/results/adrenal28.json).
+Finished runs are not trained again, nor are their up-to-date evaluations run again, so the script can be stopped
+and restarted;
 several copies may share one results file (each run updates its own entry under a lock), e.g. one process
 per seed with ``OMP_NUM_THREADS=1``.
 
