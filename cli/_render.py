@@ -40,6 +40,15 @@ def epoch_progress(fields: str) -> Any:
     )
 
 
+def field_of_view_words(view: list | tuple) -> str:
+    """(smallest share, median share, cases cut, cases) -> the plan panel's words."""
+    smallest, median, cut, cases = view
+    if not cut:
+        return f"the whole foreground of all {cases} training cases is inside the input"
+    return (f"[yellow]the input cuts the foreground of {cut} of {cases} training cases[/yellow] (median "
+            f"{median:.0%}, as little as {smallest:.0%} inside)")
+
+
 def plan_panel(plan: dict[str, Any]) -> Any:
     """A short rich panel of :func:`medconvnext.engine.setup.run_plan`: preprocessing, split, model, device."""
     from rich.panel import Panel
@@ -51,7 +60,11 @@ def plan_panel(plan: dict[str, Any]) -> Any:
     p = plan["plan"]
     spacing = " x ".join(f"{s:.3g}" for s in p["spacing"])
     size = " x ".join(str(s) for s in p["input_size"])
-    grid.add_row("plan", f"spacing {spacing} mm, input {size} voxels, intensity {p['intensity']}, {p['orientation']}")
+    crop = f", crop to {p['crop']}" if p.get("crop", "none") != "none" else ""
+    grid.add_row("plan", f"spacing {spacing} mm, input {size} voxels, intensity {p['intensity']}, {p['orientation']}"
+                 f"{crop}")
+    if p.get("field_of_view"):
+        grid.add_row("field", field_of_view_words(p["field_of_view"]))
     for side, counts in plan["split"].items():
         detail = f" ({', '.join(f'{name} {n}' for name, n in counts.items())})" if len(counts) > 1 else ""
         grid.add_row(side, f"{plural(sum(counts.values()), 'case')}{detail}")

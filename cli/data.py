@@ -126,10 +126,13 @@ def _print_summary(datalist, good, reports) -> None:
 
 
 def _print_plan(config, datalist, min_size) -> None:
+    from medconvnext.cli._render import field_of_view_words
     from medconvnext.config import yaml_spelling
     from medconvnext.engine.setup import training_plan
 
     plan = training_plan(config, datalist, min_size)  # train's plan: from the training cases of its split
     console.print("[bold]preprocessing plan[/bold] (from the training cases that train would use):")
-    for key, value in plan.to_dict().items():  # spelled as in a config file (null, [a, b, c])
+    for key, value in plan.transform_dict().items():  # spelled as in a config file (null, [a, b, c])
         console.print(f"  {key}: {yaml_spelling(value, quote=False)}", highlight=False)
+    if plan.field_of_view:
+        console.print(f"  field of view: {field_of_view_words(plan.field_of_view)}", highlight=False)

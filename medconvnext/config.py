@@ -26,6 +26,7 @@ AugmentOn = Literal["loader", "device"]
 Leakage = Literal["warn", "error", "off"]
 Modality = Literal["ct", "mri", "mask", "generic"]
 Intensity = Literal["auto", "zscore", "nonzero_zscore", "clip_zscore", "minmax", "none"]
+Crop = Literal["auto", "none", "body", "nonzero"]
 Balance = Literal["none", "weights", "sampler"]
 Select = Literal["val_auc", "last"]
 Patches = Literal["none", "random", "foreground"]
@@ -76,6 +77,12 @@ class PreprocessingConfig:
     clip: list[float] | None = None  # intensity window for clip_zscore, e.g. CT HU [-1000, 1000]; None -> percentiles
     mean: float | None = None  # dataset statistics for clip_zscore; None -> computed from the training cases
     std: float | None = None
+    # crop each scan to its foreground before resampling: auto (ct -> body, mri -> nonzero, else none) | none | body
+    # (HU > -500, largest component) | nonzero (data/foreground.py)
+    crop: Crop = "auto"
+    # voxel budget of the model input: when spacing is planned, it is coarsened (finest axes first) until the
+    # largest cropped training extent fits in this many voxels; None: no budget (each axis capped at 256)
+    max_input_voxels: int | None = 128**3
 
 
 @dataclass

@@ -72,7 +72,7 @@ def cache_key(record: dict, pre: Preprocessing, versions: dict[str, str] | None 
     payload = {
         "format": CACHE_FORMAT,
         "files": [file_identity(image, cache_dir) for image in images],
-        "preprocessing": pre.to_dict(),
+        "preprocessing": pre.transform_dict(),
         "pipeline": list(pipeline),
         "versions": versions or library_versions(),
     }

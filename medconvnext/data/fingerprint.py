@@ -1,4 +1,11 @@
-"""Dataset fingerprint (spacings, sizes, intensities) -> the preprocessing plan, after nnU-Net's planner."""
+"""Dataset fingerprint (spacings, sizes, foreground, intensities) -> the preprocessing plan, after nnU-Net's planner.
+
+The plan keeps the whole field: each scan is cropped to its foreground (``preprocessing.crop``: the body of a CT,
+the non-zero voxels of an MRI; :mod:`medconvnext.data.foreground`), then the spacing is chosen so that the largest
+cropped training extent fits the voxel budget ``preprocessing.max_input_voxels`` (finest axes coarsened first,
+so thick slices stay as they are). The plan records the share of each training case's foreground box that lies
+inside the model input (``Preprocessing.field_of_view``) and warns once when a configuration cuts foreground.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +18,14 @@ import numpy as np
 
 from medconvnext.config import PreprocessingConfig
 from medconvnext.data.datalist import Case
+from medconvnext.data.foreground import CROPS, body_mask, foreground_box
 from medconvnext.data.io import read_header
 from medconvnext.data.preprocessing import Preprocessing
 from medconvnext.errors import UserError
 
-MAX_AUTO_INPUT = 256  # above this per axis, whole-volume training stops being sensible on one GPU
+MAX_AUTO_INPUT = 256  # without a voxel budget: above this per axis, whole-volume training stops being sensible
+CROP_BY_MODALITY = {"ct": "body", "mri": "nonzero", "mask": "none", "generic": "none"}
+STATS_STRIDE = 2  # CT statistics sample the body mask on every 2nd voxel per axis (plenty for 10k samples)
 ANISOTROPY_RATIO = 3.0  # nnU-Net: a coarse axis > 3x the finest one is planned at its 10th percentile
 MODALITIES = ("ct", "mri", "mask", "generic")
 INTENSITY_BY_MODALITY = {"ct": "clip_zscore", "mri": "nonzero_zscore", "mask": "minmax", "generic": "zscore"}
@@ -41,7 +51,7 @@ class Fingerprint:
 
     spacings: np.ndarray  # (N, 3)
     shapes: np.ndarray  # (N, 3)
-    images: list[tuple[str, ...]] = field(default_factory=list)  # read again only for CT intensity statistics
+    images: list[tuple[str, ...]] = field(default_factory=list)  # read again for the foreground and CT statistics
 
     def to_dict(self) -> dict:
         return {
@@ -109,27 +119,122 @@ def _is_two_valued(data: np.ndarray) -> bool:
     return other.size == 0 or bool((other == other[0]).all())
 
 
+def resolve_crop(config: PreprocessingConfig) -> str:
+    """``crop: auto`` -> the modality's (ct: body, mri: nonzero, mask and generic: none)."""
+    crop = config.crop if config.crop != "auto" else CROP_BY_MODALITY.get(config.modality, "none")
+    if crop not in CROPS:
+        raise UserError(f"preprocessing.crop must be one of auto, {', '.join(CROPS)}, got {crop!r}")
+    return crop
+
+
+@dataclass
+class ForegroundScan:
+    """What reading the training cases' voxels gives the plan: each case's foreground box extent in mm
+    ((N, 3), axes of the plan's orientation) and, for CT, HU samples from inside the body."""
+
+    extents: np.ndarray
+    samples: list[np.ndarray] = field(default_factory=list)
+
+
+def scan_foreground(images: Sequence[tuple[str, ...]], orientation: str, crop: str, ct_samples: bool,
+                    seed: int = 0) -> ForegroundScan:
+    """Read each case's first image once (one at a time: memory does not grow with the cohort), reoriented as
+    the pipeline does; its foreground box extent (mm) and, with ``ct_samples``, up to ``SAMPLES_PER_CASE``
+    voxels of its body mask."""
+    from monai import transforms as mt
+
+    rng = np.random.default_rng(seed)
+    orient = mt.Orientation(axcodes=orientation, labels=None)
+    extents, samples = [], []
+    for paths in images:
+        image = orient(_load_image(paths[0]))
+        volume = image.as_tensor().numpy()
+        box = foreground_box(volume, crop)
+        spacing = np.asarray(image.pixdim, dtype=float)[:3]
+        extents.append([(b - a) * sp for (a, b), sp in zip(box, spacing, strict=True)])
+        if ct_samples:
+            cropped = volume[0][tuple(slice(a, b) for a, b in box)]
+            samples.append(_body_sample(cropped, rng))
+    return ForegroundScan(np.array(extents, dtype=float), samples)
+
+
+def fit_spacing(spacing: Sequence[float], extent: Sequence[float], budget: int, min_size: Sequence[int]
+                ) -> list[float]:
+    """The finest spacing (mm) at which ``extent`` (mm per axis) fits in ``budget`` voxels, each axis rounded up
+    to a multiple of ``min_size``: every axis finer than a common level ``s`` is coarsened to ``s`` (so the
+    in-plane axes of thick-slice CT coarsen before the slice axis does, and anisotropy only shrinks), ``s`` the
+    smallest level that fits (bisection). ``spacing`` itself when it already fits."""
+
+    def voxels(level: float) -> int:
+        return math.prod(ceil_to_multiple(e / max(sp, level), m) for e, sp, m in zip(extent, spacing, min_size,
+                                                                                   strict=True))
+
+    if voxels(0.0) <= budget:
+        return [float(v) for v in spacing]
+    low, high = min(spacing), max(max(extent), max(spacing)) * 2
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if voxels(middle) > budget else (low, middle)
+    level = math.ceil(high * 1e4) / 1e4  # 4 decimals, rounded up: never over the budget
+    return [max(float(sp), level) for sp in spacing]
+
+
+def field_of_view(input_size: Sequence[int], spacing: Sequence[float], extents: np.ndarray
+                  ) -> tuple[float, float, int, int]:
+    """(smallest share, median share, cases cut, cases): the share of each case's foreground box (``extents``,
+    mm) inside a centred input of ``input_size`` voxels at ``spacing`` mm."""
+    window = np.asarray(input_size, float) * np.asarray(spacing, float)
+    shares = np.prod(np.minimum(1.0, window / np.maximum(extents, 1e-6)), axis=1)
+    cut = int((shares < 1 - ROUNDOFF).sum())
+    return float(shares.min()), float(np.median(shares)), cut, int(len(shares))
+
+
 def plan_preprocessing(
     config: PreprocessingConfig,
     fingerprint: Fingerprint,
     min_input_size: Sequence[int],
     in_channels: int | None = None,
 ) -> Preprocessing:
-    """Fill what the config leaves open: spacing = median spacing (anisotropy-aware); input size = median
-    physical extent at that spacing, rounded up to a multiple of the model's minimum size; intensity from
-    the modality, with CT clip window and mean/std from the training cases when not given.
-    Round-off in the float32 header spacings never adds a block (:func:`ceil_to_multiple`)."""
+    """Fill what the config leaves open, keeping the whole field (module docstring):
+
+    - crop: the modality's foreground (``crop: auto``);
+    - spacing: the median spacing (anisotropy-aware), coarsened to fit ``max_input_voxels`` when the input size
+      is planned too;
+    - input size: the largest cropped training extent at that spacing, rounded up to a multiple of the model's
+      minimum size (capped at 256 per axis without a budget);
+    - intensity from the modality; for CT the clip window and mean/std from voxels inside the body.
+
+    Warns once (with the share and the number of cases) when the input cuts a training case's foreground.
+    Round-off in the float32 header spacings never adds a block (:func:`ceil_to_multiple`).
+    """
+    crop = resolve_crop(config)
+    intensity = resolve_intensity(config, fingerprint.images)
+    ct_stats = intensity == "clip_zscore" and (config.clip is None or config.mean is None or config.std is None)
+    scan = None
+    if (crop != "none" or ct_stats) and fingerprint.images:
+        scan = scan_foreground(fingerprint.images, config.orientation, crop, ct_stats)
+    extents = scan.extents if scan is not None and crop != "none" else fingerprint.shapes * fingerprint.spacings
     spacing = config.spacing or target_spacing(fingerprint.spacings)
     if config.input_size:
         input_size = config.input_size
     else:
-        extent = np.median(fingerprint.shapes * fingerprint.spacings, axis=0)
-        axes = zip(extent, spacing, min_input_size, strict=True)
-        input_size = [min(MAX_AUTO_INPUT, ceil_to_multiple(e / s, m)) for e, s, m in axes]
-    intensity = resolve_intensity(config, fingerprint.images)
+        largest = extents.max(axis=0)
+        if config.spacing is None and config.max_input_voxels:
+            spacing = fit_spacing(spacing, largest, config.max_input_voxels, min_input_size)
+        cap = None if config.max_input_voxels and config.spacing is None else MAX_AUTO_INPUT
+        input_size = [ceil_to_multiple(e / s, m) for e, s, m in zip(largest, spacing, min_input_size, strict=True)]
+        input_size = [min(cap, v) if cap else v for v in input_size]
+    view = field_of_view(input_size, spacing, extents)
+    if view[2]:
+        where = "preprocessing.input_size" if config.input_size else "the 256-voxel cap per axis (set a spacing)"
+        warnings.warn(f"preprocessing: the model input ({' x '.join(map(str, input_size))} voxels at "
+                      f"{' x '.join(f'{s:g}' for s in spacing)} mm) cuts the foreground of {view[2]} of {view[3]} "
+                      f"training cases (as little as {view[0]:.0%} inside), set by {where}; leave input_size and "
+                      "spacing unset to plan a field that holds every case", stacklevel=2)
     clip, mean, std = config.clip, config.mean, config.std
-    if intensity == "clip_zscore" and (clip is None or mean is None or std is None):
-        clip, mean, std = intensity_statistics(fingerprint.images, clip)
+    if ct_stats:
+        samples = scan.samples if scan is not None else []
+        clip, mean, std = intensity_statistics(fingerprint.images, clip, samples=samples)
         mean, std = config.mean if config.mean is not None else mean, config.std if config.std is not None else std
     if in_channels is None:
         in_channels = len(fingerprint.images[0]) if fingerprint.images else 1
@@ -142,23 +247,29 @@ def plan_preprocessing(
         mean=None if mean is None else float(mean),
         std=None if std is None else float(std),
         in_channels=in_channels,
+        crop=crop,
+        field_of_view=view,
     )
 
 
 def intensity_statistics(
-    images: Sequence[tuple[str, ...]], clip: Sequence[float] | None = None, seed: int = 0
+    images: Sequence[tuple[str, ...]], clip: Sequence[float] | None = None, seed: int = 0,
+    samples: Sequence[np.ndarray] = (),
 ) -> tuple[tuple[float, float], float, float]:
-    """CT statistics from the first image of each training case: clip window (given, or the 0.5/99.5
-    percentiles of sampled foreground voxels) and the mean/std of the clipped samples.
+    """CT statistics from voxels inside the body (:func:`~medconvnext.data.foreground.body_mask`) of the first
+    image of each training case: clip window (given, or the 0.5/99.5 percentiles) and the mean/std of the
+    clipped samples. ``samples`` (one array per case, from :func:`scan_foreground`) saves reading the scans again.
 
-    Without segmentation masks, "foreground" is every voxel above the case's minimum (drops the padding
-    and outside-the-scanner value that would otherwise dominate the percentiles).
+    The body, not the air around the patient: the air outside is most of a CT's voxels and made the "window"
+    the whole range (-1048 to 80 HU on a chest CT cohort). A scan with no voxel above -500 HU falls back to its
+    voxels above its minimum.
     """
     if not images:
         raise UserError("cannot compute CT intensity statistics: no training cases")
-    rng = np.random.default_rng(seed)
-    samples = [_foreground_sample(paths[0], rng) for paths in images]
-    values = np.concatenate(samples)
+    if not samples:
+        rng = np.random.default_rng(seed)
+        samples = [_body_sample(_volume(paths[0]), rng) for paths in images]
+    values = np.concatenate(list(samples))
     if clip is None:
         clip = tuple(float(v) for v in np.percentile(values, CT_PERCENTILES))
     clipped = np.clip(values, clip[0], clip[1])
@@ -166,17 +277,28 @@ def intensity_statistics(
     return (float(clip[0]), float(clip[1])), float(clipped.mean()), std
 
 
-def _load(path: str) -> np.ndarray:
+def _load_image(path: str):
     from medconvnext.data.transforms import LoadCaseImaged
 
     # the training loader itself: the same reader, geometry and scaling (scl_slope) as the cached volumes
-    return np.asarray(LoadCaseImaged().load(path), dtype=np.float32).reshape(-1)
+    return LoadCaseImaged().load(path)
 
 
-def _foreground_sample(path: str, rng: np.random.Generator) -> np.ndarray:
-    data = _load(path)
-    foreground = data[data > data.min()]
+def _load(path: str) -> np.ndarray:
+    return np.asarray(_load_image(path), dtype=np.float32).reshape(-1)
+
+
+def _volume(path: str) -> np.ndarray:
+    """The first channel of a scan as an (X, Y, Z) float32 array."""
+    return np.asarray(_load_image(path), dtype=np.float32)[0]
+
+
+def _body_sample(volume: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Up to ``SAMPLES_PER_CASE`` voxels of the body mask (on every ``STATS_STRIDE``-th voxel per axis)."""
+    mask = body_mask(volume, stride=STATS_STRIDE)
+    grid = volume[::STATS_STRIDE, ::STATS_STRIDE, ::STATS_STRIDE]
+    foreground = grid[mask] if mask.any() else grid[grid > grid.min()]
     if foreground.size == 0:
-        foreground = data
+        foreground = grid.reshape(-1)
     take = min(SAMPLES_PER_CASE, foreground.size)
-    return rng.choice(foreground, size=take, replace=False)
+    return rng.choice(foreground, size=take, replace=False).astype(np.float32)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 
 @dataclass(frozen=True)
@@ -17,9 +17,20 @@ class Preprocessing:
     mean: float | None = None  # dataset statistics for clip_zscore
     std: float | None = None
     in_channels: int = 1
+    crop: str = "none"  # none | body | nonzero: crop to the foreground before resampling (data/foreground.py)
+    # what the plan measured, not what the transforms need (so not in the cache key): (smallest share, median share
+    # of a training case's foreground box inside the input, cases cut, cases); None for plans made before it
+    field_of_view: tuple[float, float, int, int] | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def transform_dict(self) -> dict:
+        """What the deterministic transforms depend on (the disk cache's key): :meth:`to_dict` less the plan's
+        measurements."""
+        values = self.to_dict()
+        values.pop("field_of_view")
+        return values
 
     @classmethod
     def from_dict(cls, values: dict) -> Preprocessing:
@@ -28,4 +39,6 @@ class Preprocessing:
         values["input_size"] = tuple(values["input_size"])
         if values.get("clip") is not None:
             values["clip"] = tuple(values["clip"])
+        if values.get("field_of_view") is not None:
+            values["field_of_view"] = tuple(values["field_of_view"])
         return cls(**values)

@@ -342,7 +342,8 @@ def schedule_plan(run: RunDir, config: Config, plan: Preprocessing, model: nn.Mo
     return {
         "run_dir": str(run.root),
         "plan": {"spacing": list(plan.spacing), "input_size": list(plan.input_size), "intensity": plan.intensity,
-                 "orientation": plan.orientation},
+                 "orientation": plan.orientation, "crop": plan.crop,
+                 "field_of_view": list(plan.field_of_view) if plan.field_of_view else None},
         "model": {"name": config.model.name, "parameters": sum(p.numel() for p in model.parameters())},
         "device": str(device),
         "amp": bool(config.train.amp and device.type == "cuda"),
