@@ -9,7 +9,13 @@ import torch
 
 from medconvnext.config import PreprocessingConfig
 from medconvnext.data.datalist import Case
-from medconvnext.data.fingerprint import ceil_to_multiple, compute_fingerprint, field_of_view, fit_spacing, plan_preprocessing
+from medconvnext.data.fingerprint import (
+    ceil_to_multiple,
+    compute_fingerprint,
+    field_of_view,
+    fit_spacing,
+    plan_preprocessing,
+)
 from medconvnext.data.foreground import body_mask, foreground_box
 from medconvnext.data.pipeline import PreprocessingPipeline
 from medconvnext.data.synthetic import chest_ct, save_phantom
@@ -37,7 +43,7 @@ def test_body_box_keeps_the_patient_and_drops_air_and_the_table():
     body = hu > -500
     body[2:6, 2:6, :] = False
     hits = [np.flatnonzero(body.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
-    for (start, end), axis_hits, size in zip(box, hits, SHAPE, strict=True):
+    for (start, end), axis_hits in zip(box, hits, strict=True):
         assert start <= axis_hits[0] and end >= axis_hits[-1] + 1  # never cuts the body
         assert end - start <= axis_hits[-1] + 1 - axis_hits[0] + 6  # and keeps at most a stride of air per side
     assert box[0][0] > 6  # the table corner is not part of it
