@@ -117,3 +117,37 @@ def test_disk_cache_serves_every_training_and_validation_mode(tmp_path, patches,
     second = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "b")])
     assert second.exit_code == 0, second.output
     assert {path: path.stat().st_mtime_ns for path in cache.rglob("*.pt")} == entries  # nothing rewritten
+
+
+def test_entries_are_float16_read_back_as_float32_and_warmed_in_worker_processes(tmp_path):
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(3):
+        path = write_volume(tmp_path / f"v{i}.nii.gz", rng.normal(0, 1, (8, 8, 8)).astype(np.float32))
+        records.append({"image": str(path), "label": i % 2, "case_id": f"v{i}"})
+    cache = tmp_path / "cache"
+    ds = dataset(records, cache)
+    assert ds.warm(workers=2) == 3 and ds.warm(workers=2) == 0  # built once, by two forked processes
+    entry = torch.load(ds.entry_path(records[1]), weights_only=True)
+    assert entry["image"].dtype == torch.float16  # half the bytes of float32
+    item = ds[1]
+    assert item["image"].dtype == torch.float32 and ds.hits == 1 and ds.misses == 0
+    exact = PreprocessingPipeline(PRE).deterministic()(dict(records[1]))["image"]
+    torch.testing.assert_close(item["image"], torch.as_tensor(exact), atol=5e-3, rtol=1e-3)
+    # values float16 cannot hold stay float32
+    big = write_volume(tmp_path / "big.nii.gz", np.full((8, 8, 8), 1e5, np.float32))
+    raw = Preprocessing(orientation="RAS", spacing=(1.0, 1.0, 1.0), input_size=(8, 8, 8), intensity="none")
+    big_ds = dataset([{"image": str(big), "label": 0, "case_id": "big"}], cache, raw)
+    assert big_ds[0]["image"].max() == 1e5
+
+
+def test_a_memory_cache_that_would_not_fit_is_refused_before_any_work():
+    from medconvnext.data.dataset import check_memory_cache
+    from medconvnext.errors import UserError
+
+    pre = Preprocessing(orientation="RAS", spacing=(1.0, 1.0, 1.0), input_size=(128, 128, 128), intensity="none")
+    check_memory_cache(48, pre, "memory", available=8 * 2**30)  # 0.4 GiB of 8: fine
+    with pytest.raises(UserError, match=r"data.cache=memory would hold 600 volumes .*\(4.7 GiB\).* use --set "
+                                         r"data.cache=disk"):
+        check_memory_cache(600, pre, "memory", available=8 * 2**30)
+    check_memory_cache(600, pre, "disk", available=8 * 2**30)

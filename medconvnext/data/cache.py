@@ -10,14 +10,21 @@ stays in the key because an entry also holds the record's label and case id. Ent
 temporary file and renamed into place; an unreadable entry is rebuilt. Several processes (DDP ranks) may share
 one cache folder: each computes and writes only the items it reads, and the atomic rename makes concurrent
 writes of the same entry harmless.
+
+Entries are compact: the image is stored as float16 (half the bytes of float32; a normalised volume loses
+nothing a classifier can use, and a volume whose values do not fit float16 stays float32) and read back
+memory-mapped, then as float32. :meth:`DiskCacheDataset.warm` builds the missing entries in worker processes
+before training (under torchrun each rank builds its share).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -27,7 +34,8 @@ from medconvnext.data.pipeline import PipelineVariant
 from medconvnext.data.preprocessing import Preprocessing
 from medconvnext.fileio import atomic_write
 
-CACHE_FORMAT = 2  # 2: files keyed by content digest instead of size + mtime
+CACHE_FORMAT = 3  # 2: files keyed by content digest instead of size + mtime; 3: float16 images
+FLOAT16_MAX = 60000.0  # float16 holds up to 65504: a volume with larger values is stored as float32
 ENTRY_SUFFIX = ".pt"
 
 
@@ -104,26 +112,70 @@ class DiskCacheDataset(Dataset):
         item = self._load(path)
         if item is None:
             self.misses += 1
-            item = self.deterministic(dict(record))
-            self._store(path, item)
+            computed = self.deterministic(dict(record))
+            self._store(path, computed)
+            # what a hit reads (float16-rounded): the first epoch sees the same volume as the later ones
+            item = self._load(path) or computed
         else:
             self.hits += 1
         return self.random(item) if self.random.transforms else item
+
+    def warm(self, workers: int, rank: int = 0, world_size: int = 1) -> int:
+        """Build the missing entries of this rank's share (every ``world_size``-th record) in ``workers``
+        processes (forked: the pipeline need not pickle); returns how many were built. Memory: each worker holds
+        one scan at a time."""
+        missing = [i for i in range(rank, len(self.data), world_size) if not self.entry_path(self.data[i]).is_file()]
+        if workers <= 1 or len(missing) <= 1:
+            for index in missing:
+                self._build(index)
+            return len(missing)
+        global _WARMING
+        _WARMING = self
+        try:
+            context = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(min(workers, len(missing)), mp_context=context) as pool:
+                list(pool.map(_build_in_worker, missing))
+        finally:
+            _WARMING = None
+        return len(missing)
+
+    def _build(self, index: int) -> None:
+        record = self.data[index]
+        self._store(self.entry_path(record), self.deterministic(dict(record)))
 
     @staticmethod
     def _load(path: Path) -> dict | None:
         if not path.is_file():
             return None
         try:
-            return torch.load(path, weights_only=True)
+            item = torch.load(path, weights_only=True, mmap=True)
         except Exception:  # noqa: BLE001 - a truncated or corrupt entry is simply rebuilt
             return None
+        return {k: (v.float() if isinstance(v, torch.Tensor) and v.dtype == torch.float16 else v)
+                for k, v in item.items()}
 
     @staticmethod
     def _store(path: Path, item: dict) -> None:
-        plain = {k: (v.as_tensor() if hasattr(v, "as_tensor") else v) for k, v in item.items()}
+        plain = {k: _compact(v.as_tensor() if hasattr(v, "as_tensor") else v) for k, v in item.items()}
         # no fsync: a torn entry is detected on load and rebuilt
         atomic_write(path, lambda tmp: torch.save(plain, tmp), fsync=False)
+
+
+_WARMING: DiskCacheDataset | None = None  # the dataset a forked warm-up worker builds entries of
+
+
+def _build_in_worker(index: int) -> None:
+    assert _WARMING is not None
+    torch.set_num_threads(1)  # the workers share the cores
+    _WARMING._build(index)
+
+
+def _compact(value: object) -> object:
+    """A float32 tensor as float16 when its values fit (see the module docstring)."""
+    if isinstance(value, torch.Tensor) and value.dtype == torch.float32 and value.numel():
+        if bool(torch.isfinite(value).all()) and float(value.abs().max()) <= FLOAT16_MAX:
+            return value.half()
+    return value
 
 
 def cache_info(cache_dir: str | Path | None = None) -> dict:

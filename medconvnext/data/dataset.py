@@ -2,16 +2,49 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 from monai.data import CacheDataset, Dataset
 
 from medconvnext.data.datalist import Case, Datalist
 from medconvnext.data.pipeline import PipelineVariant
+from medconvnext.data.preprocessing import Preprocessing
 from medconvnext.errors import UserError
 
 CACHE_MODES = ("none", "memory", "disk")
+MEMORY_CACHE_SHARE = 0.5  # a memory cache may plan to take at most this share of the memory available
+
+
+def available_memory() -> int:
+    """Bytes of memory available to new allocations (Linux ``MemAvailable``; elsewhere the physical memory)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory_cache(cases: int, pre: Preprocessing, cache: str, available: int | None = None) -> None:
+    """Refuse ``data.cache=memory`` when the planned volumes (``cases`` x input size x channels, float32) would
+    take more than half of the memory available: a run must not be killed for memory hours in.
+
+    Raises:
+        UserError: one line with the planned and the available bytes, naming ``data.cache=disk``.
+    """
+    if cache != "memory":
+        return
+    planned = cases * pre.in_channels * 4 * int(np.prod(pre.input_size))
+    available = available_memory() if available is None else available
+    if planned > MEMORY_CACHE_SHARE * available:
+        raise UserError(f"data.cache=memory would hold {cases} volumes of {' x '.join(map(str, pre.input_size))} "
+                        f"voxels ({planned / 2**30:.1f} GiB) in RAM, more than half of the {available / 2**30:.1f} "
+                        "GiB available: use --set data.cache=disk (compact, read back memory-mapped)")
 
 
 def case_records(datalist: Datalist, cases: Sequence[Case]) -> list[dict]:

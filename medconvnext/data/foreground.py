@@ -16,8 +16,6 @@ body mask is where CT intensity statistics are sampled (not the air around the p
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import torch
 from scipy import ndimage
@@ -85,18 +83,22 @@ def foreground_box(volume: np.ndarray, mode: str) -> tuple[tuple[int, int], ...]
     return tuple(box)
 
 
-def box_select_fn(mode: str) -> Callable[[torch.Tensor], torch.Tensor]:
+class BoxSelect:
     """A ``select_fn`` for :class:`monai.transforms.CropForegroundd`: True inside :func:`foreground_box`.
 
     MONAI takes the bounding box of what ``select_fn`` marks; marking the box itself lets the box come from the
-    subsampled body mask (fast on a full-size CT) while MONAI still records the crop for its inverse.
+    subsampled body mask (fast on a full-size CT) while MONAI still records the crop for its inverse. A class, not
+    a closure, so that loader and cache worker processes can pickle it.
     """
 
-    def select(image: torch.Tensor) -> torch.Tensor:
+    def __init__(self, mode: str) -> None:
+        if mode not in CROPS:
+            raise ValueError(f"crop must be one of {', '.join(CROPS)}, got {mode!r}")
+        self.mode = mode
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
         array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-        box = foreground_box(array, mode)
+        box = foreground_box(array, self.mode)
         mask = torch.zeros((1, *array.shape[1:]), dtype=torch.bool)
         mask[(slice(None), *(slice(a, b) for a, b in box))] = True
         return mask
-
-    return select

@@ -4,6 +4,7 @@ batches on which an EMA's BatchNorm statistics are recomputed."""
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +40,22 @@ class TrainingData:
     bn_loader: DataLoader | None = None  # train.ema with BatchNorm: fixed training batches for the EMA's statistics
 
 
+def warm_disk_cache(dataset: object, num_workers: int | None, sharded: bool = True) -> None:
+    """Build a disk cache's missing entries before the first epoch, in parallel processes (``data.num_workers``,
+    default: the CPUs of this rank, at most 4, since each holds one full-size scan); under torchrun each rank
+    builds its share of a ``sharded`` dataset, then all wait for the others."""
+    from medconvnext.data.cache import DiskCacheDataset
+
+    if not isinstance(dataset, DiskCacheDataset):
+        return
+    workers = num_workers if num_workers else max(1, min(4, (os.cpu_count() or 1) // dist.world_size()))
+    if sharded:
+        dataset.warm(workers, dist.rank(), dist.world_size())
+        dist.barrier()
+    else:
+        dataset.warm(workers)
+
+
 def training_data(setup: RunSetup, generator: torch.Generator) -> TrainingData:
     """Build the run's datasets (filling the cache) and loaders; ``generator`` orders the training batches.
 
@@ -56,6 +73,7 @@ def training_data(setup: RunSetup, generator: torch.Generator) -> TrainingData:
     feed = loader_options(config.data, device)  # the loaders' workers also fill the memory cache (threads)
     train_ds = make_dataset(train_records, train_transform, config.data.cache, feed["num_workers"],
                             cache_dir=config.data.cache_dir)
+    warm_disk_cache(train_ds, config.data.num_workers)
     check_inference(config.inference)
     # whole: validate on the training input size; sliding/auto: on the full (uncropped) volumes
     tiled = config.inference.mode != "whole"
@@ -63,6 +81,7 @@ def training_data(setup: RunSetup, generator: torch.Generator) -> TrainingData:
     # each rank evaluates (and caches) every world_size-th case; the results are gathered, so each case counts once
     val_part = make_dataset(val_records[dist.rank() :: dist.world_size()], val_transform, config.data.cache,
                             feed["num_workers"], cache_dir=config.data.cache_dir)
+    warm_disk_cache(val_part, config.data.num_workers, sharded=False)
     counts = class_counts(train_records, len(datalist.classes))
     train_loader = _train_loader(train_ds, train_records, counts, config, generator, device)
     # uncropped volumes differ in size, so they go one at a time
