@@ -42,6 +42,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="work folder (scans, runs, caches)")
     parser.add_argument("--results", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--train-only", action="store_true",
+                        help="only ours: `train --epochs 1` peak RSS and epoch time (e.g. 12 against 48 cases)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -52,6 +54,9 @@ def main() -> None:
     run = args.out / f"run{args.cases}"
     cache = args.out / f"cache{args.cases}"
     results["train_ours"] = train_ours(data, run, cache, env)
+    if args.train_only:
+        print(json.dumps(results["train_ours"], indent=1))
+        return save(results, args.results)
     plan = json.loads((run / "checkpoint_best.json").read_text(encoding="utf-8"))["preprocessing"]
     (args.out / "plan.json").write_text(json.dumps(plan), encoding="utf-8")
     scans = sorted(str(p) for p in (data / "images").glob("*.nii.gz"))
@@ -63,9 +68,13 @@ def main() -> None:
         for mode in ("whole", "sliding"):
             results[f"predict_{mode}_{side}"] = measure([f"predict_{side}", str(run), scans[0], mode], env)
     print_table(results)
-    if args.results:
-        args.results.parent.mkdir(parents=True, exist_ok=True)
-        args.results.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    save(results, args.results)
+
+
+def save(results: dict, path: Path | None) -> None:
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
 
 def generate(folder: Path, cases: int, in_plane: tuple[int, int]) -> Path:
