@@ -91,3 +91,25 @@ def test_a_fixed_input_that_cuts_foreground_warns_once_with_the_share(tmp_path):
     with pytest.warns(UserWarning, match=r"cuts the foreground of 2 of 2 training cases \(as little as \d+% inside\)"):
         plan = plan_preprocessing(config, compute_fingerprint(cases), (8, 8, 8))
     assert plan.field_of_view[0] < 1.0
+
+
+def test_maps_invert_the_crop_and_resampling_onto_the_scan(tmp_path):
+    """Saliency and window maps go through the variant's inverse: back on the scan's own grid, zero outside the
+    body box the model saw."""
+    import nibabel as nib
+
+    cases, _ = _cases(tmp_path, count=1)
+    plan = plan_preprocessing(PreprocessingConfig(modality="ct", max_input_voxels=32**3), compute_fingerprint(cases),
+                              (8, 8, 8))
+    variant = PreprocessingPipeline(plan).deterministic("cropped", keep_meta=True)
+    out = variant({"image": cases[0].images[0]})["image"]
+    restored = variant.to_scan_grid(out, torch.ones((1, *out.shape[1:])))
+    scan = nib.load(cases[0].images[0])
+    assert tuple(restored.shape[1:]) == scan.shape
+    np.testing.assert_allclose(np.asarray(restored.affine, dtype=float), scan.affine, atol=1e-4)
+    box = foreground_box(np.asarray(scan.dataobj), "body")
+    inside = restored[(0, *(slice(a, b) for a, b in box))]
+    assert float(inside.mean()) > 0.9  # the body box is covered
+    outside = restored[0].clone()
+    outside[tuple(slice(a, b) for a, b in box)] = 0
+    assert float(outside.abs().max()) < 1e-6  # nothing outside the crop
