@@ -6,7 +6,8 @@ the first and last positions: a missing slice, a doubled one or an irregular ser
 is read and the folder is refused (:class:`~medconvnext.data.io.GeometryError`, exit code 2) when it is not
 one volume:
 
-- several series (SeriesInstanceUID) in one folder, or ``.dcm`` files that belong to none;
+- several series (SeriesInstanceUID) in one folder, or DICOM files that belong to none (DICOM is recognised by
+  content, :func:`~medconvnext.data.io.is_dicom_file`: ``IM0001`` and ``*.IMA`` files are read as ``.dcm`` ones);
 - slices of different sizes or orientations (ImageOrientationPatient);
 - two slices at one position, or slice positions (ImagePositionPatient projected on the slice normal) whose
   gaps differ from the median gap by more than :data:`GAP_TOLERANCE` of it (a missing slice, a variable
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from medconvnext.data.capture import library_output, report
-from medconvnext.data.io import GeometryError, ImageError, itk_reason
+from medconvnext.data.io import GeometryError, ImageError, dicom_files, itk_reason
 
 GAP_TOLERANCE = 0.05  # of the median gap: DICOM positions are decimal strings, 5 % is far above their round-off
 DRIFT_TOLERANCE = 0.1  # of the in-plane pixel size, per slice
@@ -64,10 +65,9 @@ def read_dicom_series(folder: str | Path):
         shown = ", ".join(series[:3]) + (" ..." if len(series) > 3 else "")
         raise GeometryError(folder, f"{len(series)} DICOM series in one folder (SeriesInstanceUID {shown}); "
                                     "put each series in its own folder")
-    dcm = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".dcm"]
-    stray = sorted({p.name for p in dcm} - {Path(n).name for n in names})
+    stray = sorted({p.name for p in dicom_files(folder)} - {Path(n).name for n in names})
     if stray:
-        raise GeometryError(folder, f"{len(stray)} .dcm file(s) not in the folder's series (e.g. {stray[0]}): "
+        raise GeometryError(folder, f"{len(stray)} DICOM file(s) not in the folder's series (e.g. {stray[0]}): "
                                     "unreadable, or another kind of DICOM object")
     check_slices(folder, [slice_info(name) for name in names])
     reader = sitk.ImageSeriesReader()

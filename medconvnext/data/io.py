@@ -116,6 +116,9 @@ def read_itk_information(path: str | Path):
     """A SimpleITK ``ImageFileReader`` with the header read (no voxels); ImageError naming the file if it fails."""
     import SimpleITK as sitk
 
+    from medconvnext.data.detached import data_files  # detached imports this module's errors
+
+    data_files(path)  # a header's data file must exist inside its folder before ITK follows the path
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -208,10 +211,36 @@ def _sitk_header(path: Path) -> Header:
     return Header(str(path), tuple(int(s) for s in reader.GetSize()[:3]), affine)
 
 
-def is_dicom_folder(path: str | Path) -> bool:
-    """True for a folder that holds ``.dcm`` files (one DICOM series = one image)."""
+DICOM_PREAMBLE = 128  # a DICOM Part-10 file: 128 bytes of preamble, then the magic "DICM"
+NOT_DICOM_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".raw", ".hdr", ".img", ".json", ".csv",
+                      ".tsv", ".txt")
+
+
+def is_dicom_file(path: str | Path) -> bool:
+    """True for a DICOM file, recognised by its content (the Part-10 preamble and ``DICM``), whatever its name:
+    CD and PACS exports write ``IM0001`` or UIDs, Siemens consoles ``*.IMA``."""
     path = Path(path)
-    return path.is_dir() and any(p.suffix.lower() == ".dcm" for p in path.iterdir())
+    if path.suffix.lower() == ".dcm":
+        return path.is_file()
+    if path.name.lower().endswith(NOT_DICOM_SUFFIXES):
+        return False  # not read: a folder of large scans is not opened file by file
+    try:
+        with open(path, "rb") as f:
+            f.seek(DICOM_PREAMBLE)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def dicom_files(folder: str | Path) -> list[Path]:
+    """The DICOM files of a folder (by content, see :func:`is_dicom_file`), hidden files left out, sorted."""
+    return sorted(p for p in Path(folder).iterdir() if not p.name.startswith(".") and is_dicom_file(p))
+
+
+def is_dicom_folder(path: str | Path) -> bool:
+    """True for a folder that holds DICOM files (one DICOM series = one image), with or without a ``.dcm`` suffix."""
+    path = Path(path)
+    return path.is_dir() and any(not p.name.startswith(".") and is_dicom_file(p) for p in path.iterdir())
 
 
 def read_sitk_image(path: str | Path):
@@ -223,11 +252,13 @@ def read_sitk_image(path: str | Path):
     """
     import SimpleITK as sitk
 
+    from medconvnext.data.detached import data_files
     from medconvnext.data.dicom import read_dicom_series  # dicom imports this module's errors
 
     path = Path(path)
     if path.is_dir():
         return read_dicom_series(path)
+    data_files(path)
     try:
         with library_output() as captured:
             image = sitk.ReadImage(str(path))

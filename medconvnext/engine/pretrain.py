@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from medconvnext.config import Config, load_config, save_config
-from medconvnext.data.datalist import Case, Datalist, case_id_from_path, is_image_file, load_datalist
+from medconvnext.data.datalist import Case, Datalist, case_id_from_path, is_image_file, load_datalist, resolve_path
 from medconvnext.data.dataset import make_dataset
 from medconvnext.data.fingerprint import compute_fingerprint, plan_preprocessing
 from medconvnext.data.pipeline import PreprocessingPipeline
@@ -74,7 +74,7 @@ def pretrain_cases(data: str | Path, include_test: bool = False) -> tuple[list[C
     if path.is_dir() and not any((path / n).is_file() for n in ("labels.csv", "labels.tsv", "datalist.json")):
         scans = sorted(p for p in path.iterdir() if not p.name.startswith(".") and is_image_file(p))
         if scans:
-            return [Case(case_id_from_path(p), (str(p.resolve()),), None) for p in scans], str(path)
+            return [Case(case_id_from_path(p), (str(resolve_path(p, str(path))),), None) for p in scans], str(path)
     datalist = load_datalist(path, for_training=False)
     return [c for c in datalist.cases if include_test or c.split != "test"], datalist.source
 

@@ -1,0 +1,219 @@
+"""Issue 31, input integrity round 2, kinds the reproducers 19-21 of ``shared/bugs/`` show (rebuilt here with tiny
+inputs, no shared/ needed): every file whose bytes become voxels is in the content digest; values no scan holds
+are refused; one label written two ways; tables and paths that are not what they seem."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from helpers_inputs import base_dataset, lesion, write_table
+from helpers_predict import make_checkpoint
+from typer.testing import CliRunner
+
+from medconvnext.cli.main import app
+from medconvnext.data.content import file_digest
+from medconvnext.data.dataset import make_dataset
+from medconvnext.data.pipeline import PreprocessingPipeline
+from medconvnext.data.preprocessing import Preprocessing
+from medconvnext.data.validate import inspect_image, inspect_images
+from medconvnext.errors import UserError
+
+runner = CliRunner()
+
+
+def _one_error_line(result) -> str:
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert "Traceback" not in result.output and "unexpected failure" not in result.output
+    return lines[0]
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    return make_checkpoint(tmp_path / "run" / "checkpoint_best.safetensors").parent
+
+
+# --------------------------------------------------------------------------- kind 2: detached data in the digest
+
+
+def _write_mhd(path: Path, seed: int = 0) -> Path:
+    img = sitk.GetImageFromArray(lesion("solid", shape=(16, 16, 16), seed=seed).astype(np.int16).transpose(2, 1, 0))
+    img.SetSpacing((2.0, 2.0, 2.0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(img, str(path), useCompression=False)  # .mhd + .raw
+    return path
+
+
+def test_20_a_rewritten_raw_under_an_unchanged_mhd_is_validated_again(tmp_path, run_dir):
+    mhd = _write_mhd(tmp_path / "data" / "case_004.mhd")
+    raw = mhd.with_suffix(".raw")
+    before = file_digest(mhd)
+    assert inspect_images([mhd])[0].problems == []
+    raw.write_bytes(b"\0" * raw.stat().st_size)  # a blank scan, header untouched
+    assert file_digest(mhd) != before
+    assert inspect_images([mhd])[0].problems == ["every voxel equals 0 (an empty or blank volume)"]
+    line = _one_error_line(runner.invoke(app, ["predict", str(mhd), "--model", str(run_dir)]))
+    assert line == f"error: {mhd}: every voxel equals 0 (an empty or blank volume)"
+    fresh = tmp_path / "fresh"  # a never-seen blank scan whose header bytes equal a checked case's
+    fresh.mkdir()
+    (fresh / "blank.mhd").write_bytes(_write_mhd(tmp_path / "other" / "case_004.mhd").read_bytes())
+    (fresh / "case_004.raw").write_bytes(b"\0" * raw.stat().st_size)
+    assert file_digest(fresh / "blank.mhd") != file_digest(tmp_path / "other" / "case_004.mhd")
+
+
+def test_20_the_disk_cache_makes_a_new_entry_for_a_rewritten_raw(tmp_path):
+    pre = Preprocessing(orientation="RAS", spacing=(2.0, 2.0, 2.0), input_size=(16, 16, 16), intensity="none")
+    mhd = _write_mhd(tmp_path / "case.mhd")
+    records = [{"image": str(mhd), "label": 0, "case_id": "case"}]
+    first = make_dataset(records, PreprocessingPipeline(pre).deterministic(), "disk", cache_dir=tmp_path / "cache")
+    old = first[0]["image"]
+    stat = mhd.with_suffix(".raw").stat()
+    _write_mhd(tmp_path / "case.mhd", seed=5)  # other voxels, same size; old mtime restored
+    os.utime(mhd.with_suffix(".raw"), ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    second = make_dataset(records, PreprocessingPipeline(pre).deterministic(), "disk", cache_dir=tmp_path / "cache")
+    new = second[0]["image"]
+    assert second.misses == 1 and not np.array_equal(np.asarray(new), np.asarray(old))
+
+
+def _nhdr(path: Path, data_file: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("NRRD0004\ntype: short\ndimension: 3\nspace: left-posterior-superior\nsizes: 16 16 16\n"
+                    "space directions: (2,0,0) (0,2,0) (0,0,2)\nendian: little\nencoding: raw\n"
+                    "space origin: (0,0,0)\n" f"data file: {data_file}\n\n", encoding="ascii")
+    return path
+
+
+def test_nrrd_detached_data_and_analyze_pairs_are_in_the_digest(tmp_path):
+    vol = lesion("solid", shape=(16, 16, 16)).astype("<i2")
+    nhdr = _nhdr(tmp_path / "scan.nhdr", "scan.raw")
+    (tmp_path / "scan.raw").write_bytes(vol.tobytes(order="F"))
+    pair = tmp_path / "pair.hdr"
+    nib.save(nib.Nifti1Pair(vol, np.diag([2.0, 2.0, 2.0, 1.0])), str(pair))
+    before = {p: file_digest(p) for p in (nhdr, pair)}
+    assert [r.problems for r in inspect_images([nhdr, pair])] == [[], []]
+    for data in (tmp_path / "scan.raw", tmp_path / "pair.img"):
+        raw = bytearray(data.read_bytes())
+        raw[-2:] = b"\x01\x02"  # one voxel changed, headers untouched
+        data.write_bytes(bytes(raw))
+    assert all(file_digest(p) != d for p, d in before.items())
+
+
+@pytest.mark.parametrize("name, words", [("../outside.raw", "points outside the header's folder"),
+                                         ("/etc/passwd", "points outside the header's folder"),
+                                         ("missing.raw", "not found")])
+def test_a_data_file_path_from_a_header_is_checked_before_it_is_followed(tmp_path, run_dir, name, words):
+    (tmp_path / "outside.raw").write_bytes(b"\0" * 16 * 16 * 16 * 2)
+    nhdr = _nhdr(tmp_path / "data" / "scan.nhdr", name)
+    mhd = _write_mhd(tmp_path / "data" / "case.mhd")
+    mhd.write_text(mhd.read_text().replace("ElementDataFile = case.raw", f"ElementDataFile = {name}"))
+    for header, field in ((nhdr, "data file"), (mhd, "ElementDataFile")):
+        problems = inspect_image(header).problems
+        assert len(problems) == 1 and problems[0].startswith(f"{field} {name!r} {words}")
+        line = _one_error_line(runner.invoke(app, ["predict", str(header), "--model", str(run_dir)]))
+        assert line.startswith(f"error: {header}: {field} {name!r} {words}")
+    with pytest.raises(UserError, match="points outside|not found"):
+        file_digest(nhdr)  # the digest never hashes a file outside the header's folder
+
+
+# --------------------------------------------------------------------------- kind 5: one label written two ways
+
+
+def _relabel(data: Path, labels: list[str]) -> Path:
+    import csv
+
+    with open(data / "labels.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    for row, label in zip(rows, labels, strict=True):
+        row["label"] = label
+    return write_table(data / "labels.csv", rows)
+
+
+@pytest.mark.parametrize("labels, message", [
+    (["0", "00", "00", "0", "1", "01", "01", "1"], "labels '0' (row 2) and '00' (row 3) are the same number"),
+    (["0", "0", "0", "0", "1", "1", "1.0", "1"], "labels '1' (row 6) and '1.0' (row 8) are the same number"),
+    (["cystic"] * 4 + ["solid", "Solid", "solid", "solid"], "labels 'solid' (row 6) and 'Solid' (row 7) differ only in "
+                                                            "case"),
+])
+def test_19_one_label_written_two_ways_is_refused_naming_both_spellings_and_rows(tmp_path, labels, message):
+    data = base_dataset(tmp_path / "data").parent
+    table = _relabel(data, labels)
+    for command in (["data", "check", "--data", str(data)],
+                    ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "1"]):
+        line = _one_error_line(runner.invoke(app, command))
+        assert line == f"error: {table}: {message}: one class written two ways; write one spelling for every case of " \
+                       "that class"
+    assert not (tmp_path / "run").exists()
+
+
+def test_surrounding_spaces_are_not_part_of_a_label(tmp_path):
+    from medconvnext.data.datalist import load_datalist
+
+    data = base_dataset(tmp_path / "data").parent
+    _relabel(data, ["cystic", " cystic", "cystic ", "cystic", "solid", "solid", " solid ", "solid"])
+    assert load_datalist(data).classes == ["cystic", "solid"]
+
+
+# --------------------------------------------------------------------------- kind 8: tables and paths
+
+
+def test_a_latin1_table_is_exit_2_naming_the_file_and_row_on_every_command(tmp_path, run_dir):
+    data = base_dataset(tmp_path / "data").parent
+    table = data / "labels.csv"
+    text = table.read_text(encoding="utf-8").replace("images/case_002", "images/café_002")
+    (data / "images" / "case_002.nii.gz").rename(data / "images" / "café_002.nii.gz")
+    table.write_bytes(text.encode("latin-1"))
+    expected = f"error: {table}, row 4: not UTF-8 text (byte 0xe9"
+    for command in (["data", "check", "--data", str(data)], ["predict", str(table), "--model", str(run_dir)],
+                    ["train", "--data", str(data), "--out", str(tmp_path / "out")],
+                    ["cv", "--data", str(data), "--out", str(tmp_path / "cv")]):
+        assert _one_error_line(runner.invoke(app, command)).startswith(expected), command
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cv").exists()
+
+
+def test_a_symlink_loop_is_one_line_exit_2_on_every_command(tmp_path, run_dir):
+    data = base_dataset(tmp_path / "data").parent
+    loop = data / "images" / "loop.nii.gz"
+    loop.symlink_to(loop.name)
+    with open(data / "labels.csv", "a", encoding="utf-8") as f:
+        f.write("images/loop.nii.gz,solid\n")
+    words = f"{loop} is a symlink loop (a link that leads back to itself); fix the link"
+    line = _one_error_line(runner.invoke(app, ["data", "check", "--data", str(data)]))
+    assert line == f"error: {data / 'labels.csv'}, row 10: {words}"
+    assert _one_error_line(runner.invoke(app, ["predict", str(loop), "--model", str(run_dir)])) == f"error: {words}"
+    classes = tmp_path / "classes"
+    (classes / "a").mkdir(parents=True)
+    (classes / "b").mkdir()
+    (classes / "a" / "x.nii.gz").symlink_to("x.nii.gz")
+    line = _one_error_line(runner.invoke(app, ["data", "check", "--data", str(classes)]))
+    assert line.startswith(f"error: {classes / 'a' / 'x.nii.gz'}: a broken symlink or a symlink loop")
+
+
+# --------------------------------------------------------------------------- kind 6: DICOM recognised by content
+
+
+def test_23_dicom_without_a_dcm_suffix_is_read_as_a_series(tmp_path, run_dir):
+    from helpers_inputs import dicom_dataset, write_dicom_series
+
+    data = dicom_dataset(tmp_path / "dicomdata", shape=(16, 16, 12))
+    for name, rename in (("case_cd", lambda k: f"IM{k + 1:04d}"), ("case_ima", lambda k: f"SLICE.{k + 1:04d}.IMA")):
+        folder = data / "solid" / name
+        paths = write_dicom_series(folder, lesion("solid", shape=(16, 16, 12), seed=8), spacing=(1.5, 1.5, 2.0),
+                                   series_uid=f"1.2.826.0.1.3680043.2.1125.23.{len(name)}")
+        for k, p in enumerate(paths):
+            p.rename(folder / rename(k))
+    result = runner.invoke(app, ["data", "check", "--data", str(data)])
+    assert result.exit_code == 0 and "8 cases, 8 usable" in result.output, result.output
+    result = runner.invoke(app, ["predict", str(data / "solid" / "case_cd"), "--model", str(run_dir)])
+    assert result.exit_code == 0 and "case_cd" in result.output, result.output
+    (data / "solid" / "loose").mkdir()
+    (data / "solid" / "case_cd" / "IM0003").rename(data / "solid" / "IM0003")  # a lone slice beside the series
+    (data / "cystic" / "notes.txt").write_text("x")
+    line = _one_error_line(runner.invoke(app, ["data", "check", "--data", str(data)]))
+    for bad in ("cystic/notes.txt: not a supported image file", "solid/IM0003: a single DICOM file",
+                "solid/loose: a folder without DICOM files"):
+        assert bad in line  # every bad entry, not only the first
