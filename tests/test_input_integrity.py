@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from helpers_inputs import base_dataset, lesion, write_table
+from helpers_inputs import base_dataset, lesion, save_nifti, write_table
 from helpers_predict import make_checkpoint
 from typer.testing import CliRunner
 
@@ -217,3 +217,63 @@ def test_23_dicom_without_a_dcm_suffix_is_read_as_a_series(tmp_path, run_dir):
     for bad in ("cystic/notes.txt: not a supported image file", "solid/IM0003: a single DICOM file",
                 "solid/loose: a folder without DICOM files"):
         assert bad in line  # every bad entry, not only the first
+
+
+# --------------------------------------------------------------------------- kind 3: values no scan holds
+
+
+def _sentinel_dataset(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """The base set, a float copy of a solid case with one voxel of 3.0e38, and an int16 copy with scl_slope 1e37."""
+    data = base_dataset(tmp_path / "base").parent
+    img = nib.load(str(data / "images" / "case_005.nii.gz"))
+    vol = np.asarray(img.dataobj).astype(np.float32)
+    vol[0, 0, 0] = 3.0e38
+    sentinel = save_nifti(tmp_path / "sentinel.nii.gz", vol, img.affine, dtype=np.float32)
+    scaled = nib.Nifti1Image(np.asarray(img.dataobj).astype(np.int16), img.affine)
+    scaled.header.set_slope_inter(1e37, 0.0)
+    nib.save(scaled, str(tmp_path / "slope.nii.gz"))
+    return data, sentinel, tmp_path / "slope.nii.gz"
+
+
+def test_21_a_fill_value_and_a_huge_scl_slope_are_refused_before_any_number_or_write(tmp_path, run_dir):
+    data, sentinel, slope = _sentinel_dataset(tmp_path)
+    words = {sentinel: "value 3e+38 at voxel (0, 0, 0) is beyond 1e+07 in magnitude, which no CT, MR or PET value "
+                       "reaches (a fill value or a scaling error); fix or mask it in the file",
+             slope: "is beyond 1e+07 in magnitude, which no CT, MR or PET value reaches (a fill value or a scaling "
+                    "error such as scl_slope 1e+37, scl_inter 0); fix or mask it in the file"}
+    for scan, expected in words.items():
+        assert expected in inspect_image(scan).problems[0]
+        result = runner.invoke(app, ["predict", str(data / "images" / "case_005.nii.gz"), str(scan), "--model",
+                                     str(run_dir)])
+        line = _one_error_line(result)  # no probability printed for the good scan either, no blame on the model
+        assert line.startswith(f"error: {scan}: value") and expected in line and "weights" not in line
+    for scan in words:  # the same scan among the training cases: refused before the run folder is made
+        (data / "images" / scan.name).write_bytes(scan.read_bytes())
+        with open(data / "labels.csv", "a", encoding="utf-8") as f:
+            f.write(f"images/{scan.name},solid\n")
+    for command in ("train", "cv"):
+        out = tmp_path / f"out_{command}"
+        result = runner.invoke(app, [command, "--data", str(data), "--out", str(out), "--epochs", "1"])
+        assert result.exit_code == 2 and "beyond 1e+07 in magnitude" in result.output and not out.exists()
+
+
+def test_a_value_that_collapses_the_normalised_volume_is_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    vol = (1.0 + rng.integers(0, 200, size=(16, 16, 16)) * 1e-6).astype(np.float32)  # fine detail near 1.0
+    vol[3, 4, 5] = 9e6  # below the magnitude bound, but it dominates the standard deviation
+    scan = save_nifti(tmp_path / "collapse.nii.gz", vol, dtype=np.float32)
+    problems = inspect_image(scan).problems
+    assert len(problems) == 1 and problems[0].startswith("value 9e+06 at voxel (3, 4, 5) dominates the normalisation:")
+    assert "its 201 distinct values collapse to 3 after the per-case z-score" in problems[0]
+    vol[3, 4, 5] = 1.0  # without it the volume is fine
+    assert inspect_image(save_nifti(tmp_path / "fine.nii.gz", vol, dtype=np.float32)).problems == []
+
+
+def test_plausible_extremes_pass_the_gate(tmp_path):
+    ct = lesion("solid", shape=(16, 16, 16), fg=60.0, bg=-1000.0)
+    ct[2:4, 2:4, 2:4] = 30000.0  # metal on an extended HU scale
+    pet = lesion("solid", shape=(16, 16, 16), fg=2.0e6, bg=5.0e3)  # Bq/mL, a hot bladder
+    mask = np.zeros((16, 16, 16), np.float32)
+    mask[0, 0, :2] = 1.0  # a few voxels of foreground
+    for name, vol in (("ct", ct), ("pet", pet), ("mask", mask)):
+        assert inspect_image(save_nifti(tmp_path / f"{name}.nii.gz", vol, dtype=np.float32)).problems == [], name

@@ -1,6 +1,14 @@
 """The one validator of input images, run by ``data check``, ``train``, ``cv``, ``evaluate`` and ``predict`` before
 any work or any write: readable, one value per voxel (not RGB), 3D (not a 2D slice, a one-slice volume or a 4D
-series), finite, non-constant, sane geometry.
+series), finite, non-constant, sane geometry, and values a scan can hold:
+
+- no voxel beyond :data:`MAX_ABS_VALUE` in magnitude. No CT (HU, extended scales included), MR or PET
+  (Bq/mL, SUV) voxel comes near it; a value beyond is a fill or "no data" value (3.0e38, near FLT_MAX) or a
+  scaling error (a NIfTI ``scl_slope`` of 1e37), and it would overflow float32 or collapse the per-case
+  normalisation;
+- a volume whose per-case z-score in float32 (what the model is fed) keeps fewer than 1/:data:`COLLAPSE_RATIO`
+  of its distinct values has collapsed: the model would see a blank volume (one extreme voxel dominates the
+  standard deviation). Both name the file, the value and the voxel.
 
 Headers are checked before any voxel is read, so a corrupt header claiming a huge size never allocates it. The
 result of each image is cached in ``<cache dir>/image_checks.json`` keyed by the digest of the file's bytes
@@ -25,6 +33,8 @@ from medconvnext.errors import UserError
 from medconvnext.fileio import write_json_cache
 
 MAX_AXIS = 4096
+MAX_ABS_VALUE = 1e7  # |voxel| beyond this is a fill value or a scaling error, not a measurement (module docstring)
+COLLAPSE_RATIO = 10  # the normalised sample keeps fewer than 1/10 of its distinct values: refused
 MAX_VOXELS = 512 * 1024 * 1024  # 512 Mi voxels: 2 GiB as float32, more than any sane single scan
 CHECKS_CACHE_NAME = "image_checks.json"
 
@@ -167,7 +177,7 @@ def _inspect_image(path: str | Path, max_voxels: int) -> ImageReport:
     except Exception as exc:  # noqa: BLE001
         report.problems.append(f"cannot read the voxels, truncated or corrupt file ({_reason(exc)})")
         return report
-    report.problems += _voxel_problems(data)
+    report.problems += _voxel_problems(data) or _value_problems(Path(path), data)
     if not report.problems:
         sample = data.reshape(-1)[:: max(1, data.size // 1_000_000)]  # a strided sample keeps this cheap
         report.percentiles = tuple(float(v) for v in np.percentile(sample, [0.5, 50, 99.5]))
@@ -248,6 +258,36 @@ def _voxel_problems(data: np.ndarray) -> list[str]:
     if data.size and data.min() == data.max():
         return [f"every voxel equals {data.reshape(-1)[0]} (an empty or blank volume)"]
     return []
+
+
+def _value_problems(path: Path, data: np.ndarray) -> list[str]:
+    """Values no scan holds, or a normalisation they would collapse (the module docstring)."""
+    data = np.asarray(data)
+    if not np.issubdtype(data.dtype, np.number) or data.dtype.itemsize < 4 and np.issubdtype(data.dtype, np.integer):
+        return []  # 8- and 16-bit integers cannot reach the bound
+    worst = np.unravel_index(int(np.argmax(np.abs(data.astype(np.float64)))), data.shape)
+    value = float(data[worst])
+    where = f"value {value:.4g} at voxel {tuple(int(i) for i in worst[:3])}"
+    if abs(value) > MAX_ABS_VALUE:
+        return [f"{where} is beyond {MAX_ABS_VALUE:g} in magnitude, which no CT, MR or PET value reaches "
+                f"(a fill value or a scaling error{_scaling(path)}); fix or mask it in the file"]
+    sample = data.reshape(-1)[:: max(1, data.size // 1_000_000)].astype(np.float32)
+    normalised = (sample - sample.mean(dtype=np.float32)) / max(float(sample.std(dtype=np.float32)), 1e-30)
+    before, after = len(np.unique(sample)), len(np.unique(normalised.astype(np.float32)))
+    if after * COLLAPSE_RATIO < before:
+        return [f"{where} dominates the normalisation: its {before} distinct values collapse to {after} after the "
+                "per-case z-score (the model would see a blank volume); fix or mask that value in the file"]
+    return []
+
+
+def _scaling(path: Path) -> str:
+    """``, scl_slope 1e+37`` for a NIfTI whose header scales its values, else ''."""
+    if not path.name.lower().endswith(NIFTI_SUFFIXES):
+        return ""
+    import nibabel as nib
+
+    slope, inter = nib.load(str(path)).dataobj.slope, nib.load(str(path)).dataobj.inter
+    return f" such as scl_slope {slope:g}, scl_inter {inter:g}" if (slope, inter) != (1.0, 0.0) else ""
 
 
 _checks_source: str | None = None
