@@ -17,6 +17,21 @@ one volume:
 
 Resampling onto the true positions is not attempted: a gap is missing anatomy, and a classifier trained on
 interpolated slices would learn from voxels no scanner measured.
+
+Values: ITK's series reader takes the pixel type from the first slice, so when RescaleSlope / RescaleIntercept
+differ between slices (PET, some derived MR) and the first slice's are integers, every other slice's real values
+are truncated to integers (SimpleITK#1636). When the slices' rescale values differ, each slice is therefore
+decoded on its own (GDCM applies that slice's own slope and intercept) and the slices are stacked as float32 on
+the series' grid: the true values, as dcm2niix writes them.
+
+Multi-frame files (NumberOfFrames > 1: enhanced CT/MR/PET, legacy multi-frame NM/US) keep per-frame positions,
+spacing and scaling in functional-group sequences that ITK does not read (it can load them with a wrong slice
+spacing and no word): they are refused naming the file; convert them with dcm2niix (``pip install dcm2niix``).
+
+Why not pydicom (+ highdicom) for the whole path: GDCM (inside SimpleITK, already a dependency) decodes every
+transfer syntax the tests and reproducers use, per-slice reading fixes the values, and installing pydicom makes
+MONAI (imported by every command) warn about its optional pydicom readers; dcm2niix is an external converter
+binary, a better tool for the multi-frame conversion than a dependency of every install.
 """
 
 from __future__ import annotations
@@ -44,6 +59,8 @@ class SliceInfo:
     position: np.ndarray  # ImagePositionPatient (mm, LPS)
     orientation: np.ndarray  # ImageOrientationPatient: row and column direction cosines (6,)
     pixel_spacing: tuple[float, float]
+    rescale: tuple[float, float] = (1.0, 0.0)  # RescaleSlope, RescaleIntercept (absent: 1, 0)
+    frames: int = 1  # NumberOfFrames
 
 
 def read_dicom_series(folder: str | Path):
@@ -69,17 +86,41 @@ def read_dicom_series(folder: str | Path):
     if stray:
         raise GeometryError(folder, f"{len(stray)} DICOM file(s) not in the folder's series (e.g. {stray[0]}): "
                                     "unreadable, or another kind of DICOM object")
-    check_slices(folder, [slice_info(name) for name in names])
+    slices = [slice_info(name) for name in names]
+    check_frames(folder, slices)
+    check_slices(folder, slices)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(names)
     try:
         with library_output() as captured:
             image = reader.Execute()
+            if len({s.rescale for s in slices}) > 1:  # ITK would cast every slice to the first one's type
+                image = _per_slice_values(image, names)
     except RuntimeError as exc:
         raise _decode_error(folder, names, captured.summary(more=False) or itk_reason(exc)) from exc
     scanned.extend(captured)
     report(str(folder), scanned)
     return image
+
+
+def _per_slice_values(series, names: Sequence[str]):
+    """``series``' grid with each slice decoded on its own (its own RescaleSlope / Intercept), as float32."""
+    import SimpleITK as sitk
+
+    planes = [sitk.GetArrayFromImage(sitk.ReadImage(str(name))).astype(np.float32).reshape(
+        series.GetSize()[1], series.GetSize()[0]) for name in names]  # each (rows, columns)
+    image = sitk.GetImageFromArray(np.stack(planes))  # (z, y, x) in the series reader's slice order
+    image.CopyInformation(series)
+    return image
+
+
+def check_frames(folder: str | Path, slices: Sequence[SliceInfo]) -> None:
+    """Refuse multi-frame files: their per-frame geometry and scaling are not read (module docstring)."""
+    multi = next((s for s in slices if s.frames > 1), None)
+    if multi is not None:
+        raise GeometryError(folder, f"{multi.name} is a multi-frame DICOM ({multi.frames} frames in one file), whose "
+                                    "per-frame positions, spacing and scaling medconvnext does not read; convert it "
+                                    "with dcm2niix (pip install dcm2niix) and use the NIfTI")
 
 
 def slice_info(name: str) -> SliceInfo:
@@ -99,8 +140,12 @@ def slice_info(name: str) -> SliceInfo:
             return np.array([], dtype=float)
 
     spacing = reader.GetSpacing()
-    return SliceInfo(Path(name).name, tuple(int(s) for s in reader.GetSize()[:2]), numbers("0020|0032"),
-                     numbers("0020|0037"), (float(spacing[0]), float(spacing[1])))
+    slope, intercept, frames = numbers("0028|1053"), numbers("0028|1052"), numbers("0028|0008")
+    size = reader.GetSize()
+    return SliceInfo(Path(name).name, tuple(int(s) for s in size[:2]), numbers("0020|0032"), numbers("0020|0037"),
+                     (float(spacing[0]), float(spacing[1])),
+                     (float(slope[0]) if slope.size else 1.0, float(intercept[0]) if intercept.size else 0.0),
+                     int(frames[0]) if frames.size else (int(size[2]) if len(size) > 2 else 1))
 
 
 def check_slices(folder: str | Path, slices: Sequence[SliceInfo]) -> None:
