@@ -277,3 +277,42 @@ def test_plausible_extremes_pass_the_gate(tmp_path):
     mask[0, 0, :2] = 1.0  # a few voxels of foreground
     for name, vol in (("ct", ct), ("pet", pet), ("mask", mask)):
         assert inspect_image(save_nifti(tmp_path / f"{name}.nii.gz", vol, dtype=np.float32)).problems == [], name
+
+
+# --------------------------------------------------------------------------- kind 4: images of one case, one anatomy
+
+
+def _two_channel_dataset(root: Path, shift_mm: dict[int, float]) -> Path:
+    """8 cases with image_t1 and image_t2 (t2 = 0.6 x t1); case k's t2 shifted by shift_mm[k] along x."""
+    from helpers_inputs import affine_for
+
+    (root / "images").mkdir(parents=True)
+    rows = []
+    for i, label in enumerate(["cystic"] * 4 + ["solid"] * 4):
+        vol = lesion(label, shape=(16, 16, 16), seed=i)
+        affine = affine_for("RAS", (2.0, 2.0, 2.0), (16, 16, 16))
+        save_nifti(root / "images" / f"c{i}_t1.nii.gz", vol, affine)
+        moved = affine.copy()
+        moved[0, 3] += shift_mm.get(i, 0.0)
+        save_nifti(root / "images" / f"c{i}_t2.nii.gz", vol * 0.6, moved)
+        rows.append({"image_t1": f"images/c{i}_t1.nii.gz", "image_t2": f"images/c{i}_t2.nii.gz", "label": label})
+    write_table(root / "labels.csv", rows)
+    return root
+
+
+def test_an_image_that_barely_overlaps_its_case_s_first_image_is_refused(tmp_path):
+    data = _two_channel_dataset(tmp_path / "data", {2: 28.8, 5: 12.8})  # 32 mm wide: c2 covers 10 %, c5 60 %
+    t2 = data / "images" / "c2_t2.nii.gz"
+    expected = (f"{t2}: case c2_t1: covers 10% of the world box of c2_t1.nii.gz, the case's first image (at least 50% "
+                "needed): resampled onto its grid this channel would be mostly empty; give images of the same "
+                "anatomy, registered to each other")
+    result = runner.invoke(app, ["data", "check", "--data", str(data)])
+    assert result.exit_code == 2 and expected in result.output and "c5_t2" not in result.output, result.output
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(out), "--epochs", "1"])
+    assert result.exit_code == 2 and expected in result.output and not out.exists()
+    from medconvnext.data.inputs import read_prediction_table
+    from medconvnext.data.validate import require_valid
+
+    with pytest.raises(UserError, match="covers 10% of the world box of c2_t1.nii.gz"):
+        require_valid(read_prediction_table(data / "labels.csv"))

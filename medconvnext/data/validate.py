@@ -10,6 +10,11 @@ series), finite, non-constant, sane geometry, and values a scan can hold:
   of its distinct values has collapsed: the model would see a blank volume (one extreme voxel dominates the
   standard deviation). Both name the file, the value and the voxel.
 
+A case of several images (``image_t1,image_t2``: stacked as channels, each resampled onto the first image's grid)
+is refused when another image covers less than :data:`MIN_OVERLAP` of the first image's world box (the
+axis-aligned RAS box of its voxels): it would resample to a mostly empty channel (another field of view, another
+subject's scan, an unregistered series). The problem names the case, the image and the overlap.
+
 Headers are checked before any voxel is read, so a corrupt header claiming a huge size never allocates it. The
 result of each image is cached in ``<cache dir>/image_checks.json`` keyed by the digest of the file's bytes
 (:mod:`medconvnext.data.content`) and by the source of the checks, so a second run on the same files reads no
@@ -34,6 +39,7 @@ from medconvnext.fileio import write_json_cache
 
 MAX_AXIS = 4096
 MAX_ABS_VALUE = 1e7  # |voxel| beyond this is a fill value or a scaling error, not a measurement (module docstring)
+MIN_OVERLAP = 0.5  # another image of a case must cover at least half of the first image's world box
 COLLAPSE_RATIO = 10  # the normalised sample keeps fewer than 1/10 of its distinct values: refused
 MAX_VOXELS = 512 * 1024 * 1024  # 512 Mi voxels: 2 GiB as float32, more than any sane single scan
 CHECKS_CACHE_NAME = "image_checks.json"
@@ -56,6 +62,7 @@ class ImageReport:
     spacing: tuple[float, ...] = ()
     orientation: str = ""
     percentiles: tuple[float, ...] = ()  # 0.5, 50, 99.5
+    box: tuple[float, ...] = ()  # world (RAS) box of the voxels: x, y, z min then x, y, z max (mm)
 
 
 def validate_case(case: HasImages, max_voxels: int = MAX_VOXELS) -> list[str]:
@@ -66,8 +73,11 @@ def validate_case(case: HasImages, max_voxels: int = MAX_VOXELS) -> list[str]:
 def require_valid(cases: Sequence[HasImages], hint: str = "") -> None:
     """The gate of ``predict`` and ``evaluate``: UserError naming the first bad image and what is wrong with it
     (one line, plus how many more), before any model is loaded or anything written."""
-    reports = inspect_images([image for case in cases for image in case.images])
-    problems = [f"{r.path}: {p}" for r in reports for p in r.problems]
+    reports = iter(inspect_images([image for case in cases for image in case.images]))
+    per_case = [[next(reports) for _ in case.images] for case in cases]
+    for case, case_reports in zip(cases, per_case, strict=True):
+        add_overlap_problems(getattr(case, "case_id", ""), case_reports)
+    problems = [f"{r.path}: {p}" for case_reports in per_case for r in case_reports for p in r.problems]
     if problems:
         more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
         raise UserError(f"{problems[0]}{more}{hint}")
@@ -92,12 +102,36 @@ def validate_datalist(datalist: Datalist, skip_bad: bool = False) -> tuple[Datal
 def inspect_datalist(datalist: Datalist, max_voxels: int = MAX_VOXELS) -> list[tuple[Case, list[ImageReport]]]:
     """(case, one report per image) for every case, in order; all images inspected in one pass over the caches."""
     reports = iter(inspect_images([image for case in datalist.cases for image in case.images], max_voxels))
-    return [(case, [next(reports) for _ in case.images]) for case in datalist.cases]
+    out = [(case, [next(reports) for _ in case.images]) for case in datalist.cases]
+    for case, case_reports in out:
+        add_overlap_problems(case.case_id, case_reports)
+    return out
+
+
+def add_overlap_problems(case_id: str, reports: Sequence[ImageReport]) -> None:
+    """Add a problem to each image of a case that covers less than :data:`MIN_OVERLAP` of its first image's box."""
+    reference = reports[0] if reports else None
+    if reference is None or len(reference.box) != 6:
+        return
+    ref_lo, ref_hi = np.array(reference.box[:3]), np.array(reference.box[3:])
+    for report in reports[1:]:
+        if len(report.box) != 6:
+            continue  # unreadable: its own problem says why
+        lo, hi = np.maximum(ref_lo, report.box[:3]), np.minimum(ref_hi, report.box[3:])
+        overlap = float(np.prod(np.clip(hi - lo, 0, None)) / np.prod(ref_hi - ref_lo))
+        if overlap < MIN_OVERLAP:
+            case = f"case {case_id}: " if case_id else ""
+            report.problems.append(
+                f"{case}covers {overlap:.0%} of the world box of {Path(reference.path).name}, the case's first image "
+                f"(at least {MIN_OVERLAP:.0%} needed): resampled onto its grid this channel would be mostly empty; "
+                "give images of the same anatomy, registered to each other")
 
 
 def inspect_case(case: HasImages, max_voxels: int = MAX_VOXELS) -> list[ImageReport]:
-    """One report per image of the case."""
-    return inspect_images(case.images, max_voxels)
+    """One report per image of the case (with the overlap check of a case of several images)."""
+    reports = inspect_images(case.images, max_voxels)
+    add_overlap_problems(getattr(case, "case_id", ""), reports)
+    return reports
 
 
 def inspect_images(paths: Iterable[str | Path], max_voxels: int = MAX_VOXELS) -> list[ImageReport]:
@@ -135,7 +169,7 @@ def _cached_report(entry: object, path: str | Path) -> ImageReport | None:
     try:
         return ImageReport(str(path), [str(p) for p in entry["problems"]], tuple(entry["shape"]),
                            int(entry["channels"]), tuple(entry["spacing"]), str(entry["orientation"]),
-                           tuple(entry["percentiles"]))
+                           tuple(entry["percentiles"]), tuple(entry["box"]))
     except (KeyError, TypeError, ValueError):
         return None
 
@@ -171,6 +205,7 @@ def _inspect_image(path: str | Path, max_voxels: int) -> ImageReport:
     if report.problems:
         return report  # don't read voxels whose header is already wrong
     report.spacing = tuple(round(float(v), 4) for v in np.linalg.norm(affine[:3, :3], axis=0))
+    report.box = _world_box(affine, shape[:3])
     report.orientation = _orientation(affine)
     try:
         data = opened.load()
@@ -182,6 +217,14 @@ def _inspect_image(path: str | Path, max_voxels: int) -> ImageReport:
         sample = data.reshape(-1)[:: max(1, data.size // 1_000_000)]  # a strided sample keeps this cheap
         report.percentiles = tuple(float(v) for v in np.percentile(sample, [0.5, 50, 99.5]))
     return report
+
+
+def _world_box(affine: np.ndarray, shape: Sequence[int]) -> tuple[float, ...]:
+    """The axis-aligned RAS box (mm) around the voxels' outer faces: min x, y, z then max x, y, z."""
+    corners = np.array([[i, j, k] for i in (-0.5, shape[0] - 0.5) for j in (-0.5, shape[1] - 0.5)
+                        for k in (-0.5, shape[2] - 0.5)])
+    world = corners @ affine[:3, :3].T + affine[:3, 3]
+    return tuple(round(float(v), 4) for v in (*world.min(axis=0), *world.max(axis=0)))
 
 
 def _component_problems(path: Path, shape: tuple[int, ...]) -> list[str]:
