@@ -316,3 +316,18 @@ def test_an_image_that_barely_overlaps_its_case_s_first_image_is_refused(tmp_pat
 
     with pytest.raises(UserError, match="covers 10% of the world box of c2_t1.nii.gz"):
         require_valid(read_prediction_table(data / "labels.csv"))
+
+
+def test_a_latin1_config_or_predictions_table_is_one_line_naming_the_file(tmp_path):
+    from medconvnext.results.table import read_predictions
+
+    config = tmp_path / "bad.yaml"
+    config.write_bytes("train:\n  epochs: 1  # café\n".encode("latin-1"))
+    data = base_dataset(tmp_path / "data").parent
+    line = _one_error_line(runner.invoke(app, ["train", "--data", str(data), "--config", str(config),
+                                               "--out", str(tmp_path / "out")]))
+    assert line == f"error: {config}, line 2: not UTF-8 text (byte 0xe9); save the config as UTF-8"
+    table = tmp_path / "predictions.csv"
+    table.write_bytes("image,label,prob_a,prob_b\ncafé.nii,a,0.5,0.5\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"predictions.csv: not UTF-8 text \(byte 0xe9 at position 29\)"):
+        read_predictions(table)
