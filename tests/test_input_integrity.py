@@ -96,6 +96,10 @@ def test_nrrd_detached_data_and_analyze_pairs_are_in_the_digest(tmp_path):
     nib.save(nib.Nifti1Pair(vol, np.diag([2.0, 2.0, 2.0, 1.0])), str(pair))
     before = {p: file_digest(p) for p in (nhdr, pair)}
     assert [r.problems for r in inspect_images([nhdr, pair])] == [[], []]
+    from medconvnext.data.transforms import LoadCaseImaged
+
+    for header in (nhdr, pair):  # the training and predict reader reads the voxels the digest covers
+        np.testing.assert_array_equal(np.asarray(LoadCaseImaged()({"image": str(header)})["image"])[0], vol)
     for data in (tmp_path / "scan.raw", tmp_path / "pair.img"):
         raw = bytearray(data.read_bytes())
         raw[-2:] = b"\x01\x02"  # one voxel changed, headers untouched

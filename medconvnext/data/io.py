@@ -5,7 +5,9 @@ demand), the fingerprint and plan (:func:`read_header`), the leakage audit (:fun
 readers of the training and predict loader (:mod:`medconvnext.data.readers`, and so the cache, Grad-CAM and
 window maps). The voxel-to-world affine is decided by one rule:
 
-- **NIfTI**: :func:`nifti_affine`, nibabel's rule (the NIfTI-1 standard's): the sform when its code is > 0,
+- **NIfTI** (``.nii``, ``.nii.gz``, and ``.hdr`` + ``.img`` pairs; an Analyze 7.5 ``.hdr`` has no transform: nibabel's
+  pixdim affine, which assumes Analyze's radiological LAS): :func:`nifti_affine`, nibabel's rule (the NIfTI-1
+  standard's): the sform when its code is > 0,
   else the qform when its code is > 0, else the pixdim-only fallback. When both codes are > 0 and the two
   transforms disagree (:data:`XFORM_ATOL_MM`), the file is **refused** (:class:`GeometryError`) if they
   disagree on voxel spacing or on axis orientation: the voxels the model sees (after reorienting and
@@ -33,7 +35,7 @@ import numpy as np
 from medconvnext.data.capture import MedconvnextWarning, library_output, report
 from medconvnext.errors import UserError
 
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
+NIFTI_SUFFIXES = (".nii", ".nii.gz", ".hdr")  # .hdr: a NIfTI pair or an Analyze 7.5 header (+ its .img), nibabel
 SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 XFORM_ATOL_MM = 1e-3  # sform/qform entries closer than this (mm) agree: float32 storage is far finer
 SPACING_RTOL = 1e-3  # spacings within 0.1 % agree (the qform's are float32 pixdim, the sform's column norms)
@@ -75,6 +77,8 @@ def nifti_affine(image, path: str | Path | None = None) -> np.ndarray:
 
     path = str(path or image.get_filename() or "<image>")
     header = image.header
+    if "sform_code" not in header:  # Analyze 7.5 (.hdr/.img): no transforms, pixdim only (nibabel's affine)
+        return np.asarray(image.affine, dtype=float)
     s_code, q_code = int(header["sform_code"]), int(header["qform_code"])
     chosen = np.asarray(image.affine, dtype=float)  # nibabel: sform if code > 0, else qform if > 0, else pixdim
     if s_code <= 0 or q_code <= 0:
