@@ -31,7 +31,7 @@ from medconvnext.data.transforms import LoadCaseImaged  # noqa: E402
 from medconvnext.data.validate import require_valid  # noqa: E402
 from medconvnext.errors import UserError  # noqa: E402
 
-EXAMPLES = int(os.environ.get("MEDCONVNEXT_FUZZ_EXAMPLES", "40"))
+EXAMPLES = int(os.environ.get("MEDCONVNEXT_FUZZ_EXAMPLES", "100"))
 DTYPES = [np.uint8, np.int8, np.int16, np.uint16, np.int32, np.float32, np.float64]
 SLOPES = [np.nan, 0.0, 1.0, -1.0, 2.5, 1e-3, 1e37, np.inf]
 INTERS = [0.0, 0.0, -1024.0, 0.5, np.nan, 1e38]
@@ -89,7 +89,7 @@ def _write(folder: Path, spec: dict) -> Path:
     return path
 
 
-@settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 40, database=None,
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 100, database=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(nifti_files())
 def test_a_random_nifti_is_refused_naming_it_or_read_as_nibabel_reads_it(spec):
@@ -171,7 +171,7 @@ def _write_series(folder: Path, spec: dict) -> tuple[np.ndarray, np.ndarray]:
     return values.transpose(1, 0, 2), affine
 
 
-@settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 40, database=None,
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 100, database=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(dicom_series())
 def test_a_random_dicom_series_is_refused_naming_it_or_read_as_its_tags_say(spec):

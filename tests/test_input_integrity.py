@@ -154,6 +154,13 @@ def test_19_one_label_written_two_ways_is_refused_naming_both_spellings_and_rows
     assert not (tmp_path / "run").exists()
 
 
+def test_a_label_spelled_otherwise_than_the_run_s_class_is_named():
+    from medconvnext.data.datalist import same_label
+
+    assert same_label("00", ["0", "1"]) == "0" and same_label("1.0", ["0", "1"]) == "1"
+    assert same_label("Solid", ["cystic", "solid"]) == "solid" and same_label("2", ["0", "1"]) is None
+
+
 def test_surrounding_spaces_are_not_part_of_a_label(tmp_path):
     from medconvnext.data.datalist import load_datalist
 

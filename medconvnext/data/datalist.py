@@ -143,6 +143,11 @@ def _label_key(label: str) -> str:
     return label.casefold() if value is None else repr(value)
 
 
+def same_label(label: str, classes: Iterable[str]) -> str | None:
+    """The class in ``classes`` that is ``label`` written another way (``01`` for ``1``, ``Solid`` for ``solid``)."""
+    return next((c for c in classes if c != label and _label_key(c) == _label_key(label)), None)
+
+
 def check_label_spellings(labels: Iterable[tuple[str, str]], source: str) -> None:
     """UserError when two labels are one label written two ways; ``labels``: (label, where it occurs)."""
     first: dict[str, tuple[str, str]] = {}
