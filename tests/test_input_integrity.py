@@ -342,3 +342,12 @@ def test_a_latin1_config_or_predictions_table_is_one_line_naming_the_file(tmp_pa
     table.write_bytes("image,label,prob_a,prob_b\ncafé.nii,a,0.5,0.5\n".encode("latin-1"))
     with pytest.raises(UserError, match=r"predictions.csv: not UTF-8 text \(byte 0xe9 at position 29\)"):
         read_predictions(table)
+
+
+def test_every_bad_row_of_a_table_is_named_at_once(tmp_path):
+    data = base_dataset(tmp_path / "data").parent
+    for name in ("case_001.nii.gz", "case_005.nii.gz"):
+        (data / "images" / name).unlink()
+    line = _one_error_line(runner.invoke(app, ["data", "check", "--data", str(data)]))
+    assert line.startswith(f"error: {data / 'labels.csv'}, row 3: image images/case_001.nii.gz not found")
+    assert "(and 1 more: row 7: image images/case_005.nii.gz not found" in line

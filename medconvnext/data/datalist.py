@@ -203,7 +203,16 @@ def read_label_table(path: Path, for_training: bool = True) -> Datalist:
         raise UserError(f"{path}: missing column {required!r} (found: {', '.join(columns) or 'none'})")
     if not rows:
         raise UserError(f"{path}: no rows")
-    cases = [_row_to_case(path, line, row, image_columns) for line, row in enumerate(rows, start=2)]
+    cases, bad = [], []
+    for line, row in enumerate(rows, start=2):  # every bad row at once, not one per run
+        try:
+            cases.append(_row_to_case(path, line, row, image_columns))
+        except UserError as exc:
+            bad.append(str(exc))
+    if bad:
+        more = f" (and {len(bad) - 1} more: " + "; ".join(m.split(", ", 1)[-1] for m in bad[1:4]) + \
+            (" ..." if len(bad) > 4 else "") + ")" if len(bad) > 1 else ""
+        raise UserError(bad[0] + more)
     check_label_spellings(((c.label, f"row {line}") for line, c in enumerate(cases, start=2) if c.label), str(path))
     return _finish(cases, str(path), for_training)
 
