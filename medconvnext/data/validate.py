@@ -308,19 +308,25 @@ def _value_problems(path: Path, data: np.ndarray) -> list[str]:
     data = np.asarray(data)
     if not np.issubdtype(data.dtype, np.number) or data.dtype.itemsize < 4 and np.issubdtype(data.dtype, np.integer):
         return []  # 8- and 16-bit integers cannot reach the bound
-    worst = np.unravel_index(int(np.argmax(np.abs(data.astype(np.float64)))), data.shape)
-    value = float(data[worst])
-    where = f"value {value:.4g} at voxel {tuple(int(i) for i in worst[:3])}"
-    if abs(value) > MAX_ABS_VALUE:
-        return [f"{where} is beyond {MAX_ABS_VALUE:g} in magnitude, which no CT, MR or PET value reaches "
-                f"(a fill value or a scaling error{_scaling(path)}); fix or mask it in the file"]
+    lo, hi = float(data.min()), float(data.max())  # no float64 copy of a full-size CT
+    if max(abs(lo), abs(hi)) > MAX_ABS_VALUE:
+        return [f"{_extreme(data, lo, hi)} is beyond {MAX_ABS_VALUE:g} in magnitude, which no CT, MR or PET value "
+                f"reaches (a fill value or a scaling error{_scaling(path)}); fix or mask it in the file"]
     sample = data.reshape(-1)[:: max(1, data.size // 1_000_000)].astype(np.float32)
     normalised = (sample - sample.mean(dtype=np.float32)) / max(float(sample.std(dtype=np.float32)), 1e-30)
     before, after = len(np.unique(sample)), len(np.unique(normalised.astype(np.float32)))
     if after * COLLAPSE_RATIO < before:
-        return [f"{where} dominates the normalisation: its {before} distinct values collapse to {after} after the "
-                "per-case z-score (the model would see a blank volume); fix or mask that value in the file"]
+        return [f"{_extreme(data, lo, hi)} dominates the normalisation: its {before} distinct values collapse to "
+                f"{after} after the per-case z-score (the model would see a blank volume); fix or mask that value "
+                "in the file"]
     return []
+
+
+def _extreme(data: np.ndarray, lo: float, hi: float) -> str:
+    """``value 3e+38 at voxel (0, 0, 0)``: the value farthest from zero and where it is."""
+    flat = int(np.argmax(data)) if abs(hi) >= abs(lo) else int(np.argmin(data))
+    where = np.unravel_index(flat, data.shape)
+    return f"value {float(data[where]):.4g} at voxel {tuple(int(i) for i in where[:3])}"
 
 
 def _scaling(path: Path) -> str:
