@@ -221,6 +221,10 @@ def test_23_dicom_without_a_dcm_suffix_is_read_as_a_series(tmp_path, run_dir):
     assert result.exit_code == 0 and "8 cases, 8 usable" in result.output, result.output
     result = runner.invoke(app, ["predict", str(data / "solid" / "case_cd"), "--model", str(run_dir)])
     assert result.exit_code == 0 and "case_cd" in result.output, result.output
+    lone = data / "solid" / "case_cd" / "IM0001"
+    line = _one_error_line(runner.invoke(app, ["predict", str(lone), "--model", str(run_dir)]))
+    assert line == f"error: {lone}: a single DICOM file (one slice); give the folder holding its series (one " \
+                   "folder = one scan)"
     (data / "solid" / "loose").mkdir()
     (data / "solid" / "case_cd" / "IM0003").rename(data / "solid" / "IM0003")  # a lone slice beside the series
     (data / "cystic" / "notes.txt").write_text("x")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medconvnext.data.datalist import IMAGE_SUFFIXES, case_id_from_path, is_image_file, read_table, resolve_path
-from medconvnext.data.io import is_dicom_folder
+from medconvnext.data.io import is_dicom_file, is_dicom_folder
 from medconvnext.errors import UserError
 
 TABLE_SUFFIXES = (".csv", ".tsv")
@@ -59,6 +59,9 @@ def resolve_prediction_inputs(paths: Iterable[str | Path]) -> list[PredictionInp
             cases += [PredictionInput((str(p),)) for p in found]
         elif is_image_file(path):
             cases.append(PredictionInput((str(path),)))
+        elif is_dicom_file(path):
+            raise UserError(f"{raw}: a single DICOM file (one slice); give the folder holding its series (one folder "
+                            "= one scan)")
         else:
             raise UserError(f"{raw}: not a scan ({', '.join(IMAGE_SUFFIXES)}, a DICOM folder), a folder of scans, "
                             "or a .csv/.tsv with an 'image' column")
