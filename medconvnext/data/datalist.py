@@ -210,9 +210,7 @@ def read_label_table(path: Path, for_training: bool = True) -> Datalist:
         except UserError as exc:
             bad.append(str(exc))
     if bad:
-        more = f" (and {len(bad) - 1} more: " + "; ".join(m.split(", ", 1)[-1] for m in bad[1:4]) + \
-            (" ..." if len(bad) > 4 else "") + ")" if len(bad) > 1 else ""
-        raise UserError(bad[0] + more)
+        raise UserError(_all_at_once(bad[0], [m.split(", ", 1)[-1] for m in bad[1:]]))
     check_label_spellings(((c.label, f"row {line}") for line, c in enumerate(cases, start=2) if c.label), str(path))
     return _finish(cases, str(path), for_training)
 
@@ -315,12 +313,19 @@ def read_class_folders(root: Path, for_training: bool = True) -> Datalist:
             cases.append(Case(case_id_from_path(file), (str(resolve_path(file, str(folder))),), folder.name))
     if bad:  # every bad entry at once: a user fixing them one run at a time is not told how many are left
         kinds = ", ".join(IMAGE_SUFFIXES) + ", or a folder of DICOM files (a DICOM series)"
-        more = f" (and {len(bad) - 1} more: " + "; ".join(bad[1:]) + ")" if len(bad) > 1 else ""
-        raise UserError(f"{bad[0]}{more}; a case is an image file ({kinds})")
+        raise UserError(f"{_all_at_once(bad[0], bad[1:])}; a case is an image file ({kinds})")
     if not cases:
         raise UserError(f"--data {root}: the class folders hold no images")
     check_label_spellings(((c.label, f"folder {c.label}/") for c in cases if c.label), str(root))
     return _finish(cases, str(root), for_training)
+
+
+def _all_at_once(first: str, others: list[str], shown: int = 3) -> str:
+    """One line for several problems: the first in full, then how many more and the next ``shown`` of them."""
+    if not others:
+        return first
+    listed = "; ".join(others[:shown]) + (" ..." if len(others) > shown else "")
+    return f"{first} (and {len(others)} more: {listed})"
 
 
 def _not_an_image(path: Path) -> str:
