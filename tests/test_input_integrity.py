@@ -355,3 +355,15 @@ def test_every_bad_row_of_a_table_is_named_at_once(tmp_path):
     line = _one_error_line(runner.invoke(app, ["data", "check", "--data", str(data)]))
     assert line.startswith(f"error: {data / 'labels.csv'}, row 3: image images/case_001.nii.gz not found")
     assert "(and 1 more: row 7: image images/case_005.nii.gz not found" in line
+
+
+def test_an_analyze_pair_without_its_img_is_refused_and_pairs_in_class_folders_are_one_case(tmp_path):
+    vol = lesion("solid", shape=(16, 16, 16)).astype(np.int16)
+    for k, label in enumerate(("a", "a", "b", "b")):
+        (tmp_path / "data" / label).mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Pair(vol + k, np.diag([2.0, 2.0, 2.0, 1.0])), str(tmp_path / "data" / label / f"c{k}.hdr"))
+    result = runner.invoke(app, ["data", "check", "--data", str(tmp_path / "data")])
+    assert result.exit_code == 0 and "4 cases, 4 usable" in result.output, result.output
+    (tmp_path / "data" / "b" / "c3.img").unlink()
+    problems = inspect_image(tmp_path / "data" / "b" / "c3.hdr").problems
+    assert len(problems) == 1 and problems[0].startswith("its .img pair 'c3.img' not found")

@@ -306,9 +306,13 @@ def open_image(path: str | Path) -> OpenImage:
         ImageError: the geometry rule or the DICOM checks refuse it, or ITK cannot read it.
         ValueError: an ITK image of fewer than 3 dimensions.
     """
+    from medconvnext.data.detached import data_files
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError("no such file or folder")
+    if path.is_file():
+        data_files(path)  # a .hdr's .img, a .mhd's .raw: inside the header's folder and present, or refused
     if path.name.lower().endswith(NIFTI_SUFFIXES):
         import nibabel as nib
 
