@@ -182,6 +182,10 @@ def load_config(path: str | Path | None) -> Config:
         values = load_yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise UserError(f"{path}, line {line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); save the config as "
+                        "UTF-8") from None
     if not isinstance(values, dict):
         raise UserError(f"{path}: expected a mapping of sections (model, data, preprocessing, train, inference)")
     return config_from_dict(values, str(path))

@@ -62,7 +62,7 @@ def test_04_missing_slice_is_refused_everywhere_naming_the_folder_and_the_gap(tm
     ("orientation", "mixed slice orientations (slice_023.dcm: 0\\1\\0\\1\\0\\0 vs slice_000.dcm: 1\\0\\0\\0\\1\\0)"),
     ("tilt", "slice positions drift 0.5 mm sideways per slice (gantry tilt"),
     ("uneven", "non-uniform slice positions: a gap of 3 mm between"),
-    ("stray", "1 .dcm file(s) not in the folder's series (e.g. notes.dcm)"),
+    ("stray", "1 DICOM file(s) not in the folder's series (e.g. notes.dcm)"),
 ])
 def test_folders_that_are_not_one_volume_are_refused(tmp_path, damage, message):
     folder = tmp_path / "case"

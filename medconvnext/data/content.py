@@ -3,7 +3,9 @@
 A file's *identity* (path, size, modification time) is not its content: ``cp -p``, ``rsync -a`` and ``tar x``
 restore the source's modification time, and scans of one shape and data type have the same size, so a corrected
 scan copied over an old one keeps all three. The disk cache, the leakage audit's voxel hashes and the validation
-results are therefore keyed by a **BLAKE2b digest of the file's bytes** (of every file of a DICOM folder).
+results are therefore keyed by a **BLAKE2b digest of the file's bytes** (of every file of a DICOM folder, and of
+every file a header names as its data: a MetaImage ``.mhd``'s ``ElementDataFile``, an NRRD header's ``data file``,
+an Analyze / NIfTI ``.hdr``/``.img`` pair; :mod:`medconvnext.data.detached`).
 
 Hashing the bytes costs a fraction of decoding them (``bench/bench_content_hash.py``: about a tenth of a
 gzip read on a 512x512x300 CT-sized ``.nii.gz``), and it is not repeated for an unchanged file: the digest is
@@ -24,6 +26,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from medconvnext.data.io import ImageError
 from medconvnext.fileio import write_json_cache
 
 __all__ = ["DIGEST_NAME", "RACY_SECONDS", "file_digest", "file_digests"]
@@ -43,8 +46,19 @@ def default_memo_dir() -> Path:
 
 
 def _files(path: Path) -> list[Path]:
-    """The file itself, or every file of a folder (a DICOM series), sorted by name."""
-    return sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    """Every file whose bytes become the image's voxels: the file itself and the data files its header names
+    (:func:`~medconvnext.data.detached.data_files`), or every file of a folder (a DICOM series), sorted by name."""
+    from medconvnext.data.detached import data_files
+
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.is_file())
+    return [path, *data_files(path)]
+
+
+def _name(path: Path, f: Path) -> str:
+    """``f``'s name relative to the image's folder (a header's data file may sit in a subfolder)."""
+    base = path if path.is_dir() else path.parent
+    return os.path.relpath(f, base)
 
 
 def _identity(path: Path) -> tuple[list, float]:
@@ -52,7 +66,7 @@ def _identity(path: Path) -> tuple[list, float]:
     rows, newest = [], 0.0
     for f in _files(path):
         st = f.stat()
-        rows.append([f.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev])
+        rows.append([_name(path, f), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev])
         newest = max(newest, st.st_ctime)
     return rows, newest
 
@@ -66,11 +80,12 @@ def _hash_bytes(path: Path) -> str:
 
 
 def _hash(path: Path) -> str:
-    if not path.is_dir():
-        return _hash_bytes(path)
-    digest = hashlib.blake2b(digest_size=16)  # a series: names and contents of its files, in order
-    for f in _files(path):
-        digest.update(f"{f.name}\0{_hash_bytes(f)}\0".encode())
+    files = _files(path)
+    if not path.is_dir() and len(files) == 1:
+        return _hash_bytes(path)  # a self-contained file: its bytes
+    digest = hashlib.blake2b(digest_size=16)  # a series or a header + data: names and contents, in order
+    for f in files:
+        digest.update(f"{_name(path, f)}\0{_hash_bytes(f)}\0".encode())
     return digest.hexdigest()
 
 
@@ -96,7 +111,8 @@ def file_digests(paths: Iterable[str | Path], cache_dir: str | Path | None = Non
                  skip_unreadable: bool = False) -> dict[str, str]:
     """Resolved path -> BLAKE2b-128 hex digest of the file's bytes (a folder: of its files' names and bytes).
 
-    Raises OSError for a path that cannot be read, or leaves it out with ``skip_unreadable``. ``cache_dir`` holds
+    Raises OSError for a path that cannot be read (ImageError, a UserError, for a header whose data file is missing or
+    outside its folder), or leaves it out with ``skip_unreadable``. ``cache_dir`` holds
     the persistent memo (default ``$MEDCONVNEXT_CACHE_DIR`` or ``~/.cache/medconvnext``). Pass every path in one
     call: the memo file is read and written once per call.
     """
@@ -110,7 +126,7 @@ def file_digests(paths: Iterable[str | Path], cache_dir: str | Path | None = Non
             continue
         try:
             identity, newest = _identity(path)
-        except OSError:
+        except (OSError, ImageError):  # ImageError: a header's data file is missing or outside its folder
             if skip_unreadable:
                 continue
             raise
@@ -134,7 +150,7 @@ def file_digests(paths: Iterable[str | Path], cache_dir: str | Path | None = Non
             started = time.time()
             try:
                 digest = _hash(path)
-            except OSError:
+            except (OSError, ImageError):
                 if skip_unreadable:
                     continue
                 raise

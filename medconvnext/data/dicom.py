@@ -6,7 +6,8 @@ the first and last positions: a missing slice, a doubled one or an irregular ser
 is read and the folder is refused (:class:`~medconvnext.data.io.GeometryError`, exit code 2) when it is not
 one volume:
 
-- several series (SeriesInstanceUID) in one folder, or ``.dcm`` files that belong to none;
+- several series (SeriesInstanceUID) in one folder, or DICOM files that belong to none (DICOM is recognised by
+  content, :func:`~medconvnext.data.io.is_dicom_file`: ``IM0001`` and ``*.IMA`` files are read as ``.dcm`` ones);
 - slices of different sizes or orientations (ImageOrientationPatient);
 - two slices at one position, or slice positions (ImagePositionPatient projected on the slice normal) whose
   gaps differ from the median gap by more than :data:`GAP_TOLERANCE` of it (a missing slice, a variable
@@ -16,6 +17,21 @@ one volume:
 
 Resampling onto the true positions is not attempted: a gap is missing anatomy, and a classifier trained on
 interpolated slices would learn from voxels no scanner measured.
+
+Values: ITK's series reader takes the pixel type from the first slice, so when RescaleSlope / RescaleIntercept
+differ between slices (PET, some derived MR) and the first slice's are integers, every other slice's real values
+are truncated to integers (SimpleITK#1636). When the slices' rescale values differ, each slice is therefore
+decoded on its own (GDCM applies that slice's own slope and intercept) and the slices are stacked as float32 on
+the series' grid: the true values, as dcm2niix writes them.
+
+Multi-frame files (NumberOfFrames > 1: enhanced CT/MR/PET, legacy multi-frame NM/US) keep per-frame positions,
+spacing and scaling in functional-group sequences that ITK does not read (it can load them with a wrong slice
+spacing and no word): they are refused naming the file; convert them with dcm2niix (``pip install dcm2niix``).
+
+Why not pydicom (+ highdicom) for the whole path: GDCM (inside SimpleITK, already a dependency) decodes every
+transfer syntax the tests and reproducers use, per-slice reading fixes the values, and installing pydicom makes
+MONAI (imported by every command) warn about its optional pydicom readers; dcm2niix is an external converter
+binary, a better tool for the multi-frame conversion than a dependency of every install.
 """
 
 from __future__ import annotations
@@ -27,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from medconvnext.data.capture import library_output, report
-from medconvnext.data.io import GeometryError, ImageError, itk_reason
+from medconvnext.data.io import GeometryError, ImageError, dicom_files, itk_reason
 
 GAP_TOLERANCE = 0.05  # of the median gap: DICOM positions are decimal strings, 5 % is far above their round-off
 DRIFT_TOLERANCE = 0.1  # of the in-plane pixel size, per slice
@@ -43,6 +59,8 @@ class SliceInfo:
     position: np.ndarray  # ImagePositionPatient (mm, LPS)
     orientation: np.ndarray  # ImageOrientationPatient: row and column direction cosines (6,)
     pixel_spacing: tuple[float, float]
+    rescale: tuple[float, float] = (1.0, 0.0)  # RescaleSlope, RescaleIntercept (absent: 1, 0)
+    frames: int = 1  # NumberOfFrames
 
 
 def read_dicom_series(folder: str | Path):
@@ -64,22 +82,45 @@ def read_dicom_series(folder: str | Path):
         shown = ", ".join(series[:3]) + (" ..." if len(series) > 3 else "")
         raise GeometryError(folder, f"{len(series)} DICOM series in one folder (SeriesInstanceUID {shown}); "
                                     "put each series in its own folder")
-    dcm = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".dcm"]
-    stray = sorted({p.name for p in dcm} - {Path(n).name for n in names})
+    stray = sorted({p.name for p in dicom_files(folder)} - {Path(n).name for n in names})
     if stray:
-        raise GeometryError(folder, f"{len(stray)} .dcm file(s) not in the folder's series (e.g. {stray[0]}): "
+        raise GeometryError(folder, f"{len(stray)} DICOM file(s) not in the folder's series (e.g. {stray[0]}): "
                                     "unreadable, or another kind of DICOM object")
-    check_slices(folder, [slice_info(name) for name in names])
+    slices = [slice_info(name) for name in names]
+    check_frames(folder, slices)
+    check_slices(folder, slices)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(names)
     try:
         with library_output() as captured:
             image = reader.Execute()
+            if len({s.rescale for s in slices}) > 1:  # ITK would cast every slice to the first one's type
+                image = _per_slice_values(image, names)
     except RuntimeError as exc:
         raise _decode_error(folder, names, captured.summary(more=False) or itk_reason(exc)) from exc
     scanned.extend(captured)
     report(str(folder), scanned)
     return image
+
+
+def _per_slice_values(series, names: Sequence[str]):
+    """``series``' grid with each slice decoded on its own (its own RescaleSlope / Intercept), as float32."""
+    import SimpleITK as sitk
+
+    planes = [sitk.GetArrayFromImage(sitk.ReadImage(str(name))).astype(np.float32).reshape(
+        series.GetSize()[1], series.GetSize()[0]) for name in names]  # each (rows, columns)
+    image = sitk.GetImageFromArray(np.stack(planes))  # (z, y, x) in the series reader's slice order
+    image.CopyInformation(series)
+    return image
+
+
+def check_frames(folder: str | Path, slices: Sequence[SliceInfo]) -> None:
+    """Refuse multi-frame files: their per-frame geometry and scaling are not read (module docstring)."""
+    multi = next((s for s in slices if s.frames > 1), None)
+    if multi is not None:
+        raise GeometryError(folder, f"{multi.name} is a multi-frame DICOM ({multi.frames} frames in one file), whose "
+                                    "per-frame positions, spacing and scaling medconvnext does not read; convert it "
+                                    "with dcm2niix (pip install dcm2niix) and use the NIfTI")
 
 
 def slice_info(name: str) -> SliceInfo:
@@ -99,8 +140,12 @@ def slice_info(name: str) -> SliceInfo:
             return np.array([], dtype=float)
 
     spacing = reader.GetSpacing()
-    return SliceInfo(Path(name).name, tuple(int(s) for s in reader.GetSize()[:2]), numbers("0020|0032"),
-                     numbers("0020|0037"), (float(spacing[0]), float(spacing[1])))
+    slope, intercept, frames = numbers("0028|1053"), numbers("0028|1052"), numbers("0028|0008")
+    size = reader.GetSize()
+    return SliceInfo(Path(name).name, tuple(int(s) for s in size[:2]), numbers("0020|0032"), numbers("0020|0037"),
+                     (float(spacing[0]), float(spacing[1])),
+                     (float(slope[0]) if slope.size else 1.0, float(intercept[0]) if intercept.size else 0.0),
+                     int(frames[0]) if frames.size else (int(size[2]) if len(size) > 2 else 1))
 
 
 def check_slices(folder: str | Path, slices: Sequence[SliceInfo]) -> None:

@@ -1,8 +1,8 @@
 """What ``predict`` accepts: scan files, folders of scans, DICOM series folders, or a CSV/TSV with an image column.
 
 - a scan file (``.nii``, ``.nii.gz``, ``.nrrd``, ``.mha``, ``.mhd``): one scan;
-- a folder holding ``.dcm`` files: one DICOM series (one scan);
-- any other folder: every scan below it, sorted (a subfolder holding ``.dcm`` files is one scan);
+- a folder holding DICOM files (by content: ``*.dcm``, ``IM0001``, ``*.IMA``): one DICOM series (one scan);
+- any other folder: every scan below it, sorted (a subfolder holding DICOM files is one scan);
 - a ``.csv`` / ``.tsv`` with an ``image`` column (or ``image_*`` columns, stacked as channels as in training):
   paths relative to the table; a ``label`` column, when present, is carried to the predictions.
 
@@ -11,14 +11,13 @@ Recognising DICOM folders and image suffixes is :mod:`medconvnext.data.datalist`
 
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from medconvnext.data.datalist import IMAGE_SUFFIXES, case_id_from_path, is_image_file
-from medconvnext.data.io import is_dicom_folder
+from medconvnext.data.datalist import IMAGE_SUFFIXES, case_id_from_path, is_image_file, read_table, resolve_path
+from medconvnext.data.io import is_dicom_file, is_dicom_folder
 from medconvnext.errors import UserError
 
 TABLE_SUFFIXES = (".csv", ".tsv")
@@ -47,6 +46,8 @@ def resolve_prediction_inputs(paths: Iterable[str | Path]) -> list[PredictionInp
     for raw in paths:
         path = Path(raw).expanduser()
         if not path.exists():
+            if path.is_symlink():
+                resolve_path(path, str(raw))  # raises: names the symlink loop or the broken link
             raise UserError(f"{raw}: no such file or folder")
         if path.is_file() and path.suffix.lower() in TABLE_SUFFIXES:
             cases += read_prediction_table(path)
@@ -54,10 +55,13 @@ def resolve_prediction_inputs(paths: Iterable[str | Path]) -> list[PredictionInp
             found = scans_in_folder(path)
             if not found:
                 raise UserError(f"{raw}: no scans in this folder (looked for {', '.join(IMAGE_SUFFIXES)} files and "
-                                "folders of .dcm files, in every subfolder)")
+                                "folders of DICOM files, in every subfolder)")
             cases += [PredictionInput((str(p),)) for p in found]
         elif is_image_file(path):
             cases.append(PredictionInput((str(path),)))
+        elif is_dicom_file(path):
+            raise UserError(f"{raw}: a single DICOM file (one slice); give the folder holding its series (one folder "
+                            "= one scan)")
         else:
             raise UserError(f"{raw}: not a scan ({', '.join(IMAGE_SUFFIXES)}, a DICOM folder), a folder of scans, "
                             "or a .csv/.tsv with an 'image' column")
@@ -65,7 +69,7 @@ def resolve_prediction_inputs(paths: Iterable[str | Path]) -> list[PredictionInp
 
 
 def scans_in_folder(folder: Path) -> list[Path]:
-    """Every scan below ``folder``, sorted; a folder holding ``.dcm`` files is one scan (not descended into)."""
+    """Every scan below ``folder``, sorted; a folder holding DICOM files is one scan (not descended into)."""
     found: list[Path] = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -80,14 +84,7 @@ def scans_in_folder(folder: Path) -> list[Path]:
 
 def read_prediction_table(path: Path) -> list[PredictionInput]:
     """Rows of a CSV/TSV with ``image`` (or ``image_*``) columns and an optional ``label`` column."""
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f, delimiter=delimiter)
-            columns = [c for c in (reader.fieldnames or []) if c is not None]
-            rows = list(reader)
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise UserError(f"{path}: not a readable {path.suffix.lstrip('.').upper()} table ({exc})") from None
+    columns, rows = read_table(path)  # UTF-8 or refused naming the row, as every table
     image_columns = [c for c in columns if c == "image" or c.startswith("image_")]
     if not image_columns:
         raise UserError(f"{path}: missing column 'image' (found: {', '.join(columns) or 'none'})")
@@ -100,10 +97,10 @@ def read_prediction_table(path: Path) -> list[PredictionInput]:
             value = (row.get(column) or "").strip()
             if not value:
                 raise UserError(f"{path}, row {line}: empty {column!r}")
-            image = (path.parent / value).resolve()
-            if not image.exists():
-                raise UserError(f"{path}, row {line}: image {value} not found (looked for {image})")
-            images.append(str(image))
+            candidate = path.parent / value
+            if not candidate.exists() and not candidate.is_symlink():
+                raise UserError(f"{path}, row {line}: image {value} not found (looked for {candidate.resolve()})")
+            images.append(str(resolve_path(candidate, f"{path}, row {line}")))
         label = (row.get("label") or "").strip() or None
         cases.append(PredictionInput(tuple(images), label))
     return cases

@@ -5,7 +5,9 @@ demand), the fingerprint and plan (:func:`read_header`), the leakage audit (:fun
 readers of the training and predict loader (:mod:`medconvnext.data.readers`, and so the cache, Grad-CAM and
 window maps). The voxel-to-world affine is decided by one rule:
 
-- **NIfTI**: :func:`nifti_affine`, nibabel's rule (the NIfTI-1 standard's): the sform when its code is > 0,
+- **NIfTI** (``.nii``, ``.nii.gz``, and ``.hdr`` + ``.img`` pairs; an Analyze 7.5 ``.hdr`` has no transform: nibabel's
+  pixdim affine, which assumes Analyze's radiological LAS): :func:`nifti_affine`, nibabel's rule (the NIfTI-1
+  standard's): the sform when its code is > 0,
   else the qform when its code is > 0, else the pixdim-only fallback. When both codes are > 0 and the two
   transforms disagree (:data:`XFORM_ATOL_MM`), the file is **refused** (:class:`GeometryError`) if they
   disagree on voxel spacing or on axis orientation: the voxels the model sees (after reorienting and
@@ -33,7 +35,7 @@ import numpy as np
 from medconvnext.data.capture import MedconvnextWarning, library_output, report
 from medconvnext.errors import UserError
 
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
+NIFTI_SUFFIXES = (".nii", ".nii.gz", ".hdr")  # .hdr: a NIfTI pair or an Analyze 7.5 header (+ its .img), nibabel
 SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 XFORM_ATOL_MM = 1e-3  # sform/qform entries closer than this (mm) agree: float32 storage is far finer
 SPACING_RTOL = 1e-3  # spacings within 0.1 % agree (the qform's are float32 pixdim, the sform's column norms)
@@ -75,6 +77,8 @@ def nifti_affine(image, path: str | Path | None = None) -> np.ndarray:
 
     path = str(path or image.get_filename() or "<image>")
     header = image.header
+    if "sform_code" not in header:  # Analyze 7.5 (.hdr/.img): no transforms, pixdim only (nibabel's affine)
+        return np.asarray(image.affine, dtype=float)
     s_code, q_code = int(header["sform_code"]), int(header["qform_code"])
     chosen = np.asarray(image.affine, dtype=float)  # nibabel: sform if code > 0, else qform if > 0, else pixdim
     if s_code <= 0 or q_code <= 0:
@@ -116,6 +120,9 @@ def read_itk_information(path: str | Path):
     """A SimpleITK ``ImageFileReader`` with the header read (no voxels); ImageError naming the file if it fails."""
     import SimpleITK as sitk
 
+    from medconvnext.data.detached import data_files  # detached imports this module's errors
+
+    data_files(path)  # a header's data file must exist inside its folder before ITK follows the path
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -208,10 +215,36 @@ def _sitk_header(path: Path) -> Header:
     return Header(str(path), tuple(int(s) for s in reader.GetSize()[:3]), affine)
 
 
-def is_dicom_folder(path: str | Path) -> bool:
-    """True for a folder that holds ``.dcm`` files (one DICOM series = one image)."""
+DICOM_PREAMBLE = 128  # a DICOM Part-10 file: 128 bytes of preamble, then the magic "DICM"
+NOT_DICOM_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".raw", ".hdr", ".img", ".json", ".csv",
+                      ".tsv", ".txt")
+
+
+def is_dicom_file(path: str | Path) -> bool:
+    """True for a DICOM file, recognised by its content (the Part-10 preamble and ``DICM``), whatever its name:
+    CD and PACS exports write ``IM0001`` or UIDs, Siemens consoles ``*.IMA``."""
     path = Path(path)
-    return path.is_dir() and any(p.suffix.lower() == ".dcm" for p in path.iterdir())
+    if path.suffix.lower() == ".dcm":
+        return path.is_file()
+    if path.name.lower().endswith(NOT_DICOM_SUFFIXES):
+        return False  # not read: a folder of large scans is not opened file by file
+    try:
+        with open(path, "rb") as f:
+            f.seek(DICOM_PREAMBLE)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def dicom_files(folder: str | Path) -> list[Path]:
+    """The DICOM files of a folder (by content, see :func:`is_dicom_file`), hidden files left out, sorted."""
+    return sorted(p for p in Path(folder).iterdir() if not p.name.startswith(".") and is_dicom_file(p))
+
+
+def is_dicom_folder(path: str | Path) -> bool:
+    """True for a folder that holds DICOM files (one DICOM series = one image), with or without a ``.dcm`` suffix."""
+    path = Path(path)
+    return path.is_dir() and any(not p.name.startswith(".") and is_dicom_file(p) for p in path.iterdir())
 
 
 def read_sitk_image(path: str | Path):
@@ -223,11 +256,13 @@ def read_sitk_image(path: str | Path):
     """
     import SimpleITK as sitk
 
+    from medconvnext.data.detached import data_files
     from medconvnext.data.dicom import read_dicom_series  # dicom imports this module's errors
 
     path = Path(path)
     if path.is_dir():
         return read_dicom_series(path)
+    data_files(path)
     try:
         with library_output() as captured:
             image = sitk.ReadImage(str(path))
@@ -271,9 +306,13 @@ def open_image(path: str | Path) -> OpenImage:
         ImageError: the geometry rule or the DICOM checks refuse it, or ITK cannot read it.
         ValueError: an ITK image of fewer than 3 dimensions.
     """
+    from medconvnext.data.detached import data_files
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError("no such file or folder")
+    if path.is_file():
+        data_files(path)  # a .hdr's .img, a .mhd's .raw: inside the header's folder and present, or refused
     if path.name.lower().endswith(NIFTI_SUFFIXES):
         import nibabel as nib
 

@@ -1,6 +1,19 @@
 """The one validator of input images, run by ``data check``, ``train``, ``cv``, ``evaluate`` and ``predict`` before
 any work or any write: readable, one value per voxel (not RGB), 3D (not a 2D slice, a one-slice volume or a 4D
-series), finite, non-constant, sane geometry.
+series), finite, non-constant, sane geometry, and values a scan can hold:
+
+- no voxel beyond :data:`MAX_ABS_VALUE` in magnitude. No CT (HU, extended scales included), MR or PET
+  (Bq/mL, SUV) voxel comes near it; a value beyond is a fill or "no data" value (3.0e38, near FLT_MAX) or a
+  scaling error (a NIfTI ``scl_slope`` of 1e37), and it would overflow float32 or collapse the per-case
+  normalisation;
+- a volume whose per-case z-score in float32 (what the model is fed) keeps fewer than 1/:data:`COLLAPSE_RATIO`
+  of its distinct values has collapsed: the model would see a blank volume (one extreme voxel dominates the
+  standard deviation). Both name the file, the value and the voxel.
+
+A case of several images (``image_t1,image_t2``: stacked as channels, each resampled onto the first image's grid)
+is refused when another image covers less than :data:`MIN_OVERLAP` of the first image's world box (the
+axis-aligned RAS box of its voxels): it would resample to a mostly empty channel (another field of view, another
+subject's scan, an unregistered series). The problem names the case, the image and the overlap.
 
 Headers are checked before any voxel is read, so a corrupt header claiming a huge size never allocates it. The
 result of each image is cached in ``<cache dir>/image_checks.json`` keyed by the digest of the file's bytes
@@ -25,6 +38,9 @@ from medconvnext.errors import UserError
 from medconvnext.fileio import write_json_cache
 
 MAX_AXIS = 4096
+MAX_ABS_VALUE = 1e7  # |voxel| beyond this is a fill value or a scaling error, not a measurement (module docstring)
+MIN_OVERLAP = 0.5  # another image of a case must cover at least half of the first image's world box
+COLLAPSE_RATIO = 10  # the normalised sample keeps fewer than 1/10 of its distinct values: refused
 MAX_VOXELS = 512 * 1024 * 1024  # 512 Mi voxels: 2 GiB as float32, more than any sane single scan
 CHECKS_CACHE_NAME = "image_checks.json"
 
@@ -46,6 +62,7 @@ class ImageReport:
     spacing: tuple[float, ...] = ()
     orientation: str = ""
     percentiles: tuple[float, ...] = ()  # 0.5, 50, 99.5
+    box: tuple[float, ...] = ()  # world (RAS) box of the voxels: x, y, z min then x, y, z max (mm)
 
 
 def validate_case(case: HasImages, max_voxels: int = MAX_VOXELS) -> list[str]:
@@ -56,8 +73,11 @@ def validate_case(case: HasImages, max_voxels: int = MAX_VOXELS) -> list[str]:
 def require_valid(cases: Sequence[HasImages], hint: str = "") -> None:
     """The gate of ``predict`` and ``evaluate``: UserError naming the first bad image and what is wrong with it
     (one line, plus how many more), before any model is loaded or anything written."""
-    reports = inspect_images([image for case in cases for image in case.images])
-    problems = [f"{r.path}: {p}" for r in reports for p in r.problems]
+    reports = iter(inspect_images([image for case in cases for image in case.images]))
+    per_case = [[next(reports) for _ in case.images] for case in cases]
+    for case, case_reports in zip(cases, per_case, strict=True):
+        add_overlap_problems(getattr(case, "case_id", ""), case_reports)
+    problems = [f"{r.path}: {p}" for case_reports in per_case for r in case_reports for p in r.problems]
     if problems:
         more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
         raise UserError(f"{problems[0]}{more}{hint}")
@@ -82,12 +102,36 @@ def validate_datalist(datalist: Datalist, skip_bad: bool = False) -> tuple[Datal
 def inspect_datalist(datalist: Datalist, max_voxels: int = MAX_VOXELS) -> list[tuple[Case, list[ImageReport]]]:
     """(case, one report per image) for every case, in order; all images inspected in one pass over the caches."""
     reports = iter(inspect_images([image for case in datalist.cases for image in case.images], max_voxels))
-    return [(case, [next(reports) for _ in case.images]) for case in datalist.cases]
+    out = [(case, [next(reports) for _ in case.images]) for case in datalist.cases]
+    for case, case_reports in out:
+        add_overlap_problems(case.case_id, case_reports)
+    return out
+
+
+def add_overlap_problems(case_id: str, reports: Sequence[ImageReport]) -> None:
+    """Add a problem to each image of a case that covers less than :data:`MIN_OVERLAP` of its first image's box."""
+    reference = reports[0] if reports else None
+    if reference is None or len(reference.box) != 6:
+        return
+    ref_lo, ref_hi = np.array(reference.box[:3]), np.array(reference.box[3:])
+    for report in reports[1:]:
+        if len(report.box) != 6:
+            continue  # unreadable: its own problem says why
+        lo, hi = np.maximum(ref_lo, report.box[:3]), np.minimum(ref_hi, report.box[3:])
+        overlap = float(np.prod(np.clip(hi - lo, 0, None)) / np.prod(ref_hi - ref_lo))
+        if overlap < MIN_OVERLAP:
+            case = f"case {case_id}: " if case_id else ""
+            report.problems.append(
+                f"{case}covers {overlap:.0%} of the world box of {Path(reference.path).name}, the case's first image "
+                f"(at least {MIN_OVERLAP:.0%} needed): resampled onto its grid this channel would be mostly empty; "
+                "give images of the same anatomy, registered to each other")
 
 
 def inspect_case(case: HasImages, max_voxels: int = MAX_VOXELS) -> list[ImageReport]:
-    """One report per image of the case."""
-    return inspect_images(case.images, max_voxels)
+    """One report per image of the case (with the overlap check of a case of several images)."""
+    reports = inspect_images(case.images, max_voxels)
+    add_overlap_problems(getattr(case, "case_id", ""), reports)
+    return reports
 
 
 def inspect_images(paths: Iterable[str | Path], max_voxels: int = MAX_VOXELS) -> list[ImageReport]:
@@ -125,7 +169,7 @@ def _cached_report(entry: object, path: str | Path) -> ImageReport | None:
     try:
         return ImageReport(str(path), [str(p) for p in entry["problems"]], tuple(entry["shape"]),
                            int(entry["channels"]), tuple(entry["spacing"]), str(entry["orientation"]),
-                           tuple(entry["percentiles"]))
+                           tuple(entry["percentiles"]), tuple(entry["box"]))
     except (KeyError, TypeError, ValueError):
         return None
 
@@ -161,17 +205,26 @@ def _inspect_image(path: str | Path, max_voxels: int) -> ImageReport:
     if report.problems:
         return report  # don't read voxels whose header is already wrong
     report.spacing = tuple(round(float(v), 4) for v in np.linalg.norm(affine[:3, :3], axis=0))
+    report.box = _world_box(affine, shape[:3])
     report.orientation = _orientation(affine)
     try:
         data = opened.load()
     except Exception as exc:  # noqa: BLE001
         report.problems.append(f"cannot read the voxels, truncated or corrupt file ({_reason(exc)})")
         return report
-    report.problems += _voxel_problems(data)
+    report.problems += _voxel_problems(data) or _value_problems(Path(path), data)
     if not report.problems:
         sample = data.reshape(-1)[:: max(1, data.size // 1_000_000)]  # a strided sample keeps this cheap
         report.percentiles = tuple(float(v) for v in np.percentile(sample, [0.5, 50, 99.5]))
     return report
+
+
+def _world_box(affine: np.ndarray, shape: Sequence[int]) -> tuple[float, ...]:
+    """The axis-aligned RAS box (mm) around the voxels' outer faces: min x, y, z then max x, y, z."""
+    corners = np.array([[i, j, k] for i in (-0.5, shape[0] - 0.5) for j in (-0.5, shape[1] - 0.5)
+                        for k in (-0.5, shape[2] - 0.5)])
+    world = corners @ affine[:3, :3].T + affine[:3, 3]
+    return tuple(round(float(v), 4) for v in (*world.min(axis=0), *world.max(axis=0)))
 
 
 def _component_problems(path: Path, shape: tuple[int, ...]) -> list[str]:
@@ -248,6 +301,42 @@ def _voxel_problems(data: np.ndarray) -> list[str]:
     if data.size and data.min() == data.max():
         return [f"every voxel equals {data.reshape(-1)[0]} (an empty or blank volume)"]
     return []
+
+
+def _value_problems(path: Path, data: np.ndarray) -> list[str]:
+    """Values no scan holds, or a normalisation they would collapse (the module docstring)."""
+    data = np.asarray(data)
+    if not np.issubdtype(data.dtype, np.number) or data.dtype.itemsize < 4 and np.issubdtype(data.dtype, np.integer):
+        return []  # 8- and 16-bit integers cannot reach the bound
+    lo, hi = float(data.min()), float(data.max())  # no float64 copy of a full-size CT
+    if max(abs(lo), abs(hi)) > MAX_ABS_VALUE:
+        return [f"{_extreme(data, lo, hi)} is beyond {MAX_ABS_VALUE:g} in magnitude, which no CT, MR or PET value "
+                f"reaches (a fill value or a scaling error{_scaling(path)}); fix or mask it in the file"]
+    sample = data.reshape(-1)[:: max(1, data.size // 1_000_000)].astype(np.float32)
+    normalised = (sample - sample.mean(dtype=np.float32)) / max(float(sample.std(dtype=np.float32)), 1e-30)
+    before, after = len(np.unique(sample)), len(np.unique(normalised.astype(np.float32)))
+    if after * COLLAPSE_RATIO < before:
+        return [f"{_extreme(data, lo, hi)} dominates the normalisation: its {before} distinct values collapse to "
+                f"{after} after the per-case z-score (the model would see a blank volume); fix or mask that value "
+                "in the file"]
+    return []
+
+
+def _extreme(data: np.ndarray, lo: float, hi: float) -> str:
+    """``value 3e+38 at voxel (0, 0, 0)``: the value farthest from zero and where it is."""
+    flat = int(np.argmax(data)) if abs(hi) >= abs(lo) else int(np.argmin(data))
+    where = np.unravel_index(flat, data.shape)
+    return f"value {float(data[where]):.4g} at voxel {tuple(int(i) for i in where[:3])}"
+
+
+def _scaling(path: Path) -> str:
+    """``, scl_slope 1e+37`` for a NIfTI whose header scales its values, else ''."""
+    if not path.name.lower().endswith(NIFTI_SUFFIXES):
+        return ""
+    import nibabel as nib
+
+    slope, inter = nib.load(str(path)).dataobj.slope, nib.load(str(path)).dataobj.inter
+    return f" such as scl_slope {slope:g}, scl_inter {inter:g}" if (slope, inter) != (1.0, 0.0) else ""
 
 
 _checks_source: str | None = None

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from medconvnext.data.datalist import Case, Datalist, load_datalist
+from medconvnext.data.datalist import Case, Datalist, load_datalist, same_label
 from medconvnext.data.leakage import LeakageReport, audit_run, enforce
 from medconvnext.data.validate import require_valid
 from medconvnext.engine.inference import FoldEnsemble
@@ -158,8 +158,10 @@ def evaluate_run_on(
     classes = ensemble.class_names
     unknown = sorted({c.label for c in labelled} - set(classes))
     if unknown:
+        twin = same_label(unknown[0], classes)  # '00' for the run's '0': one class written two ways
+        hint = f"; the run writes it {twin!r}: use that spelling" if twin else ""
         raise UserError(f"--data {datalist.source}: label {unknown[0]!r} is not one of the model's classes "
-                        f"({', '.join(classes)})")
+                        f"({', '.join(classes)}){hint}")
     # the mean of every member's probabilities (each keeps its own preprocessing)
     probs = ensemble.predict_files([list(c.images) for c in labelled])
     require_finite([c.images[0] for c in labelled], probs)

@@ -7,23 +7,33 @@ defaults stay as they were (no workers): the training itself uses every core the
 
 ``data.augment_on = device`` runs the random augmentation (MONAI dictionary transforms, per case) on the batch
 after it reached the training device, so the loader only indexes the cache and collates.
+
+Every DataLoader of ``train`` and ``pretrain`` comes from :func:`make_loader` (:func:`training_loader` for the
+shuffled batches): the device's options and :func:`seed_worker`, which gives each worker its own random streams.
+Forked workers inherit a copy of every random state of the parent, MONAI's random transforms included, so
+without it worker 1 replays worker 0's augmentation exactly (pytorch#5059; ``shared/bugs/18``). The random
+transforms are seeded per epoch with :func:`epoch_seed`, which includes the rank.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from monai import transforms as mt
 from monai.data import set_track_meta
 from monai.data.meta_obj import get_track_meta
-from torch.utils.data import default_collate
+from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler, default_collate
 
 from medconvnext.config import DataConfig
 from medconvnext.data.transforms import IMAGE
+from medconvnext.engine import distributed as dist
 from medconvnext.errors import UserError
 
 AUGMENT_ON = ("loader", "device")
@@ -62,7 +72,7 @@ def loader_options(cfg: DataConfig, device: torch.device) -> dict[str, Any]:
     """Keyword arguments for a DataLoader on ``device``: workers, pinning, persistence, prefetch, collation.
 
     ``persistent_workers`` keeps the workers (and their copy of the dataset) across epochs; the random
-    transforms in them are then seeded once per run rather than per epoch (see the trainer's ``_seed_worker``),
+    transforms in them are then seeded once per run rather than per epoch (see :func:`seed_worker`),
     which changes nothing for a run that is not resumed.
     """
     workers = auto_num_workers(device) if cfg.num_workers is None else cfg.num_workers
@@ -73,6 +83,48 @@ def loader_options(cfg: DataConfig, device: torch.device) -> dict[str, Any]:
             options["persistent_workers"] = True
             options["prefetch_factor"] = CUDA_PREFETCH_FACTOR
     return options
+
+
+def make_loader(dataset: Any, batch_size: int, cfg: DataConfig, device: torch.device, **options: Any) -> DataLoader:
+    """The one DataLoader factory: ``cfg``'s options for ``device`` (:func:`loader_options`) and worker seeding
+    (:func:`seed_worker`); ``options`` (sampler, shuffle, drop_last, generator) go to the DataLoader."""
+    return DataLoader(dataset, batch_size=batch_size, worker_init_fn=seed_worker, **options,
+                      **loader_options(cfg, device))
+
+
+def training_loader(dataset: Any, batch_size: int, cfg: DataConfig, device: torch.device, seed: int,
+                    generator: torch.Generator, weights: Sequence[float] | None = None) -> DataLoader:
+    """Shuffled batches (class-balanced when ``weights`` are given, split over the ranks when distributed); the
+    seeded ``generator`` makes the order reproducible. The last partial batch is dropped when a rank has more
+    than one batch (a BatchNorm batch of one case fails)."""
+    sampler: Any = None
+    if dist.is_distributed():
+        sampler = DistributedSampler(dataset, dist.world_size(), dist.rank(), shuffle=True, seed=seed)
+    elif weights is not None:
+        sampler = WeightedRandomSampler(list(weights), num_samples=len(dataset), replacement=True, generator=generator)
+    per_rank = math.ceil(len(dataset) / dist.world_size())  # what a DistributedSampler gives each rank
+    return make_loader(dataset, batch_size, cfg, device, shuffle=sampler is None, sampler=sampler,
+                       drop_last=per_rank > batch_size, generator=generator)
+
+
+def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
+    """The seed of the random transforms of ``epoch`` on this rank (``stream`` tells two generators apart): a
+    resumed run augments exactly as an uninterrupted one, and ranks draw different augmentations."""
+    salt, step = ((100_003, 1_009), (100_019, 1_013))[stream]
+    return (seed * salt + epoch * step + dist.rank()) % 2**32
+
+
+def seed_worker(worker_id: int) -> None:
+    """Give each loader worker its own reproducible random streams: torch seeds each worker from the loader's
+    generator (base seed + worker id); Python's, NumPy's and the dataset's MONAI transforms are seeded from it."""
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+    info = torch.utils.data.get_worker_info()
+    dataset = info.dataset if info is not None else None
+    transform = getattr(dataset, "transform", None)
+    if hasattr(transform, "set_random_state"):
+        transform.set_random_state(seed=seed)
 
 
 def plain_collate(batch: Sequence[Any]) -> Any:

@@ -215,12 +215,16 @@ class Predictor:
         transform = pipeline or self.pipeline(crop)
         try:
             with reporting(str(paths[0])):  # what MONAI warns about on the way: one line naming the scan
-                return transform({"image": str(paths[0]) if len(paths) == 1 else [str(p) for p in paths]})["image"]
+                volume = transform({"image": str(paths[0]) if len(paths) == 1 else [str(p) for p in paths]})["image"]
         except Exception as exc:  # noqa: BLE001 - MONAI wraps reader errors in RuntimeError
             cause = _innermost(exc)
             if isinstance(cause, UserError):  # the reader's own one line (geometry rule, DICOM checks)
                 raise cause from None
             raise UserError(f"{paths[0]}: cannot read or preprocess the image ({_root_cause(exc)})") from None
+        if not torch.isfinite(torch.as_tensor(volume)).all():  # the scan's doing, never blamed on the model
+            raise UserError(f"{paths[0]}: the preprocessed scan holds NaN/Inf values (its values overflow float32, "
+                            "or its normalisation divided by zero); nothing was predicted")
+        return volume
 
     def predict_case(self, images: ImagePaths) -> VolumePrediction:
         """One case (a path, or several stacked as channels) with the configured inference mode and TTA."""

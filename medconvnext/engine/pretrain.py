@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from medconvnext.config import Config, load_config, save_config
-from medconvnext.data.datalist import Case, Datalist, case_id_from_path, is_image_file, load_datalist
+from medconvnext.data.datalist import Case, Datalist, case_id_from_path, is_image_file, load_datalist, resolve_path
 from medconvnext.data.dataset import make_dataset
 from medconvnext.data.fingerprint import compute_fingerprint, plan_preprocessing
 from medconvnext.data.pipeline import PreprocessingPipeline
@@ -33,7 +33,7 @@ from medconvnext.data.validate import require_valid, validate_datalist
 from medconvnext.engine import distributed as dist
 from medconvnext.engine.checkpoint import atomic_write, save_checkpoint, unwrap_model
 from medconvnext.engine.devices import as_model_input, autocast, needs_grad_scaler
-from medconvnext.engine.feeding import loader_options, plain
+from medconvnext.engine.feeding import epoch_seed, plain, training_loader
 from medconvnext.engine.optim import param_groups, warmup_cosine
 from medconvnext.engine.provenance import environment_info
 from medconvnext.engine.resume import load_training_state, rng_states, save_training_state, set_rng_states
@@ -74,7 +74,7 @@ def pretrain_cases(data: str | Path, include_test: bool = False) -> tuple[list[C
     if path.is_dir() and not any((path / n).is_file() for n in ("labels.csv", "labels.tsv", "datalist.json")):
         scans = sorted(p for p in path.iterdir() if not p.name.startswith(".") and is_image_file(p))
         if scans:
-            return [Case(case_id_from_path(p), (str(p.resolve()),), None) for p in scans], str(path)
+            return [Case(case_id_from_path(p), (str(resolve_path(p, str(path))),), None) for p in scans], str(path)
     datalist = load_datalist(path, for_training=False)
     return [c for c in datalist.cases if include_test or c.split != "test"], datalist.source
 
@@ -190,12 +190,9 @@ def _fit(config: Config, run: RunDir, cases: list[Case], plan: Preprocessing, op
     transform = PreprocessingPipeline(plan).training(config.data.augment)
     dataset = make_dataset(records, transform, config.data.cache, cache_dir=config.data.cache_dir)
     generator = torch.Generator().manual_seed(cfg.seed)
-    sampler = (DistributedSampler(dataset, dist.world_size(), dist.rank(), shuffle=True, seed=cfg.seed)
-               if dist.is_distributed() else None)
-    per_rank = math.ceil(len(dataset) / dist.world_size())
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
-                        drop_last=per_rank > cfg.batch_size, generator=generator,
-                        **loader_options(config.data, device))
+    # train's loader factory: worker seeding, so two workers never replay one augmentation (shared/bugs/18)
+    loader = training_loader(dataset, cfg.batch_size, config.data, device, cfg.seed, generator)
+    sampler = loader.sampler if isinstance(loader.sampler, DistributedSampler) else None
     optimizer = torch.optim.AdamW(param_groups(fcmae, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
     scheduler = warmup_cosine(optimizer, cfg.warmup_epochs * len(loader), cfg.epochs * len(loader))
     scaler = torch.amp.GradScaler("cuda", enabled=needs_grad_scaler(device, cfg.amp))
@@ -223,9 +220,9 @@ def _fit(config: Config, run: RunDir, cases: list[Case], plan: Preprocessing, op
             "environment": environment_info()}
     for epoch in range(start, cfg.epochs + 1):
         began = time.perf_counter()
-        # MONAI's random transforms keep their own states: seeded per epoch, as in train, so a resumed run
-        # augments exactly as an uninterrupted one; the masks get their own generator per epoch and rank
-        transform.set_random_state(seed=(cfg.seed * 100_003 + epoch * 1_009) % 2**32)
+        # MONAI's random transforms keep their own states: seeded per epoch and rank, as in train, so a resumed
+        # run augments exactly as an uninterrupted one; the masks get their own generator per epoch and rank
+        transform.set_random_state(seed=epoch_seed(cfg.seed, epoch))
         if sampler is not None:
             sampler.set_epoch(epoch)
         masks = torch.Generator().manual_seed((cfg.seed * 1_000_003 + epoch * 7_919 + dist.rank() * 104_729) % 2**63)

@@ -37,6 +37,7 @@ from medconvnext.engine import distributed as dist
 from medconvnext.engine.checkpoint import atomic_write, save_checkpoint, unwrap_model
 from medconvnext.engine.devices import as_model_input, autocast, enable_fast_kernels
 from medconvnext.engine.ema import recompute_batchnorm
+from medconvnext.engine.feeding import epoch_seed
 from medconvnext.engine.loop import EpochHooks, EpochStats, Loop, build_loop, loop_state, restore_loop, run_epochs
 from medconvnext.engine.optim import param_groups, warmup_cosine
 from medconvnext.engine.provenance import environment_info
@@ -237,9 +238,9 @@ class _RunHooks(EpochHooks):
         # the augmentation of epoch e is then the same whether or not the run was resumed before it
         seed = self.cfg.seed
         if hasattr(loop.train_transform, "set_random_state"):
-            loop.train_transform.set_random_state(seed=(seed * 100_003 + epoch * 1_009 + dist.rank()) % 2**32)
+            loop.train_transform.set_random_state(seed=epoch_seed(seed, epoch))
         if loop.augment is not None:
-            loop.augment.set_random_state(seed=(seed * 100_019 + epoch * 1_013 + dist.rank()) % 2**32)
+            loop.augment.set_random_state(seed=epoch_seed(seed, epoch, stream=1))
         sampler = getattr(self.data.train_loader, "sampler", None)
         if isinstance(sampler, DistributedSampler):
             sampler.set_epoch(epoch)

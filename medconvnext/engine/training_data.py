@@ -5,13 +5,12 @@ batches on which an EMA's BatchNorm statistics are recomputed."""
 from __future__ import annotations
 
 import os
-import random
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
+from torch.utils.data import DataLoader
 
 from medconvnext.config import Config
 from medconvnext.data.dataset import case_records, make_dataset
@@ -19,7 +18,7 @@ from medconvnext.data.pipeline import PreprocessingPipeline
 from medconvnext.data.transforms import augmentation_transforms
 from medconvnext.engine import distributed as dist
 from medconvnext.engine.ema import has_batchnorm
-from medconvnext.engine.feeding import BatchAugment, loader_options
+from medconvnext.engine.feeding import BatchAugment, loader_options, make_loader, training_loader
 from medconvnext.engine.inference import check_inference
 from medconvnext.engine.setup import RunSetup
 from medconvnext.engine.validation import Tiling
@@ -85,7 +84,7 @@ def training_data(setup: RunSetup, generator: torch.Generator) -> TrainingData:
     counts = class_counts(train_records, len(datalist.classes))
     train_loader = _train_loader(train_ds, train_records, counts, config, generator, device)
     # uncropped volumes differ in size, so they go one at a time
-    val_loader = DataLoader(val_part, batch_size=1 if tiled else config.train.batch_size, **feed)
+    val_loader = make_loader(val_part, 1 if tiled else config.train.batch_size, config.data, device)
     augment = BatchAugment(augmentation_transforms(config.data.augment, plan.input_size)) if on_device else None
     tiling = (config.inference, plan.input_size) if tiled else None
     bn_loader = None
@@ -93,7 +92,7 @@ def training_data(setup: RunSetup, generator: torch.Generator) -> TrainingData:
         bn_records = _bn_records(train_records, config.train.ema_bn_batches * config.train.batch_size)
         bn_ds = make_dataset(bn_records, PreprocessingPipeline(plan).deterministic("cropped"), config.data.cache,
                              feed["num_workers"], cache_dir=config.data.cache_dir)
-        bn_loader = DataLoader(bn_ds, batch_size=config.train.batch_size, **feed)
+        bn_loader = make_loader(bn_ds, config.train.batch_size, config.data, device)
     return TrainingData(train_loader, val_loader, train_transform, augment, tiling, counts, bn_loader)
 
 
@@ -140,28 +139,6 @@ def _train_loader(
     device: torch.device,
 ) -> DataLoader:
     """Shuffled (or class-balanced, or distributed) batches; the seeded generator makes the order reproducible."""
-    cfg = config.train
-    sampler: Any = None
-    if dist.is_distributed():
-        sampler = DistributedSampler(train_ds, dist.world_size(), dist.rank(), shuffle=True, seed=cfg.seed)
-    elif cfg.balance == "sampler":
-        weights = [1.0 / counts[r["label"]] for r in records]
-        sampler = WeightedRandomSampler(weights, num_samples=len(records), replacement=True, generator=generator)
-    per_rank = len(train_ds) // dist.world_size()
-    return DataLoader(
-        train_ds, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
-        drop_last=per_rank > cfg.batch_size, generator=generator, worker_init_fn=_seed_worker,
-        **loader_options(config.data, device),
-    )
-
-
-def _seed_worker(worker_id: int) -> None:
-    """Give each loader worker its own reproducible random streams (torch seeds it from the loader's generator)."""
-    seed = torch.initial_seed() % 2**32
-    random.seed(seed)
-    np.random.seed(seed)
-    info = torch.utils.data.get_worker_info()
-    dataset = info.dataset if info is not None else None
-    transform = getattr(dataset, "transform", None)
-    if hasattr(transform, "set_random_state"):
-        transform.set_random_state(seed=seed)
+    weights = [1.0 / counts[r["label"]] for r in records] if config.train.balance == "sampler" else None
+    return training_loader(train_ds, config.train.batch_size, config.data, device, config.train.seed, generator,
+                           weights)

@@ -164,6 +164,11 @@ def read_predictions(csv_path: str | Path) -> Predictions:
             rows = list(reader)
     except OSError as exc:
         raise UserError(f"{path}: cannot read predictions ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:  # a table re-saved by a spreadsheet in latin-1 / cp1252
+        raise UserError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at position {exc.start}); "
+                        "save the table as UTF-8") from None
+    except csv.Error as exc:
+        raise UserError(f"{path}: not a readable CSV table ({exc})") from None
     return predictions_from_rows(rows, source=str(path))
 
 
