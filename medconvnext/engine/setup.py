@@ -42,6 +42,7 @@ from medconvnext.engine.provenance import environment_info
 from medconvnext.engine.resume import load_training_state
 from medconvnext.engine.warm_start import check_init_compatible
 from medconvnext.errors import UserError
+from medconvnext.fileio import start_manifest, write_json
 from medconvnext.models import create_model, get_entry
 from medconvnext.rundir import RunDir
 
@@ -163,8 +164,10 @@ def prepare_resume(run_dir: str | Path, epochs: int | None, device: str | None) 
         raise UserError(f"--resume {run.root}: --epochs {epochs}, but the run has trained {done} "
                         f"epoch{'s' * (done != 1)} already; pass --epochs N (more than {done}) to extend it, or "
                         "leave --epochs out to finish it as planned")
-    if dist.is_main() and (epochs is not None or device is not None):
-        save_config(config, run.config)
+    if dist.is_main():
+        start_manifest(run.root, "train")  # a run from before the manifest records what it writes from now on
+        if epochs is not None or device is not None:
+            save_config(config, run.config)
     return RunSetup(config, run, datalist, split, plan, torch_device, _seeded_model(config, datalist), state)
 
 
@@ -314,8 +317,8 @@ def _write_run_files(
         "skipped_bad_cases": skipped,
         "environment": environment_info(),
     }
-    run.dataset.write_text(json.dumps(dataset, indent=2), encoding="utf-8")
-    run.splits.write_text(json.dumps(split.to_dict(), indent=2), encoding="utf-8")
+    write_json(run.dataset, dataset)
+    write_json(run.splits, split.to_dict())
 
 
 def run_plan(setup: RunSetup, model: nn.Module, steps_per_epoch: int, start_epoch: int) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from medconvnext.fileio import atomic_write
 from medconvnext.reports import plots
 from medconvnext.reports.document import Doc, to_html, to_markdown
 from medconvnext.reports.operating import criterion_text, section_rows
@@ -340,6 +341,7 @@ def write_report(
     doc = _build(title, summary, figures, logs, note)
     md_path = run_dir / REPORT_FILES["markdown"]
     html_path = run_dir / REPORT_FILES["html"]
-    md_path.write_text(to_markdown(doc), encoding="utf-8")
-    html_path.write_text(to_html(doc, title), encoding="utf-8")
+    markdown, html = to_markdown(doc), to_html(doc, title)
+    atomic_write(md_path, lambda tmp: tmp.write_text(markdown, encoding="utf-8"))
+    atomic_write(html_path, lambda tmp: tmp.write_text(html, encoding="utf-8"))
     return {"markdown": md_path, "html": html_path, **figures}

@@ -91,7 +91,7 @@ def report_run(run_dir: str | Path, n_boot: int = 1000, seed: int = 0,
     fit = {"target_sensitivity": target_sensitivity}
     if run.is_cv():
         return _cv_report(run, n_boot, seed, fit)
-    if run.predictions.is_file():
+    if run.is_evaluation():
         meta = {}
         if run.evaluation.is_file():
             meta = json.loads(run.evaluation.read_text(encoding="utf-8"))

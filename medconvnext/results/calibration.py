@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from medconvnext.errors import UserError
+from medconvnext.fileio import atomic_write
 from medconvnext.results.table import TEST_FOLD, Predictions, read_predictions
 from medconvnext.rundir import RunDir
 
@@ -256,7 +257,8 @@ def check_calibration_matches(calibration: Calibration, run_root: str | Path, pa
 
 def save_calibration(path: str | Path, calibration: Calibration) -> Path:
     path = Path(path)
-    path.write_text(json.dumps(asdict(calibration), indent=2) + "\n", encoding="utf-8")
+    text = json.dumps(asdict(calibration), indent=2) + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return path
 
 
