@@ -266,7 +266,8 @@ def _cross_validate(config: Config, run: RunDir, folds: int, repeats: int, group
     if test:
         log(f"test: predicting {len(test)} case(s) with the ensemble of {len(fold_list)} fold models")
         _write_test_predictions(run, datalist, test, config.train.device)
-    report = report_run(run.root, n_boot=n_boot, seed=0, target_sensitivity=target_sensitivity)
+    # its own folder: files of an earlier report it continues are replaced (a cv from before the manifest: all)
+    report = report_run(run.root, n_boot=n_boot, seed=0, target_sensitivity=target_sensitivity, overwrite=True)
     set_state(run.root, "complete")
     return CvResult(run.root, results, report.summary, report.files)
 

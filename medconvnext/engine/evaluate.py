@@ -181,7 +181,7 @@ def evaluate_run_on(
         write_prediction_table(target.predictions, [c.images[0] for c in labelled], probs, classes,
                                labels=[c.label for c in labelled])
         write_json(target.evaluation, meta)
-        written = report_run(out_dir, n_boot=n_boot, seed=seed)
+        written = report_run(out_dir, n_boot=n_boot, seed=seed, overwrite=True)  # its own folder, just prepared
         set_state(out_dir, "complete")
     return EvaluationResult(out_dir, len(labelled), models, written.summary, written.files, report,
                             len(chosen) - len(labelled))
