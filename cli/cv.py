@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from medconvnext.cli import _options as options
-from medconvnext.cli._common import console, print_table, run_guarded
+from medconvnext.cli._common import console, print_table, resume_hint, run_guarded
 
 
 def cv(
@@ -59,7 +59,9 @@ def cv(
         if main:  # under torchrun only rank 0 reports
             render_summary(result.summary, result.report, result.run_dir)
 
-    run_guarded(work)
+    started = resume_hint(out, "")
+    run_guarded(work, lambda: started() and "rerun the same `medconvnext cv` command to continue it (finished folds "
+                                            "are kept)")
 
 
 def render_summary(summary: dict, files: dict, where: Path, label: str = "all") -> None:
