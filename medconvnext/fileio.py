@@ -104,17 +104,17 @@ def read_manifest(folder: str | Path) -> dict[str, Any] | None:
     return manifest
 
 
-def start_manifest(folder: str | Path, kind: str) -> None:
-    """Give ``folder`` a manifest (kept when it has one: a resumed run goes on with its own) and register the
-    folder with the manifest up to two levels up (a fold with its cross-validation), so the folder is deleted
-    with it."""
+def start_manifest(folder: str | Path, kind: str, register: bool = True) -> None:
+    """Give ``folder`` a manifest (kept when it has one: a resumed run goes on with its own) and, with ``register``,
+    register the folder with the manifest up to two levels up (a fold with its cross-validation), so the folder is
+    deleted with it."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if read_manifest(folder) is None:
         _write_manifest(folder, {"format": MANIFEST_FORMAT, "written_by": "medconvnext", "kind": kind,
                                  "state": "", "files": {}, "folders": []})
     for level, parent in enumerate(folder.parents):
-        if level >= _PARENT_LEVELS:
+        if level >= _PARENT_LEVELS or not register:
             break
         if (parent / MANIFEST).is_file():
             name = folder.relative_to(parent).as_posix()

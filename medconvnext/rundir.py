@@ -230,6 +230,10 @@ class RunDir:
         set_state(self.root, "running")
         return kept
 
+    def removal_plan(self) -> tuple[list[Path], list[Path]]:
+        """(the files :meth:`remove_run_files` would delete, the files it would keep relative to the folder)."""
+        return _plan_removal(self.root)
+
     def remove_run_files(self) -> list[Path]:
         """Delete what medconvnext wrote here: every file its manifest lists (and those of the fold and evaluation
         folders registered in it) whose bytes still match, the manifests, leftover temporary files and folders left

@@ -158,3 +158,48 @@ def test_resume_checks_the_data_again(tmp_path):
     assert result.exit_code == 2, result.output
     assert "c03.nii.gz: 1 NaN/Inf voxel(s)" in result.output and "the run's data changed" in result.output
     assert _files(out) == before
+
+
+def _removes_everything_it_wrote(run: Path, tmp_path: Path, mine: dict[str, bytes]) -> None:
+    """A copy of the run, its manifest-listed files removed: only the user's files are left."""
+    copy = tmp_path / "copy_of_run"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(run, copy)
+    assert sorted(p.as_posix() for p in RunDir(copy).remove_run_files()) == sorted(mine)
+    assert _files(copy) == mine
+
+
+def test_cv_and_evaluate_record_every_file_and_keep_the_users(tmp_path):
+    data = good_dataset(tmp_path / "data")
+    out = tmp_path / "cv"
+    cv = ["cv", "--data", str(data), "--out", str(out), *TINY, "--folds", "2", "--n-boot", "0"]
+    assert runner.invoke(app, cv).exit_code == 0
+    evaluate = ["evaluate", str(out), "--data", str(data), "--split", "all", "--n-boot", "0", "--device", "cpu"]
+    assert runner.invoke(app, evaluate).exit_code == 0  # into cv/eval_all, registered with the cv's manifest
+    mine = {"notes.txt": b"mine", "fold_0/my_plot.png": b"png", "eval_all/for_paper.svg": b"<svg/>"}
+    for name, content in mine.items():
+        (out / name).write_bytes(content)
+    _removes_everything_it_wrote(out, tmp_path, mine)
+    assert runner.invoke(app, evaluate).exit_code == 0  # an earlier evaluation is replaced, the user's file kept
+    assert (out / "eval_all" / "for_paper.svg").read_bytes() == b"<svg/>"
+    result = runner.invoke(app, [*cv, "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert {name: (out / name).read_bytes() for name in mine} == mine
+    assert (out / "fold_1" / "checkpoint_best.safetensors").is_file()
+
+
+def test_pretrain_records_every_file(tmp_path):
+    data = good_dataset(tmp_path / "data")
+    out = tmp_path / "pre"
+    args = ["pretrain", "--data", str(data), "--out", str(out), "--epochs", "1", "--model", "convnext_atto",
+            "--set", "model.args.dims=[8,16,24,32]", "--set", "model.args.depths=[1,1,1,1]", "--set",
+            "model.args.kernel_size=3", "--set", "preprocessing.input_size=[32,32,32]", "--device", "cpu",
+            "--batch-size", "4", "--set", "train.warmup_epochs=0"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (out / "notes.txt").write_bytes(b"mine")
+    _removes_everything_it_wrote(out, tmp_path, {"notes.txt": b"mine"})
+    again = runner.invoke(app, args)
+    assert again.exit_code == 2 and "already holds a run; pass --overwrite" in again.output
+    assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
+    assert (out / "notes.txt").read_bytes() == b"mine"

@@ -193,6 +193,8 @@ def _train_fold(
     else:
         log(f"{name} ({position}/{total}): training on {len(fold.split.train)} cases, "
             f"validating on {len(fold.split.val)}")
+        if folder.root.is_dir():  # the cv's own fold folder, holding only what the user left in it: a run again
+            start_manifest(folder.root, "train")
         result = train(config, folder.root, overwrite=True, callbacks=callbacks, split=fold.split, audit=False,
                        validated=True)
         action = "trained"
