@@ -88,7 +88,9 @@ def render_summary(summary: dict, files: dict, where: Path, label: str = "all") 
                 f"operating point ({op['criterion']}): P({op['positive_class']}) >= {op['threshold']:.3f} gives "
                 f"sensitivity {_fmt(op['sensitivity'])} ({_interval(ci['sensitivity'])}), specificity "
                 f"{_fmt(op['specificity'])} ({_interval(ci['specificity'])})", highlight=False)
-        if cal.get("temperature_fitted", True):
+        if cal.get("temperature_fitted", True) and not cal.get("temperature_applied", True):
+            console.print(f"calibration: {cal['temperature_note']} (T = 1)", highlight=False)
+        elif cal.get("temperature_fitted", True):
             console.print(f"calibration: T = {cal['temperature']:.3f}, ECE {cal['ece_before']:.3f} -> "
                           f"{cal['ece_after']:.3f}", highlight=False)
         else:

@@ -35,6 +35,9 @@ def test_readme_first_command_then_report_and_threshold_auto(tmp_path):
                                "--output", str(run / "predictions.csv")])  # its own earlier file: replaced
     assert auto.exit_code == 0, auto.output
     assert "P(" in auto.output and "wrote" in auto.output
+    # 12 validation cases: no temperature is fitted, and both report and predict say why (no 0/1 probabilities)
+    assert "calibration: not fitted: " in " ".join(report.output.split())
+    assert "calibration: temperature not fitted: " in " ".join(auto.output.split())
 
 
 def test_predict_output_onto_a_file_it_did_not_write_refuses(tmp_path):

@@ -118,7 +118,8 @@ def predict_scans(
     probs = np.stack([r.probabilities for r in results])
     require_finite([case.image for case in cases], probs)
     temperature = None
-    if calibration is not None and calibrate is not False and len(models) == 1:  # an ensemble's is T = 1
+    if (calibration is not None and calibrate is not False and len(models) == 1  # an ensemble's is T = 1
+            and calibration.temperature_applied):
         probs = calibration.calibrate(probs)
         temperature = calibration.temperature
     if window_map is not None:
@@ -151,8 +152,12 @@ def run_calibration(model: Path, calibrate: bool | None, threshold: str | None, 
         raise UserError(f"{run.calibration}: classes {calibration.class_names} differ from the model's {names}")
     served = calibration.for_tta() if tta else None
     calibration = served if served is not None else calibration
-    log(f"calibration: T = {calibration.temperature:.3f} ({calibration.fitted_on})"
-        + (", not applied (--no-calibrate)" if calibrate is False else ""))
+    if not calibration.temperature_applied:  # the run's rule kept T = 1: say so, and why
+        log(f"calibration: temperature {calibration.temperature_note} ({calibration.fitted_on}); probabilities "
+            "uncalibrated")
+    else:
+        log(f"calibration: T = {calibration.temperature:.3f} ({calibration.fitted_on})"
+            + (", not applied (--no-calibrate)" if calibrate is False else ", applied"))
     return calibration, served is not None
 
 

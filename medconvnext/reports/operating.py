@@ -8,17 +8,15 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 
 import numpy as np
 
 from medconvnext.results.calibration import (
-    T_MAX,
     Calibration,
     apply_temperature,
+    choose_temperature,
     choose_threshold,
-    fit_temperature,
     nll,
     sensitivity_specificity,
 )
@@ -32,18 +30,20 @@ def fit_run_calibration(pooled: Predictions, fitted_on: str, target_sensitivity:
                         ) -> Calibration | None:
     """Temperature on ``pooled`` and, for two classes, the threshold on the calibrated positive probability.
 
-    Returns None when the predictions cannot be calibrated (a single class, fewer than 2 cases).
+    The temperature is used only when it earns its place (:func:`~medconvnext.results.calibration.
+    choose_temperature`: enough cases of every class, not at a bound, a better cross-validated NLL); else it is 1
+    and ``temperature_note`` says why. Returns None when the predictions cannot be calibrated (a single class,
+    fewer than 2 cases).
     """
-    try:
-        temperature = fit_temperature(pooled.probs, pooled.y_true)
-    except ValueError:
+    if pooled.y_true.size < 2 or np.unique(pooled.y_true).size < 2:
         return None
     names = list(pooled.class_names)
-    if temperature >= T_MAX:  # the NLL wanted every probability at 1/K: the model does not separate these cases
-        warnings.warn(f"calibration on the {fitted_on}: the temperature reached its bound ({T_MAX:g}), so the "
-                      "calibrated probabilities are all close to 1/K; these predictions barely separate the classes "
-                      "(check the run's validation AUC)", stacklevel=2)
-    calibration = Calibration(temperature, names, f"{fitted_on} ({len(pooled)} cases)")
+    choice = choose_temperature(pooled.probs, pooled.y_true, names)
+    temperature = choice.temperature
+    calibration = Calibration(temperature, names, f"{fitted_on} ({len(pooled)} cases)",
+                              temperature_applied=choice.applied,
+                              fitted_temperature=None if choice.applied else choice.fitted,
+                              temperature_note=choice.reason)
     if len(names) == 2:
         calibrated = apply_temperature(pooled.probs, temperature)
         point = choose_threshold(pooled.y_true == 1, calibrated[:, 1], target_sensitivity)
@@ -95,6 +95,10 @@ def calibration_summary(predictions: Predictions, calibration: Calibration, sour
         "nll_before": nll(p, y),
         "nll_after": nll(calibrated, y),
         "operating_point": None,
+        # False: the rule kept T = 1 (the note says why); files written before the rule always applied theirs
+        "temperature_applied": calibration.temperature_applied,
+        "temperature_note": calibration.temperature_note,
+        "fitted_temperature": calibration.fitted_temperature,
     }
     if calibration.threshold is not None and len(predictions.class_names) == 2:
         pos, score = y == 1, calibrated[:, 1]

@@ -185,7 +185,8 @@ def _draw_figures(run_dir: Path, pooled: Predictions, metrics: Mapping, logs: Ma
         "confusion": lambda path: plots.plot_confusion(metrics["confusion_matrix"], names, path),
         "calibration": lambda path: plots.plot_calibration(y, p, path),
     }
-    if calibration is not None and calibration.get("temperature_fitted", True):
+    if calibration is not None and calibration.get("temperature_fitted", True) and calibration.get(
+            "temperature_applied", True):
         after = apply_temperature(p, calibration["temperature"])
         jobs["recalibration"] = lambda path: plots.plot_recalibration(y, p, after, calibration["temperature"], path)
     if logs:
@@ -276,6 +277,11 @@ def _calibration_sections(doc: Doc, cal: Mapping, figures: Mapping[str, Path]) -
     if not fitted:
         return
     doc.heading(2, "Calibration (temperature scaling)")
+    if not cal.get("temperature_applied", True):
+        doc.paragraph(f"Temperature scaling was {cal['temperature_note']}; the probabilities are used as the model "
+                      "gives them (T = 1). A temperature is fitted only with enough held-out cases of every class, "
+                      "and applied only when it improves the negative log-likelihood cross-validated within them.")
+        return
     doc.paragraph(f"One temperature T divides the logits (Guo et al. 2017), fitted by minimising the negative "
                   f"log-likelihood on the {cal['fitted_on']}; it never changes the predicted class. "
                   f"Here: {cal['source']}. `medconvnext predict{tta}` applies it (--no-calibrate: raw probabilities).")
