@@ -315,8 +315,10 @@ def test_cv_fits_calibration_and_predict_uses_it(binary_cv, tmp_path):
     assert stored["tta"]["fitted_on"].startswith("out-of-fold predictions with test-time augmentation")
     summary = json.loads((run / "cv_summary.json").read_text(encoding="utf-8"))
     assert summary["calibration"]["operating_point"]["sensitivity"] == pytest.approx(point.sensitivity)
-    for name in ("sensitivity", "specificity", "f1", "mcc"):
-        assert summary["pooled"]["ci"][name][0] is not None, name
+    for name in ("sensitivity", "specificity", "f1", "f1_macro", "f1_weighted", "mcc", "brier", "ece"):
+        assert summary["pooled"]["ci"][name][0] is not None, name  # every headline number has its interval
+    low, high = summary["calibration"]["operating_point"]["ci"]["threshold"]
+    assert 0 <= low <= high <= 1 and low <= stored["threshold"] <= high or low == high
     report = (run / "report.md").read_text(encoding="utf-8")
     assert "## Operating point" in report and "Temperature scaling was not fitted: " in _flat(report)
     html = (run / "report.html").read_text(encoding="utf-8")

@@ -18,7 +18,7 @@ from medconvnext.reports.operating import criterion_text, section_rows
 from medconvnext.reports.summary import summarize
 from medconvnext.reports.training_log import read_training_log
 from medconvnext.results.calibration import apply_temperature
-from medconvnext.results.metrics import SCALAR_METRICS
+from medconvnext.results.metrics import SCALAR_METRICS, ci_text
 from medconvnext.results.table import TEST_FOLD, Predictions
 
 __all__ = ["write_report", "REPORT_FILES"]
@@ -78,9 +78,7 @@ def _fmt(value: float | int | None, digits: int = 3) -> str:
 
 
 def _ci(interval: Sequence[float | None] | None) -> str:
-    if not interval or interval[0] is None:
-        return "n/a"
-    return f"{interval[0]:.3f} – {interval[1]:.3f}"
+    return ci_text(interval)
 
 
 def _mean_std(stats: Mapping | None) -> str:
@@ -267,7 +265,8 @@ def _calibration_sections(doc: Doc, cal: Mapping, figures: Mapping[str, Path]) -
     if op_rows:
         op = cal["operating_point"]
         doc.heading(2, "Operating point")
-        doc.paragraph(f"A case is called {op['positive_class']} when its {'calibrated ' if fitted else ''}"
+        calibrated = fitted and cal.get("temperature_applied", True)
+        doc.paragraph(f"A case is called {op['positive_class']} when its {'calibrated ' if calibrated else ''}"
                       f"probability is at least the threshold, chosen by {criterion_text(op['criterion'])} on the "
                       f"{cal['fitted_on']}; {cal['source']}. `medconvnext predict{tta} --threshold auto` uses this "
                       "threshold.")

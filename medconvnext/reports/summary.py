@@ -18,8 +18,8 @@ from medconvnext.results.table import TEST_FOLD, Predictions
 
 __all__ = ["CI_METRICS", "summarize", "save_summary"]
 
-# Metrics that get a bootstrap CI on the pooled predictions (each costs n_boot recomputations).
-CI_METRICS: tuple[str, ...] = ("auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "mcc")
+# Metrics that get a bootstrap CI on the pooled predictions (each costs n_boot recomputations): every headline one.
+CI_METRICS: tuple[str, ...] = SCALAR_METRICS
 CI_LEVEL = 0.95
 
 
