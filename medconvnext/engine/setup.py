@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib.util
 import inspect
 import json
 import os
@@ -397,6 +398,8 @@ def check_recipe(cfg: TrainConfig) -> None:
         raise UserError(f"train.balance must be one of {', '.join(BALANCE_MODES)}, got {cfg.balance!r}")
     if cfg.patches not in PATCH_MODES:
         raise UserError(f"train.patches must be one of {', '.join(PATCH_MODES)}, got {cfg.patches!r}")
+    if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:  # before the run folder is written
+        raise UserError("train.tensorboard: tensorboard is not installed (pip install tensorboard)")
     if cfg.select not in SELECT_MODES:
         raise UserError(f"train.select must be one of {', '.join(SELECT_MODES)}, got {cfg.select!r}")
     if cfg.layer_decay is not None and not 0.0 < cfg.layer_decay <= 1.0:
