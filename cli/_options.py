@@ -39,7 +39,7 @@ SET = typer.Option([], "--set", metavar="<section.key=value>",
                    help="Override any config field: section.key=value (repeatable).")
 OUTPUT_OVERWRITE = typer.Option(
     False, "--overwrite/--no-overwrite", metavar="",
-    help="Replace an existing output file that medconvnext did not write (or that was changed since).")
+    help="Replace existing output files (--output, maps) that medconvnext did not write (or that were changed since).")
 STRICT = typer.Option(
     None, "--strict/--no-strict", show_default=False, metavar="",
     help="Refuse (exit 2) when a subject or an identical image is on both sides of a split; --no-strict only "

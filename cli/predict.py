@@ -85,7 +85,7 @@ def predict(
         result = predict_scans(
             inputs, model, device=device, tta=tta, inference=options, calibrate=calibrate, threshold=threshold,
             strict=strict, window_map=window_map, cam=cam, cam_class=cam_class, cam_method=cam_method,
-            log=lambda line: console.print(line, highlight=False),
+            log=lambda line: console.print(line, highlight=False), overwrite=overwrite,
         )
         labels = result.labels
         names = result.class_names

@@ -75,3 +75,21 @@ def test_report_and_export_never_replace_a_users_file(tmp_path):
     export = runner.invoke(app, ["export", str(run), "--out", str(mine)])
     assert export.exit_code == 2 and "model.pt: exists and was not written" in _one_line(export.output)
     assert mine.read_bytes() == b"my model"
+
+
+def test_saliency_maps_never_replace_a_users_file_and_replace_their_own(tmp_path):
+    from helpers_predict import make_checkpoint
+
+    model = make_checkpoint(tmp_path / "run" / "checkpoint_best.safetensors").parent
+    scan = str(SAMPLE_DATA / "images" / "case_002.nii.gz")
+    mine = tmp_path / "figures"
+    mine.mkdir()
+    (mine / "case_002_cam.nii.gz").write_bytes(b"my own map")
+    args = ["predict", scan, "--model", str(model), "--device", "cpu", "--cam-method", "occlusion", "--cam"]
+    refused = runner.invoke(app, [*args, str(mine)])
+    assert refused.exit_code == 2 and "case_002_cam.nii.gz: exists and was not written" in _one_line(refused.output)
+    assert (mine / "case_002_cam.nii.gz").read_bytes() == b"my own map"
+    cams = tmp_path / "cams"
+    assert runner.invoke(app, [*args, str(cams)]).exit_code == 0
+    again = runner.invoke(app, [*args, str(cams)])  # its own maps (the folder's manifest): replaced
+    assert again.exit_code == 0, again.output
