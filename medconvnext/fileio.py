@@ -178,13 +178,16 @@ def _folder_lock(folder: Path) -> Iterator[None]:
         return
     fd = os.open(folder, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        with contextlib.suppress(OSError):  # a filesystem without flock (some network mounts): the in-process lock
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # releases the lock
 
 
 def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    # renamed into place but not fsynced (it changes with every file): a crash can lose the last entries, and a file
+    # missing from the manifest is only ever kept, never deleted
     text = json.dumps(manifest, indent=1, sort_keys=False) + "\n"
     fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}.", suffix=".tmp", dir=folder)
     try:
