@@ -76,7 +76,7 @@ def run_guarded(fn: Callable[[], T], on_interrupt: Callable[[], str | None] | No
     from medconvnext.errors import UserError
 
     previous = _catch_sigterm()
-    _seen.clear()
+    _Repeats.seen = {}
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
@@ -138,17 +138,20 @@ def _print_error(message: str) -> None:
 _PACKAGE_DIRS = tuple({str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "medconvnext"),
                        str(Path(sys.modules["medconvnext"].__file__).resolve().parent)})
 _default_showwarning = warnings.showwarning
-_seen: dict[str, int] = {}  # the library's warnings of this command -> how often each was given
+class _Repeats:
+    """The library's warnings of the running command -> how often each was given (None outside a command)."""
+
+    seen: dict[str, int] | None = None
 
 
 def _print_repeats() -> None:
     """One line per warning given more than once (it was shown the first time only)."""
-    for text, count in _seen.items():
+    for text, count in (_Repeats.seen or {}).items():
         if count > 1:
             short = text if len(text) <= 80 else text[:77] + "..."
             err_console.print(f"[bold yellow]warning:[/bold yellow] {escape(short)} (given {count} times, shown once)",
                               highlight=False, soft_wrap=True)
-    _seen.clear()
+    _Repeats.seen = None
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
@@ -158,9 +161,11 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     """
     if str(Path(filename).resolve()).startswith(_PACKAGE_DIRS):
         text = str(message)
-        _seen[text] = _seen.get(text, 0) + 1
-        if _seen[text] > 1:  # the same warning for every scan or fold: shown once, counted at the end
-            return
+        seen = _Repeats.seen
+        if seen is not None:  # within a command: the same warning for every scan or fold is shown once, counted
+            seen[text] = seen.get(text, 0) + 1
+            if seen[text] > 1:
+                return
         err_console.print(f"[bold yellow]warning:[/bold yellow] {escape(text)}", highlight=False, soft_wrap=True)
         if State.debug and getattr(message, "raw", ""):
             err_console.print(escape(message.raw), highlight=False, soft_wrap=True)
