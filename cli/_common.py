@@ -5,7 +5,9 @@ Exit codes: 0 ok; 1 unexpected failure; 2 user error (one line naming the file o
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import traceback
 import warnings
 from collections.abc import Callable
@@ -61,28 +63,68 @@ class State:
     debug: bool = False
 
 
-def run_guarded(fn: Callable[[], T]) -> T:
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler ending the job), handled as Ctrl-C is: the run stops where it stands, resumable."""
+
+
+def run_guarded(fn: Callable[[], T], on_interrupt: Callable[[], str | None] | None = None) -> T:
     """Call ``fn``; turn a UserError into exit 2 and anything else into exit 1, one line each.
 
-    With ``--debug`` the traceback is printed too.
+    Ctrl-C (exit 130) and SIGTERM (exit 143) print ``interrupted`` and, when ``on_interrupt`` returns one, how to
+    continue (e.g. ``medconvnext train --resume RUN``). With ``--debug`` the traceback is printed too.
     """
     from medconvnext.errors import UserError
 
+    previous = _catch_sigterm()
+    _Repeats.seen = {}
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             return fn()
     except typer.Exit:
         raise
-    except KeyboardInterrupt:
-        err_console.print("[red]interrupted[/red]")
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as exc:
+        hint = on_interrupt() if on_interrupt is not None else None
+        err_console.print("[red]interrupted[/red]" + (f": {escape(hint)}" if hint else ""), highlight=False,
+                          soft_wrap=True)
+        raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
     except UserError as exc:
         _print_error(str(exc))
         raise typer.Exit(2) from None
     except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
         _print_error(f"unexpected failure: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
         raise typer.Exit(1) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        _print_repeats()
+
+
+def _catch_sigterm() -> Any:
+    """Make SIGTERM raise :class:`Terminated` (so ``finally`` blocks release the run's lock and the message says how
+    to continue); returns the previous handler, or None outside the main thread (where signals cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def resume_hint(out: Path | None, command: str) -> Callable[[], str | None]:
+    """``on_interrupt`` for a command writing the run ``out``: ``continue with `COMMAND OUT` `` once the run has
+    started (its manifest says running), else nothing (interrupted before any file was written)."""
+
+    def hint() -> str | None:
+        from medconvnext.fileio import read_manifest
+
+        manifest = read_manifest(out) if out is not None else None
+        if manifest is None or manifest.get("state") != "running":
+            return None
+        return f"continue with `{command} {out}`"
+
+    return hint
 
 
 def _print_error(message: str) -> None:
@@ -96,6 +138,20 @@ def _print_error(message: str) -> None:
 _PACKAGE_DIRS = tuple({str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "medconvnext"),
                        str(Path(sys.modules["medconvnext"].__file__).resolve().parent)})
 _default_showwarning = warnings.showwarning
+class _Repeats:
+    """The library's warnings of the running command -> how often each was given (None outside a command)."""
+
+    seen: dict[str, int] | None = None
+
+
+def _print_repeats() -> None:
+    """One line per warning given more than once (it was shown the first time only)."""
+    for text, count in (_Repeats.seen or {}).items():
+        if count > 1:
+            short = text if len(text) <= 80 else text[:77] + "..."
+            err_console.print(f"[bold yellow]warning:[/bold yellow] {escape(short)} (given {count} times, shown once)",
+                              highlight=False, soft_wrap=True)
+    _Repeats.seen = None
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
@@ -104,8 +160,13 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     A reader's warning carries what the imaging library printed (``raw``): shown under ``--debug`` only.
     """
     if str(Path(filename).resolve()).startswith(_PACKAGE_DIRS):
-        err_console.print(f"[bold yellow]warning:[/bold yellow] {escape(str(message))}", highlight=False,
-                          soft_wrap=True)
+        text = str(message)
+        seen = _Repeats.seen
+        if seen is not None:  # within a command: the same warning for every scan or fold is shown once, counted
+            seen[text] = seen.get(text, 0) + 1
+            if seen[text] > 1:
+                return
+        err_console.print(f"[bold yellow]warning:[/bold yellow] {escape(text)}", highlight=False, soft_wrap=True)
         if State.debug and getattr(message, "raw", ""):
             err_console.print(escape(message.raw), highlight=False, soft_wrap=True)
     else:

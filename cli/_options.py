@@ -37,6 +37,9 @@ DEVICE = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (auto: 
 CONFIG = typer.Option(None, "--config", help="YAML config; CLI flags override it. [default: built-in defaults]")
 SET = typer.Option([], "--set", metavar="<section.key=value>",
                    help="Override any config field: section.key=value (repeatable).")
+OUTPUT_OVERWRITE = typer.Option(
+    False, "--overwrite/--no-overwrite", metavar="",
+    help="Replace existing output files (--output, maps) that medconvnext did not write (or that were changed since).")
 STRICT = typer.Option(
     None, "--strict/--no-strict", show_default=False, metavar="",
     help="Refuse (exit 2) when a subject or an identical image is on both sides of a split; --no-strict only "

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from medconvnext.cli import _options as options
-from medconvnext.cli._common import console, print_table, run_guarded
+from medconvnext.cli._common import console, print_table, resume_hint, run_guarded
 
 
 def cv(
@@ -59,7 +59,9 @@ def cv(
         if main:  # under torchrun only rank 0 reports
             render_summary(result.summary, result.report, result.run_dir)
 
-    run_guarded(work)
+    started = resume_hint(out, "")
+    run_guarded(work, lambda: started() and "rerun the same `medconvnext cv` command to continue it (finished folds "
+                                            "are kept)")
 
 
 def render_summary(summary: dict, files: dict, where: Path, label: str = "all") -> None:
@@ -73,8 +75,7 @@ def render_summary(summary: dict, files: dict, where: Path, label: str = "all") 
     if summary.get("test"):
         sets.append(("test (ensemble)", summary["test"]))
     for name, m in sets:
-        ci = m.get("ci", {}).get("auc") or [None, None]
-        interval = f"{ci[0]:.3f}-{ci[1]:.3f}" if ci[0] is not None else "n/a"
+        interval = _interval(m.get("ci", {}).get("auc"))
         table.add_row(name, str(m["n"]), _fmt(m["auc"]), interval, _fmt(m["accuracy"]), _fmt(m["balanced_accuracy"]))
     print_table(table)
     cal = summary.get("calibration")
@@ -83,10 +84,13 @@ def render_summary(summary: dict, files: dict, where: Path, label: str = "all") 
         if op:
             ci = op["ci"]
             console.print(
-                f"operating point ({op['criterion']}): P({op['positive_class']}) >= {op['threshold']:.3f} gives "
+                f"operating point ({op['criterion']}): P({op['positive_class']}) >= {op['threshold']:.3f} (95% CI "
+                f"{_interval(ci.get('threshold'))}) gives "
                 f"sensitivity {_fmt(op['sensitivity'])} ({_interval(ci['sensitivity'])}), specificity "
                 f"{_fmt(op['specificity'])} ({_interval(ci['specificity'])})", highlight=False)
-        if cal.get("temperature_fitted", True):
+        if cal.get("temperature_fitted", True) and not cal.get("temperature_applied", True):
+            console.print(f"calibration: {cal['temperature_note']} (T = 1)", highlight=False)
+        elif cal.get("temperature_fitted", True):
             console.print(f"calibration: T = {cal['temperature']:.3f}, ECE {cal['ece_before']:.3f} -> "
                           f"{cal['ece_after']:.3f}", highlight=False)
         else:
@@ -96,8 +100,8 @@ def render_summary(summary: dict, files: dict, where: Path, label: str = "all") 
             point = ""
             if op and tta.get("threshold") is not None:
                 point = f"P({op['positive_class']}) >= {tta['threshold']:.3f}, "
-            console.print(f"with --tta: {point}T = {tta['temperature']:.3f} (fitted on the {tta['fitted_on']})",
-                          highlight=False)
+            scaled = f"T = {tta['temperature']:.3f}" if tta.get("temperature_applied", True) else "uncalibrated"
+            console.print(f"with --tta: {point}{scaled} (fitted on the {tta['fitted_on']})", highlight=False)
     if summary.get("operating_point_missing"):
         console.print(f"no operating point: {summary['operating_point_missing']}", highlight=False)
     report = files.get("html")
@@ -105,7 +109,9 @@ def render_summary(summary: dict, files: dict, where: Path, label: str = "all") 
 
 
 def _interval(ci: list | None) -> str:
-    return "n/a" if not ci or ci[0] is None else f"{ci[0]:.3f}-{ci[1]:.3f}"
+    from medconvnext.results.metrics import ci_text
+
+    return ci_text(ci)
 
 
 def _fmt(value: float | None) -> str:

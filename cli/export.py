@@ -7,6 +7,7 @@ from typing import Literal
 
 import typer
 
+from medconvnext.cli import _options as options
 from medconvnext.cli._common import console, err_console, run_guarded
 
 
@@ -19,6 +20,7 @@ def export(
         None, "--out", "-o", help="Model file (default RUN/model.torchscript.pt or RUN/model.onnx); the "
                                   "preprocessing goes beside it as <name>.preprocessing.json."
     ),
+    overwrite: bool = options.OUTPUT_OVERWRITE,
 ) -> None:
     """Export the model for the preprocessed tensor (N x C x D x H x W -> N x K logits) and check it against eager."""
 
@@ -28,7 +30,7 @@ def export(
         from medconvnext.engine.export import TOLERANCE, ExportMismatchError, export_model
 
         try:
-            result = export_model(run, fmt, out)
+            result = export_model(run, fmt, out, overwrite=overwrite)
         except ExportMismatchError as exc:
             err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None

@@ -7,6 +7,7 @@ from typing import Literal
 
 import typer
 
+from medconvnext.cli import _options as options
 from medconvnext.cli._common import console, print_table, run_guarded
 
 
@@ -23,6 +24,7 @@ def predict(
                              "runs (e.g. three seeds of one recipe)."
     ),
     output: Path = typer.Option(None, "--output", "-o", help="Write predictions to a .csv or .json file."),
+    overwrite: bool = options.OUTPUT_OVERWRITE,
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
     inference: Literal["whole", "sliding", "auto"] = typer.Option(
         None, "--inference", help="whole (input size, as trained) | sliding (windows) | auto. Default: the run's."
@@ -74,12 +76,16 @@ def predict(
 
         if output is not None and output.suffix.lower() not in (".csv", ".json"):
             raise UserError(f"--output {output}: use a .csv or .json file name")
+        if output is not None:  # before any prediction: a file medconvnext did not write is never replaced
+            from medconvnext.rundir import check_output
+
+            check_output(output, overwrite)
         options = {"mode": inference, "roi_size": _parse_size(roi_size), "overlap": overlap,
                    "sw_batch_size": sw_batch_size, "aggregation": aggregation}
         result = predict_scans(
             inputs, model, device=device, tta=tta, inference=options, calibrate=calibrate, threshold=threshold,
             strict=strict, window_map=window_map, cam=cam, cam_class=cam_class, cam_method=cam_method,
-            log=lambda line: console.print(line, highlight=False),
+            log=lambda line: console.print(line, highlight=False), overwrite=overwrite,
         )
         labels = result.labels
         names = result.class_names

@@ -8,7 +8,7 @@ from typing import Any, Literal
 import typer
 
 from medconvnext.cli import _options as options
-from medconvnext.cli._common import console, run_guarded
+from medconvnext.cli._common import console, resume_hint, run_guarded
 
 
 def pretrain(
@@ -68,7 +68,7 @@ def pretrain(
         console.print(f"[bold green]done[/bold green]: {plural(last['epoch'], 'epoch')}, reconstruction loss "
                       f"{last['loss']:.4f}; encoder in {result.run_dir / 'checkpoint_encoder.safetensors'}")
 
-    run_guarded(work)
+    run_guarded(work, resume_hint(resume or out, "medconvnext pretrain --resume"))
 
 
 class PretrainProgress:

@@ -15,6 +15,7 @@ def report(
     n_boot: int = typer.Option(1000, "--n-boot", min=0, help="Bootstrap resamples for the 95% CIs."),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed (cv and evaluate use 0)."),
     target_sensitivity: float = options.TARGET_SENSITIVITY,
+    overwrite: bool = options.OUTPUT_OVERWRITE,
 ) -> None:
     """Recompute the metrics (summary JSON) and rewrite report.md / report.html with the figures.
 
@@ -26,7 +27,8 @@ def report(
         from medconvnext.cli.cv import render_summary
         from medconvnext.reports.run import report_run
 
-        result = report_run(run_dir, n_boot=n_boot, seed=seed, target_sensitivity=target_sensitivity)
+        result = report_run(run_dir, n_boot=n_boot, seed=seed, target_sensitivity=target_sensitivity,
+                            overwrite=overwrite)
         # the pooled set of a train run is its validation set; of an evaluate folder, the evaluated cases
         label = {"train": "validation", "evaluate": "evaluated"}.get(result.kind, "all")
         render_summary(result.summary, result.files, run_dir, label=label)

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from medconvnext.cli import _options as options
-from medconvnext.cli._common import console, run_guarded
+from medconvnext.cli._common import console, resume_hint, run_guarded
 from medconvnext.cli._render import TrainingProgress
 
 __all__ = ["TrainingProgress", "train"]
@@ -90,7 +90,8 @@ def train(
             f"checkpoint in {result.run_dir}"
         )
 
-    run_guarded(work)
+    # Ctrl-C / SIGTERM: how to continue the run (never --overwrite, which would delete its finished epochs)
+    run_guarded(work, resume_hint(resume or out, "medconvnext train --resume"))
 
 
 def _fmt(value: Any) -> str:

@@ -193,7 +193,10 @@ def load_config(path: str | Path | None) -> Config:
 
 def save_config(config: Config, path: str | Path) -> None:
     """Write the resolved config as YAML."""
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+    from medconvnext.fileio import atomic_write
+
+    text = yaml.safe_dump(config.to_dict(), sort_keys=False)
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def parse_set_option(item: str) -> tuple[str, Any]:

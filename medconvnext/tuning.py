@@ -30,6 +30,8 @@ import yaml
 
 from medconvnext.config import Config, apply_overrides, load_yaml, save_config
 from medconvnext.errors import UserError
+from medconvnext.fileio import MANIFEST, read_manifest, record, start_manifest
+from medconvnext.rundir import LOCK, RunLock, check_writable
 
 __all__ = ["DEFAULT_SPACE", "TrialRow", "TuneResult", "load_space", "tune"]
 
@@ -153,9 +155,6 @@ def tune(
         import optuna
     except ImportError:
         raise UserError("medconvnext tune needs optuna (pip install 'medconvnext[tune]')") from None
-    from medconvnext.engine.trainer import train
-    from medconvnext.tracking import CallbackGroup
-
     if trials < 1:
         raise UserError(f"--trials must be >= 1, got {trials}")
     if cv is not None and cv < 2:
@@ -165,7 +164,31 @@ def tune(
     space = space if space is not None else copy.deepcopy(DEFAULT_SPACE)
     log = log or (lambda line: None)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    _check_out(out)
+    with RunLock(out):  # one writer per study
+        start_manifest(out, "tune")  # trial_<n>/ runs register with it; --overwrite of a trial deletes only its files
+        try:
+            return _study(optuna, config, out, trials, space, cv, callbacks, log)
+        finally:
+            record(out / STUDY_FILE)  # optuna writes it as it goes: recorded as it stands when the study stops
+
+
+def _check_out(out: Path) -> None:
+    """Before any work: ``out`` is new, empty, or an earlier study (its manifest), which is continued."""
+    check_writable(out, "--out")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file, not a folder; choose a new or empty folder")
+    manifest = read_manifest(out)
+    if out.is_dir() and any(p.name != LOCK for p in out.iterdir()) and (manifest or {}).get("kind") != "tune":
+        raise UserError(f"--out {out}: not empty and not a medconvnext study (no {MANIFEST} of one); medconvnext "
+                        "never writes into a folder of other files: choose a new or empty folder")
+
+
+def _study(optuna: Any, config: Config, out: Path, trials: int, space: dict[str, dict[str, Any]], cv: int | None,
+           callbacks: Callable[[], Any] | None, log: Callable[[str], None]) -> TuneResult:
+    from medconvnext.engine.trainer import train
+    from medconvnext.tracking import CallbackGroup
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = f"sqlite:///{(out / STUDY_FILE).resolve()}"
     study = optuna.create_study(

@@ -99,18 +99,19 @@ def test_fitted_temperature_minimises_the_nll_on_a_grid():
 
 def test_run_calibration_and_its_summary(tmp_path):
     p1 = 1 / (1 + math.exp(-2))
-    probs = np.array([[1 - p1, p1]] * 4 + [[p1, 1 - p1]] * 4)
-    y = np.array([1, 1, 1, 0, 0, 0, 0, 1])
-    preds = Predictions([f"c{i}" for i in range(8)], y, probs, np.zeros(8, dtype=np.int64), ["neg", "pos"])
+    probs = np.array(([[1 - p1, p1]] * 4 + [[p1, 1 - p1]] * 4) * 6)  # 24 cases of each class: enough to fit
+    y = np.array([1, 1, 1, 0, 0, 0, 0, 1] * 6)
+    preds = Predictions([f"c{i}" for i in range(48)], y, probs, np.zeros(48, dtype=np.int64), ["neg", "pos"])
     calibration = fit_run_calibration(preds, "out-of-fold predictions")
     assert calibration.temperature == pytest.approx(2 / math.log(3), rel=1e-4)  # the same margin, 6 of 8 right
+    assert calibration.temperature_applied and calibration.temperature_note.startswith("applied: cross-validated")
     assert calibration.positive_class == "pos" and calibration.criterion == "youden"
     # halfway between the two calibrated scores (0.75 and 0.25): the upper one called positive
     assert calibration.threshold == pytest.approx(0.5, rel=1e-4)
     assert (calibration.sensitivity, calibration.specificity) == pytest.approx((0.75, 0.75))
     summary = calibration_summary(preds, calibration, "test", n_boot=200, seed=0)
     op = summary["operating_point"]
-    assert (op["tp"], op["fn"], op["tn"], op["fp"]) == (3, 1, 3, 1)
+    assert (op["tp"], op["fn"], op["tn"], op["fp"]) == (18, 6, 18, 6)
     low, high = op["ci"]["sensitivity"]
     assert 0 <= low <= 0.75 <= high <= 1
     assert summary["ece_after"] < summary["ece_before"]
@@ -150,16 +151,50 @@ def test_the_tta_section_round_trips_and_old_files_load_without_it(tmp_path):
         load_calibration(bad)
 
 
-def test_a_temperature_at_its_bound_is_reported():
-    """Confident predictions that do not separate the classes: the fitted T hits its upper bound and the fit says
-    so (the calibrated probabilities are all near 1/K), instead of passing the flattened numbers on silently."""
-    probs = np.array([[0.95, 0.05], [0.05, 0.95]] * 6)
-    y = np.array([0, 1, 1, 0] * 3)  # half of the confident predictions right, half wrong: AUC 0.5
-    preds = Predictions([f"c{i}" for i in range(12)], y, probs, np.zeros(12, dtype=np.int64), ["neg", "pos"])
-    with pytest.warns(UserWarning, match=r"temperature reached its bound \(20\).*barely separate the classes"):
-        calibration = fit_run_calibration(preds, "validation predictions")
-    assert calibration.temperature == 20.0
-    good = Predictions(preds.images, probs.argmax(1), probs, preds.folds, ["neg", "pos"])
+def test_a_temperature_at_either_bound_is_not_applied_and_says_why():
+    """Confident predictions that do not separate the classes drive T to its upper bound (every probability near
+    1/K); separated ones drive it to the lower bound (every probability 0 or 1). Neither is applied: T stays 1."""
+    probs = np.array([[0.95, 0.05], [0.05, 0.95]] * 24)
+    y = np.array([0, 1, 1, 0] * 12)  # half of the confident predictions right, half wrong: AUC 0.5
+    preds = Predictions([f"c{i}" for i in range(48)], y, probs, np.zeros(48, dtype=np.int64), ["neg", "pos"])
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # a model that separates them fits without the warning
-        fit_run_calibration(good, "validation predictions")
+        warnings.simplefilter("error")  # said once, in the calibration's note, not as a warning
+        calibration = fit_run_calibration(preds, "validation predictions")
+    assert (calibration.temperature, calibration.fitted_temperature) == (1.0, 20.0)
+    assert not calibration.temperature_applied
+    assert "not applied: the fitted temperature reached its bound (20)" in calibration.temperature_note
+    good = Predictions(preds.images, probs.argmax(1), probs, preds.folds, ["neg", "pos"])
+    separated = fit_run_calibration(good, "validation predictions")
+    assert (separated.temperature, separated.fitted_temperature) == (1.0, 0.05)
+    assert "reached its bound (0.05)" in separated.temperature_note and "0 or 1" in separated.temperature_note
+    summary = calibration_summary(good, separated, "test", n_boot=0)
+    assert summary["temperature_applied"] is False and summary["nll_after"] == summary["nll_before"]
+
+
+def test_calibration_on_ten_cases_is_not_fitted_and_says_why():
+    """The README's run: 10 validation cases. One temperature fitted on them would be set by one or two cases."""
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0.05, 0.95, 10)
+    probs = np.stack([1 - p, p], axis=1)
+    y = np.array([0, 1] * 5)
+    preds = Predictions([f"c{i}" for i in range(10)], y, probs, np.zeros(10, dtype=np.int64), ["cystic", "solid"])
+    calibration = fit_run_calibration(preds, "validation predictions")
+    assert calibration.temperature == 1.0 and not calibration.temperature_applied
+    assert calibration.fitted_temperature is None
+    assert calibration.temperature_note == ("not fitted: 5 held-out case(s) of class 'cystic' (10 in all); a "
+                                            "temperature is estimated only with at least 20 cases of every class")
+    assert calibration.threshold is not None  # the operating point is still chosen, on the raw probabilities
+
+
+def test_a_temperature_that_does_not_improve_held_out_nll_is_not_applied():
+    """Well calibrated predictions: a fit on all cases moves T a little, but on held-out folds it does no better."""
+    from medconvnext.results.calibration import choose_temperature
+
+    rng = np.random.default_rng(1)
+    p = rng.uniform(0.02, 0.98, 200)
+    y = (rng.uniform(size=200) < p).astype(int)  # drawn from the probabilities themselves: calibrated already
+    choice = choose_temperature(np.stack([1 - p, p], axis=1), y)
+    assert choice.fitted is not None and choice.temperature == 1.0 and not choice.applied
+    assert choice.reason.startswith("not applied: T = ") and "does not improve the cross-validated NLL" in choice.reason
+    raw, scaled = choice.cv_nll
+    assert scaled >= raw

@@ -154,3 +154,16 @@ def test_grad_cam_without_spatial_resolution_falls_back_to_occlusion_and_says_so
     values = np.asarray(cam.dataobj)
     assert values.std() > 0.01 and values.max() == pytest.approx(1.0)  # not the constant map Grad-CAM would give
     assert b"occlusion" in cam.header["descrip"].tobytes()
+
+
+def test_a_warning_repeated_for_every_scan_is_shown_once_with_its_count(tmp_path):
+    """The Grad-CAM fallback is the same for each scan: one warning line, and one line saying how often it came."""
+    run = make_checkpoint(tmp_path / "run" / "checkpoint_best.safetensors").parent
+    scans = sorted(SCAN.parent.glob("case_00[0-2].nii.gz"))
+    result = runner.invoke(app, ["predict", *map(str, scans), "--model", str(run), "--cam", str(tmp_path / "cams"),
+                                 "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    warnings_shown = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert len(warnings_shown) == 2, result.output
+    assert "using occlusion instead" in warnings_shown[0] and "(given 3 times, shown once)" in warnings_shown[1]
+    assert "wrote 3 occlusion map(s)" in result.output

@@ -39,6 +39,10 @@ def _read(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
 def test_folds_are_stratified_and_cover_every_non_test_case_once():
     datalist = _datalist(30, classes=("a", "b", "c"), test=3)
     folds = cv_splits(datalist, 3, seed=0)
@@ -285,7 +289,7 @@ def test_cv_fits_calibration_and_predict_uses_it(binary_cv, tmp_path):
 
     from medconvnext.cli.main import app
     from medconvnext.reports.run import report_run
-    from medconvnext.results.calibration import apply_temperature, choose_threshold, fit_temperature
+    from medconvnext.results.calibration import MIN_CASES_PER_CLASS, apply_temperature, choose_threshold
 
     run = binary_cv["run"]
     report_run(run, n_boot=100)  # an earlier test rewrote the report without bootstrap
@@ -293,27 +297,32 @@ def test_cv_fits_calibration_and_predict_uses_it(binary_cv, tmp_path):
     y = np.array([r["label"] == "malignant" for r in rows], dtype=int)
     probs = np.array([[float(r["prob_benign"]), float(r["prob_malignant"])] for r in rows])
     stored = json.loads((run / "calibration.json").read_text(encoding="utf-8"))
-    t = fit_temperature(probs, y)
-    assert stored["temperature"] == pytest.approx(t)
+    # a few cases of each class: no temperature is fitted (T = 1), and the file says why
+    assert len(y) - y.sum() < MIN_CASES_PER_CLASS
+    t = 1.0
+    assert stored["temperature"] == t and not stored["temperature_applied"]
+    assert stored["temperature_note"].startswith("not fitted: ") and stored["fitted_temperature"] is None
     point = choose_threshold(y == 1, apply_temperature(probs, t)[:, 1])
     assert (stored["threshold"], stored["criterion"]) == (pytest.approx(point.threshold), "youden")
     # the TTA section: the same fit on the out-of-fold predictions made with TTA
     tta_rows = _read(run / "oof_predictions_tta.csv")
     tta_probs = np.array([[float(r["prob_benign"]), float(r["prob_malignant"])] for r in tta_rows])
     y_tta = np.array([r["label"] == "malignant" for r in tta_rows], dtype=int)
-    t_tta = fit_temperature(tta_probs, y_tta)
+    t_tta = 1.0
     tta_point = choose_threshold(y_tta == 1, apply_temperature(tta_probs, t_tta)[:, 1])
     assert stored["tta"]["temperature"] == pytest.approx(t_tta)
     assert stored["tta"]["threshold"] == pytest.approx(tta_point.threshold)
     assert stored["tta"]["fitted_on"].startswith("out-of-fold predictions with test-time augmentation")
     summary = json.loads((run / "cv_summary.json").read_text(encoding="utf-8"))
     assert summary["calibration"]["operating_point"]["sensitivity"] == pytest.approx(point.sensitivity)
-    for name in ("sensitivity", "specificity", "f1", "mcc"):
-        assert summary["pooled"]["ci"][name][0] is not None, name
+    for name in ("sensitivity", "specificity", "f1", "f1_macro", "f1_weighted", "mcc", "brier", "ece"):
+        assert summary["pooled"]["ci"][name][0] is not None, name  # every headline number has its interval
+    low, high = summary["calibration"]["operating_point"]["ci"]["threshold"]
+    assert 0 <= low <= high <= 1 and low <= stored["threshold"] <= high or low == high
     report = (run / "report.md").read_text(encoding="utf-8")
-    assert "## Operating point" in report and "## Calibration (temperature scaling)" in report
+    assert "## Operating point" in report and "Temperature scaling was not fitted: " in _flat(report)
     html = (run / "report.html").read_text(encoding="utf-8")
-    assert html.count("data:image/png;base64,") >= 6 and "src=\"http" not in html  # one offline file
+    assert html.count("data:image/png;base64,") >= 5 and "src=\"http" not in html  # one offline file
     # predict: calibrated probabilities by default; --threshold auto calls malignant at the stored threshold
     runner = CliRunner()
     scans = [str(binary_cv["data"] / "img" / f"c{i}.nii.gz") for i in (16, 17)]
@@ -324,7 +333,8 @@ def test_cv_fits_calibration_and_predict_uses_it(binary_cv, tmp_path):
     result = runner.invoke(app, ["predict", *scans, "--model", str(run), "--device", "cpu", "--threshold", "auto",
                                  "-o", str(auto_csv)])
     assert result.exit_code == 0, result.output
-    assert "threshold" in result.output and "T = " in result.output
+    assert "threshold" in result.output and "calibration: temperature not fitted: " in _flat(result.output)
+    assert "probabilities uncalibrated" in _flat(result.output)
     raw = np.array([[float(r["prob_benign"]), float(r["prob_malignant"])] for r in _read(raw_csv)])
     auto = _read(auto_csv)
     calibrated = np.array([[float(r["prob_benign"]), float(r["prob_malignant"])] for r in auto])
@@ -332,10 +342,9 @@ def test_cv_fits_calibration_and_predict_uses_it(binary_cv, tmp_path):
     expected = ["malignant" if p >= stored["threshold"] else "benign" for p in calibrated[:, 1]]
     assert [r["prediction"] for r in auto] == expected
     # the written table says how its predictions were made; the uncalibrated argmax table leaves both empty
-    assert {(r["threshold"], r["temperature"]) for r in auto} == {(str(round(stored["threshold"], 6)),
-                                                                   str(round(t, 6)))}
+    assert {(r["threshold"], r["temperature"]) for r in auto} == {(str(round(stored["threshold"], 6)), "")}
     assert {(r["threshold"], r["temperature"]) for r in _read(raw_csv)} == {("", "")}
-    assert "P(malignant) >= " in result.output and f"temperature {t:.3f}" in result.output
+    assert "P(malignant) >= " in result.output and "temperature 1" not in result.output
     # --no-calibrate serves raw probabilities: the stored threshold moves to the raw scale and calls the same cases
     raw_auto_csv = tmp_path / "raw_auto.csv"
     result = runner.invoke(app, ["predict", *scans, "--model", str(run), "--device", "cpu", "--threshold", "auto",

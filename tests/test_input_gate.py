@@ -63,10 +63,12 @@ def test_cv_refuses_a_bad_case_before_writing(tmp_path, kind):
 
 def test_train_overwrite_with_a_bad_case_deletes_nothing(tmp_path):
     bad, reason = _with_bad_case(tmp_path / "data", "nan_voxel")
+    from medconvnext.fileio import atomic_write, start_manifest
+
     out = tmp_path / "run"
-    out.mkdir()
-    (out / "config.yaml").write_text("old run\n", encoding="utf-8")
-    (out / "checkpoint_best.safetensors").write_bytes(b"old weights")
+    start_manifest(out, "train")  # a run medconvnext wrote (its manifest lists the files), so --overwrite may go on
+    atomic_write(out / "config.yaml", lambda tmp: tmp.write_text("old run\n", encoding="utf-8"))
+    atomic_write(out / "checkpoint_best.safetensors", lambda tmp: tmp.write_bytes(b"old weights"))
     before = _snapshot(out)
     result = runner.invoke(app, ["train", "--data", str(tmp_path / "data"), "--out", str(out), "--overwrite", *TINY])
     _assert_refused(result, bad, reason)

@@ -46,10 +46,18 @@ def test_round_trip(tmp_path):
     with pytest.raises(UserError, match="holds an earlier import; pass --overwrite"):
         import_medmnist(tmp_path / "tiny.npz", tmp_path / "out")
     assert import_medmnist(tmp_path / "tiny.npz", tmp_path / "out", overwrite=True, limit=1).counts["train"] == 1
-    (tmp_path / "out" / "my_notes.txt").write_text("mine\n", encoding="utf-8")  # no longer only an import
-    with pytest.raises(UserError, match="not an earlier MedMNIST import"):
-        import_medmnist(tmp_path / "tiny.npz", tmp_path / "out", overwrite=True)
+    (tmp_path / "out" / "my_notes.txt").write_text("mine\n", encoding="utf-8")  # the user's: kept
+    assert import_medmnist(tmp_path / "tiny.npz", tmp_path / "out", overwrite=True).counts["train"] == 6
     assert (tmp_path / "out" / "my_notes.txt").read_text(encoding="utf-8") == "mine\n"
+    (tmp_path / "out" / "labels.csv").write_text("image,label\n", encoding="utf-8")  # edited: never replaced
+    with pytest.raises(UserError, match="labels.csv changed since the import wrote it"):
+        import_medmnist(tmp_path / "tiny.npz", tmp_path / "out", overwrite=True)
+    assert (tmp_path / "out" / "labels.csv").read_text(encoding="utf-8") == "image,label\n"
+    (tmp_path / "mine").mkdir()  # a folder without an import's manifest: never written into
+    (tmp_path / "mine" / "labels.csv").write_text("image,label\n", encoding="utf-8")
+    with pytest.raises(UserError, match="not an earlier MedMNIST import"):
+        import_medmnist(tmp_path / "tiny.npz", tmp_path / "mine", overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["labels.csv"]
 
 
 def test_cli_and_bad_file(tmp_path):

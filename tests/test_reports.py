@@ -245,3 +245,10 @@ def test_report_html_renders_in_headless_chromium(tmp_path, cv_csv):
     # these logs improve to their last epoch: each fold gets the warning, and a line counts them
     md = written["markdown"].read_text(encoding="utf-8")
     assert md.count("best epoch is the last") == 3 and "in 3 of 3 training run(s)" in md
+
+
+def test_a_degenerate_interval_is_explained_not_printed_as_certainty():
+    from medconvnext.results.metrics import ci_text
+
+    assert ci_text([1.0, 1.0]) == "none (every resample 1.000: too few cases)"
+    assert ci_text([0.61, 0.9]) == "0.610 – 0.900" and ci_text([None, None]) == "n/a" and ci_text(None) == "n/a"

@@ -52,38 +52,74 @@ def test_overwrite_replaces_a_run_and_keeps_the_users_files(tmp_path):
     assert runner.invoke(app, ["train", "--data", str(data), "--out", str(out), *TINY]).exit_code == 0
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
-    assert RunDir(copy).remove_run_files() == [] and not any(copy.iterdir())  # every file of a run is known
+    assert RunDir(copy).remove_run_files() == [] and not any(copy.iterdir())  # the manifest lists every file
     (out / "my_notes.md").write_text("epoch 1 looked fine\n", encoding="utf-8")
     (out / "eval_test").mkdir()
-    (out / "eval_test" / "predictions.csv").write_text("image\n", encoding="utf-8")
+    (out / "eval_test" / "predictions.csv").write_text("image\n", encoding="utf-8")  # by hand, not by evaluate
     (out / "eval_test" / "figure_for_paper.svg").write_text("<svg/>", encoding="utf-8")
     again = runner.invoke(app, ["train", "--data", str(data), "--out", str(out), *TINY])
     assert again.exit_code == 2 and "already holds a run; pass --overwrite" in again.output
-    stale = (out / "metrics.jsonl").read_text(encoding="utf-8")
-    (out / "metrics.jsonl").write_text(stale + '{"epoch": 99}\n', encoding="utf-8")  # must not survive
-    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(out), *TINY, "--overwrite"])
+    old_best = (out / "checkpoint_best.safetensors").read_bytes()
+    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(out), *TINY, "--overwrite",
+                                 "--seed", "1"])
     assert result.exit_code == 0, result.output
+    assert "kept 3 that medconvnext did not write" in result.output  # the message names what stayed
+    assert "eval_test/figure_for_paper.svg" in result.output and "my_notes.md" in result.output
     assert (out / "my_notes.md").read_text(encoding="utf-8") == "epoch 1 looked fine\n"
     assert (out / "eval_test" / "figure_for_paper.svg").is_file()
-    assert not (out / "eval_test" / "predictions.csv").exists()  # written by evaluate: a run file
-    assert '"epoch": 99' not in (out / "metrics.jsonl").read_text(encoding="utf-8")
-    assert (out / "checkpoint_best.safetensors").is_file()
+    assert (out / "eval_test" / "predictions.csv").read_text(encoding="utf-8") == "image\n"
+    assert (out / "checkpoint_best.safetensors").read_bytes() != old_best
 
 
-def test_remove_run_files_knows_every_kind_of_run_file(tmp_path):
+def test_overwrite_never_deletes_or_replaces_a_file_the_user_changed(tmp_path):
+    data = good_dataset(tmp_path / "data")
+    out = tmp_path / "run"
+    assert runner.invoke(app, ["train", "--data", str(data), "--out", str(out), *TINY]).exit_code == 0
+    edited = (out / "metrics.jsonl").read_text(encoding="utf-8") + '{"epoch": 99, "note": "mine"}\n'
+    (out / "metrics.jsonl").write_text(edited, encoding="utf-8")
+    before = _files(out)
+    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(out), *TINY, "--overwrite"])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "metrics.jsonl changed since medconvnext wrote it" in lines[0]
+    assert _files(out) == before  # refused before anything was deleted
+
+
+def test_a_folder_of_run_like_names_without_a_manifest_is_never_deleted_from(tmp_path):
+    """The issue's folder: the user's own config.yaml, report.md, predictions.csv and notes.txt."""
+    data = good_dataset(tmp_path / "data")
+    out = tmp_path / "mine"
+    out.mkdir()
+    for name in ("config.yaml", "report.md", "predictions.csv", "notes.txt"):
+        (out / name).write_text(f"my {name}\n", encoding="utf-8")
+    before = _files(out)
+    for extra in ([], ["--overwrite"]):
+        result = runner.invoke(app, ["train", "--data", str(data), "--out", str(out), *TINY, *extra])
+        assert result.exit_code == 2, result.output
+        assert len([line for line in result.output.splitlines() if line.strip()]) == 1
+        assert _files(out) == before
+    assert "no medconvnext_manifest.json" in result.output
+
+
+def test_remove_run_files_deletes_only_what_the_manifest_lists(tmp_path):
+    from medconvnext.fileio import atomic_write, start_manifest
+
     run = RunDir(tmp_path / "cv")
-    written = ["cv.json", "splits.json", "oof_predictions.csv", "oof_predictions_tta.csv", "cv_summary.json",
-               "report.html", "roc.png", "fold_0/config.yaml", "fold_0/checkpoint_best.safetensors",
-               "fold_0/checkpoint_best.json", "fold_0/val_predictions.csv", "fold_0/val_predictions_tta.csv",
-               "fold_0/.checkpoint_last.safetensors.abc123.tmp", "fold_0/tensorboard/events.out.tfevents.1.host",
-               "repeat_1/fold_0/metrics.jsonl", "repeat_1/fold_0/done.json"]
+    start_manifest(run.root, "cv")
+    written = ["cv.json", "oof_predictions.csv", "report.html", "fold_0/config.yaml", "fold_0/checkpoint_best.json",
+               "repeat_1/fold_0/metrics.jsonl"]
+    for name in written:
+        start_manifest((run.root / name).parent, "train")  # a fold registers with the cv above it
+        atomic_write(run.root / name, lambda tmp: tmp.write_text("x", encoding="utf-8"))
+    (run.root / "fold_0" / ".checkpoint_last.safetensors.abc123.tmp").write_text("half", encoding="utf-8")
     kept = ["README.txt", "fold_0/my_plot.png", "data/labels.csv", "fold_10_backup/config.yaml"]
-    for name in written + kept:
+    for name in kept:
         (run.root / name).parent.mkdir(parents=True, exist_ok=True)
         (run.root / name).write_text("x", encoding="utf-8")
-    run.prepare_new(overwrite=True)
-    assert sorted(_files(run.root)) == sorted(kept)
-    assert not (run.root / "repeat_1").exists() and not (run.root / "fold_0" / "tensorboard").exists()
+    (run.root / "report.html").write_text("edited by hand", encoding="utf-8")  # changed since: kept
+    assert [p.as_posix() for p in run.remove_run_files()] == sorted(kept + ["report.html"])
+    assert sorted(_files(run.root)) == sorted(kept + ["report.html"])
+    assert not (run.root / "repeat_1").exists()
 
 
 def test_check_new_messages(tmp_path):
@@ -122,3 +158,48 @@ def test_resume_checks_the_data_again(tmp_path):
     assert result.exit_code == 2, result.output
     assert "c03.nii.gz: 1 NaN/Inf voxel(s)" in result.output and "the run's data changed" in result.output
     assert _files(out) == before
+
+
+def _removes_everything_it_wrote(run: Path, tmp_path: Path, mine: dict[str, bytes]) -> None:
+    """A copy of the run, its manifest-listed files removed: only the user's files are left."""
+    copy = tmp_path / "copy_of_run"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(run, copy)
+    assert sorted(p.as_posix() for p in RunDir(copy).remove_run_files()) == sorted(mine)
+    assert _files(copy) == mine
+
+
+def test_cv_and_evaluate_record_every_file_and_keep_the_users(tmp_path):
+    data = good_dataset(tmp_path / "data")
+    out = tmp_path / "cv"
+    cv = ["cv", "--data", str(data), "--out", str(out), *TINY, "--folds", "2", "--n-boot", "0"]
+    assert runner.invoke(app, cv).exit_code == 0
+    evaluate = ["evaluate", str(out), "--data", str(data), "--split", "all", "--n-boot", "0", "--device", "cpu"]
+    assert runner.invoke(app, evaluate).exit_code == 0  # into cv/eval_all, registered with the cv's manifest
+    mine = {"notes.txt": b"mine", "fold_0/my_plot.png": b"png", "eval_all/for_paper.svg": b"<svg/>"}
+    for name, content in mine.items():
+        (out / name).write_bytes(content)
+    _removes_everything_it_wrote(out, tmp_path, mine)
+    assert runner.invoke(app, evaluate).exit_code == 0  # an earlier evaluation is replaced, the user's file kept
+    assert (out / "eval_all" / "for_paper.svg").read_bytes() == b"<svg/>"
+    result = runner.invoke(app, [*cv, "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert {name: (out / name).read_bytes() for name in mine} == mine
+    assert (out / "fold_1" / "checkpoint_best.safetensors").is_file()
+
+
+def test_pretrain_records_every_file(tmp_path):
+    data = good_dataset(tmp_path / "data")
+    out = tmp_path / "pre"
+    args = ["pretrain", "--data", str(data), "--out", str(out), "--epochs", "1", "--model", "convnext_atto",
+            "--set", "model.args.dims=[8,16,24,32]", "--set", "model.args.depths=[1,1,1,1]", "--set",
+            "model.args.kernel_size=3", "--set", "preprocessing.input_size=[32,32,32]", "--device", "cpu",
+            "--batch-size", "4", "--set", "train.warmup_epochs=0"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (out / "notes.txt").write_bytes(b"mine")
+    _removes_everything_it_wrote(out, tmp_path, {"notes.txt": b"mine"})
+    again = runner.invoke(app, args)
+    assert again.exit_code == 2 and "already holds a run; pass --overwrite" in again.output
+    assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
+    assert (out / "notes.txt").read_bytes() == b"mine"

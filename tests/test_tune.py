@@ -70,6 +70,20 @@ def test_tune_two_trials_then_resume_adds_one(tmp_path):
     result = runner.invoke(app, [*args, "--trials", "3"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert len(optuna.load_study(study_name="medconvnext", storage=f"sqlite:///{out / 'study.db'}").trials) == 3
+    # the study's manifest lists every file it wrote (trials included); a folder of other files is never used
+    import shutil
+
+    from medconvnext.rundir import RunDir
+
+    (out / "notes.txt").write_text("mine", encoding="utf-8")
+    shutil.copytree(out, tmp_path / "copy")
+    assert [p.as_posix() for p in RunDir(tmp_path / "copy").remove_run_files()] == ["notes.txt"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine", encoding="utf-8")
+    result = runner.invoke(app, ["tune", "--data", str(data), "--out", str(mine), "--trials", "1"])
+    assert result.exit_code == 2 and "not a medconvnext study" in result.output
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
 
 
 def test_pruning_stops_a_trial_below_the_median():

@@ -9,6 +9,8 @@ runs then select on ``val`` and the withheld test scans are scored later with ``
 from __future__ import annotations
 
 import csv
+import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -17,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from medconvnext.errors import UserError
+from medconvnext.fileio import MANIFEST, read_manifest, record_many, start_manifest
+from medconvnext.rundir import RunDir, check_writable
 
 CUBE_MM = 64.0
 SPLITS = ("train", "val", "test")
@@ -42,20 +46,15 @@ def import_medmnist(
     ``limit`` keeps only the first N volumes of each split (for quick tests).
     """
     npz, out = Path(npz).expanduser(), Path(out).expanduser()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not _is_import(out):  # --overwrite replaces an earlier import, never a folder of other files
-            raise UserError(f"--out {out}: exists and is not an earlier MedMNIST import (only labels.csv and "
-                            "images/*.nii.gz); medconvnext never deletes files it did not write: choose a new folder")
-        if not overwrite:
-            raise UserError(f"--out {out}: holds an earlier import; pass --overwrite to replace it")
+    _check_out(out, overwrite)
     arrays = _read_npz(npz)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         result = _write(arrays, staging, limit)
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        staging.rename(out)
+        start_manifest(staging, "import", register=False)  # the import's own record: what --overwrite may delete
+        record_many([p for p in staging.rglob("*") if p.is_file()], staging)
+        _move_into_place(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -63,12 +62,45 @@ def import_medmnist(
     return result
 
 
-def _is_import(folder: Path) -> bool:
-    """True for a folder holding what :func:`import_medmnist` writes and nothing else."""
-    if not folder.is_dir() or {p.name for p in folder.iterdir()} != {"images", "labels.csv"}:
-        return False
-    images = folder / "images"
-    return images.is_dir() and all(p.is_file() and p.name.endswith(".nii.gz") for p in images.iterdir())
+IMPORT_FILE = re.compile(r"labels\.csv|images/(train|val|test)_\d{4}\.nii\.gz")  # what an import writes
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    """Before any work: ``out`` is new, empty, or an earlier import (its manifest) replaced with ``overwrite``; its
+    files the user added or changed are kept, and one at a name the import writes is refused."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file, not a folder; choose a new folder")
+    check_writable(out, "--out")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    manifest = read_manifest(out)
+    if manifest is None or manifest.get("kind") != "import":
+        raise UserError(f"--out {out}: exists and is not an earlier MedMNIST import (no {MANIFEST} of one); "
+                        "medconvnext never deletes files it did not write: choose a new folder")
+    if not overwrite:
+        raise UserError(f"--out {out}: holds an earlier import; pass --overwrite to replace it")
+    clash = [p.as_posix() for p in RunDir(out).removal_plan()[1] if IMPORT_FILE.fullmatch(p.as_posix())]
+    if clash:
+        raise UserError(f"--out {out}: {clash[0]} changed since the import wrote it and would be replaced; "
+                        "--overwrite never does: move it away first")
+
+
+def _move_into_place(staging: Path, out: Path) -> None:
+    """Rename the finished import into place; over an earlier one, delete that import's files (not the user's)
+    and move the new files in beside what was kept."""
+    if out.is_dir():
+        RunDir(out).remove_run_files()
+        if not any(out.iterdir()):
+            out.rmdir()
+    if not out.exists():
+        staging.rename(out)
+        return
+    for path in sorted(staging.rglob("*")):
+        if path.is_file():
+            target = out / path.relative_to(staging)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+    shutil.rmtree(staging)
 
 
 def _read_npz(npz: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -42,9 +42,10 @@ from medconvnext.engine.resume import load_training_state
 from medconvnext.engine.setup import audit_training_split, check_training_config, setup_device
 from medconvnext.engine.trainer import resume, train
 from medconvnext.errors import UserError
+from medconvnext.fileio import set_state, start_manifest, write_json
 from medconvnext.reports.run import report_run
 from medconvnext.results.table import TEST_FOLD, prediction_rows, read_predictions, write_table
-from medconvnext.rundir import RunDir
+from medconvnext.rundir import RunDir, RunLock, check_writable
 
 __all__ = ["CV_FORMAT", "CvResult", "FoldResult", "cross_validate", "cv_params"]
 
@@ -111,10 +112,14 @@ def _splits_document(folds: list[Fold], column: str | None) -> dict[str, Any]:
 
 def _check_out(run: RunDir, overwrite: bool) -> None:
     """Refuse, before any work, an ``--out`` that holds files medconvnext did not write, or a run of another kind."""
-    if not run.root.exists() or (run.root.is_dir() and not any(run.root.iterdir())):
+    if run.is_empty():
+        check_writable(run.root, "--out")
+        return
+    if overwrite:  # a foreign folder, one without a manifest, or a changed file the new run would write: refused
+        run.check_new(overwrite)
         return
     run.check_foreign()
-    if not overwrite and not run.is_cv():
+    if not run.is_cv():
         raise UserError(f"--out {run.root}: holds a train run, not a cross-validation; pass --overwrite to "
                         "replace it or choose another --out")
 
@@ -122,9 +127,9 @@ def _check_out(run: RunDir, overwrite: bool) -> None:
 def _prepare(run: RunDir, params: dict[str, Any], splits: dict[str, Any], overwrite: bool) -> bool:
     """Create the run directory, or check that the existing one is this cross-validation; True when continued."""
     _check_out(run, overwrite)
-    if run.root.exists() and any(run.root.iterdir()):
+    if not run.is_empty():
         if overwrite:
-            run.remove_run_files()
+            run.prepare_new(overwrite, kind="cv")
         else:
             try:
                 stored = json.loads(run.cv_params.read_text(encoding="utf-8"))
@@ -139,10 +144,13 @@ def _prepare(run: RunDir, params: dict[str, Any], splits: dict[str, Any], overwr
             if stored_splits.get("folds") != splits["folds"] or stored_splits.get("test") != splits["test"]:
                 raise UserError(f"--out {run.root}: the data changed since this cross-validation started (the folds "
                                 "differ); pass --overwrite to start again")
+            start_manifest(run.root, "cv")  # a cv from before the manifest records what it writes from now on
+            set_state(run.root, "running")
             return True
-    run.root.mkdir(parents=True, exist_ok=True)
-    run.cv_params.write_text(json.dumps(params, indent=2), encoding="utf-8")
-    run.splits.write_text(json.dumps(splits, indent=2), encoding="utf-8")
+    start_manifest(run.root, "cv")
+    set_state(run.root, "running")
+    write_json(run.cv_params, params)
+    write_json(run.splits, splits)
     return False
 
 
@@ -174,7 +182,7 @@ def _train_fold(
             resume(folder.root, device=config.train.device, callbacks=callbacks)  # trains nothing, writes it
             extra = f" (wrote its missing {folder.val_predictions_tta.name}: validation cases predicted with TTA)"
         if status == "finished":
-            folder.done.write_text(json.dumps(done, indent=2), encoding="utf-8")
+            write_json(folder.done, done)
         log(f"{name} ({position}/{total}): finished earlier, skipped{extra}")
         return FoldResult(fold.repeat, fold.index, folder.root, "skipped", done.get("best_epoch"),
                           done.get("best_metrics", {}))
@@ -185,11 +193,13 @@ def _train_fold(
     else:
         log(f"{name} ({position}/{total}): training on {len(fold.split.train)} cases, "
             f"validating on {len(fold.split.val)}")
+        if folder.root.is_dir():  # the cv's own fold folder, holding only what the user left in it: a run again
+            start_manifest(folder.root, "train")
         result = train(config, folder.root, overwrite=True, callbacks=callbacks, split=fold.split, audit=False,
                        validated=True)
         action = "trained"
     done = {"best_epoch": result.best_epoch, "best_metrics": result.best_metrics}
-    folder.done.write_text(json.dumps(done, indent=2), encoding="utf-8")
+    write_json(folder.done, done)
     return FoldResult(fold.repeat, fold.index, folder.root, action, result.best_epoch, result.best_metrics)
 
 
@@ -222,8 +232,14 @@ def cross_validate(
     """
     if not config.data.path:
         raise UserError("data.path is not set: pass --data DIR")
-    log = log or (lambda line: None)
-    run = RunDir(Path(out))
+    with RunLock(out):  # one writer per run: a second cv (or train) into it is refused, naming this process
+        return _cross_validate(config, RunDir(Path(out)), folds, repeats, group_by, overwrite, callbacks,
+                               log or (lambda line: None), n_boot, target_sensitivity)
+
+
+def _cross_validate(config: Config, run: RunDir, folds: int, repeats: int, group_by: str | None, overwrite: bool,
+                    callbacks: Any, log: Callable[[str], None], n_boot: int, target_sensitivity: float | None
+                    ) -> CvResult:
     _check_out(run, overwrite)
     datalist = load_datalist(config.data.path)
 
@@ -252,7 +268,9 @@ def cross_validate(
     if test:
         log(f"test: predicting {len(test)} case(s) with the ensemble of {len(fold_list)} fold models")
         _write_test_predictions(run, datalist, test, config.train.device)
-    report = report_run(run.root, n_boot=n_boot, seed=0, target_sensitivity=target_sensitivity)
+    # its own folder: files of an earlier report it continues are replaced (a cv from before the manifest: all)
+    report = report_run(run.root, n_boot=n_boot, seed=0, target_sensitivity=target_sensitivity, overwrite=True)
+    set_state(run.root, "complete")
     return CvResult(run.root, results, report.summary, report.files)
 
 

@@ -22,10 +22,11 @@ from medconvnext.data.leakage import LeakageReport, audit_run, enforce
 from medconvnext.data.validate import require_valid
 from medconvnext.engine.inference import FoldEnsemble
 from medconvnext.errors import UserError
+from medconvnext.fileio import set_state, write_json
 from medconvnext.reports.run import report_run
 from medconvnext.results.calibration import check_calibration_matches, load_calibration
 from medconvnext.results.table import require_finite, write_prediction_table
-from medconvnext.rundir import RunDir
+from medconvnext.rundir import RunDir, RunLock
 
 __all__ = ["EVAL_SPLITS", "EvaluationResult", "evaluate_run_on", "select_cases"]
 
@@ -136,7 +137,9 @@ def evaluate_run_on(
     out_dir = Path(out) if out is not None else runs[0].root / f"eval_{split}"
     if any(out_dir.resolve() == run.root.resolve() for run in runs):
         raise UserError(f"--out {out_dir}: would overwrite a run's own report; choose another folder")
-    RunDir(out_dir).check_foreign()  # an earlier evaluation is replaced; a folder of other files is never written
+    # an earlier evaluation is replaced (its files the user did not change); a folder of other files, or a
+    # changed file this evaluation would write, is refused before any work
+    RunDir(out_dir).check_new(overwrite=True)
     datalist = load_datalist(data, for_training=False)
     chosen = select_cases(datalist, split, _split_owner(runs), ensemble=len(runs) > 1)
     labelled = [c for c in chosen if c.label is not None]
@@ -165,10 +168,6 @@ def evaluate_run_on(
     # the mean of every member's probabilities (each keeps its own preprocessing)
     probs = ensemble.predict_files([list(c.images) for c in labelled])
     require_finite([c.images[0] for c in labelled], probs)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    target = RunDir(out_dir)
-    write_prediction_table(target.predictions, [c.images[0] for c in labelled], probs, classes,
-                           labels=[c.label for c in labelled])
     models = len(ensemble.members)
     note = f"{len(labelled)} {split} case(s) of {datalist.source}, predicted by {_describe(runs, models)}"
     note += " with test-time augmentation (8 flips)." if tta else "."
@@ -178,7 +177,13 @@ def evaluate_run_on(
         note += f" Leakage audit: {report.message()}."
     meta = {"runs": [str(run.root) for run in runs], "data": str(data), "split": split, "n_cases": len(labelled),
             "models": models, "tta": tta, "note": note}
-    target.evaluation.write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    written = report_run(out_dir, n_boot=n_boot, seed=seed)
+    target = RunDir(out_dir)
+    with RunLock(out_dir):
+        target.prepare_new(overwrite=True, kind="evaluate")  # the earlier evaluation's files, not the user's
+        write_prediction_table(target.predictions, [c.images[0] for c in labelled], probs, classes,
+                               labels=[c.label for c in labelled])
+        write_json(target.evaluation, meta)
+        written = report_run(out_dir, n_boot=n_boot, seed=seed, overwrite=True)  # its own folder, just prepared
+        set_state(out_dir, "complete")
     return EvaluationResult(out_dir, len(labelled), models, written.summary, written.files, report,
                             len(chosen) - len(labelled))

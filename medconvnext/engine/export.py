@@ -25,7 +25,8 @@ from medconvnext.data.pipeline import PreprocessingPipeline
 from medconvnext.data.preprocessing import Preprocessing
 from medconvnext.engine.checkpoint import atomic_write, load_checkpoint
 from medconvnext.errors import UserError
-from medconvnext.rundir import find_checkpoint, fold_checkpoints, glob_fold_checkpoints
+from medconvnext.fileio import remove
+from medconvnext.rundir import check_output, find_checkpoint, fold_checkpoints, glob_fold_checkpoints
 
 EXPORT_FORMATS = ("torchscript", "onnx")
 DEFAULT_NAMES = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx"}
@@ -66,12 +67,14 @@ def export_model(
     out: str | Path | None = None,
     tolerance: float = TOLERANCE,
     batch_size: int = 2,
+    overwrite: bool = False,
 ) -> ExportResult:
     """Export the best checkpoint of a run (or a checkpoint file) and check it against the eager model.
 
     Raises:
         UserError: unknown format, a cross-validation directory (export one fold), ONNX extras missing.
         ExportMismatchError: max |exported - eager| > ``tolerance`` (the file is removed).
+        UserError: ``out`` or its preprocessing JSON exists and medconvnext did not write it (unless ``overwrite``).
     """
     if fmt not in EXPORT_FORMATS:
         raise UserError(f"--format {fmt!r}: choose one of {', '.join(EXPORT_FORMATS)}")
@@ -82,10 +85,12 @@ def export_model(
         raise UserError(f"{model_path} is a cross-validation run with {len(folds)} folds (each with its own "
                         f"preprocessing); export one fold, e.g. {folds[0].parent}")
     checkpoint_path = find_checkpoint(model_path)
+    out_path = Path(out) if out is not None else default_output(model_path, fmt)
+    for target in (out_path, preprocessing_path(out_path)):  # before any work: never replace a user's file
+        check_output(target, overwrite, "--out")
     checkpoint = load_checkpoint(checkpoint_path)
     model = checkpoint.build_model().float().cpu().eval()
     pre = Preprocessing.from_dict(checkpoint.meta["preprocessing"])
-    out_path = Path(out) if out is not None else default_output(model_path, fmt)
     generator = torch.Generator().manual_seed(0)
     example = torch.randn(batch_size, pre.in_channels, *pre.input_size, generator=generator)
     with torch.no_grad():
@@ -98,7 +103,7 @@ def export_model(
         actual = _run_onnx(out_path, example)
     diff = float(np.abs(actual - expected.numpy()).max())
     if not diff <= tolerance:
-        out_path.unlink(missing_ok=True)
+        remove(out_path)
         raise ExportMismatchError(f"{fmt} export of {checkpoint_path} differs from the eager model by {diff:.3g} "
                                   f"(> {tolerance:g}); nothing was kept")
     json_path = preprocessing_path(out_path)

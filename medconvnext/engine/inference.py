@@ -35,6 +35,7 @@ from medconvnext.engine.checkpoint import load_checkpoint
 from medconvnext.engine.devices import as_model_input, autocast, resolve_device
 from medconvnext.engine.sliding_window import AGGREGATIONS, WindowResult, sliding_window_classify
 from medconvnext.errors import UserError
+from medconvnext.fileio import record
 from medconvnext.models import apply_memory_format, model_memory_format
 from medconvnext.rundir import find_checkpoint, model_checkpoints
 
@@ -340,7 +341,8 @@ def save_window_map(prediction: VolumePrediction, class_names: Sequence[str], pa
     image.header["descrip"] = ("classes: " + ",".join(class_names))[:79].encode()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(image, str(path))
+    nib.save(image, str(path))  # nibabel picks the format from the name, so not through atomic_write
+    record(path)
     return path
 
 

@@ -39,11 +39,12 @@ from medconvnext.engine.provenance import environment_info
 from medconvnext.engine.resume import load_training_state, rng_states, save_training_state, set_rng_states
 from medconvnext.engine.setup import schedule_plan, setup_device
 from medconvnext.errors import UserError
+from medconvnext.fileio import append_text, set_state, start_manifest
 from medconvnext.models import apply_memory_format, create_model, model_memory_format
 from medconvnext.models.convnext import ConvNeXt3d
 from medconvnext.models.fcmae import FCMAE3d, ReconstructionLoss, patchify
 from medconvnext.reports.plots import matplotlib_available
-from medconvnext.rundir import RunDir
+from medconvnext.rundir import RunDir, RunLock
 
 ENCODER = "encoder"  # checkpoint_encoder.safetensors
 OPTIONS_FILE = "pretrain.json"
@@ -99,6 +100,12 @@ def pretrain(
     config: Config, out: str | Path, options: PretrainOptions, overwrite: bool = False, callbacks: Any = None
 ) -> PretrainResult:
     """Pretrain ``config.model`` on the scans of ``config.data.path`` into the run directory ``out``."""
+    with RunLock(out):  # one writer per run
+        return _pretrain(config, out, options, overwrite, callbacks)
+
+
+def _pretrain(config: Config, out: str | Path, options: PretrainOptions, overwrite: bool, callbacks: Any
+              ) -> PretrainResult:
     found, source = pretrain_cases(config.data.path, options.include_test)
     datalist, skipped = validate_datalist(_as_datalist(found, source), skip_bad=config.data.skip_bad)
     for problem in skipped:
@@ -117,10 +124,10 @@ def pretrain(
                         "set preprocessing.intensity=minmax (masks) or use --loss mse")
     run = RunDir(Path(out))
     if os.environ.get("RANK", "0") == "0":  # no process group yet: only rank 0 checks (then creates) the folder
-        run.check_new(overwrite)
+        run.check_new(overwrite, resume_command="medconvnext pretrain --resume")
     device = setup_device(config.train.device)  # under torchrun: joins the process group
     if dist.is_main():
-        run.prepare_new(overwrite)
+        run.prepare_new(overwrite, kind="pretrain")
         save_config(config, run.config)
         record = {"options": dataclasses.asdict(options), "source": source, "preprocessing": plan.to_dict(),
                   "cases": [c.case_id for c in cases], "images": [list(c.images) for c in cases],
@@ -133,7 +140,11 @@ def pretrain(
 
 def resume_pretrain(run_dir: str | Path, epochs: int | None = None, callbacks: Any = None) -> PretrainResult:
     """Continue a pretraining run from its last completed epoch (``epochs`` may extend it)."""
-    run = RunDir(Path(run_dir))
+    with RunLock(run_dir, "--resume"):
+        return _resume_pretrain(RunDir(Path(run_dir)), epochs, callbacks)
+
+
+def _resume_pretrain(run: RunDir, epochs: int | None, callbacks: Any) -> PretrainResult:
     if not (run.root / OPTIONS_FILE).is_file() or not run.config.is_file():
         raise UserError(f"--resume {run.root}: not a pretraining run ({OPTIONS_FILE} or config.yaml missing)")
     config = load_config(run.config)
@@ -143,6 +154,9 @@ def resume_pretrain(run_dir: str | Path, epochs: int | None = None, callbacks: A
                                                                            strict=True)]
     require_valid(cases, "; the run's data changed since it started")  # a replaced scan is checked again
     device = setup_device(config.train.device)
+    if dist.is_main():
+        start_manifest(run.root, "pretrain")  # a run from before the manifest records what it writes from now on
+        set_state(run.root, "running")
     if epochs is not None:
         config.train.epochs = epochs
         if dist.is_main():
@@ -235,6 +249,7 @@ def _fit(config: Config, run: RunDir, cases: list[Case], plan: Preprocessing, op
             callbacks.on_epoch_end(history[-1])
     if dist.is_main():
         _save_reconstructions(fcmae, records, plan, run.root / "reconstructions.png", device)
+        set_state(run.root, "complete")
     dist.barrier()
     return PretrainResult(run.root, history)
 
@@ -249,8 +264,7 @@ def _save_epoch(run: RunDir, model: FCMAE3d, optimizer: torch.optim.Optimizer, s
         "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "history": history,
         "rng": rng_states(generator)})
-    with open(run.metrics, "a", encoding="utf-8") as f:
-        f.write(json.dumps(history[-1]) + "\n")
+    append_text(run.metrics, json.dumps(history[-1]) + "\n")
 
 
 def _train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, scheduler: Any,

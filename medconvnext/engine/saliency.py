@@ -34,6 +34,7 @@ from torch import nn
 
 from medconvnext.engine.inference import FoldEnsemble, ImagePaths, Predictor, _pad_to
 from medconvnext.errors import UserError
+from medconvnext.fileio import record
 
 CAM_METHODS = ("gradcam", "occlusion")
 
@@ -211,5 +212,6 @@ def save_saliency(scan_map: ScanMap, path: str | Path, description: str = "") ->
     image.header["descrip"] = description[:79].encode()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(image, str(path))
+    nib.save(image, str(path))  # nibabel picks the format from the name, so not through atomic_write
+    record(path)
     return path

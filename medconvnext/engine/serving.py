@@ -21,6 +21,7 @@ from medconvnext.data.validate import require_valid
 from medconvnext.engine.inference import FoldEnsemble, save_window_map
 from medconvnext.engine.saliency import CAM_METHODS, ensemble_saliency, save_saliency
 from medconvnext.errors import UserError
+from medconvnext.fileio import start_manifest
 from medconvnext.results.calibration import (
     TTA_CALIBRATION_HINT,
     TTA_THRESHOLD_NOTE,
@@ -30,7 +31,7 @@ from medconvnext.results.calibration import (
     load_calibration,
 )
 from medconvnext.results.table import require_finite
-from medconvnext.rundir import RunDir
+from medconvnext.rundir import RunDir, check_output, check_writable
 
 Log = Callable[[str], None]
 
@@ -63,12 +64,15 @@ def predict_scans(
     cam_class: str | None = None,
     cam_method: str = "gradcam",
     log: Log = print,
+    overwrite: bool = False,
 ) -> ScanPredictions:
     """Predict every scan of ``inputs`` with the run (or checkpoint, or cv run) ``model``; several runs are one
     ensemble (the mean probability of all their models, e.g. one recipe trained with three seeds).
 
     Every check runs before any prediction or write: the inputs (the validator of ``data check``), the leakage
     audit against the run's cases (``strict``: refuse), the calibration and threshold options.
+
+    ``overwrite``: the window and saliency maps may replace files of the same name that medconvnext did not write.
 
     Raises:
         UserError: a bad input, option or run, or probabilities that are not finite.
@@ -87,6 +91,9 @@ def predict_scans(
         raise UserError(f"--model {twice}: given twice; each run of an ensemble counts once")
     parse_threshold(threshold)  # a bad number is refused before any model is loaded
     cases = resolve_prediction_inputs(list(inputs))
+    for folder, suffix, option in ((window_map, "_windows.nii.gz", "--window-map"), (cam, "_cam.nii.gz", "--cam")):
+        if folder is not None:  # before any work: a map never replaces a file medconvnext did not write
+            _check_map_folder(Path(folder), unique_names(cases, suffix), overwrite, option)
     require_valid(cases)  # the checks of data check/train: a NaN or blank scan is refused, not predicted
     report = LeakageReport()
     for path in models:
@@ -118,7 +125,8 @@ def predict_scans(
     probs = np.stack([r.probabilities for r in results])
     require_finite([case.image for case in cases], probs)
     temperature = None
-    if calibration is not None and calibrate is not False and len(models) == 1:  # an ensemble's is T = 1
+    if (calibration is not None and calibrate is not False and len(models) == 1  # an ensemble's is T = 1
+            and calibration.temperature_applied):
         probs = calibration.calibrate(probs)
         temperature = calibration.temperature
     if window_map is not None:
@@ -151,8 +159,12 @@ def run_calibration(model: Path, calibrate: bool | None, threshold: str | None, 
         raise UserError(f"{run.calibration}: classes {calibration.class_names} differ from the model's {names}")
     served = calibration.for_tta() if tta else None
     calibration = served if served is not None else calibration
-    log(f"calibration: T = {calibration.temperature:.3f} ({calibration.fitted_on})"
-        + (", not applied (--no-calibrate)" if calibrate is False else ""))
+    if not calibration.temperature_applied:  # the run's rule kept T = 1: say so, and why
+        log(f"calibration: temperature {calibration.temperature_note} ({calibration.fitted_on}); probabilities "
+            "uncalibrated")
+    else:
+        log(f"calibration: T = {calibration.temperature:.3f} ({calibration.fitted_on})"
+            + (", not applied (--no-calibrate)" if calibrate is False else ", applied"))
     return calibration, served is not None
 
 
@@ -225,8 +237,24 @@ def unique_names(cases: list, suffix: str) -> list[str]:
     return names
 
 
+def _check_map_folder(folder: Path, names: list[str], overwrite: bool, option: str) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{option} {folder}: is a file, not a folder")
+    check_writable(folder, option)
+    for name in names:
+        check_output(folder / name, overwrite, option)
+
+
+def _own_map_folder(folder: Path) -> None:
+    """A new or empty maps folder gets a manifest, so the next predict may replace its maps; a folder already
+    holding other files gets none (its maps are then replaced only with --overwrite)."""
+    if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):
+        start_manifest(folder, "maps")
+
+
 def write_window_maps(folder: Path, cases: list, results: list, class_names: list[str], log: Log) -> None:
     """Each scan's per-window probability grid as NIfTI (scans that ran whole-volume have none)."""
+    _own_map_folder(folder)
     written = 0
     for name, result in zip(unique_names(cases, "_windows.nii.gz"), results, strict=True):
         if save_window_map(result, class_names, folder / name) is not None:
@@ -240,6 +268,7 @@ def write_cams(folder: Path, cases: list, ensemble: Any, probs: np.ndarray, cam_
                log: Log) -> None:
     """A saliency map per scan on the scan's own grid (Grad-CAM, or occlusion where Grad-CAM has no resolution)."""
     names = ensemble.class_names
+    _own_map_folder(folder)
     start = time.perf_counter()
     used = set()
     for name, case, p in zip(unique_names(cases, "_cam.nii.gz"), cases, probs, strict=True):

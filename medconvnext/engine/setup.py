@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib.util
 import inspect
 import json
 import os
@@ -43,6 +44,7 @@ from medconvnext.engine.provenance import environment_info
 from medconvnext.engine.resume import load_training_state
 from medconvnext.engine.warm_start import check_init_compatible
 from medconvnext.errors import UserError
+from medconvnext.fileio import start_manifest, write_json
 from medconvnext.models import create_model, get_entry
 from medconvnext.rundir import RunDir
 
@@ -166,8 +168,10 @@ def prepare_resume(run_dir: str | Path, epochs: int | None, device: str | None) 
         raise UserError(f"--resume {run.root}: --epochs {epochs}, but the run has trained {done} "
                         f"epoch{'s' * (done != 1)} already; pass --epochs N (more than {done}) to extend it, or "
                         "leave --epochs out to finish it as planned")
-    if dist.is_main() and (epochs is not None or device is not None):
-        save_config(config, run.config)
+    if dist.is_main():
+        start_manifest(run.root, "train")  # a run from before the manifest records what it writes from now on
+        if epochs is not None or device is not None:
+            save_config(config, run.config)
     return RunSetup(config, run, datalist, split, plan, torch_device, _seeded_model(config, datalist), state)
 
 
@@ -317,8 +321,8 @@ def _write_run_files(
         "skipped_bad_cases": skipped,
         "environment": environment_info(),
     }
-    run.dataset.write_text(json.dumps(dataset, indent=2), encoding="utf-8")
-    run.splits.write_text(json.dumps(split.to_dict(), indent=2), encoding="utf-8")
+    write_json(run.dataset, dataset)
+    write_json(run.splits, split.to_dict())
 
 
 def run_plan(setup: RunSetup, model: nn.Module, steps_per_epoch: int, start_epoch: int) -> dict[str, Any]:
@@ -398,6 +402,8 @@ def check_recipe(cfg: TrainConfig) -> None:
         raise UserError(f"train.balance must be one of {', '.join(BALANCE_MODES)}, got {cfg.balance!r}")
     if cfg.patches not in PATCH_MODES:
         raise UserError(f"train.patches must be one of {', '.join(PATCH_MODES)}, got {cfg.patches!r}")
+    if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:  # before the run folder is written
+        raise UserError("train.tensorboard: tensorboard is not installed (pip install tensorboard)")
     if cfg.select not in SELECT_MODES:
         raise UserError(f"train.select must be one of {', '.join(SELECT_MODES)}, got {cfg.select!r}")
     if cfg.layer_decay is not None and not 0.0 < cfg.layer_decay <= 1.0:

@@ -64,9 +64,10 @@ from medconvnext.engine.validation import (
     write_val_predictions_tta,
 )
 from medconvnext.errors import UserError
+from medconvnext.fileio import append_text, record_many, remove, set_state, start_manifest
 from medconvnext.models import apply_memory_format, model_memory_format
 from medconvnext.reports.plots import plot_training_curves
-from medconvnext.rundir import RunDir
+from medconvnext.rundir import TENSORBOARD, RunDir, RunLock
 
 __all__ = [
     "SilentCallbacks", "TrainResult", "TrainingCallbacks", "resume", "train",
@@ -135,9 +136,10 @@ def train(
         UserError: a bad image (named, with the reason) unless ``data.skip_bad``; ``out`` not empty and not a
             run, or a run without ``overwrite``; before anything is written.
     """
-    setup = prepare_training(config, out, overwrite, split, audit, validated)
-    init_weights(setup.model, setup.config, setup.run)
-    return _fit(setup, callbacks)
+    with RunLock(out):  # one writer per run: a second train/resume into it is refused, naming this process
+        setup = prepare_training(config, out, overwrite, split, audit, validated)
+        init_weights(setup.model, setup.config, setup.run)
+        return _fit(setup, callbacks)
 
 
 def resume(
@@ -157,7 +159,11 @@ def resume(
     Raises:
         UserError: not a run directory; its data changed and is now bad; the run already finished.
     """
-    setup = prepare_resume(run_dir, epochs, device)
+    with RunLock(run_dir, "--resume"):
+        return _resume(prepare_resume(run_dir, epochs, device), callbacks)
+
+
+def _resume(setup: RunSetup, callbacks: TrainingCallbacks | None) -> TrainResult:
     state = setup.state
     if state is not None and _finished_without_tta(setup):
         _write_tta(setup)
@@ -212,6 +218,9 @@ def _fit(setup: RunSetup, callbacks: TrainingCallbacks | None) -> TrainResult:
     if hasattr(callbacks, "on_plan"):  # optional hook: what is about to run (the CLI's summary panel, trackers)
         callbacks.on_plan(run_plan(setup, unwrap_model(loop.model), len(data.train_loader), start_epoch))
     callbacks.on_start(cfg.epochs, len(data.train_loader))
+    if dist.is_main():
+        start_manifest(run.root, "train")  # a run from before the manifest records what it writes from now on
+        set_state(run.root, "running")  # stays so if interrupted: a rerun of the command then says --resume
     try:
         run_epochs(loop, data.train_loader, range(start_epoch, cfg.epochs + 1), hooks)
     finally:
@@ -219,6 +228,8 @@ def _fit(setup: RunSetup, callbacks: TrainingCallbacks | None) -> TrainResult:
     epochs_run = len(loop.history) - (start_epoch - 1)  # none when an early-stopped run is resumed
     if epochs_run or not run.val_predictions_tta.is_file():
         _write_tta(setup)  # the best checkpoint is final now
+    if dist.is_main():
+        set_state(run.root, "complete")
     return TrainResult(run.root, loop.best["epoch"], loop.best, loop.history, epochs_run)
 
 
@@ -229,7 +240,7 @@ class _RunHooks(EpochHooks):
         self.setup, self.data, self.callbacks = setup, data, callbacks
         self.cfg = setup.config.train
         self.meta = _checkpoint_meta(setup, loop)
-        self.tensorboard = (_TensorBoard(setup.run.root / "tensorboard")
+        self.tensorboard = (_TensorBoard(setup.run.root / TENSORBOARD)
                             if self.cfg.tensorboard and dist.is_main() else None)
         self.last_plot = 0.0
 
@@ -300,12 +311,11 @@ class _RunHooks(EpochHooks):
         save_checkpoint(run.checkpoint("last"), loop.eval_model, meta)
         if improved:
             # the TTA predictions belong to the best checkpoint: gone before it changes, rewritten after the last epoch
-            run.val_predictions_tta.unlink(missing_ok=True)
+            remove(run.val_predictions_tta)
             save_checkpoint(run.checkpoint("best"), loop.eval_model, meta)
             write_val_predictions(run.val_predictions, val, classes)
         save_training_state(run.training_state(), loop_state(loop, epoch))
-        with open(run.metrics, "a", encoding="utf-8") as f:
-            f.write(json.dumps(loop.history[-1]) + "\n")
+        append_text(run.metrics, json.dumps(loop.history[-1]) + "\n")
 
     def _log(self, loop: Loop, epoch: int) -> None:
         """TensorBoard scalars, and progress.png at most once a minute (and after the last epoch)."""
@@ -358,3 +368,6 @@ class _TensorBoard:
 
     def close(self) -> None:
         self.writer.close()
+        # the event files are appended to as training goes: recorded in the run's manifest once closed
+        log_dir = Path(self.writer.log_dir)
+        record_many([p for p in log_dir.rglob("*") if p.is_file()], log_dir.parent)

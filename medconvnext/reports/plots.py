@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medconvnext.fileio import atomic_write
 from medconvnext.reports.training_log import CURVE_KEYS
 from medconvnext.results.metrics import binary_auc, expected_calibration_error, reliability_bins
 
@@ -45,7 +46,7 @@ def _figure(width: float, height: float, ncols: int = 1, nrows: int = 1, **kwarg
 def _save(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=DPI, format=path.suffix.lstrip(".") or "png"))
     return path
 
 

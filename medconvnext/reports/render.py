@@ -11,13 +11,14 @@ import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from medconvnext.fileio import atomic_write
 from medconvnext.reports import plots
 from medconvnext.reports.document import Doc, to_html, to_markdown
 from medconvnext.reports.operating import criterion_text, section_rows
 from medconvnext.reports.summary import summarize
 from medconvnext.reports.training_log import read_training_log
 from medconvnext.results.calibration import apply_temperature
-from medconvnext.results.metrics import SCALAR_METRICS
+from medconvnext.results.metrics import SCALAR_METRICS, ci_text
 from medconvnext.results.table import TEST_FOLD, Predictions
 
 __all__ = ["write_report", "REPORT_FILES"]
@@ -77,9 +78,7 @@ def _fmt(value: float | int | None, digits: int = 3) -> str:
 
 
 def _ci(interval: Sequence[float | None] | None) -> str:
-    if not interval or interval[0] is None:
-        return "n/a"
-    return f"{interval[0]:.3f} – {interval[1]:.3f}"
+    return ci_text(interval)
 
 
 def _mean_std(stats: Mapping | None) -> str:
@@ -184,7 +183,8 @@ def _draw_figures(run_dir: Path, pooled: Predictions, metrics: Mapping, logs: Ma
         "confusion": lambda path: plots.plot_confusion(metrics["confusion_matrix"], names, path),
         "calibration": lambda path: plots.plot_calibration(y, p, path),
     }
-    if calibration is not None and calibration.get("temperature_fitted", True):
+    if calibration is not None and calibration.get("temperature_fitted", True) and calibration.get(
+            "temperature_applied", True):
         after = apply_temperature(p, calibration["temperature"])
         jobs["recalibration"] = lambda path: plots.plot_recalibration(y, p, after, calibration["temperature"], path)
     if logs:
@@ -265,7 +265,8 @@ def _calibration_sections(doc: Doc, cal: Mapping, figures: Mapping[str, Path]) -
     if op_rows:
         op = cal["operating_point"]
         doc.heading(2, "Operating point")
-        doc.paragraph(f"A case is called {op['positive_class']} when its {'calibrated ' if fitted else ''}"
+        calibrated = fitted and cal.get("temperature_applied", True)
+        doc.paragraph(f"A case is called {op['positive_class']} when its {'calibrated ' if calibrated else ''}"
                       f"probability is at least the threshold, chosen by {criterion_text(op['criterion'])} on the "
                       f"{cal['fitted_on']}; {cal['source']}. `medconvnext predict{tta} --threshold auto` uses this "
                       "threshold.")
@@ -275,6 +276,11 @@ def _calibration_sections(doc: Doc, cal: Mapping, figures: Mapping[str, Path]) -
     if not fitted:
         return
     doc.heading(2, "Calibration (temperature scaling)")
+    if not cal.get("temperature_applied", True):
+        doc.paragraph(f"Temperature scaling was {cal['temperature_note']}; the probabilities are used as the model "
+                      "gives them (T = 1). A temperature is fitted only with enough held-out cases of every class, "
+                      "and applied only when it improves the negative log-likelihood cross-validated within them.")
+        return
     doc.paragraph(f"One temperature T divides the logits (Guo et al. 2017), fitted by minimising the negative "
                   f"log-likelihood on the {cal['fitted_on']}; it never changes the predicted class. "
                   f"Here: {cal['source']}. `medconvnext predict{tta}` applies it (--no-calibrate: raw probabilities).")
@@ -340,6 +346,7 @@ def write_report(
     doc = _build(title, summary, figures, logs, note)
     md_path = run_dir / REPORT_FILES["markdown"]
     html_path = run_dir / REPORT_FILES["html"]
-    md_path.write_text(to_markdown(doc), encoding="utf-8")
-    html_path.write_text(to_html(doc, title), encoding="utf-8")
+    markdown, html = to_markdown(doc), to_html(doc, title)
+    atomic_write(md_path, lambda tmp: tmp.write_text(markdown, encoding="utf-8"))
+    atomic_write(html_path, lambda tmp: tmp.write_text(html, encoding="utf-8"))
     return {"markdown": md_path, "html": html_path, **figures}

@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 
 from medconvnext.errors import UserError
+from medconvnext.fileio import start_manifest
 from medconvnext.reports.operating import calibration_summary, fit_run_calibration
-from medconvnext.reports.render import write_report
+from medconvnext.reports.render import REPORT_FILES, write_report
 from medconvnext.reports.summary import save_summary, summarize
 from medconvnext.results.calibration import (
     TTA_CALIBRATION_HINT,
@@ -34,7 +35,7 @@ from medconvnext.results.calibration import (
     save_calibration,
 )
 from medconvnext.results.table import TEST_FOLD, Predictions, predictions_from_rows, read_predictions
-from medconvnext.rundir import RunDir
+from medconvnext.rundir import RunDir, check_output
 
 __all__ = ["RunReport", "concat_predictions", "report_run", "tta_note"]
 
@@ -74,7 +75,7 @@ def _labelled_test_rows(path: Path) -> tuple[Predictions | None, int]:
 
 
 def report_run(run_dir: str | Path, n_boot: int = 1000, seed: int = 0,
-               target_sensitivity: float | None = None) -> RunReport:
+               target_sensitivity: float | None = None, overwrite: bool = False) -> RunReport:
     """(Re)write the summary JSON and ``report.md``/``report.html`` (+ figures) of a run directory.
 
     A cross-validation (its out-of-fold predictions) or a train run (its validation predictions) also gets its
@@ -89,9 +90,10 @@ def report_run(run_dir: str | Path, n_boot: int = 1000, seed: int = 0,
     if target_sensitivity is not None and not 0.0 <= target_sensitivity <= 1.0:
         raise UserError(f"--target-sensitivity must be in [0, 1], got {target_sensitivity}")
     fit = {"target_sensitivity": target_sensitivity}
+    _check_outputs(run, overwrite)
     if run.is_cv():
         return _cv_report(run, n_boot, seed, fit)
-    if run.predictions.is_file():
+    if run.is_evaluation():
         meta = {}
         if run.evaluation.is_file():
             meta = json.loads(run.evaluation.read_text(encoding="utf-8"))
@@ -120,6 +122,16 @@ def report_run(run_dir: str | Path, n_boot: int = 1000, seed: int = 0,
                       notes, n_boot, seed, {**fit, "fitted_on": "validation predictions of the best epoch"})
     raise UserError(f"{run.root}: nothing to report (expected a cross-validation with cv.json, a train run with "
                     f"{run.val_predictions.name}, or an evaluate folder with {run.predictions.name})")
+
+
+def _check_outputs(run: RunDir, overwrite: bool) -> None:
+    """Before any work: the report never replaces a file medconvnext did not write (``overwrite``: it may). A run
+    from before the manifest gets one, so its report files are known from now on."""
+    names = [*REPORT_FILES.values(), run.calibration.name, run.summary.name, run.evaluation_summary.name]
+    for name in names:
+        check_output(run.root / name, overwrite, "report:")
+    if run.is_cv() or run.is_evaluation() or run.val_predictions.is_file():  # never into a folder of other files
+        start_manifest(run.root, "cv" if run.is_cv() else "evaluate" if run.is_evaluation() else "train")
 
 
 def _cv_report(run: RunDir, n_boot: int, seed: int, fit: dict) -> RunReport:

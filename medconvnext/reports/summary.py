@@ -12,13 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
+from medconvnext.fileio import atomic_write
 from medconvnext.results.metrics import SCALAR_METRICS, bootstrap_ci, classification_metrics
 from medconvnext.results.table import TEST_FOLD, Predictions
 
 __all__ = ["CI_METRICS", "summarize", "save_summary"]
 
-# Metrics that get a bootstrap CI on the pooled predictions (each costs n_boot recomputations).
-CI_METRICS: tuple[str, ...] = ("auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "mcc")
+# Metrics that get a bootstrap CI on the pooled predictions (each costs n_boot recomputations): every headline one.
+CI_METRICS: tuple[str, ...] = SCALAR_METRICS
 CI_LEVEL = 0.95
 
 
@@ -115,5 +116,6 @@ def save_summary(path: str | Path, summary: dict) -> Path:
     """Write a summary as strict JSON (``cv_summary.json``); fails loudly rather than writing NaN."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_json_clean(summary), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    text = json.dumps(_json_clean(summary), indent=2, allow_nan=False) + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return path

@@ -24,6 +24,7 @@ validation predictions), stored with the run as ``calibration.json`` and applied
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from medconvnext.errors import UserError
+from medconvnext.fileio import atomic_write
 from medconvnext.results.table import TEST_FOLD, Predictions, read_predictions
 from medconvnext.rundir import RunDir
 
@@ -43,7 +45,10 @@ __all__ = [
     "Calibration",
     "OperatingPoint",
     "TtaCalibration",
+    "MIN_CASES_PER_CLASS",
+    "TemperatureChoice",
     "apply_temperature",
+    "choose_temperature",
     "choose_threshold",
     "ensemble_operating_point",
     "fit_temperature",
@@ -122,8 +127,77 @@ def fit_temperature(probs: np.ndarray, y_true: np.ndarray, max_iter: int = 100) 
         return loss
 
     optimizer.step(closure)
-    # bounded: separable data drive T towards 0 (the NLL keeps falling); 0.05-20 covers any sensible model
-    return float(np.clip(log_t.exp().item(), T_MIN, T_MAX))
+    # bounded: separable data drive T towards 0 (the NLL keeps falling); 0.05-20 covers any sensible model. LBFGS
+    # stops early on such a flat slope (e.g. at 0.15), so the bounds are compared too: the NLL is convex in 1/T,
+    # so the best of the three is the minimum over [T_MIN, T_MAX]
+    fitted = float(np.clip(log_t.exp().item(), T_MIN, T_MAX))
+    return min((fitted, T_MIN, T_MAX), key=lambda t: nll(probs, y, t))
+
+
+# When a temperature is used (the rule ``report`` applies to a run's held-out predictions):
+# 1. fitted only with at least MIN_CASES_PER_CLASS held-out cases of every class: below that the NLL's minimum is set
+#    by the one or two most confident mistakes (or by none: T runs to a bound on a set it separates);
+# 2. not applied when the fit stops at a bound (T_MIN: the set is separated, the NLL has no interior minimum and T
+#    would push every probability to 0 or 1; T_MAX: the predictions carry no signal);
+# 3. applied only when it improves a held-out estimate: the NLL of each of CV_FOLDS stratified folds under the
+#    temperature fitted on the other folds, against the same folds at T = 1.
+MIN_CASES_PER_CLASS = 20
+CV_FOLDS = 5
+
+
+@dataclass
+class TemperatureChoice:
+    """The temperature to use (1 when not applied), the fit on all cases (None when not fitted), and why."""
+
+    temperature: float
+    fitted: float | None
+    applied: bool
+    reason: str  # one line, e.g. "not fitted: 5 held-out case(s) of class 'solid' (at least 20 of every class needed)"
+    cv_nll: tuple[float, float] | None = None  # (at T = 1, with the temperature fitted on the other folds)
+
+
+def choose_temperature(probs: np.ndarray, y_true: np.ndarray, class_names: list[str] | None = None,
+                       seed: int = 0) -> TemperatureChoice:
+    """Temperature scaling when it earns its place (the rule above), else T = 1 and the reason."""
+    y = np.asarray(y_true, dtype=np.int64)
+    k = np.asarray(probs).shape[1]
+    counts = np.bincount(y, minlength=k)
+    rarest = int(np.argmin(counts))
+    if counts[rarest] < MIN_CASES_PER_CLASS:
+        name = class_names[rarest] if class_names else str(rarest)
+        return TemperatureChoice(1.0, None, False, f"not fitted: {counts[rarest]} held-out case(s) of class {name!r} "
+                                 f"({len(y)} in all); a temperature is estimated only with at least "
+                                 f"{MIN_CASES_PER_CLASS} cases of every class")
+    fitted = fit_temperature(probs, y)
+    for bound, why in ((T_MIN, "the predictions separate these cases, so the NLL keeps falling as T shrinks and "
+                        "would push every probability to 0 or 1"),
+                       (T_MAX, "the predictions barely separate the classes")):
+        if math.isclose(fitted, bound, rel_tol=1e-6):
+            return TemperatureChoice(1.0, fitted, False, f"not applied: the fitted temperature reached its bound "
+                                     f"({bound:g}): {why}")
+    raw, scaled = _cross_validated_nll(probs, y, seed)
+    if not scaled < raw:
+        return TemperatureChoice(1.0, fitted, False, f"not applied: T = {fitted:.3f} does not improve the "
+                                 f"cross-validated NLL ({raw:.3f} at T = 1, {scaled:.3f} fitted, {CV_FOLDS} folds)",
+                                 (raw, scaled))
+    return TemperatureChoice(fitted, fitted, True, f"applied: cross-validated NLL {raw:.3f} -> {scaled:.3f} "
+                             f"({CV_FOLDS} folds)", (raw, scaled))
+
+
+def _cross_validated_nll(probs: np.ndarray, y: np.ndarray, seed: int) -> tuple[float, float]:
+    """Mean NLL over stratified folds: (at T = 1, under the temperature fitted on the other folds)."""
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(y), dtype=np.int64)
+    for c in np.unique(y):  # stratified: each class dealt round-robin over the folds, in a seeded order
+        where = rng.permutation(np.flatnonzero(y == c))
+        fold[where] = np.arange(len(where)) % CV_FOLDS
+    raw = scaled = 0.0
+    for f in range(CV_FOLDS):
+        test = fold == f
+        t = fit_temperature(probs[~test], y[~test])
+        raw += nll(probs[test], y[test]) * test.sum()
+        scaled += nll(probs[test], y[test], t) * test.sum()
+    return raw / len(y), scaled / len(y)
 
 
 def sensitivity_specificity(is_positive: np.ndarray, score: np.ndarray, threshold: float) -> tuple[float, float]:
@@ -191,6 +265,9 @@ class TtaCalibration:
     criterion: str | None = None
     sensitivity: float | None = None
     specificity: float | None = None
+    temperature_applied: bool = True
+    fitted_temperature: float | None = None
+    temperature_note: str | None = None
 
 
 @dataclass
@@ -210,6 +287,11 @@ class Calibration:
     models: dict[str, str] = field(default_factory=dict)
     # the fit on the TTA held-out predictions; None in files written before them, or when a run has none
     tta: TtaCalibration | None = None
+    # whether the rule of choose_temperature let the temperature be used (else ``temperature`` is 1), the one it
+    # fitted on every case then, and why it was or was not used; absent from files written before the rule
+    temperature_applied: bool = True
+    fitted_temperature: float | None = None
+    temperature_note: str | None = None
 
     def for_tta(self) -> Calibration | None:
         """The TTA section as a calibration of its own (this one's classes and models), or None without one."""
@@ -218,12 +300,14 @@ class Calibration:
         section = self.tta
         return Calibration(section.temperature, list(self.class_names), section.fitted_on, self.positive_class,
                            section.threshold, section.criterion, section.sensitivity, section.specificity,
-                           dict(self.models))
+                           dict(self.models), temperature_applied=section.temperature_applied,
+                           fitted_temperature=section.fitted_temperature, temperature_note=section.temperature_note)
 
     def as_tta_section(self) -> TtaCalibration:
         """This calibration (fitted on TTA predictions) as the ``tta`` section of another one."""
         return TtaCalibration(self.temperature, self.fitted_on, self.threshold, self.criterion, self.sensitivity,
-                              self.specificity)
+                              self.specificity, self.temperature_applied, self.fitted_temperature,
+                              self.temperature_note)
 
     def calibrate(self, probs: np.ndarray) -> np.ndarray:
         return apply_temperature(probs, self.temperature)
@@ -256,7 +340,8 @@ def check_calibration_matches(calibration: Calibration, run_root: str | Path, pa
 
 def save_calibration(path: str | Path, calibration: Calibration) -> Path:
     path = Path(path)
-    path.write_text(json.dumps(asdict(calibration), indent=2) + "\n", encoding="utf-8")
+    text = json.dumps(asdict(calibration), indent=2) + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return path
 
 

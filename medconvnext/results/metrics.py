@@ -34,6 +34,7 @@ import numpy as np
 
 __all__ = [
     "SCALAR_METRICS",
+    "ci_text",
     "classification_metrics",
     "bootstrap_ci",
     "binary_auc",
@@ -266,6 +267,18 @@ def _scalar(metric: str, y: np.ndarray, p: np.ndarray) -> float | None:
         support = cm.sum(axis=1)
         return float(np.mean(np.diag(cm)[support > 0] / support[support > 0]))
     return _count_metrics(y, p, [str(i) for i in range(p.shape[1])])[metric]
+
+
+def ci_text(interval: Sequence[float | None] | None, digits: int = 3) -> str:
+    """``low – high``; ``n/a`` without one (no bootstrap); an interval of one value (every resample gave the same
+    number, e.g. a sensitivity of 1.000 on a few positives) is said to be that rather than shown as ``1.000 – 1.000``,
+    which would read as certainty."""
+    if not interval or interval[0] is None:
+        return "n/a"
+    low, high = interval
+    if round(low, digits) == round(high, digits):
+        return f"none (every resample {low:.{digits}f}: too few cases)"
+    return f"{low:.{digits}f} – {high:.{digits}f}"
 
 
 def bootstrap_ci(
