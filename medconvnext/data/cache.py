@@ -12,8 +12,8 @@ one cache folder: each computes and writes only the items it reads, and the atom
 writes of the same entry harmless.
 
 Entries are compact: a normalised image is stored as float16 (half the bytes of float32; its values lose nothing a
-classifier can use) and read back memory-mapped, then as float32. Raw intensities (``intensity: none``: HU, counts)
-and values beyond float16's range stay float32. :meth:`DiskCacheDataset.warm` builds the missing entries in worker processes
+classifier can use) and read back memory-mapped, then as float32. Raw intensities (``intensity: none``: HU,
+counts) and values beyond float16's range stay float32. :meth:`DiskCacheDataset.warm` builds the missing entries in worker processes
 before training (under torchrun each rank builds its share).
 """
 
