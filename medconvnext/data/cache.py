@@ -13,8 +13,8 @@ writes of the same entry harmless.
 
 Entries are compact: a normalised image is stored as float16 (half the bytes of float32; its values lose nothing a
 classifier can use) and read back memory-mapped, then as float32. Raw intensities (``intensity: none``: HU,
-counts) and values beyond float16's range stay float32. :meth:`DiskCacheDataset.warm` builds the missing entries in worker processes
-before training (under torchrun each rank builds its share).
+counts) and values beyond float16's range stay float32. :meth:`DiskCacheDataset.warm` builds the missing entries
+in worker processes before training (under torchrun each rank builds its share).
 """
 
 from __future__ import annotations
