@@ -49,32 +49,40 @@ def main() -> None:
     if args.child:
         return child(args.child)
     data = generate(args.out / f"ct{args.cases}", args.cases, tuple(args.shape))
-    results = {"cases": args.cases, "threads": args.threads, "cpu": os.cpu_count()}
+    # each finished step is saved at once and not measured again when the script is rerun (a step takes minutes)
+    path = args.results or args.out / f"clinical_{args.cases}.json"
+    results = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    results.update({"cases": args.cases, "threads": args.threads, "cpu": os.cpu_count()})
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     run = args.out / f"run{args.cases}"
     cache = args.out / f"cache{args.cases}"
-    results["train_ours"] = train_ours(data, run, cache, env)
+
+    def step(name: str, work) -> None:
+        if name not in results:
+            results[name] = work()
+            save(results, path)
+
+    step("train_ours", lambda: train_ours(data, run, cache, env))
     if args.train_only:
         print(json.dumps(results["train_ours"], indent=1))
-        return save(results, args.results)
+        return
     plan = json.loads((run / "checkpoint_best.json").read_text(encoding="utf-8"))["preprocessing"]
     (args.out / "plan.json").write_text(json.dumps(plan), encoding="utf-8")
     scans = sorted(str(p) for p in (data / "images").glob("*.nii.gz"))
     for side in ("ours", "monai"):
-        results[f"prep_{side}"] = measure([f"prep_{side}", str(args.out / "plan.json"), str(args.out / f"prep_{side}"),
-                                           *scans], env)
-    results["train_monai"] = measure(["train_monai", str(run), str(args.out / "plan.json"), str(data)], env)
+        step(f"prep_{side}", lambda side=side: measure(
+            [f"prep_{side}", str(args.out / "plan.json"), str(args.out / f"prep_{side}"), *scans], env))
+    step("train_monai", lambda: measure(["train_monai", str(run), str(args.out / "plan.json"), str(data)], env))
     for side in ("ours", "monai"):
         for mode in ("whole", "sliding"):
-            results[f"predict_{mode}_{side}"] = measure([f"predict_{side}", str(run), scans[0], mode], env)
+            step(f"predict_{mode}_{side}", lambda side=side, mode=mode: measure(
+                [f"predict_{side}", str(run), scans[0], mode], env))
     print_table(results)
-    save(results, args.results)
 
 
-def save(results: dict, path: Path | None) -> None:
-    if path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+def save(results: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
 
 def generate(folder: Path, cases: int, in_plane: tuple[int, int]) -> Path:
@@ -262,7 +270,7 @@ def predict_monai(run: str, scan: str, mode: str) -> dict:
         else:
             def dense(window: torch.Tensor) -> torch.Tensor:  # (N, K) logits spread over the window
                 out = model(window)
-                return out[:, :, None, None, None].expand(-1, -1, *window.shape[2:])
+                return out[:, :, None, None, None].expand(-1, -1, *window.shape[2:]).clone()
 
             logits = sliding_window_inference(image, pre["input_size"], 4, dense, overlap=0.25).mean(dim=(2, 3, 4))
     prob = torch.softmax(logits, dim=1)[0, 1].item()

@@ -134,11 +134,13 @@ def test_entries_are_float16_read_back_as_float32_and_warmed_in_worker_processes
     assert item["image"].dtype == torch.float32 and ds.hits == 1 and ds.misses == 0
     exact = PreprocessingPipeline(PRE).deterministic()(dict(records[1]))["image"]
     torch.testing.assert_close(item["image"], torch.as_tensor(exact), atol=5e-3, rtol=1e-3)
-    # values float16 cannot hold stay float32
-    big = write_volume(tmp_path / "big.nii.gz", np.full((8, 8, 8), 1e5, np.float32))
+    # raw intensities (HU) stay float32: 1000.3 HU is not rounded to 1000.5
+    raw_path = write_volume(tmp_path / "raw.nii.gz", np.full((8, 8, 8), 1000.3, np.float32))
     raw = Preprocessing(orientation="RAS", spacing=(1.0, 1.0, 1.0), input_size=(8, 8, 8), intensity="none")
-    big_ds = dataset([{"image": str(big), "label": 0, "case_id": "big"}], cache, raw)
-    assert big_ds[0]["image"].max() == 1e5
+    raw_ds = dataset([{"image": str(raw_path), "label": 0, "case_id": "raw"}], cache, raw)
+    raw_ds.warm(1)
+    assert torch.load(raw_ds.entry_path(raw_ds.data[0]), weights_only=True)["image"].dtype == torch.float32
+    assert float(raw_ds[0]["image"].max()) == pytest.approx(1000.3, abs=1e-3)
 
 
 def test_a_memory_cache_that_would_not_fit_is_refused_before_any_work():

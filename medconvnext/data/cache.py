@@ -11,10 +11,10 @@ temporary file and renamed into place; an unreadable entry is rebuilt. Several p
 one cache folder: each computes and writes only the items it reads, and the atomic rename makes concurrent
 writes of the same entry harmless.
 
-Entries are compact: the image is stored as float16 (half the bytes of float32; a normalised volume loses
-nothing a classifier can use, and a volume whose values do not fit float16 stays float32) and read back
-memory-mapped, then as float32. :meth:`DiskCacheDataset.warm` builds the missing entries in worker processes
-before training (under torchrun each rank builds its share).
+Entries are compact: a normalised image is stored as float16 (half the bytes of float32; its values lose nothing a
+classifier can use) and read back memory-mapped, then as float32. Raw intensities (``intensity: none``: HU,
+counts) and values beyond float16's range stay float32. :meth:`DiskCacheDataset.warm` builds the missing entries
+in worker processes before training (under torchrun each rank builds its share).
 """
 
 from __future__ import annotations
@@ -100,6 +100,7 @@ class DiskCacheDataset(Dataset):
         self.versions = library_versions()
         self.hits = 0
         self.misses = 0
+        self.compact = variant.preprocessing.intensity != "none"  # float16 only for normalised values
 
     def entry_path(self, record: dict) -> Path:
         """Where the record's entry lives (depends on the files' current contents)."""
@@ -113,7 +114,7 @@ class DiskCacheDataset(Dataset):
         if item is None:
             self.misses += 1
             computed = self.deterministic(dict(record))
-            self._store(path, computed)
+            self._store(path, computed, self.compact)
             # what a hit reads (float16-rounded): the first epoch sees the same volume as the later ones
             item = self._load(path) or computed
         else:
@@ -141,7 +142,7 @@ class DiskCacheDataset(Dataset):
 
     def _build(self, index: int) -> None:
         record = self.data[index]
-        self._store(self.entry_path(record), self.deterministic(dict(record)))
+        self._store(self.entry_path(record), self.deterministic(dict(record)), self.compact)
 
     @staticmethod
     def _load(path: Path) -> dict | None:
@@ -155,8 +156,10 @@ class DiskCacheDataset(Dataset):
                 for k, v in item.items()}
 
     @staticmethod
-    def _store(path: Path, item: dict) -> None:
-        plain = {k: _compact(v.as_tensor() if hasattr(v, "as_tensor") else v) for k, v in item.items()}
+    def _store(path: Path, item: dict, compact: bool = True) -> None:
+        plain = {k: v.as_tensor() if hasattr(v, "as_tensor") else v for k, v in item.items()}
+        if compact:
+            plain = {k: _compact(v) for k, v in plain.items()}
         # no fsync: a torn entry is detected on load and rebuilt
         atomic_write(path, lambda tmp: torch.save(plain, tmp), fsync=False)
 
