@@ -146,6 +146,77 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def validate(self) -> Config:
+        """Check every field's type, choice and range (:data:`RANGES`); raises UserError naming the first bad field.
+
+        Run when a config is built from YAML or ``--set`` and again at the top of every library entry point
+        (``train``, ``resume``, ``cross_validate``, ``pretrain``), so a config assembled in Python is checked before
+        anything is written. Returns the config (values normalised: a scalar spacing becomes three values).
+        """
+        for section_field in dataclasses.fields(self):
+            section = getattr(self, section_field.name)
+            hints = typing.get_type_hints(type(section))
+            for item in dataclasses.fields(section):
+                dotted = f"{section_field.name}.{item.name}"
+                value = _coerce(getattr(section, item.name), hints[item.name], dotted)
+                setattr(section, item.name, value)
+                _check_range(dotted, value)
+        return self
+
+
+# Ranges of the numeric fields: dotted name -> (low, high, low inclusive, high inclusive); None = unbounded. Lists
+# (spacing, sizes) are checked per value and must have three.
+RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    "data.val_fraction": (0.0, 1.0, False, False),
+    "data.num_workers": (0, None, True, True),
+    "preprocessing.spacing": (0.0, None, False, True),
+    "preprocessing.input_size": (1, None, True, True),
+    "preprocessing.max_input_voxels": (1, None, True, True),
+    "preprocessing.std": (0.0, None, False, True),
+    "train.epochs": (1, None, True, True),
+    "train.batch_size": (1, None, True, True),
+    "train.lr": (0.0, None, True, True),  # 0 freezes the weights (a test does)
+    "train.weight_decay": (0.0, None, True, True),
+    "train.warmup_epochs": (0, None, True, True),
+    "train.label_smoothing": (0.0, 1.0, True, False),
+    "train.mixup": (0.0, None, True, True),
+    "train.cutmix": (0.0, None, True, True),
+    "train.mix_prob": (0.0, 1.0, True, True),
+    "train.drop_path_rate": (0.0, 1.0, True, False),
+    "train.ema_decay": (0.0, 1.0, True, False),
+    "train.ema_bn_batches": (0, None, True, True),
+    "train.accumulate": (1, None, True, True),
+    "train.clip_grad_norm": (0.0, None, False, True),
+    "train.early_stopping_patience": (1, None, True, True),
+    "train.layer_decay": (0.0, 1.0, False, True),
+    "inference.roi_size": (1, None, True, True),
+    "inference.overlap": (0.0, 1.0, True, False),
+    "inference.sw_batch_size": (1, None, True, True),
+}
+THREE_VALUES = ("preprocessing.spacing", "preprocessing.input_size", "inference.roi_size")
+
+
+def _check_range(dotted: str, value: Any, where: str = "") -> None:
+    """UserError naming ``dotted`` (after ``where``) when ``value`` (or one of its list) is outside :data:`RANGES`."""
+    if value is None or dotted not in RANGES:
+        return
+    name = f"{where}: {dotted}" if where else dotted
+    if dotted in THREE_VALUES and len(value) != 3:
+        raise UserError(f"{name} = {yaml_spelling(value)} needs 3 values (x, y, z)")
+    low, high, low_in, high_in = RANGES[dotted]
+    for v in value if isinstance(value, list) else [value]:
+        below = low is not None and (v < low if low_in else v <= low)
+        above = high is not None and (v > high if high_in else v >= high)
+        if below or above:
+            raise UserError(f"{name} = {yaml_spelling(value)} is out of range: "
+                            f"{_range_words(low, high, low_in, high_in)}")
+
+
+def _range_words(low: float | None, high: float | None, low_in: bool, high_in: bool) -> str:
+    if high is None:
+        return f"must be {'>=' if low_in else '>'} {low:g}"
+    return f"must be in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+
 
 class _Loader(yaml.SafeLoader):
     """PyYAML's safe loader with YAML 1.2's floats: PyYAML follows YAML 1.1, which reads ``3e-4`` (no dot) as the
@@ -168,7 +239,7 @@ def config_from_dict(values: dict[str, Any], where: str = "config") -> Config:
     """Build a Config from nested dicts; UserError names an unknown or mistyped field."""
     config = Config()
     apply_overrides(config, _flatten(values), where)
-    return config
+    return config.validate()
 
 
 def load_config(path: str | Path | None) -> Config:
@@ -235,7 +306,9 @@ def _set_dotted(config: Config, dotted: str, value: Any, where: str) -> None:
         known = ", ".join(f"{section_name}.{f.name}" for f in dataclasses.fields(section))
         raise UserError(f"{where}: unknown field {dotted!r} (known: {known})")
     hint = typing.get_type_hints(type(section))[key]
-    setattr(section, key, _coerce(value, hint, f"{where}: {dotted}"))
+    coerced = _coerce(value, hint, f"{where}: {dotted}")
+    _check_range(dotted, coerced, where)
+    setattr(section, key, coerced)
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:

@@ -232,6 +232,7 @@ def cross_validate(
     """
     if not config.data.path:
         raise UserError("data.path is not set: pass --data DIR")
+    config.validate()  # before anything is written
     with RunLock(out):  # one writer per run: a second cv (or train) into it is refused, naming this process
         return _cross_validate(config, RunDir(Path(out)), folds, repeats, group_by, overwrite, callbacks,
                                log or (lambda line: None), n_boot, target_sensitivity)

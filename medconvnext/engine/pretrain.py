@@ -100,6 +100,7 @@ def pretrain(
     config: Config, out: str | Path, options: PretrainOptions, overwrite: bool = False, callbacks: Any = None
 ) -> PretrainResult:
     """Pretrain ``config.model`` on the scans of ``config.data.path`` into the run directory ``out``."""
+    config.validate()  # before anything is written
     with RunLock(out):  # one writer per run
         return _pretrain(config, out, options, overwrite, callbacks)
 

@@ -136,6 +136,7 @@ def train(
         UserError: a bad image (named, with the reason) unless ``data.skip_bad``; ``out`` not empty and not a
             run, or a run without ``overwrite``; before anything is written.
     """
+    config.validate()  # a config built in Python is checked like a YAML one, before anything is written
     with RunLock(out):  # one writer per run: a second train/resume into it is refused, naming this process
         setup = prepare_training(config, out, overwrite, split, audit, validated)
         init_weights(setup.model, setup.config, setup.run)
