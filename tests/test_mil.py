@@ -4,6 +4,10 @@ synthetic chest-CT phantoms through the CLI (train, predict with the attention m
 from __future__ import annotations
 
 import csv
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -19,6 +23,7 @@ from medconvnext.data.synthetic import chest_ct, save_phantom
 from medconvnext.engine.checkpoint import load_checkpoint
 from medconvnext.engine.inference import Predictor
 from medconvnext.engine.sliding_window import sliding_window_mil
+from medconvnext.engine.validation import evaluate_run
 from medconvnext.models import create_model
 from medconvnext.models.mil import MILClassifier
 
@@ -134,6 +139,12 @@ def test_mil_run_trains_predicts_with_an_attention_map_and_resumes(tmp_path):
     np.testing.assert_allclose(float(row["prob_nodule"]), prediction.probabilities[
         predictor.class_names.index("nodule")], atol=1e-5)
 
+    result = runner.invoke(app, ["predict", scan, "--model", str(run), "--cam", str(tmp_path / "cams")])
+    assert result.exit_code == 2 and "--window-map" in result.output, result.output
+    result = runner.invoke(app, ["export", str(run)])
+    assert result.exit_code == 0, result.output
+    assert "bag of one" in json.loads((run / "model.preprocessing.json").read_text(encoding="utf-8"))["mil"]
+
     # resume continues from epoch 1 as if never stopped
     whole = tmp_path / "whole"
     assert runner.invoke(app, _train_args(data, whole, epochs=2)).exit_code == 0
@@ -173,3 +184,19 @@ def test_mil_settings_are_checked_before_any_write(tmp_path):
         assert not out.exists()
     result = runner.invoke(app, [*_train_args(data, tmp_path / "x", 1), "--set", "preprocessing.input_size=null"])
     assert result.exit_code == 2 and "preprocessing.input_size" in result.output, result.output
+
+
+@pytest.mark.slow  # two processes that each import torch and MONAI: 25-40 s on the shared 2-core machine
+def test_two_process_gloo_mil_run_matches_single_process_evaluation(tmp_path):
+    """DDP needs no MIL code: every parameter gets a gradient (the encoder's own classifier is dropped), and the
+    logged validation (each rank its share of the volumes, every window pooled) equals one process's."""
+    data = _phantoms(tmp_path, count=4)
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+            "medconvnext", *_train_args(data, run, epochs=1), "--set", "train.ema=false"]
+    proc = subprocess.run(args, capture_output=True, text=True, encoding="utf-8", timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    logged = metrics(run)[-1]
+    single = evaluate_run(run, "last")
+    assert abs(single["loss"] - logged["val_loss"]) < 1e-5

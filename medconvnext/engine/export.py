@@ -130,7 +130,20 @@ def export_info(meta: dict, pre: Preprocessing, fmt: str, out_path: Path, checkp
             "steps": PreprocessingPipeline(pre).describe(),
         },
         "check": {"max_abs_diff_vs_eager": diff, "tolerance": tolerance},
+        **_mil_note(meta),
     }
+
+
+def _mil_note(meta: dict) -> dict:
+    """A multiple-instance model (``train.patches=mil``) exports as a classifier of one patch (a bag of one, its
+    attention 1); ``medconvnext predict`` pools every window of a volume with the attention, which this file does
+    not. Said in the JSON, so a deployment does not mistake one for the other."""
+    model = meta.get("model")
+    if not isinstance(model, dict) or "mil" not in model:
+        return {}
+    return {"mil": "each input patch is classified alone (a bag of one instance): the volume prediction of "
+                   "medconvnext predict pools the embeddings of every sliding window with gated attention, which "
+                   "this exported model does not do"}
 
 
 def _save_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> None:
