@@ -362,6 +362,7 @@ def run_plan(setup: RunSetup, model: nn.Module, steps_per_epoch: int, start_epoc
               for side, ids in sides.items() if ids}
     plan = schedule_plan(setup.run, config, setup.plan, model, setup.device, steps_per_epoch, start_epoch)
     plan["model"]["args"] = dict(getattr(model, "model_args", {}) or {})
+    plan["plan"]["patches"] = config.train.patches  # the input is a patch: validation and predict tile the volume
     return {**plan, "split": counts, "config": dataclasses.asdict(config)}
 
 
