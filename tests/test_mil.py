@@ -157,7 +157,8 @@ def test_a_peripheral_nodule_lies_inside_a_mil_window(tmp_path):
     """The issue's target: the whole body is tiled, so a nodule at the lung periphery is inside some window."""
     data = _phantoms(tmp_path, count=4)
     run = tmp_path / "run"
-    result = runner.invoke(app, _train_args(data, run, epochs=1))
+    # (the augmentation on the device: each patch of a (B, K, C, D, H, W) bag augmented on its own)
+    result = runner.invoke(app, [*_train_args(data, run, epochs=1), "--set", "data.augment_on=device"])
     assert result.exit_code == 0, result.output
     predictor = Predictor.load(run, device="cpu")
     phantom = chest_ct(SHAPE, SPACING, nodule=True, seed=0, radius_mm=10.0, periphery=True)
