@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -141,9 +142,21 @@ def test_mil_run_trains_predicts_with_an_attention_map_and_resumes(tmp_path):
 
     result = runner.invoke(app, ["predict", scan, "--model", str(run), "--cam", str(tmp_path / "cams")])
     assert result.exit_code == 2 and "--window-map" in result.output, result.output
+    # export: (N, M, C, D, H, W) bags of windows -> the pooled logits; any number of windows, as predict pools them
     result = runner.invoke(app, ["export", str(run)])
     assert result.exit_code == 0, result.output
-    assert "bag of one" in json.loads((run / "model.preprocessing.json").read_text(encoding="utf-8"))["mil"]
+    described = json.loads((run / "model.preprocessing.json").read_text(encoding="utf-8"))
+    assert described["input"]["shape"][:2] == ["N", "M"] and "every sliding window" in described["mil"]
+    roi = prediction.windows.roi_size
+    windows = torch.stack([volume.as_tensor()[:, d:d + roi[0], h:h + roi[1], w:w + roi[2]]
+                           for d, h, w in prediction.windows.starts])
+    assert not any(before for axis in prediction.windows.pad for before in axis)  # no padding to redo here
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch >= 2.10 deprecates TorchScript (still loads)
+        exported = torch.jit.load(str(run / "model.torchscript.pt"))
+    with torch.no_grad():
+        probabilities = torch.softmax(exported(windows[None]), dim=1)[0].numpy()
+    np.testing.assert_allclose(probabilities, prediction.probabilities, atol=1e-5)
 
     # resume continues from epoch 1 as if never stopped
     whole = tmp_path / "whole"
