@@ -39,6 +39,7 @@ from medconvnext.engine import distributed as dist
 from medconvnext.engine.checkpoint import atomic_write
 from medconvnext.engine.devices import resolve_device
 from medconvnext.engine.feeding import check_data_options
+from medconvnext.engine.mil import check_mil, check_mil_input, mil_arguments, mil_encoder
 from medconvnext.engine.provenance import environment_info
 from medconvnext.engine.resume import load_training_state
 from medconvnext.engine.warm_start import check_init_compatible
@@ -110,7 +111,7 @@ def prepare_training(
     check_memory_cache(len(split.train) + len(split.val), plan, config.data.cache)
     check_init_2d(model, config)
     if config.model.init:  # weights that do not fit, or another intensity scheme, are refused before any write
-        for note in check_init_compatible(_encoder(model), plan, config.model.init):
+        for note in check_init_compatible(mil_encoder(model), plan, config.model.init):
             if dist.is_main():
                 warnings.warn(note, stacklevel=3)
     if dist.is_main():
@@ -218,19 +219,6 @@ def build_model(config: Config, datalist: Datalist) -> nn.Module:
         return _create_configured_model(config.model.name, num_classes, args)
 
 
-def mil_arguments(config: Config) -> dict[str, Any]:
-    """The :class:`~medconvnext.models.mil.MILClassifier` arguments of a ``train.patches=mil`` run
-    (``model.args.mil``, default none); UserError for a model family without an encoder/head split."""
-    family = get_entry(config.model.name).family
-    if family == "monai":
-        raise UserError(f"train.patches=mil: model.name {config.model.name!r} has no forward_features/forward_head "
-                        "to embed patches; choose a convnext, convmixer or resnext model")
-    mil = config.model.args.get("mil") or {}
-    if not isinstance(mil, dict):
-        raise UserError(f"model.args.mil must be a mapping (e.g. {{attention_dim: 128}}), got {mil!r}")
-    return dict(mil)
-
-
 def _unknown_argument_message(name: str, exc: TypeError) -> str:
     """``model.args.X: not an argument of NAME (its arguments: ...)`` for Python's "unexpected keyword argument"."""
     found = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
@@ -290,7 +278,7 @@ def check_training_config(config: Config, datalist: Datalist, train_cases: Seque
     if config.model.init:  # the notes (spacing, size) are warned when each run is set up
         cases = datalist.cases if train_cases is None else train_cases
         plan = plan_preprocessing(config.preprocessing, compute_fingerprint(cases), model.min_input_size)
-        check_init_compatible(_encoder(model), plan, config.model.init)
+        check_init_compatible(mil_encoder(model), plan, config.model.init)
 
 
 def _init_from_2d(model: nn.Module, config: Config, run: RunDir) -> None:
@@ -311,17 +299,9 @@ def _init_from_2d(model: nn.Module, config: Config, run: RunDir) -> None:
 def _init_from_3d(model: nn.Module, config: Config, run: RunDir) -> None:
     from medconvnext.engine.warm_start import load_3d_weights
 
-    report = load_3d_weights(_encoder(model), config.model.init)
+    report = load_3d_weights(mil_encoder(model), config.model.init)
     if dist.is_main():
         atomic_write(run.root / "init.json", lambda tmp: tmp.write_text(json.dumps(report, indent=2), encoding="utf-8"))
-
-
-def _encoder(model: nn.Module) -> nn.Module:
-    """What ``model.init`` weights load into: a MIL model's encoder (a pretrained or trained classifier's weights
-    but its head), else the model itself."""
-    from medconvnext.models.mil import is_mil
-
-    return model.encoder if is_mil(model) else model
 
 
 def setup_device(name: str) -> torch.device:
@@ -448,27 +428,6 @@ def check_recipe(cfg: TrainConfig) -> None:
         check_mil(cfg)
     if cfg.balance == "sampler" and dist.env_world_size() > 1:
         raise UserError("train.balance=sampler is not supported with torchrun; use train.balance=weights")
-
-
-def check_mil(cfg: TrainConfig) -> None:
-    """Field-naming user errors for the ``train.patches=mil`` settings."""
-    if cfg.mil_bag_size < 1:
-        raise UserError(f"train.mil_bag_size must be >= 1, got {cfg.mil_bag_size}")
-    if not 0.0 <= cfg.mil_foreground_share <= 1.0:
-        raise UserError(f"train.mil_foreground_share must be in [0, 1], got {cfg.mil_foreground_share}")
-    for name in ("mixup", "cutmix"):  # they mix volumes voxel by voxel; a bag's patches come from different places
-        if getattr(cfg, name) > 0:
-            raise UserError(f"train.{name} is not supported with train.patches=mil; set train.{name}=0")
-    if cfg.layer_decay is not None:
-        raise UserError("train.layer_decay is not supported with train.patches=mil yet; leave it unset")
-
-
-def check_mil_input(config: Config) -> None:
-    """A MIL run needs a patch size: planned without one, the input would hold the whole field (every patch of
-    a bag the same volume). UserError naming ``preprocessing.input_size``."""
-    if config.train.patches == "mil" and not config.preprocessing.input_size:
-        raise UserError("train.patches=mil: set preprocessing.input_size to the patch size (e.g. [32, 32, 32]); "
-                        "the spacing is then the data's median, or preprocessing.spacing")
 
 
 def check_init(config: Config) -> None:
