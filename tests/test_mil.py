@@ -214,3 +214,17 @@ def test_two_process_gloo_mil_run_matches_single_process_evaluation(tmp_path):
     logged = metrics(run)[-1]
     single = evaluate_run(run, "last")
     assert abs(single["loss"] - logged["val_loss"]) < 1e-5
+
+
+def test_model_init_loads_a_trained_classifier_into_the_mil_encoder(tmp_path):
+    """``model.init``: a whole-volume run of the same model (all but its head) becomes the MIL encoder."""
+    data = _phantoms(tmp_path, count=4)
+    plain = tmp_path / "plain"
+    result = runner.invoke(app, [*_train_args(data, plain, epochs=1), "--set", "train.patches=none"])
+    assert result.exit_code == 0, result.output
+    mil = tmp_path / "mil"
+    result = runner.invoke(app, [*_train_args(data, mil, epochs=1), "--set", f"model.init={plain}"])
+    assert result.exit_code == 0, result.output
+    loaded = json.loads((mil / "init.json").read_text(encoding="utf-8"))
+    encoder = load_checkpoint(plain / "checkpoint_best.safetensors").state_dict
+    assert loaded["loaded"] == len([k for k in encoder if not k.startswith("head.")])
