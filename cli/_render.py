@@ -63,7 +63,11 @@ def plan_panel(plan: dict[str, Any]) -> Any:
     crop = f", crop to {p['crop']}" if p.get("crop", "none") != "none" else ""
     grid.add_row("plan", f"spacing {spacing} mm, input {size} voxels, intensity {p['intensity']}, {p['orientation']}"
                  f"{crop}")
-    if p.get("field_of_view"):
+    if p.get("patches", "none") != "none":  # the field-of-view share of one patch means nothing here
+        bag = " (bags pooled by attention)" if p["patches"] == "mil" else ""
+        grid.add_row("field", f"{p['patches']} patches of the input size{bag}; validation and predict tile the "
+                     "whole volume")
+    elif p.get("field_of_view"):
         grid.add_row("field", field_of_view_words(p["field_of_view"]))
     for side, counts in plan["split"].items():
         detail = f" ({', '.join(f'{name} {n}' for name, n in counts.items())})" if len(counts) > 1 else ""

@@ -29,7 +29,7 @@ Intensity = Literal["auto", "zscore", "nonzero_zscore", "clip_zscore", "minmax",
 Crop = Literal["auto", "none", "body", "nonzero"]
 Balance = Literal["none", "weights", "sampler"]
 Select = Literal["val_auc", "last"]
-Patches = Literal["none", "random", "foreground"]
+Patches = Literal["none", "random", "foreground", "mil"]
 InferenceMode = Literal["whole", "sliding", "auto"]
 Aggregation = Literal["mean", "max", "logit_mean"]
 Init2dMode = Literal["center", "mean"]
@@ -119,7 +119,11 @@ class TrainConfig:
     layer_decay: float | None = None  # layer-wise lr decay for fine-tuning (ConvNeXt), e.g. 0.8; None = off
     compile: bool = False  # torch.compile the model
     tensorboard: bool = False  # also log to <run>/tensorboard when tensorboard is installed
-    patches: Patches = "none"  # none | random | foreground: train on input-size crops of the full volumes
+    # none | random | foreground: train on input-size crops of the full volumes, each with the volume's label;
+    # mil: each item a bag of mil_bag_size crops pooled by gated attention into one volume logit (models/mil.py)
+    patches: Patches = "none"
+    mil_bag_size: int = 8  # train.patches=mil: patches per bag (K); validation and predict pool every window
+    mil_foreground_share: float = 0.5  # train.patches=mil: share of a bag's patches centred on a foreground voxel
 
 
 @dataclass

@@ -194,6 +194,7 @@ def plan_preprocessing(
     fingerprint: Fingerprint,
     min_input_size: Sequence[int],
     in_channels: int | None = None,
+    tiled: bool = False,
 ) -> Preprocessing:
     """Fill what the config leaves open, keeping the whole field (module docstring):
 
@@ -204,7 +205,8 @@ def plan_preprocessing(
       minimum size (capped at 256 per axis without a budget);
     - intensity from the modality; for CT the clip window and mean/std from voxels inside the body.
 
-    Warns once (with the share and the number of cases) when the input cuts a training case's foreground.
+    Warns once (with the share and the number of cases) when the input cuts a training case's foreground, unless
+    ``tiled``: the input is a patch (``train.patches``) and validation and predict tile the whole volume.
     Round-off in the float32 header spacings never adds a block (:func:`ceil_to_multiple`).
     """
     crop = resolve_crop(config)
@@ -225,7 +227,7 @@ def plan_preprocessing(
         input_size = [ceil_to_multiple(e / s, m) for e, s, m in zip(largest, spacing, min_input_size, strict=True)]
         input_size = [min(cap, v) if cap else v for v in input_size]
     view = field_of_view(input_size, spacing, extents)
-    if view[2]:
+    if view[2] and not tiled:
         where = "preprocessing.input_size" if config.input_size else "the 256-voxel cap per axis (set a spacing)"
         warnings.warn(f"preprocessing: the model input ({' x '.join(map(str, input_size))} voxels at "
                       f"{' x '.join(f'{s:g}' for s in spacing)} mm) cuts the foreground of {view[2]} of {view[3]} "

@@ -5,8 +5,11 @@ so that the model's input covers the anatomy and not the air or padding around i
 
 - ``body`` (CT): voxels above ``BODY_HU`` (-500 HU: soft tissue and bone, not air or lung), the largest
   connected component (the patient, not the table or a loose cable), holes filled slice by slice (the lungs and
-  airways inside the body belong to it). Connected components are labelled on a grid subsampled by
-  ``BOX_STRIDE`` per axis, so a 512 x 512 x 300 scan costs about a second, not a minute.
+  airways inside the body belong to it). Connected components are labelled on a grid subsampled by up to
+  ``BOX_STRIDE`` per axis, so a 512 x 512 x 300 scan costs about a second, not a minute; an axis of fewer than
+  ``BOX_STRIDE_FROM`` voxels is not subsampled (a small or coarse scan: at 4 mm a stride of 4 samples every
+  16 mm, which cut the body's rim beside the lungs into pieces, and the "largest component" was the mediastinum
+  alone: a peripheral nodule fell outside the crop).
 - ``nonzero`` (MRI, generic): voxels that differ from zero in any channel (skull-stripped or masked MRI, padding).
 - ``none``: the whole scan.
 
@@ -23,6 +26,7 @@ from scipy import ndimage
 CROPS = ("none", "body", "nonzero")
 BODY_HU = -500.0
 BOX_STRIDE = 4
+BOX_STRIDE_FROM = 128  # voxels per stride step wanted along an axis before it is subsampled (box_strides)
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
@@ -34,13 +38,21 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == int(sizes.argmax())
 
 
-def body_mask(volume: np.ndarray, threshold: float = BODY_HU, stride: int = 1) -> np.ndarray:
-    """Body mask of a CT volume (X, Y, Z) in HU, on the grid subsampled by ``stride`` (bool, same axes).
+def box_strides(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """Subsampling per axis for the body box: ``BOX_STRIDE`` on axes of at least ``BOX_STRIDE * BOX_STRIDE_FROM``
+    voxels, less on shorter ones, 1 below ``2 * BOX_STRIDE_FROM`` (small or coarse scans are labelled in full)."""
+    return tuple(max(1, min(BOX_STRIDE, int(s) // BOX_STRIDE_FROM)) for s in shape[-3:])  # type: ignore[return-value]
+
+
+def body_mask(volume: np.ndarray, threshold: float = BODY_HU, stride: int | tuple[int, int, int] = 1) -> np.ndarray:
+    """Body mask of a CT volume (X, Y, Z) in HU, on the grid subsampled by ``stride`` (one per axis, or the same
+    on all; bool, same axes).
 
     Largest connected component of ``volume > threshold``, holes filled in each slice of the last axis (axial
     in RAS). Returns an all-False mask when no voxel passes the threshold.
     """
-    small = np.asarray(volume[::stride, ::stride, ::stride]) > threshold
+    sx, sy, sz = (stride,) * 3 if isinstance(stride, int) else stride
+    small = np.asarray(volume[::sx, ::sy, ::sz]) > threshold
     if not small.any():
         return small
     body = _largest_component(small)
@@ -67,15 +79,16 @@ def foreground_box(volume: np.ndarray, mode: str) -> tuple[tuple[int, int], ...]
     if mode == "none":
         return whole
     if mode == "body":
-        mask, stride = body_mask(spatial, stride=BOX_STRIDE), BOX_STRIDE
+        strides = box_strides(shape)
+        mask = body_mask(spatial, stride=strides)
     else:
-        mask, stride = (data != 0) if data.ndim == 3 else (data != 0).any(0), 1
+        mask, strides = (data != 0) if data.ndim == 3 else (data != 0).any(0), (1, 1, 1)
     if not mask.any():
         return whole
     box = []
     for axis in range(3):
         others = tuple(a for a in range(3) if a != axis)
-        hits = np.flatnonzero(mask.any(axis=others))
+        hits, stride = np.flatnonzero(mask.any(axis=others)), strides[axis]
         # a subsampled hit at i stands for voxels [i*stride - (stride-1), (i+1)*stride): never cut a voxel
         start = max(0, int(hits[0]) * stride - (stride - 1))
         end = min(int(shape[axis]), (int(hits[-1]) + 1) * stride)

@@ -11,6 +11,11 @@ patch per volume (:func:`patch_crop`), followed by the usual augmentation:
   in CT, zero outside the head in MRI, padding): so patches land on the body, not on empty space.
 
 Validation and predict of such a run should tile the full volume (``inference.mode: sliding | auto``).
+
+- ``mil`` (multiple-instance learning, :mod:`medconvnext.models.mil`): each item is a *bag* of ``bag_size``
+  patches of one volume (:class:`RandBagCropd`), a ``foreground_share`` of them centred on foreground, each
+  augmented on its own; the image becomes (K, C, D, H, W) and a batch (B, K, C, D, H, W). The label stays the
+  volume's: the attention pooling decides which patches it rests on. Validation and predict pool every window.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from monai import transforms as mt
 
 from medconvnext.data.transforms import IMAGE
 
-PATCH_MODES = ("none", "random", "foreground")
+PATCH_MODES = ("none", "random", "foreground", "mil")
 FOREGROUND_PROB = 0.5
 
 
@@ -48,20 +53,63 @@ class RandForegroundCropd(mt.Randomizable, mt.MapTransform):
                                                                                          strict=True))]
         return out
 
-    def crop_start(self, image: torch.Tensor) -> tuple[int, ...]:
-        """The corner of the next crop (draws from this transform's random state)."""
+    def crop_start(self, image: torch.Tensor, foreground: torch.Tensor | None = None) -> tuple[int, ...]:
+        """The corner of the next crop (draws from this transform's random state); ``foreground``: the (M, 3)
+        foreground voxel indices of ``image`` when already known (a bag draws several crops of one volume)."""
         shape = image.shape[1:]
         room = [s - r for s, r in zip(shape, self.roi_size, strict=True)]
         if min(room) < 0:
             raise ValueError(f"volume {tuple(shape)} is smaller than the patch {self.roi_size}; pad it first")
         centre = None
         if self.R.rand() < self.prob:
-            foreground = foreground_mask(image, self.tolerance).nonzero()
+            if foreground is None:
+                foreground = foreground_mask(image, self.tolerance).nonzero()
             if len(foreground):
                 centre = foreground[self.R.randint(len(foreground))].tolist()
         if centre is None:
             return tuple(int(self.R.randint(r + 1)) for r in room)
         return tuple(min(max(c - r // 2, 0), m) for c, r, m in zip(centre, self.roi_size, room, strict=True))
+
+
+class RandBagCropd(mt.Randomizable, mt.MapTransform):
+    """A bag of ``bag_size`` crops of ``roi_size`` from one (C, D, H, W) volume, stacked as (K, C, D, H, W).
+
+    Each crop is centred on a random foreground voxel with probability ``foreground_share`` (else uniform: the
+    negatives of a bag come from everywhere), then goes through ``augment`` (dictionary transforms over
+    ``keys``) on its own. The foreground voxels are found once per bag.
+    """
+
+    def __init__(self, keys: Sequence[Hashable], roi_size: Sequence[int], bag_size: int,
+                 foreground_share: float = FOREGROUND_PROB, augment: Sequence[mt.Transform] = ()) -> None:
+        mt.MapTransform.__init__(self, keys)
+        self.bag_size = int(bag_size)
+        self.crop = RandForegroundCropd(keys, roi_size, prob=foreground_share)
+        self.augment = mt.Compose(list(augment))
+
+    def set_random_state(self, seed: int | None = None, state=None) -> RandBagCropd:  # noqa: ANN001 - MONAI's
+        super().set_random_state(seed, state)
+        # the inner transforms draw from their own streams, derived from this one (MONAI seeds each separately)
+        self.crop.set_random_state(seed=int(self.R.randint(2**31)))
+        self.augment.set_random_state(seed=int(self.R.randint(2**31)))
+        return self
+
+    def randomize(self, data: object = None) -> None:
+        """Nothing to draw up front: each crop draws its own position."""
+
+    def __call__(self, data: Mapping) -> dict:
+        out = dict(data)
+        first = torch.as_tensor(out[self.keys[0]])
+        foreground = foreground_mask(first, self.crop.tolerance).nonzero() if self.crop.prob > 0 else None
+        patches: dict[Hashable, list[torch.Tensor]] = {key: [] for key in self.key_iterator(out)}
+        for _ in range(self.bag_size):
+            start = self.crop.crop_start(first, foreground)
+            window = (slice(None),) + tuple(slice(s, s + r) for s, r in zip(start, self.crop.roi_size, strict=True))
+            patch = self.augment({key: out[key][window] for key in patches})
+            for key in patches:
+                patches[key].append(torch.as_tensor(patch[key]))
+        for key, parts in patches.items():
+            out[key] = torch.stack(parts)
+        return out
 
 
 def foreground_mask(image: torch.Tensor, tolerance: float = 1e-3) -> torch.Tensor:
@@ -73,8 +121,9 @@ def foreground_mask(image: torch.Tensor, tolerance: float = 1e-3) -> torch.Tenso
 
 
 def patch_crop(input_size: Sequence[int], mode: str) -> mt.Transform:
-    """The random ``input_size`` crop of patch training (``mode``: random | foreground); expects a volume padded
-    to at least ``input_size`` (the pipeline's ``padded`` variant)."""
+    """The random ``input_size`` crop of patch training (``mode``: random | foreground; a MIL bag is
+    :class:`RandBagCropd`); expects a volume padded to at least ``input_size`` (the pipeline's ``padded``
+    variant)."""
     if mode == "foreground":
         return RandForegroundCropd(IMAGE, roi_size=input_size)
     return mt.RandSpatialCropd(IMAGE, roi_size=tuple(input_size), random_size=False)

@@ -23,7 +23,7 @@ from monai import transforms as mt
 from monai.data import MetaTensor
 
 from medconvnext.data.intensity import IntensityScheme, intensity_scheme
-from medconvnext.data.patches import PATCH_MODES, patch_crop
+from medconvnext.data.patches import FOREGROUND_PROB, PATCH_MODES, RandBagCropd, patch_crop
 from medconvnext.data.preprocessing import Preprocessing
 from medconvnext.data.transforms import IMAGE, augmentation_transforms, geometry_transforms, load_transforms
 
@@ -118,9 +118,12 @@ class PreprocessingPipeline:
             raise ValueError(f"pipeline variant must be one of {VARIANTS}, got {variant!r}")
         return PipelineVariant(name, self.pre, mt.Compose(steps))
 
-    def training(self, augment: str, patches: str = "none") -> PipelineVariant:
+    def training(self, augment: str, patches: str = "none", bag_size: int = 8,
+                 foreground_share: float = FOREGROUND_PROB) -> PipelineVariant:
         """The training chain: ``cropped``, or (``patches``: random | foreground) ``padded`` followed by a random
         input-size crop; then the ``augment`` preset (:func:`~medconvnext.data.transforms.augmentation_transforms`).
+        ``patches: mil``: ``padded``, then a bag of ``bag_size`` crops, each augmented
+        (:class:`~medconvnext.data.patches.RandBagCropd`): the image is (K, C, D, H, W).
 
         Raises:
             ValueError: an unknown augmentation or patch mode.
@@ -128,8 +131,12 @@ class PreprocessingPipeline:
         if patches not in PATCH_MODES:
             raise ValueError(f"train.patches must be one of {PATCH_MODES}, got {patches!r}")
         base = self.deterministic("padded" if patches != "none" else "cropped")
+        augmentation = augmentation_transforms(augment, self.pre.input_size)
+        if patches == "mil":
+            bag = RandBagCropd(IMAGE, self.pre.input_size, bag_size, foreground_share, augmentation)
+            return PipelineVariant(base.name, self.pre, base.deterministic, mt.Compose([bag]))
         crop = [patch_crop(self.pre.input_size, patches)] if patches != "none" else []
-        random = mt.Compose([*crop, *augmentation_transforms(augment, self.pre.input_size)])
+        random = mt.Compose([*crop, *augmentation])
         return PipelineVariant(base.name, self.pre, base.deterministic, random)
 
     def describe(self) -> list[str]:

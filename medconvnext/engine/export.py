@@ -1,9 +1,11 @@
 """Export a trained model for deployment: TorchScript (``torch.jit.trace``) or ONNX, plus its preprocessing as JSON.
 
 The exported model maps the *preprocessed* tensor, (N, C, D, H, W) float32 at the run's input size, to
-(N, K) logits (softmax over axis 1 gives the class probabilities). The preprocessing that produces that
-tensor (orientation, spacing, intensity normalisation, pad/crop size, channel order) and the class names are
-written beside the model as ``<model file stem>.preprocessing.json``. After export the model is loaded back
+(N, K) logits (softmax over axis 1 gives the class probabilities); a multiple-instance model
+(``train.patches=mil``) takes (N, M, C, D, H, W) instead: each volume's M sliding windows, pooled with its
+attention. The preprocessing that produces that tensor (orientation, spacing, intensity normalisation,
+pad/crop size, channel order) and the class names are written beside the model as
+``<model file stem>.preprocessing.json``. After export the model is loaded back
 and run on a random batch; its outputs must match the eager model's to ``tolerance`` (1e-4 by default).
 
 ONNX needs the optional dependencies ``onnx``, ``onnxscript`` and ``onnxruntime``
@@ -32,6 +34,7 @@ EXPORT_FORMATS = ("torchscript", "onnx")
 DEFAULT_NAMES = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx"}
 TOLERANCE = 1e-4
 ONNX_OPSET = 18
+MIL_WINDOWS = 3  # windows per bag in the example a MIL model is traced with (any number runs after export)
 
 
 class ExportMismatchError(RuntimeError):
@@ -92,14 +95,17 @@ def export_model(
     model = checkpoint.build_model().float().cpu().eval()
     pre = Preprocessing.from_dict(checkpoint.meta["preprocessing"])
     generator = torch.Generator().manual_seed(0)
-    example = torch.randn(batch_size, pre.in_channels, *pre.input_size, generator=generator)
+    mil = _is_mil(checkpoint.meta)
+    # a MIL model takes (N, M, C, D, H, W): N volumes, each the M windows it pools (traced with M = MIL_WINDOWS)
+    leading = (batch_size, MIL_WINDOWS) if mil else (batch_size,)
+    example = torch.randn(*leading, pre.in_channels, *pre.input_size, generator=generator)
     with torch.no_grad():
         expected = model(example)
     if fmt == "torchscript":
         atomic_write(out_path, lambda tmp: _save_torchscript(model, example, tmp))
         actual = _run_torchscript(out_path, example)
     else:
-        atomic_write(out_path, lambda tmp: _save_onnx(model, example, tmp))
+        atomic_write(out_path, lambda tmp: _save_onnx(model, example, tmp, instances=mil))
         actual = _run_onnx(out_path, example)
     diff = float(np.abs(actual - expected.numpy()).max())
     if not diff <= tolerance:
@@ -121,13 +127,7 @@ def export_info(meta: dict, pre: Preprocessing, fmt: str, out_path: Path, checkp
         "source_checkpoint": str(checkpoint_path),
         "model": meta.get("model"),
         "classes": list(meta["class_names"]),
-        "input": {
-            "name": "image",
-            "shape": ["N", pre.in_channels, *pre.input_size],
-            "axes": "N, C, D, H, W: D, H, W are the scan's x, y, z voxel axes after reorientation",
-            "dtype": "float32",
-            "dynamic_axes": ["N"] if fmt == "onnx" else [],
-        },
+        "input": _input_description(meta, pre, fmt),
         "output": {"name": "logits", "shape": ["N", len(meta["class_names"])],
                    "meaning": "logits; softmax over axis 1 gives the probabilities of 'classes' in order"},
         "preprocessing": {
@@ -135,7 +135,40 @@ def export_info(meta: dict, pre: Preprocessing, fmt: str, out_path: Path, checkp
             "steps": PreprocessingPipeline(pre).describe(),
         },
         "check": {"max_abs_diff_vs_eager": diff, "tolerance": tolerance},
+        **_mil_note(meta),
     }
+
+
+def _is_mil(meta: dict) -> bool:
+    """The checkpoint holds a multiple-instance model (``train.patches=mil``)."""
+    model = meta.get("model")
+    return isinstance(model, dict) and "mil" in model
+
+
+def _input_description(meta: dict, pre: Preprocessing, fmt: str) -> dict:
+    """The input tensor: (N, C, D, H, W) volumes, or for a MIL model (N, M, C, D, H, W) bags of M windows."""
+    mil = _is_mil(meta)
+    leading = ["N", "M"] if mil else ["N"]
+    return {
+        "name": "image",
+        "shape": [*leading, pre.in_channels, *pre.input_size],
+        "axes": f"{', '.join(leading)}, C, D, H, W: D, H, W are the scan's x, y, z voxel axes after reorientation",
+        "dtype": "float32",
+        "dynamic_axes": (leading if fmt == "onnx" else []),
+    }
+
+
+def _mil_note(meta: dict) -> dict:
+    """How a multiple-instance model's input is made (said in the JSON: a deployment must tile as predict does)."""
+    if not _is_mil(meta):
+        return {}
+    inference = meta.get("inference") or {}
+    return {"mil": "M: every sliding window of one preprocessed volume (the uncropped variant: no final pad/crop), "
+                   f"windows of the input size with overlap {inference.get('overlap', 0.25)} "
+                   "(medconvnext.engine.sliding_window.window_starts: starts spread evenly from 0 to size - window; "
+                   "a volume smaller than a window is zero-padded symmetrically). The model embeds each window and "
+                   "pools them with gated attention into the volume's logits; the attention weights are not an "
+                   "output (medconvnext predict --window-map writes them)."}
 
 
 def _save_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> None:
@@ -163,7 +196,7 @@ def _require_onnx() -> None:
         raise UserError(f"--format onnx needs {', '.join(missing)}: pip install medconvnext[onnx]")
 
 
-def _save_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+def _save_onnx(model: nn.Module, example: torch.Tensor, path: Path, instances: bool = False) -> None:
     import logging
 
     onnx_logger = logging.getLogger("torch.onnx")
@@ -174,7 +207,9 @@ def _save_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 model, (example,), input_names=["image"], output_names=["logits"], opset_version=ONNX_OPSET,
-                dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), dynamo=True, verbose=False,
+                dynamic_shapes=({0: torch.export.Dim("batch", min=1),
+                                 **({1: torch.export.Dim("windows", min=1)} if instances else {})},),
+                dynamo=True, verbose=False,
             )
     finally:
         onnx_logger.setLevel(level)

@@ -8,6 +8,10 @@ Three ways to run the model over a preprocessed volume (``InferenceConfig.mode``
 - ``auto``: the full volume in one forward pass when it is at most ``AUTO_WHOLE_FACTOR`` x the input
   size on every axis (valid for these fully convolutional + global-pool models), else ``sliding``.
 
+A multiple-instance model (``train.patches: mil``, :class:`~medconvnext.models.mil.MILClassifier`) ignores the
+mode: it always embeds every window of the full volume and pools them with its attention
+(:func:`~medconvnext.engine.sliding_window.sliding_window_mil`), as it was trained; the mode reads ``mil``.
+
 Test-time augmentation (``tta=True``): the softmax probabilities are averaged over the 8 flips of the
 preprocessed volume (every subset of the three spatial axes, the identity included), the flips that the
 ``light`` augmentation trains with. A :class:`FoldEnsemble` averages the probabilities of the folds of a
@@ -33,10 +37,16 @@ from medconvnext.data.pipeline import PipelineVariant, PreprocessingPipeline
 from medconvnext.data.preprocessing import Preprocessing
 from medconvnext.engine.checkpoint import load_checkpoint
 from medconvnext.engine.devices import as_model_input, autocast, resolve_device
-from medconvnext.engine.sliding_window import AGGREGATIONS, WindowResult, sliding_window_classify
+from medconvnext.engine.sliding_window import (
+    AGGREGATIONS,
+    WindowResult,
+    sliding_window_classify,
+    sliding_window_mil,
+)
 from medconvnext.errors import UserError
 from medconvnext.fileio import record
 from medconvnext.models import apply_memory_format, model_memory_format
+from medconvnext.models.mil import is_mil
 from medconvnext.rundir import find_checkpoint, model_checkpoints
 
 INFERENCE_MODES = ("whole", "sliding", "auto")
@@ -54,7 +64,7 @@ class VolumePrediction:
     """One case: class probabilities (K,), how they were computed, and the window grid when tiled."""
 
     probabilities: np.ndarray
-    mode: str  # "whole" or "sliding": what actually ran
+    mode: str  # "whole", "sliding" or "mil" (every window pooled by attention): what actually ran
     windows: WindowResult | None = None
     affine: np.ndarray | None = None  # of the preprocessed volume (for the window map)
 
@@ -98,16 +108,19 @@ def infer_volume(
     """
     affine = np.asarray(volume.affine) if hasattr(volume, "affine") else None
     plain = volume.as_tensor() if hasattr(volume, "as_tensor") else volume
-    mode = choose_mode(settings, plain.shape[1:], input_size)
+    mode = "mil" if is_mil(model) else choose_mode(settings, plain.shape[1:], input_size)
     probabilities: list[torch.Tensor] = []
     grids: list[WindowResult] = []
+    roi = settings.roi_size or list(input_size)
     for dims in TTA_FLIPS if tta else ((),):
         view = plain.flip(dims) if dims else plain
         with autocast(device, amp):
-            if mode == "sliding":
-                roi = settings.roi_size or list(input_size)
-                result = sliding_window_classify(view, model, roi, settings.overlap, settings.sw_batch_size,
-                                                 settings.aggregation)
+            if mode in ("sliding", "mil"):
+                if mode == "mil":
+                    result = sliding_window_mil(view, model, roi, settings.overlap, settings.sw_batch_size)
+                else:
+                    result = sliding_window_classify(view, model, roi, settings.overlap, settings.sw_batch_size,
+                                                     settings.aggregation)
                 probabilities.append(result.probabilities.float().cpu())
                 grids.append(_flip_windows(result, dims))
             else:
@@ -121,6 +134,7 @@ def infer_volume(
             grids[0], probabilities=torch.from_numpy(mean),
             window_probabilities=torch.stack([g.window_probabilities for g in grids]).mean(dim=0),
             window_logits=torch.stack([g.window_logits for g in grids]).mean(dim=0),
+            attention=None if grids[0].attention is None else torch.stack([g.attention for g in grids]).mean(dim=0),
         )
     return VolumePrediction(mean, mode, windows, affine)
 
@@ -136,7 +150,8 @@ def _flip_windows(result: WindowResult, dims: tuple[int, ...]) -> WindowResult:
         return result
     grid_dims = [d - 1 for d in dims]
     return replace(result, window_probabilities=result.window_probabilities.flip(grid_dims),
-                   window_logits=result.window_logits.flip(grid_dims))
+                   window_logits=result.window_logits.flip(grid_dims),
+                   attention=None if result.attention is None else result.attention.flip(grid_dims))
 
 
 def _pad_to(volume: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -229,7 +244,7 @@ class Predictor:
 
     def predict_case(self, images: ImagePaths) -> VolumePrediction:
         """One case (a path, or several stacked as channels) with the configured inference mode and TTA."""
-        crop = self.inference.mode == "whole"
+        crop = self.inference.mode == "whole" and not is_mil(self.model)  # MIL tiles the full volume
         volume = self.preprocess(images, crop=crop)
         return infer_volume(self.model, volume, self.inference, self.preprocessing.input_size, self.device,
                             self.amp, tta=self.tta)
@@ -331,14 +346,18 @@ class FoldEnsemble:
 
 
 def save_window_map(prediction: VolumePrediction, class_names: Sequence[str], path: str | Path) -> Path | None:
-    """The per-window probability grid as a 4D NIfTI (n_d, n_h, n_w, K) aligned to the scan; None when not tiled."""
+    """The per-window probability grid as a 4D NIfTI (n_d, n_h, n_w, K) aligned to the scan; for a MIL model the
+    attention weight of each window, a 3D NIfTI (n_d, n_h, n_w) summing to 1. None when not tiled."""
     import nibabel as nib
 
     if prediction.windows is None or prediction.affine is None:
         return None
-    grid = prediction.windows.window_probabilities.float().cpu().numpy().astype(np.float32)
+    attention = prediction.windows.attention
+    values = attention if attention is not None else prediction.windows.window_probabilities
+    grid = values.float().cpu().numpy().astype(np.float32)
     image = nib.Nifti1Image(grid, prediction.windows.map_affine(prediction.affine))
-    image.header["descrip"] = ("classes: " + ",".join(class_names))[:79].encode()
+    what = "MIL attention per window (sum 1)" if attention is not None else "classes: " + ",".join(class_names)
+    image.header["descrip"] = what[:79].encode()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(image, str(path))  # nibabel picks the format from the name, so not through atomic_write

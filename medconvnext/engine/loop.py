@@ -45,7 +45,8 @@ __all__ = ["Batches", "EpochHooks", "EpochStats", "Loop", "build_loop", "loop_st
 
 class Batches(Protocol):
     """What the loop trains on: a DataLoader, or anything sized that yields dicts with ``image`` (N, C, D, H, W)
-    and ``label`` (N,) integer classes. The length is needed: the last batch flushes gradient accumulation."""
+    (MIL bags: (N, K, C, D, H, W)) and ``label`` (N,) integer classes. The length is needed: the last batch
+    flushes gradient accumulation."""
 
     def __iter__(self) -> Iterator[dict[str, Any]]: ...
     def __len__(self) -> int: ...
@@ -156,11 +157,13 @@ def _train_step(loop: Loop, batch: dict[str, Any], fmt: torch.memory_format) -> 
     images = as_model_input(batch["image"], loop.device)
     labels = batch["label"].to(loop.device, non_blocking=True)
     if loop.augment is not None:
-        images = loop.augment(images)
+        # MIL bags (B, K, C, D, H, W): every patch is augmented on its own
+        images = loop.augment(images.flatten(0, 1)).reshape(images.shape) if images.ndim == 6 else loop.augment(images)
     targets = labels
     if loop.mixer is not None:
         images, targets = loop.mixer(images, labels, loop.generator, stream=dist.rank())
-    images = images.contiguous(memory_format=fmt)
+    if images.ndim == 5:  # a MIL model lays out its (B * K) patches itself
+        images = images.contiguous(memory_format=fmt)
     with autocast(loop.device, loop.amp):
         loss = loop.loss_fn(loop.model(images), targets)
     loop.scaler.scale(loss / loop.accumulate).backward()

@@ -22,6 +22,7 @@ from medconvnext.engine.inference import FoldEnsemble, save_window_map
 from medconvnext.engine.saliency import CAM_METHODS, ensemble_saliency, save_saliency
 from medconvnext.errors import UserError
 from medconvnext.fileio import start_manifest
+from medconvnext.models.mil import is_mil
 from medconvnext.results.calibration import (
     TTA_CALIBRATION_HINT,
     TTA_THRESHOLD_NOTE,
@@ -109,6 +110,9 @@ def predict_scans(
     names = ensemble.class_names
     if cam_class is not None and cam_class not in names:
         raise UserError(f"--cam-class {cam_class!r}: unknown class (classes: {', '.join(names)})")
+    if cam is not None and any(is_mil(member.model) for member in ensemble.members):
+        raise UserError(f"--cam: {label} is a multiple-instance model (train.patches=mil), whose map is the "
+                        "attention per window: pass --window-map instead")
     if window_map is not None and ensemble.is_ensemble:
         raise UserError(f"--window-map: {label} is an ensemble of {len(ensemble.members)} models whose grids "
                         "differ; pass one run, or one fold's directory (e.g. RUN/fold_0), to --model")

@@ -40,6 +40,7 @@ from medconvnext.engine import distributed as dist
 from medconvnext.engine.checkpoint import atomic_write
 from medconvnext.engine.devices import resolve_device
 from medconvnext.engine.feeding import check_data_options
+from medconvnext.engine.mil import check_mil, check_mil_input, mil_arguments, mil_encoder
 from medconvnext.engine.provenance import environment_info
 from medconvnext.engine.resume import load_training_state
 from medconvnext.engine.warm_start import check_init_compatible
@@ -83,6 +84,7 @@ def prepare_training(
     if not config.data.path:
         raise UserError("data.path is not set: pass --data DIR")
     check_recipe(config.train)
+    check_mil_input(config)
     check_data_options(config.data)
     check_init(config)
     run = RunDir(Path(out))
@@ -111,7 +113,7 @@ def prepare_training(
     check_memory_cache(len(split.train) + len(split.val), plan, config.data.cache)
     check_init_2d(model, config)
     if config.model.init:  # weights that do not fit, or another intensity scheme, are refused before any write
-        for note in check_init_compatible(model, plan, config.model.init):
+        for note in check_init_compatible(mil_encoder(model), plan, config.model.init):
             if dist.is_main():
                 warnings.warn(note, stacklevel=3)
     if dist.is_main():
@@ -131,7 +133,8 @@ def training_plan(config: Config, datalist: Datalist, min_input_size: Sequence[i
         split = train_val_split(datalist, config.data.val_fraction, config.train.seed)
     train_ids = set(split.train)
     cases = [c for c in datalist.cases if c.case_id in train_ids]
-    return plan_preprocessing(config.preprocessing, compute_fingerprint(cases), tuple(min_input_size))
+    return plan_preprocessing(config.preprocessing, compute_fingerprint(cases), tuple(min_input_size),
+                              tiled=config.train.patches != "none")
 
 
 def prepare_resume(run_dir: str | Path, epochs: int | None, device: str | None) -> RunSetup:
@@ -204,6 +207,10 @@ def build_model(config: Config, datalist: Datalist) -> nn.Module:
     """
     num_classes = len(datalist.classes)
     args = {"in_channels": len(datalist.cases[0].images), **config.model.args}
+    if config.train.patches == "mil":
+        args["mil"] = mil_arguments(config)
+    elif "mil" in args:
+        raise UserError("model.args.mil: MIL arguments need train.patches=mil")
     if config.train.drop_path_rate is not None:
         args["drop_path_rate"] = config.train.drop_path_rate
     try:
@@ -263,6 +270,7 @@ def check_training_config(config: Config, datalist: Datalist, train_cases: Seque
     the model (name and arguments, by building it) and its 2D weights. For commands that write before the first run
     is set up (``cv``). Raises UserError naming the field."""
     check_recipe(config.train)
+    check_mil_input(config)
     check_data_options(config.data)
     check_init(config)
     try:
@@ -274,7 +282,7 @@ def check_training_config(config: Config, datalist: Datalist, train_cases: Seque
     if config.model.init:  # the notes (spacing, size) are warned when each run is set up
         cases = datalist.cases if train_cases is None else train_cases
         plan = plan_preprocessing(config.preprocessing, compute_fingerprint(cases), model.min_input_size)
-        check_init_compatible(model, plan, config.model.init)
+        check_init_compatible(mil_encoder(model), plan, config.model.init)
 
 
 def _init_from_2d(model: nn.Module, config: Config, run: RunDir) -> None:
@@ -295,7 +303,7 @@ def _init_from_2d(model: nn.Module, config: Config, run: RunDir) -> None:
 def _init_from_3d(model: nn.Module, config: Config, run: RunDir) -> None:
     from medconvnext.engine.warm_start import load_3d_weights
 
-    report = load_3d_weights(model, config.model.init)
+    report = load_3d_weights(mil_encoder(model), config.model.init)
     if dist.is_main():
         atomic_write(run.root / "init.json", lambda tmp: tmp.write_text(json.dumps(report, indent=2), encoding="utf-8"))
 
@@ -338,6 +346,7 @@ def run_plan(setup: RunSetup, model: nn.Module, steps_per_epoch: int, start_epoc
               for side, ids in sides.items() if ids}
     plan = schedule_plan(setup.run, config, setup.plan, model, setup.device, steps_per_epoch, start_epoch)
     plan["model"]["args"] = dict(getattr(model, "model_args", {}) or {})
+    plan["plan"]["patches"] = config.train.patches  # the input is a patch: validation and predict tile the volume
     return {**plan, "split": counts, "config": dataclasses.asdict(config)}
 
 
@@ -421,6 +430,8 @@ def check_recipe(cfg: TrainConfig) -> None:
         raise UserError(f"train.ema_decay must be in [0, 1), got {cfg.ema_decay}")
     if cfg.ema_bn_batches < 0:
         raise UserError(f"train.ema_bn_batches must be >= 0, got {cfg.ema_bn_batches}")
+    if cfg.patches == "mil":
+        check_mil(cfg)
     if cfg.balance == "sampler" and dist.env_world_size() > 1:
         raise UserError("train.balance=sampler is not supported with torchrun; use train.balance=weights")
 

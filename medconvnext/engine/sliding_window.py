@@ -22,7 +22,7 @@ them, never by the volume: no tensor of all windows is ever built. Only the
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,6 +54,8 @@ class WindowResult:
             C order as the flattened grid.
         roi_size: the window size (D, H, W).
         pad: ((before, after),) * 3 voxels of padding added on each axis of the volume.
+        attention: (n_d, n_h, n_w) MIL attention weight of each window (sum 1; :func:`sliding_window_mil`),
+            None for a plain classifier.
     """
 
     probabilities: torch.Tensor
@@ -62,6 +64,7 @@ class WindowResult:
     starts: list[Triple]
     roi_size: Triple
     pad: Pad
+    attention: torch.Tensor | None = None
 
     @property
     def grid_shape(self) -> Triple:
@@ -205,6 +208,47 @@ def sliding_window_classify(
         ValueError: on a bad shape, ``roi_size``, ``overlap``, ``sw_batch_size``, ``aggregation``,
             ``pad_mode``, or when the model does not return (N, K) logits.
     """
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {aggregation!r}")
+    tiles = _tile(volume, roi_size, overlap, sw_batch_size, pad_mode)
+    device = _model_device(model, tiles.volume.device)
+    chunks = []
+    with torch.no_grad():
+        for count, windows in _window_batches(tiles, sw_batch_size):
+            logits = model(as_model_input(windows, device, model_memory_format(model)))
+            if logits.ndim != 2 or logits.shape[0] != count:
+                raise ValueError(
+                    f"model must return (N, K) logits for N windows, got shape {tuple(logits.shape)} "
+                    f"for {count} windows"
+                )
+            # aggregate in float32 whatever dtype autocast produced (fp16 softmax/mean lose precision)
+            chunks.append(logits.float())
+    window_logits = torch.cat(chunks).to(tiles.volume.device)
+
+    return WindowResult(
+        probabilities=_aggregate(window_logits, aggregation),
+        window_probabilities=torch.softmax(window_logits, dim=-1).reshape(*tiles.grid_shape, -1),
+        window_logits=window_logits.reshape(*tiles.grid_shape, -1),
+        starts=tiles.starts,
+        roi_size=tiles.roi,
+        pad=tiles.pad,
+    )
+
+
+@dataclass
+class _Tiles:
+    """A (C, D, H, W) volume padded up to the window, and the grid of windows over it."""
+
+    volume: torch.Tensor
+    roi: Triple
+    pad: Pad
+    starts: list[Triple]
+    grid_shape: Triple
+
+
+def _tile(volume: torch.Tensor, roi_size: int | Sequence[int], overlap: float | Sequence[float],
+          sw_batch_size: int, pad_mode: str) -> _Tiles:
+    """Check the arguments of a sliding-window pass, pad ``volume`` and place the windows (ValueError when bad)."""
     if hasattr(volume, "as_tensor"):
         # a MONAI MetaTensor: drop the metadata so slicing and stacking windows stay plain tensor ops
         volume = volume.as_tensor()
@@ -220,8 +264,6 @@ def sliding_window_classify(
     ov = _as_overlap(overlap)
     if isinstance(sw_batch_size, bool) or not isinstance(sw_batch_size, int) or sw_batch_size < 1:
         raise ValueError(f"sw_batch_size must be a positive int, got {sw_batch_size!r}")
-    if aggregation not in AGGREGATIONS:
-        raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {aggregation!r}")
     if pad_mode not in PAD_MODES:
         raise ValueError(f"pad_mode must be one of {', '.join(PAD_MODES)}, got {pad_mode!r}")
 
@@ -237,33 +279,63 @@ def sliding_window_classify(
         volume = F.pad(volume[None], flat_pad, mode=pad_mode)[0]
     starts = window_starts(volume.shape[1:], roi, ov)
     grid_shape = tuple(len(set(s[axis] for s in starts)) for axis in range(3))
-    device = _model_device(model, volume.device)
+    return _Tiles(volume, roi, pad, starts, grid_shape)  # type: ignore[arg-type]
 
-    chunks = []
+
+def _window_batches(tiles: _Tiles, sw_batch_size: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """(count, (count, C, *roi) windows) in C order, ``sw_batch_size`` at a time: views of the volume, stacked,
+    so only these few windows are ever copied."""
+    roi = tiles.roi
+    for first in range(0, len(tiles.starts), sw_batch_size):
+        batch_starts = tiles.starts[first : first + sw_batch_size]
+        yield len(batch_starts), torch.stack(
+            [tiles.volume[:, d : d + roi[0], h : h + roi[1], w : w + roi[2]] for d, h, w in batch_starts]
+        )
+
+
+def sliding_window_mil(
+    volume: torch.Tensor,
+    model: nn.Module,
+    roi_size: int | Sequence[int],
+    overlap: float | Sequence[float] = 0.25,
+    sw_batch_size: int = 4,
+    pad_mode: str = "constant",
+) -> WindowResult:
+    """Classify one volume with a MIL model: embed every window, then pool them all at once with its attention.
+
+    The windows are those of :func:`sliding_window_classify`; they are embedded ``sw_batch_size`` at a time
+    (:meth:`~medconvnext.models.mil.MILClassifier.embed`), so peak memory is those windows' activations plus the
+    (n_windows, L) embeddings, never the volume's activations. One call of the pooling head over all the
+    embeddings gives the volume's logits and one attention weight per window (Ilse et al., ICML 2018), the same
+    pooling as in training, over more instances. The caller puts the model in eval mode and opens autocast.
+
+    Returns:
+        A :class:`WindowResult`: ``probabilities`` (K,) the softmax of the pooled logits; ``attention``
+        (n_d, n_h, n_w) the weights (sum 1); ``window_logits`` / ``window_probabilities`` each window alone
+        through the head (a bag of one), for comparison.
+
+    Raises:
+        ValueError: on a bad shape, ``roi_size``, ``overlap``, ``sw_batch_size`` or ``pad_mode``.
+    """
+    from medconvnext.models.mil import unwrapped_mil
+
+    mil = unwrapped_mil(model)
+    tiles = _tile(volume, roi_size, overlap, sw_batch_size, pad_mode)
+    device = _model_device(mil, tiles.volume.device)
     with torch.no_grad():
-        for first in range(0, len(starts), sw_batch_size):
-            batch_starts = starts[first : first + sw_batch_size]
-            # views of the volume; stack copies only these few windows
-            windows = torch.stack(
-                [volume[:, d : d + roi[0], h : h + roi[1], w : w + roi[2]] for d, h, w in batch_starts]
-            )
-            logits = model(as_model_input(windows, device, model_memory_format(model)))
-            if logits.ndim != 2 or logits.shape[0] != len(batch_starts):
-                raise ValueError(
-                    f"model must return (N, K) logits for N windows, got shape {tuple(logits.shape)} "
-                    f"for {len(batch_starts)} windows"
-                )
-            # aggregate in float32 whatever dtype autocast produced (fp16 softmax/mean lose precision)
-            chunks.append(logits.float())
-    window_logits = torch.cat(chunks).to(volume.device)
-
+        embeddings = torch.cat([mil.embed(as_model_input(windows, device, model_memory_format(mil)))
+                                for _, windows in _window_batches(tiles, sw_batch_size)])
+        logits, attention = mil.pool(embeddings[None])
+        window_logits = mil.instance_logits(embeddings).float().to(tiles.volume.device)
+    grid = tiles.grid_shape
     return WindowResult(
-        probabilities=_aggregate(window_logits, aggregation),
-        window_probabilities=torch.softmax(window_logits, dim=-1).reshape(*grid_shape, -1),
-        window_logits=window_logits.reshape(*grid_shape, -1),
-        starts=starts,
-        roi_size=roi,
-        pad=pad,
+        probabilities=torch.softmax(logits[0].float(), dim=-1).to(tiles.volume.device),
+        window_probabilities=torch.softmax(window_logits, dim=-1).reshape(*grid, -1),
+        window_logits=window_logits.reshape(*grid, -1),
+        starts=tiles.starts,
+        roi_size=tiles.roi,
+        pad=tiles.pad,
+        attention=attention[0].float().to(tiles.volume.device).reshape(grid),
     )
 
 

@@ -68,14 +68,17 @@ def training_data(setup: RunSetup, generator: torch.Generator) -> TrainingData:
     # data.augment_on=device: the loader's transforms stop before the augmentation, which runs in the step
     on_device = config.data.augment_on == "device"
     loader_augment = "none" if on_device else config.data.augment
-    train_transform = PreprocessingPipeline(plan).training(loader_augment, config.train.patches)
+    cfg = config.train
+    train_transform = PreprocessingPipeline(plan).training(loader_augment, cfg.patches, cfg.mil_bag_size,
+                                                           cfg.mil_foreground_share)
     feed = loader_options(config.data, device)  # the loaders' workers also fill the memory cache (threads)
     train_ds = make_dataset(train_records, train_transform, config.data.cache, feed["num_workers"],
                             cache_dir=config.data.cache_dir)
     warm_disk_cache(train_ds, config.data.num_workers)
     check_inference(config.inference)
-    # whole: validate on the training input size; sliding/auto: on the full (uncropped) volumes
-    tiled = config.inference.mode != "whole"
+    # whole: validate on the training input size; sliding/auto: on the full (uncropped) volumes; a MIL model
+    # always pools every window of the full volume
+    tiled = config.inference.mode != "whole" or cfg.patches == "mil"
     val_transform = PreprocessingPipeline(plan).deterministic("uncropped" if tiled else "cropped")
     # each rank evaluates (and caches) every world_size-th case; the results are gathered, so each case counts once
     val_part = make_dataset(val_records[dist.rank() :: dist.world_size()], val_transform, config.data.cache,

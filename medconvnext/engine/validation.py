@@ -181,7 +181,7 @@ def evaluate_run(run_dir: str | Path, which: str = "last", device: str = "cpu") 
     datalist = load_datalist(config.data.path)
     by_id = {c.case_id: c for c in datalist.cases}
     records = case_records(datalist, [by_id[i] for i in splits["val"]])
-    tiled = config.inference.mode != "whole"
+    tiled = config.inference.mode != "whole" or config.train.patches == "mil"  # MIL pools every window
     transform = PreprocessingPipeline(plan).deterministic("uncropped" if tiled else "cropped")
     torch_device = resolve_device(device)
     loader = DataLoader(make_dataset(records, transform, "none"), batch_size=1 if tiled else config.train.batch_size,
