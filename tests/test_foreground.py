@@ -64,6 +64,8 @@ def test_budget_coarsens_the_finest_axes_first_and_fits():
     assert fit_spacing([1.0, 1.0, 1.0], [20.0, 20.0, 20.0], 64**3, (8, 8, 8)) == [1.0, 1.0, 1.0]
     extents = np.array([[100.0, 100.0, 100.0], [200.0, 100.0, 100.0]])
     assert field_of_view((100, 100, 100), (1.0, 1.0, 1.0), extents) == (0.5, 0.75, 1, 2)
+    # round-off within 0.1 % per axis is whole: never "cuts ... (as little as 100% inside)"
+    assert field_of_view((100, 100, 100), (1.0, 1.0, 1.0), np.array([[100.09, 100.09, 100.09]]))[2] == 0
 
 
 def test_ct_plan_sees_the_whole_body_and_a_peripheral_nodule(tmp_path):

@@ -18,7 +18,7 @@ import numpy as np
 
 from medconvnext.config import PreprocessingConfig
 from medconvnext.data.datalist import Case
-from medconvnext.data.foreground import CROPS, body_mask, foreground_box
+from medconvnext.data.foreground import CROPS, body_mask, box_strides, foreground_box
 from medconvnext.data.io import read_header
 from medconvnext.data.preprocessing import Preprocessing
 from medconvnext.errors import UserError
@@ -184,8 +184,11 @@ def field_of_view(input_size: Sequence[int], spacing: Sequence[float], extents: 
     """(smallest share, median share, cases cut, cases): the share of each case's foreground box (``extents``,
     mm) inside a centred input of ``input_size`` voxels at ``spacing`` mm."""
     window = np.asarray(input_size, float) * np.asarray(spacing, float)
-    shares = np.prod(np.minimum(1.0, window / np.maximum(extents, 1e-6)), axis=1)
-    cut = int((shares < 1 - ROUNDOFF).sum())
+    per_axis = window / np.maximum(extents, 1e-6)
+    # within ROUNDOFF on an axis is whole (ceil_to_multiple allows that much): never "cut ... 100% inside"
+    per_axis = np.where(per_axis >= 1 - ROUNDOFF, 1.0, per_axis)
+    shares = np.prod(per_axis, axis=1)
+    cut = int((shares < 1.0).sum())
     return float(shares.min()), float(np.median(shares)), cut, int(len(shares))
 
 
@@ -228,7 +231,12 @@ def plan_preprocessing(
         input_size = [min(cap, v) if cap else v for v in input_size]
     view = field_of_view(input_size, spacing, extents)
     if view[2] and not tiled:
-        where = "preprocessing.input_size" if config.input_size else "the 256-voxel cap per axis (set a spacing)"
+        if config.input_size:
+            where = "preprocessing.input_size"
+        elif config.max_input_voxels and config.spacing is None:
+            where = "preprocessing.max_input_voxels"
+        else:
+            where = "the 256-voxel cap per axis with a fixed preprocessing.spacing"
         warnings.warn(f"preprocessing: the model input ({' x '.join(map(str, input_size))} voxels at "
                       f"{' x '.join(f'{s:g}' for s in spacing)} mm) cuts the foreground of {view[2]} of {view[3]} "
                       f"training cases (as little as {view[0]:.0%} inside), set by {where}; leave input_size and "
@@ -297,8 +305,10 @@ def _volume(path: str) -> np.ndarray:
 
 def _body_sample(volume: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Up to ``SAMPLES_PER_CASE`` voxels of the body mask (on every ``STATS_STRIDE``-th voxel per axis)."""
-    mask = body_mask(volume, stride=STATS_STRIDE)
-    grid = volume[::STATS_STRIDE, ::STATS_STRIDE, ::STATS_STRIDE]
+    # subsample only axes long enough (as the body box does): a coarse scan's rim must stay one component
+    strides = tuple(min(STATS_STRIDE, s) for s in box_strides(volume.shape))
+    mask = body_mask(volume, stride=strides)
+    grid = volume[::strides[0], ::strides[1], ::strides[2]]
     foreground = grid[mask] if mask.any() else grid[grid > grid.min()]
     if foreground.size == 0:
         foreground = grid.reshape(-1)
