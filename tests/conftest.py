@@ -15,6 +15,13 @@ SAMPLE_DATA = REPO / "sample_data" / "lesions"
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+def one_line(output: str) -> str:
+    """The only non-blank line of a command's output (a user error is one line); fails the test otherwise."""
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1, output
+    return lines[0]
+
+
 def write_volume(path: Path, data: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> Path:
     """Save ``data`` as NIfTI with a diagonal affine."""
     path.parent.mkdir(parents=True, exist_ok=True)

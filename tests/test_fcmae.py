@@ -38,15 +38,7 @@ def test_pre_stem_is_masked_like_a_sparse_conv(pre_norm: str, stride: int) -> No
     torch.manual_seed(0)
     encoder = create_model("convnext_med_iso", stem_conv_channels=8, stem_conv_norm=pre_norm,
                            stem_conv_stride=stride, stem_conv_init="kaiming", dims=(16,), depths=(2,)).train()
-    x = torch.rand(2, 1, 32, 32, 32)
-    mask = random_mask(2, (4, 4, 4), 0.6, torch.Generator().manual_seed(1))
-    visible = 1 - mask
-    with torch.no_grad():
-        features = masked_forward_features(encoder, x, visible)
-        again = masked_forward_features(encoder, x + 10 * torch.rand_like(x) * mask_at(mask, (32, 32, 32)), visible)
-    m = mask_at(visible, tuple(features[-1].shape[2:]))
-    assert torch.count_nonzero(features[-1] * (1 - m)) == 0 and torch.count_nonzero(features[-1] * m) > 0
-    torch.testing.assert_close(features[-1], again[-1], atol=1e-5, rtol=1e-5)
+    x = _assert_masked_like_a_sparse_conv(encoder)
     model = FCMAE3d(encoder, mask_unit=8, loss="bce")
     out = model((x > 0.8).float(), generator=torch.Generator().manual_seed(0))
     out["loss"].backward()
@@ -135,6 +127,12 @@ def test_mixer_blocks_and_stem_gelu_are_masked_like_a_sparse_conv() -> None:
     # the Vessel-diagnosis options (ConvMixer's layer, GELU in the stem) keep FCMAE's masking exact
     torch.manual_seed(0)
     encoder = create_model("convnext_med_iso", block="mixer", stem_act=True, dims=(16,), depths=(2,)).train()
+    _assert_masked_like_a_sparse_conv(encoder)
+
+
+def _assert_masked_like_a_sparse_conv(encoder) -> torch.Tensor:
+    """Masked cells stay zero, visible ones do not, and changing masked voxels moves no feature; returns the
+    (2, 1, 32, 32, 32) input it used."""
     x = torch.rand(2, 1, 32, 32, 32)
     mask = random_mask(2, (4, 4, 4), 0.6, torch.Generator().manual_seed(1))
     visible = 1 - mask
@@ -144,3 +142,4 @@ def test_mixer_blocks_and_stem_gelu_are_masked_like_a_sparse_conv() -> None:
     m = mask_at(visible, tuple(features[-1].shape[2:]))
     assert torch.count_nonzero(features[-1] * (1 - m)) == 0 and torch.count_nonzero(features[-1] * m) > 0
     torch.testing.assert_close(features[-1], again[-1], atol=1e-5, rtol=1e-5)
+    return x

@@ -11,6 +11,7 @@ import time
 
 import pytest
 from bad_inputs import good_dataset
+from conftest import one_line
 from typer.testing import CliRunner
 
 from medconvnext.cli.main import app
@@ -19,12 +20,6 @@ from medconvnext.rundir import LOCK, RunLock
 runner = CliRunner()
 TINY = ["--model", "convmixer_128_4", "--set", "model.args.dim=8", "--set", "model.args.depth=1", "--device", "cpu",
         "--batch-size", "4"]
-
-
-def _one_line(output: str) -> str:
-    lines = [line for line in output.splitlines() if line.strip()]
-    assert len(lines) == 1, output
-    return lines[0]
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -46,7 +41,7 @@ def test_an_interrupted_run_says_resume_and_a_rerun_says_resume_not_overwrite(tm
     assert not (out / LOCK).exists()  # released on the way out
     again = runner.invoke(app, command)
     assert again.exit_code == 2
-    line = _one_line(again.output)
+    line = one_line(again.output)
     assert f"medconvnext train --resume {out}" in line and "--overwrite" not in line
 
 
@@ -62,7 +57,7 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
                          "--overwrite"]):
             result = runner.invoke(app, command)
             assert result.exit_code == 2, result.output
-            assert f"in use by process {os.getpid()} on {socket.gethostname()}" in _one_line(result.output)
+            assert f"in use by process {os.getpid()} on {socket.gethostname()}" in one_line(result.output)
         assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != LOCK} == before
     assert not (out / LOCK).exists()
 
@@ -117,5 +112,5 @@ def test_an_unwritable_output_is_refused_before_any_work(tmp_path, command):
     started = time.monotonic()
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
-    assert "cannot write in" in _one_line(result.output)
+    assert "cannot write in" in one_line(result.output)
     assert time.monotonic() - started < 10  # refused at once, not after training or predicting

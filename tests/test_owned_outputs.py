@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 
-from conftest import SAMPLE_DATA
+from conftest import SAMPLE_DATA, one_line
 from typer.testing import CliRunner
 
 from medconvnext.cli.main import app
@@ -12,12 +12,6 @@ from medconvnext.cli.main import app
 runner = CliRunner()
 TINY = ["--model", "convmixer_128_4", "--set", "model.args.dim=8", "--set", "model.args.depth=1", "--device", "cpu",
         "--epochs", "1"]
-
-
-def _one_line(output: str) -> str:
-    lines = [line for line in output.splitlines() if line.strip()]
-    assert len(lines) == 1, output
-    return lines[0]
 
 
 def test_readme_first_command_then_report_and_threshold_auto(tmp_path):
@@ -51,7 +45,7 @@ def test_predict_output_onto_a_file_it_did_not_write_refuses(tmp_path):
     scan = str(data / "images" / "case_000.nii.gz")
     refused = runner.invoke(app, ["predict", scan, "--model", str(model), "--output", str(labels), "--device", "cpu"])
     assert refused.exit_code == 2
-    assert "labels.csv: exists and was not written by medconvnext" in _one_line(refused.output)
+    assert "labels.csv: exists and was not written by medconvnext" in one_line(refused.output)
     assert labels.read_bytes() == before
     forced = runner.invoke(app, ["predict", scan, "--model", str(model), "--output", str(labels), "--device", "cpu",
                                  "--overwrite"])
@@ -66,14 +60,14 @@ def test_report_and_export_never_replace_a_users_file(tmp_path):
     assert runner.invoke(app, ["report", str(run), "--n-boot", "0"]).exit_code == 0  # its own files: replaced
     (run / "report.md").write_text("my edited report\n", encoding="utf-8")
     refused = runner.invoke(app, ["report", str(run), "--n-boot", "0"])
-    assert refused.exit_code == 2 and "report.md: exists and was not written by medconvnext" in _one_line(
+    assert refused.exit_code == 2 and "report.md: exists and was not written by medconvnext" in one_line(
         refused.output)
     assert (run / "report.md").read_text(encoding="utf-8") == "my edited report\n"
     mine = tmp_path / "deploy" / "model.pt"
     mine.parent.mkdir()
     mine.write_bytes(b"my model")
     export = runner.invoke(app, ["export", str(run), "--out", str(mine)])
-    assert export.exit_code == 2 and "model.pt: exists and was not written" in _one_line(export.output)
+    assert export.exit_code == 2 and "model.pt: exists and was not written" in one_line(export.output)
     assert mine.read_bytes() == b"my model"
 
 
@@ -87,7 +81,7 @@ def test_saliency_maps_never_replace_a_users_file_and_replace_their_own(tmp_path
     (mine / "case_002_cam.nii.gz").write_bytes(b"my own map")
     args = ["predict", scan, "--model", str(model), "--device", "cpu", "--cam-method", "occlusion", "--cam"]
     refused = runner.invoke(app, [*args, str(mine)])
-    assert refused.exit_code == 2 and "case_002_cam.nii.gz: exists and was not written" in _one_line(refused.output)
+    assert refused.exit_code == 2 and "case_002_cam.nii.gz: exists and was not written" in one_line(refused.output)
     assert (mine / "case_002_cam.nii.gz").read_bytes() == b"my own map"
     cams = tmp_path / "cams"
     assert runner.invoke(app, [*args, str(cams)]).exit_code == 0
