@@ -153,3 +153,16 @@ def test_a_memory_cache_that_would_not_fit_is_refused_before_any_work():
                                          r"data.cache=disk"):
         check_memory_cache(600, pre, "memory", available=8 * 2**30)
     check_memory_cache(600, pre, "disk", available=8 * 2**30)
+
+
+def test_a_disk_cache_that_would_not_fit_the_free_space_is_refused_before_any_work(tmp_path):
+    from medconvnext.data.dataset import check_disk_cache
+    from medconvnext.errors import UserError
+
+    pre = Preprocessing(orientation="RAS", spacing=(1.0, 1.0, 1.0), input_size=(128, 128, 128), intensity="zscore")
+    check_disk_cache(100, pre, "disk", tmp_path / "new" / "cache", free=2**30)  # 0.4 GiB in float16: fits
+    with pytest.raises(UserError, match=r"data.cache=disk: .*new/cache has 1.0 GiB free and the cache of 300 "
+                                         r"volumes needs about 1.2 GiB"):
+        check_disk_cache(300, pre, "disk", tmp_path / "new" / "cache", free=2**30)
+    assert not (tmp_path / "new").exists()
+    check_disk_cache(300, pre, "memory", tmp_path, free=2**30)

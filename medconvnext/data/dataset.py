@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -45,6 +46,29 @@ def check_memory_cache(cases: int, pre: Preprocessing, cache: str, available: in
         raise UserError(f"data.cache=memory would hold {cases} volumes of {' x '.join(map(str, pre.input_size))} "
                         f"voxels ({planned / 2**30:.1f} GiB) in RAM, more than half of the {available / 2**30:.1f} "
                         "GiB available: use --set data.cache=disk (compact, read back memory-mapped)")
+
+
+def check_disk_cache(cases: int, pre: Preprocessing, cache: str, cache_dir: str | Path | None,
+                     free: int | None = None) -> None:
+    """Refuse ``data.cache=disk`` when the planned entries (``cases`` x input size x channels, float16 or float32
+    for raw intensities) do not fit the free space of the cache folder (its nearest existing parent).
+
+    Raises:
+        UserError: one line naming the folder, the planned and the free bytes, and ``data.cache_dir``.
+    """
+    if cache != "disk":
+        return
+    from medconvnext.data.cache import default_cache_dir
+
+    folder = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    bytes_per_voxel = 4 if pre.intensity == "none" else 2
+    planned = cases * pre.in_channels * bytes_per_voxel * int(np.prod(pre.input_size))
+    free = shutil.disk_usage(existing).free if free is None else free
+    if planned > free:
+        raise UserError(f"data.cache=disk: {folder} has {free / 2**30:.1f} GiB free and the cache of {cases} volumes "
+                        f"needs about {planned / 2**30:.1f} GiB: free space there, or set data.cache_dir to a larger "
+                        "disk")
 
 
 def case_records(datalist: Datalist, cases: Sequence[Case]) -> list[dict]:

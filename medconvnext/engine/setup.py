@@ -30,7 +30,7 @@ from torch import nn
 
 from medconvnext.config import Config, TrainConfig, load_config, load_yaml, save_config
 from medconvnext.data.datalist import Case, Datalist, load_datalist
-from medconvnext.data.dataset import check_memory_cache
+from medconvnext.data.dataset import check_disk_cache, check_memory_cache
 from medconvnext.data.fingerprint import compute_fingerprint, plan_preprocessing
 from medconvnext.data.patches import PATCH_MODES
 from medconvnext.data.preprocessing import Preprocessing
@@ -111,6 +111,7 @@ def prepare_training(
     plan = training_plan(config, datalist, model.min_input_size, split)
     # every rank caches its training cases and its share of the validation cases
     check_memory_cache(len(split.train) + len(split.val), plan, config.data.cache)
+    check_disk_cache(len(split.train) + len(split.val), plan, config.data.cache, config.data.cache_dir)
     check_init_2d(model, config)
     if config.model.init:  # weights that do not fit, or another intensity scheme, are refused before any write
         for note in check_init_compatible(mil_encoder(model), plan, config.model.init):
