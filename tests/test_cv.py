@@ -398,9 +398,13 @@ def test_cv_refuses_a_bad_option_before_writing_anything(tmp_path, key, value, f
     """The options are checked before cv.json and splits.json exist, so the corrected command is not told that the
     folder 'holds a cross-validation with other parameters'."""
     data = make_dataset(tmp_path / "data", n=12)
-    config = apply_overrides(tiny_config(data), {key: value})
+    config = tiny_config(data)
     if key.startswith("model.args"):
         config.model.name, config.model.args = "convnext_med_iso", {"stem_conv_norm": value}
+    else:  # set in Python, past --set's own check (which refuses it at once: below)
+        setattr(config.train, key.split(".")[1], value)
+        with pytest.raises(UserError, match=field):
+            apply_overrides(tiny_config(data), {key: value})
     with pytest.raises(UserError, match=field):
         cross_validate(config, tmp_path / "cv", folds=2, callbacks=SilentCallbacks())
     assert not (tmp_path / "cv").exists() or not any((tmp_path / "cv").iterdir())
