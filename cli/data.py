@@ -79,7 +79,7 @@ def _class_count_problems(datalist, good) -> list[str]:
 def _min_size(model: str | None, config, datalist) -> tuple[int, int, int]:  # noqa: ANN001 - Config, Datalist
     """The minimum input size of --model, else of the config's model with its arguments (built as train builds it,
     so a bad name or argument gets train's message)."""
-    from medconvnext.engine.setup import build_model
+    from medconvnext.engine.model_setup import build_model
     from medconvnext.errors import UserError
     from medconvnext.models import get_entry
 

@@ -13,7 +13,7 @@ from medconvnext.config import Config, InferenceConfig, apply_overrides
 from medconvnext.data.datalist import Case, Datalist
 from medconvnext.engine.ema import ModelEma, recompute_batchnorm
 from medconvnext.engine.inference import _pad_to, choose_mode
-from medconvnext.engine.setup import build_model
+from medconvnext.engine.model_setup import build_model
 from medconvnext.engine.trainer import train
 from medconvnext.errors import UserError
 

@@ -39,19 +39,19 @@ from medconvnext.engine.devices import as_model_input, autocast, enable_fast_ker
 from medconvnext.engine.ema import recompute_batchnorm
 from medconvnext.engine.feeding import epoch_seed
 from medconvnext.engine.loop import EpochHooks, EpochStats, Loop, build_loop, loop_state, restore_loop, run_epochs
+from medconvnext.engine.model_setup import init_weights
 from medconvnext.engine.optim import param_groups, warmup_cosine
 from medconvnext.engine.provenance import environment_info
 from medconvnext.engine.resume import save_training_state
+from medconvnext.engine.seeding import seed_everything
 from medconvnext.engine.setup import (
     BALANCE_MODES,
     SELECT_MODES,
     RunSetup,
     audit_training_split,
-    init_weights,
     prepare_resume,
     prepare_training,
     run_plan,
-    seed_everything,
 )
 from medconvnext.engine.training_data import TrainingData, training_data
 from medconvnext.engine.validation import (
