@@ -113,10 +113,8 @@ class DiskCacheDataset(Dataset):
         item = self._load(path)
         if item is None:
             self.misses += 1
-            computed = self.deterministic(dict(record))
-            self._store(path, computed, self.compact)
             # what a hit reads (float16-rounded): the first epoch sees the same volume as the later ones
-            item = self._load(path) or computed
+            item = self._store(path, self.deterministic(dict(record)), self.compact)
         else:
             self.hits += 1
         return self.random(item) if self.random.transforms else item
@@ -152,16 +150,17 @@ class DiskCacheDataset(Dataset):
             item = torch.load(path, weights_only=True, mmap=True)
         except Exception:  # noqa: BLE001 - a truncated or corrupt entry is simply rebuilt
             return None
-        return {k: (v.float() if isinstance(v, torch.Tensor) and v.dtype == torch.float16 else v)
-                for k, v in item.items()}
+        return _expand(item)
 
     @staticmethod
-    def _store(path: Path, item: dict, compact: bool = True) -> None:
+    def _store(path: Path, item: dict, compact: bool = True) -> dict:
+        """Write the entry; returns it as a later hit will read it (float16 values back as float32)."""
         plain = {k: v.as_tensor() if hasattr(v, "as_tensor") else v for k, v in item.items()}
         if compact:
             plain = {k: _compact(v) for k, v in plain.items()}
         # no fsync: a torn entry is detected on load and rebuilt
         atomic_write(path, lambda tmp: torch.save(plain, tmp), fsync=False)
+        return _expand(plain)
 
 
 _WARMING: DiskCacheDataset | None = None  # the dataset a forked warm-up worker builds entries of
@@ -171,6 +170,11 @@ def _build_in_worker(index: int) -> None:
     assert _WARMING is not None
     torch.set_num_threads(1)  # the workers share the cores
     _WARMING._build(index)
+
+
+def _expand(item: dict) -> dict:
+    """An entry's float16 tensors as float32 (what the pipeline's random part and the model expect)."""
+    return {k: (v.float() if isinstance(v, torch.Tensor) and v.dtype == torch.float16 else v) for k, v in item.items()}
 
 
 def _compact(value: object) -> object:
