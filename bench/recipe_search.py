@@ -29,6 +29,7 @@ from sklearn.metrics import roc_auc_score
 from medconvnext.engine.ema import ModelEma
 from medconvnext.engine.loop import EpochHooks, EpochStats, Loop, run_epochs
 from medconvnext.engine.optim import param_groups, warmup_cosine
+from medconvnext.engine.steps import ClassificationStep
 from medconvnext.engine.validation import predict_loader
 from medconvnext.models import create_model
 
@@ -65,8 +66,9 @@ def main() -> None:
                  else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0))
     ema = ModelEma(model, args.ema) if args.ema > 0 else None
     # the trainer's loop without AMP, accumulation, mixing or DDP: the scaler is a pass-through on the CPU
+    generator = torch.Generator().manual_seed(args.seed)
     loop = Loop(model, optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=False), ema,
-                torch.nn.CrossEntropyLoss(), torch.Generator().manual_seed(args.seed), CPU)
+                ClassificationStep(torch.nn.CrossEntropyLoss(), generator), generator, CPU)
     batches = TensorBatches(images["train"], labels["train"], args.batch_size, args.shift)
     report = Report(images, labels)
     run_epochs(loop, batches, range(1, args.epochs + 1), report)

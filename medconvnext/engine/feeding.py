@@ -12,7 +12,7 @@ Every DataLoader of ``train`` and ``pretrain`` comes from :func:`make_loader` (:
 shuffled batches): the device's options and :func:`seed_worker`, which gives each worker its own random streams.
 Forked workers inherit a copy of every random state of the parent, MONAI's random transforms included, so
 without it worker 1 replays worker 0's augmentation exactly (pytorch#5059; ``shared/bugs/18``). The random
-transforms are seeded per epoch with :func:`epoch_seed`, which includes the rank.
+transforms are seeded per epoch by :func:`seed_epoch` with :func:`epoch_seed`, which includes the rank.
 """
 
 from __future__ import annotations
@@ -112,6 +112,22 @@ def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
     resumed run augments exactly as an uninterrupted one, and ranks draw different augmentations."""
     salt, step = ((100_003, 1_009), (100_019, 1_013))[stream]
     return (seed * salt + epoch * step + dist.rank()) % 2**32
+
+
+def seed_epoch(seed: int, epoch: int, loader: Any, transform: Any, augment: BatchAugment | None = None) -> None:
+    """Seed ``epoch``'s augmentation on this rank (``train`` and ``pretrain`` alike): the loader's random
+    ``transform`` and the on-device ``augment`` (:func:`epoch_seed`, two streams), and a distributed sampler.
+
+    MONAI's random transforms keep their own RandomState objects: seeded per epoch, the augmentation of epoch e
+    is the same whether or not the run was resumed before it.
+    """
+    if hasattr(transform, "set_random_state"):
+        transform.set_random_state(seed=epoch_seed(seed, epoch))
+    if augment is not None:
+        augment.set_random_state(seed=epoch_seed(seed, epoch, stream=1))
+    sampler = getattr(loader, "sampler", None)
+    if isinstance(sampler, DistributedSampler):
+        sampler.set_epoch(epoch)
 
 
 def seed_worker(worker_id: int) -> None:

@@ -1,7 +1,8 @@
 """The optimiser and its learning-rate schedule: AdamW over two (or layer-wise) parameter groups, warm-up + cosine.
 
-Used by ``train`` (through :func:`make_optimizer` / :func:`make_schedule`), ``pretrain`` and
-``bench/recipe_search.py`` (through :func:`param_groups` / :func:`warmup_cosine`).
+Used by the loop of ``train`` and ``pretrain`` (:func:`medconvnext.engine.loop.build_loop`, through
+:func:`make_optimizer` / :func:`make_schedule`) and ``bench/recipe_search.py`` (through :func:`param_groups` /
+:func:`warmup_cosine`).
 
 Why the schedule is a hand-written ``LambdaLR`` and not ``SequentialLR(LinearLR, CosineAnnealingLR)``:
 
@@ -25,7 +26,10 @@ from torch import nn
 
 from medconvnext.config import TrainConfig
 
-__all__ = ["make_optimizer", "make_schedule", "optimizer_steps_per_epoch", "param_groups", "warmup_cosine"]
+ADAMW_BETAS = (0.9, 0.999)  # torch's defaults; FCMAE pretraining uses (0.9, 0.95), as ConvNeXt V2
+
+__all__ = ["ADAMW_BETAS", "make_optimizer", "make_schedule", "optimizer_steps_per_epoch", "param_groups",
+           "warmup_cosine"]
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -56,15 +60,17 @@ def warmup_cosine(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW at ``train.lr``; with ``train.layer_decay`` each ConvNeXt stage gets its own decayed rate."""
-    if cfg.layer_decay is not None:
+def make_optimizer(model: nn.Module, cfg: TrainConfig, betas: tuple[float, float] = ADAMW_BETAS,
+                   layer_decay: bool = True) -> torch.optim.AdamW:
+    """AdamW at ``train.lr``; with ``train.layer_decay`` (unless ``layer_decay`` is off: it is for fine-tuning)
+    each ConvNeXt stage gets its own decayed rate."""
+    if layer_decay and cfg.layer_decay is not None:
         from medconvnext.engine.warm_start import layer_decay_groups  # imports the model families; only when used
 
         groups = layer_decay_groups(model, cfg.weight_decay, cfg.lr, cfg.layer_decay)
     else:
         groups = param_groups(model, cfg.weight_decay)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas)
 
 
 def optimizer_steps_per_epoch(batches_per_epoch: int, accumulate: int) -> int:

@@ -1,6 +1,9 @@
 """Self-supervised pretraining: FCMAE (masked reconstruction) of a ConvNeXt encoder on unlabelled scans.
 
-The same plan, cache, augmentation, AMP and resume machinery as ``train``; the run directory holds
+What is FCMAE's lives here: the cases (labels ignored), the masked model, the run's records and hooks. The rest is
+``train``'s: the plan, cache and augmentation, the loader factory (:mod:`medconvnext.engine.feeding`) and the one
+loop (:mod:`medconvnext.engine.loop`, with a :class:`~medconvnext.engine.steps.ReconstructionStep`: the same
+optimiser factory, AMP, ``train.accumulate``, ``train.clip_grad_norm`` and training state). The run directory holds
 ``config.yaml``, ``pretrain.json`` (the masking options and the case ids seen, for the leakage audit),
 ``metrics.jsonl`` (loss per epoch), ``checkpoint_encoder.safetensors`` (the encoder, loadable by
 ``train --init``), ``training_state.pt`` and ``reconstructions.png``.
@@ -20,8 +23,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
 
 from medconvnext.config import Config, load_config, save_config
 from medconvnext.data.datalist import Case, Datalist, case_id_from_path, is_image_file, load_datalist, resolve_path
@@ -32,14 +33,24 @@ from medconvnext.data.preprocessing import Preprocessing
 from medconvnext.data.validate import require_valid, validate_datalist
 from medconvnext.engine import distributed as dist
 from medconvnext.engine.checkpoint import atomic_write, save_checkpoint, unwrap_model
-from medconvnext.engine.devices import as_model_input, autocast, needs_grad_scaler
-from medconvnext.engine.feeding import epoch_seed, plain, training_loader
-from medconvnext.engine.optim import param_groups, warmup_cosine
+from medconvnext.engine.feeding import plain, seed_epoch, training_loader
+from medconvnext.engine.loop import (
+    Batches,
+    EpochHooks,
+    EpochStats,
+    Loop,
+    LoopRecipe,
+    build_loop,
+    commit_epoch,
+    resume_point,
+    run_epochs,
+)
 from medconvnext.engine.provenance import environment_info
-from medconvnext.engine.resume import load_training_state, rng_states, save_training_state, set_rng_states
+from medconvnext.engine.resume import load_training_state
 from medconvnext.engine.setup import schedule_plan, setup_device
+from medconvnext.engine.steps import ReconstructionStep
 from medconvnext.errors import UserError
-from medconvnext.fileio import append_text, set_state, start_manifest
+from medconvnext.fileio import set_state, start_manifest
 from medconvnext.models import apply_memory_format, create_model, model_memory_format
 from medconvnext.models.convnext import ConvNeXt3d
 from medconvnext.models.fcmae import FCMAE3d, ReconstructionLoss, patchify
@@ -185,112 +196,78 @@ def _plan(config: Config, run: RunDir, n_scans: int, plan: Preprocessing, option
     }
 
 
+# ConvNeXt V2's FCMAE recipe: AdamW betas (0.9, 0.95); no EMA, layer decay or compile (fine-tuning options); no
+# SyncBatchNorm: each rank normalises over its own visible positions (masked_norm), as train's BatchNorm does on CPU
+FCMAE_RECIPE = LoopRecipe(betas=(0.9, 0.95), layer_decay=False, ema=False, compile=False, sync_batchnorm=False)
+
+
 def _fit(config: Config, run: RunDir, cases: list[Case], plan: Preprocessing, options: PretrainOptions,
          device: torch.device, callbacks: Any, state: dict[str, Any] | None) -> PretrainResult:
+    """Build the FCMAE model, its data and the loop (a :class:`ReconstructionStep`), restore ``state`` when
+    resuming, and run the remaining epochs."""
     cfg = config.train
     callbacks = callbacks if dist.is_main() else None
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    fcmae = build_fcmae(config, plan.in_channels, options).to(device)
+    fcmae = build_fcmae(config, plan.in_channels, options)
     # the classifier head takes no part in reconstruction: frozen, so DDP does not wait for its gradients
     for module in (fcmae.encoder.head_norm, fcmae.encoder.head):
         module.requires_grad_(False)
     # the encoder trains in the layout `train` measured fastest for its family, device and input size (issue 14)
     fcmae.to(memory_format=apply_memory_format(fcmae.encoder, device, plan.input_size))
-    model: nn.Module = fcmae
-    if dist.is_distributed():
-        # each rank normalises over its own visible positions (masked_norm), as train's BatchNorm does on CPU
-        model = DistributedDataParallel(fcmae, device_ids=[device.index] if device.type == "cuda" else None)
     records = [{"image": c.images[0] if len(c.images) == 1 else list(c.images), "label": -1, "case_id": c.case_id}
                for c in cases]
     transform = PreprocessingPipeline(plan).training(config.data.augment)
     dataset = make_dataset(records, transform, config.data.cache, cache_dir=config.data.cache_dir)
     generator = torch.Generator().manual_seed(cfg.seed)
-    # train's loader factory: worker seeding, so two workers never replay one augmentation (shared/bugs/18)
     loader = training_loader(dataset, cfg.batch_size, config.data, device, cfg.seed, generator)
-    sampler = loader.sampler if isinstance(loader.sampler, DistributedSampler) else None
-    optimizer = torch.optim.AdamW(param_groups(fcmae, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
-    scheduler = warmup_cosine(optimizer, cfg.warmup_epochs * len(loader), cfg.epochs * len(loader))
-    scaler = torch.amp.GradScaler("cuda", enabled=needs_grad_scaler(device, cfg.amp))
-    history: list[dict[str, Any]] = []
-    start = 1
-    if state is not None:
-        fcmae.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        history = list(state["history"])
-        set_rng_states(state["rng"], generator)
-        start = int(state["epoch"]) + 1
-    if dist.is_main():
-        lines = "".join(json.dumps(r) + "\n" for r in history)
-        atomic_write(run.metrics, lambda tmp: tmp.write_text(lines, encoding="utf-8"))
-    if start > cfg.epochs:  # before any output: nothing is left to run
-        raise UserError(f"--resume {run.root}: the run already finished ({len(history)} epochs); pass --epochs N "
-                        f"(more than {len(history)}) to extend it")
+    step = ReconstructionStep(model_memory_format(fcmae.encoder))
+    loop = build_loop(fcmae, cfg, device, step, len(loader), generator, transform, FCMAE_RECIPE)
+    start = resume_point(loop, state, run, cfg.epochs)
     if callbacks is not None:
         if hasattr(callbacks, "on_plan"):
             callbacks.on_plan(_plan(config, run, len(cases), plan, options, fcmae, device, len(loader), start))
         callbacks.on_start(cfg.epochs, len(loader))
     meta = {"class_names": [], "preprocessing": plan.to_dict(), "pretrain": dataclasses.asdict(options),
             "environment": environment_info()}
-    for epoch in range(start, cfg.epochs + 1):
-        began = time.perf_counter()
-        # MONAI's random transforms keep their own states: seeded per epoch and rank, as in train, so a resumed
-        # run augments exactly as an uninterrupted one; the masks get their own generator per epoch and rank
-        transform.set_random_state(seed=epoch_seed(cfg.seed, epoch))
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        masks = torch.Generator().manual_seed((cfg.seed * 1_000_003 + epoch * 7_919 + dist.rank() * 104_729) % 2**63)
-        loss = _train_epoch(model, loader, optimizer, scheduler, scaler, masks, device, cfg.amp, epoch, callbacks)
-        history.append({"epoch": epoch, "loss": loss, "lr": optimizer.param_groups[0]["lr"],
-                        "epoch_time_s": round(time.perf_counter() - began, 3)})
-        if dist.is_main():
-            _save_epoch(run, fcmae, optimizer, scheduler, scaler, generator, history, meta)
-        if callbacks is not None:
-            callbacks.on_epoch_end(history[-1])
+    run_epochs(loop, loader, range(start, cfg.epochs + 1), _PretrainHooks(run, cfg.seed, loader, meta, callbacks))
     if dist.is_main():
         _save_reconstructions(fcmae, records, plan, run.root / "reconstructions.png", device)
         set_state(run.root, "complete")
     dist.barrier()
-    return PretrainResult(run.root, history)
+    return PretrainResult(run.root, loop.history)
 
 
-def _save_epoch(run: RunDir, model: FCMAE3d, optimizer: torch.optim.Optimizer, scheduler: Any,
-                scaler: torch.amp.GradScaler, generator: torch.Generator, history: list[dict[str, Any]],
-                meta: dict[str, Any]) -> None:
-    """The encoder checkpoint, then the training state (the commit point of the epoch), then its metrics line."""
-    epoch = history[-1]["epoch"]
-    save_checkpoint(run.checkpoint(ENCODER), model.encoder, {**meta, "epoch": epoch, "metrics": history[-1]})
-    save_training_state(run.training_state(), {
-        "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "history": history,
-        "rng": rng_states(generator)})
-    append_text(run.metrics, json.dumps(history[-1]) + "\n")
+def mask_seed(seed: int, epoch: int) -> int:
+    """The seed of the FCMAE masks of ``epoch`` on this rank (each rank draws its own masks)."""
+    return (seed * 1_000_003 + epoch * 7_919 + dist.rank() * 104_729) % 2**63
 
 
-def _train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, scheduler: Any,
-                 scaler: torch.amp.GradScaler, generator: torch.Generator, device: torch.device, amp: bool,
-                 epoch: int, callbacks: Any) -> float:
-    """One epoch of masked reconstruction; ``model`` is the FCMAE3d (DDP-wrapped under torchrun). Returns the mean
-    loss per volume over all ranks."""
-    model.train()
-    fmt = model_memory_format(unwrap_model(model).encoder)
-    total, seen = 0.0, 0
-    for step, batch in enumerate(loader, start=1):
-        images = as_model_input(batch["image"], device, fmt)  # plain tensors (plain_collate), the encoder's layout
-        with autocast(device, amp):
-            loss = model(images, generator=generator)["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        total += loss.item() * len(images)
-        seen += len(images)
-        if callbacks is not None:
-            callbacks.on_step(epoch, step, loss.item())
-    total, seen_all = dist.sum_across_ranks([total, float(seen)])
-    return total / max(1.0, seen_all)
+class _PretrainHooks(EpochHooks):
+    """Pretraining around the loop: per-epoch seeding of the augmentation and the masks, the encoder checkpoint,
+    the training state and the loss per epoch (no validation)."""
+
+    def __init__(self, run: RunDir, seed: int, loader: Batches, meta: dict[str, Any], callbacks: Any) -> None:
+        self.run, self.seed, self.loader, self.meta, self.callbacks = run, seed, loader, meta, callbacks
+
+    def on_epoch_start(self, loop: Loop, epoch: int) -> None:
+        seed_epoch(self.seed, epoch, self.loader, loop.train_transform)
+        assert isinstance(loop.step, ReconstructionStep)
+        loop.step.masks = torch.Generator().manual_seed(mask_seed(self.seed, epoch))
+
+    def on_step(self, loop: Loop, epoch: int, step: int, loss: float) -> None:
+        if self.callbacks is not None:
+            self.callbacks.on_step(epoch, step, loss)
+
+    def on_epoch_end(self, loop: Loop, stats: EpochStats) -> None:
+        loop.history.append({"epoch": stats.epoch, "loss": stats.loss, "lr": loop.optimizer.param_groups[0]["lr"],
+                             "epoch_time_s": round(time.perf_counter() - stats.started, 3)})
+        if dist.is_main():  # the encoder checkpoint, then the commit point of the epoch
+            fcmae = unwrap_model(loop.model)
+            save_checkpoint(self.run.checkpoint(ENCODER), fcmae.encoder,
+                            {**self.meta, "epoch": stats.epoch, "metrics": loop.history[-1]})
+            commit_epoch(loop, self.run, stats.epoch)
+        if self.callbacks is not None:
+            self.callbacks.on_epoch_end(loop.history[-1])
 
 
 @torch.no_grad()

@@ -20,7 +20,6 @@ run without it (trained before it existed, or stopped before it was written) get
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 import warnings
 from collections.abc import Iterator
@@ -29,20 +28,18 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from torch.utils.data import DistributedSampler
 
 from medconvnext.config import Config
 from medconvnext.data.splits import Split
 from medconvnext.engine import distributed as dist
-from medconvnext.engine.checkpoint import atomic_write, save_checkpoint, unwrap_model
+from medconvnext.engine.checkpoint import save_checkpoint, unwrap_model
 from medconvnext.engine.devices import as_model_input, autocast, enable_fast_kernels
 from medconvnext.engine.ema import recompute_batchnorm
-from medconvnext.engine.feeding import epoch_seed
-from medconvnext.engine.loop import EpochHooks, EpochStats, Loop, build_loop, loop_state, restore_loop, run_epochs
+from medconvnext.engine.feeding import seed_epoch
+from medconvnext.engine.loop import EpochHooks, EpochStats, Loop, build_loop, commit_epoch, resume_point, run_epochs
 from medconvnext.engine.model_setup import init_weights
 from medconvnext.engine.optim import param_groups, warmup_cosine
 from medconvnext.engine.provenance import environment_info
-from medconvnext.engine.resume import save_training_state
 from medconvnext.engine.seeding import seed_everything
 from medconvnext.engine.setup import (
     BALANCE_MODES,
@@ -53,6 +50,7 @@ from medconvnext.engine.setup import (
     prepare_training,
     run_plan,
 )
+from medconvnext.engine.steps import ClassificationStep, classification_step
 from medconvnext.engine.training_data import TrainingData, training_data
 from medconvnext.engine.validation import (
     evaluate,
@@ -64,7 +62,7 @@ from medconvnext.engine.validation import (
     write_val_predictions_tta,
 )
 from medconvnext.errors import UserError
-from medconvnext.fileio import append_text, record_many, remove, set_state, start_manifest
+from medconvnext.fileio import record_many, remove, set_state, start_manifest
 from medconvnext.models import apply_memory_format, model_memory_format
 from medconvnext.reports.plots import plot_training_curves
 from medconvnext.rundir import TENSORBOARD, RunDir, RunLock
@@ -203,19 +201,10 @@ def _fit(setup: RunSetup, callbacks: TrainingCallbacks | None) -> TrainResult:
     data = training_data(setup, generator)
     enable_fast_kernels(device)
     apply_memory_format(setup.model, device, setup.plan.input_size)  # the layout measured fastest here
-    loop = build_loop(setup.model, config, device, data.class_counts, len(data.train_loader), generator,
-                      data.train_transform)
-    loop.augment = data.augment
-    start_epoch = 1 if setup.state is None else restore_loop(loop, setup.state) + 1
-    if start_epoch > cfg.epochs:  # before any output: nothing is left to run
-        done = start_epoch - 1
-        raise UserError(f"--resume {run.root}: the run already finished ({done} epoch{'s' * (done != 1)}); pass "
-                        f"--epochs N (more than {done}) to extend it")
-    if dist.is_main():
-        # the state is the commit point of an epoch: drop any epoch logged after it (killed mid-write)
-        lines = "".join(json.dumps(r) + "\n" for r in loop.history)
-        atomic_write(run.metrics, lambda tmp: tmp.write_text(lines, encoding="utf-8"))
-    hooks = _RunHooks(setup, data, loop, callbacks)
+    step = classification_step(cfg, data.class_counts, device, generator, setup.model, data.augment)
+    loop = build_loop(setup.model, cfg, device, step, len(data.train_loader), generator, data.train_transform)
+    start_epoch = resume_point(loop, setup.state, run, cfg.epochs)
+    hooks = _RunHooks(setup, data, step, callbacks)
     if hasattr(callbacks, "on_plan"):  # optional hook: what is about to run (the CLI's summary panel, trackers)
         callbacks.on_plan(run_plan(setup, unwrap_model(loop.model), len(data.train_loader), start_epoch))
     callbacks.on_start(cfg.epochs, len(data.train_loader))
@@ -237,25 +226,17 @@ def _fit(setup: RunSetup, callbacks: TrainingCallbacks | None) -> TrainResult:
 class _RunHooks(EpochHooks):
     """The training run around the loop: per-epoch seeding, validation, selection, checkpoints and logs."""
 
-    def __init__(self, setup: RunSetup, data: TrainingData, loop: Loop, callbacks: TrainingCallbacks) -> None:
-        self.setup, self.data, self.callbacks = setup, data, callbacks
+    def __init__(self, setup: RunSetup, data: TrainingData, step: ClassificationStep,
+                 callbacks: TrainingCallbacks) -> None:
+        self.setup, self.data, self.step, self.callbacks = setup, data, step, callbacks
         self.cfg = setup.config.train
-        self.meta = _checkpoint_meta(setup, loop)
+        self.meta = _checkpoint_meta(setup)
         self.tensorboard = (_TensorBoard(setup.run.root / TENSORBOARD)
                             if self.cfg.tensorboard and dist.is_main() else None)
         self.last_plot = 0.0
 
     def on_epoch_start(self, loop: Loop, epoch: int) -> None:
-        # MONAI random transforms keep their own RandomState objects, so seed them per epoch (and rank):
-        # the augmentation of epoch e is then the same whether or not the run was resumed before it
-        seed = self.cfg.seed
-        if hasattr(loop.train_transform, "set_random_state"):
-            loop.train_transform.set_random_state(seed=epoch_seed(seed, epoch))
-        if loop.augment is not None:
-            loop.augment.set_random_state(seed=epoch_seed(seed, epoch, stream=1))
-        sampler = getattr(self.data.train_loader, "sampler", None)
-        if isinstance(sampler, DistributedSampler):
-            sampler.set_epoch(epoch)
+        seed_epoch(self.cfg.seed, epoch, self.data.train_loader, loop.train_transform, self.step.augment)
 
     def on_step(self, loop: Loop, epoch: int, step: int, loss: float) -> None:
         self.callbacks.on_step(epoch, step, loss)
@@ -281,7 +262,7 @@ class _RunHooks(EpochHooks):
                 recompute_batchnorm(loop.eval_model, self._bn_inputs(loop))
         dist.broadcast_buffers(loop.eval_model)  # evaluate with the buffers that rank 0 saves
         val = evaluate(loop.eval_forward, self.data.val_loader, loop.device, self.cfg.amp,
-                       self.setup.datalist.classes, loop.loss_fn, self.data.tiling)
+                       self.setup.datalist.classes, self.step.loss_fn, self.data.tiling)
         elapsed = time.perf_counter() - stats.started
         record = {
             "epoch": stats.epoch,
@@ -315,8 +296,7 @@ class _RunHooks(EpochHooks):
             remove(run.val_predictions_tta)
             save_checkpoint(run.checkpoint("best"), loop.eval_model, meta)
             write_val_predictions(run.val_predictions, val, classes)
-        save_training_state(run.training_state(), loop_state(loop, epoch))
-        append_text(run.metrics, json.dumps(loop.history[-1]) + "\n")
+        commit_epoch(loop, run, epoch)
 
     def _log(self, loop: Loop, epoch: int) -> None:
         """TensorBoard scalars, and progress.png at most once a minute (and after the last epoch)."""
@@ -331,16 +311,17 @@ class _RunHooks(EpochHooks):
             self.tensorboard.close()
 
 
-def _checkpoint_meta(setup: RunSetup, loop: Loop) -> dict[str, Any]:
+def _checkpoint_meta(setup: RunSetup) -> dict[str, Any]:
     """What every checkpoint of the run records beside the weights (the epoch and its metrics are added)."""
     return {
-        "model": unwrap_model(loop.model).model_args,
+        "model": setup.model.model_args,
         "class_names": setup.datalist.classes,
         "preprocessing": setup.plan.to_dict(),
         "inference": dataclasses.asdict(setup.config.inference),
         "environment": environment_info(),
         # the layout it trained in (provenance; checkpoints are stored contiguous, predict picks its own)
-        "memory_format": "channels_last" if model_memory_format(loop.model) == torch.channels_last_3d else "contiguous",
+        "memory_format": ("channels_last" if model_memory_format(setup.model) == torch.channels_last_3d
+                          else "contiguous"),
     }
 
 
