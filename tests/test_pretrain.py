@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -124,8 +125,15 @@ def test_pretrain_resume_after_a_kill_matches_an_uninterrupted_run(csv_dataset, 
     full = pretrain(tiny(csv_dataset, 3), tmp_path / "full", PretrainOptions())
     with pytest.raises(KeyboardInterrupt):
         pretrain(tiny(csv_dataset, 3), tmp_path / "cut", PretrainOptions(), callbacks=StopAfter(2))
+    # a state written before pretrain ran train's loop has no ema, best or stopped: it resumes all the same
+    shutil.copytree(tmp_path / "cut", tmp_path / "old")
+    (tmp_path / "old" / "medconvnext.lock").unlink(missing_ok=True)
+    state = torch.load(tmp_path / "old" / "training_state.pt", weights_only=True)
+    torch.save({k: v for k, v in state.items() if k not in ("ema", "ema_updates", "best", "stopped")},
+               tmp_path / "old" / "training_state.pt")
     resumed = resume_pretrain(tmp_path / "cut")
     assert [r["loss"] for r in resumed.history] == pytest.approx([r["loss"] for r in full.history], rel=1e-5)
+    assert [r["loss"] for r in resume_pretrain(tmp_path / "old").history] == [r["loss"] for r in resumed.history]
     for epochs in (None, 3, 2):  # nothing left to run: said before any work, whatever the --epochs
         with pytest.raises(UserError, match=r"already finished \(3 epochs\); pass --epochs N \(more than 3\)"):
             resume_pretrain(tmp_path / "cut", epochs=epochs)
