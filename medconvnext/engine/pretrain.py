@@ -208,7 +208,7 @@ def _fit(config: Config, run: RunDir, cases: list[Case], plan: Preprocessing, op
     cfg = config.train
     callbacks = callbacks if dist.is_main() else None
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    fcmae = build_fcmae(config, plan.in_channels, options)
+    fcmae = build_fcmae(config, plan.in_channels, options).to(device)
     # the classifier head takes no part in reconstruction: frozen, so DDP does not wait for its gradients
     for module in (fcmae.encoder.head_norm, fcmae.encoder.head):
         module.requires_grad_(False)
