@@ -93,3 +93,26 @@ def test_every_documented_command_exists():
         elif len(words) == 2 and hasattr(group, "commands") and words[1] not in group.commands:
             missing.append(" ".join(words))
     assert not missing, sorted(missing)
+
+
+def test_the_python_api_page_imports():
+    """docs/api.md's imports name what the library exports (a renamed function must rename its documentation)."""
+    import importlib
+
+    code = "\n".join(re.findall(r"```python\n(.*?)\n```", _text(ROOT / "docs" / "api.md"), flags=re.S))
+    imports = re.findall(r"^from (medconvnext[\w.]*) import ([\w, ]+)", code, flags=re.M)
+    assert imports
+    for module, names in imports:
+        loaded = importlib.import_module(module)
+        for name in names.split(","):
+            assert hasattr(loaded, name.strip()), f"docs/api.md: {module}.{name.strip()} does not exist"
+
+
+def test_every_documented_model_name_exists():
+    from medconvnext.models import list_models
+
+    known = set(list_models())
+    pattern = r"`((?:convnext|convmixer|resnext|monai)_[a-z0-9_]+)`"
+    pages = [README, *(page for page in DOCS if page.name != "benchmarks.md")]  # benchmarks.md names result rows
+    documented = {name for page in pages for name in re.findall(pattern, _text(page))}
+    assert documented and not documented - known, sorted(documented - known)
