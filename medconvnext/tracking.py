@@ -16,11 +16,12 @@ import math
 from pathlib import Path
 from typing import Any
 
+from medconvnext.choices import Tracker, choices
 from medconvnext.errors import UserError
 
 __all__ = ["CallbackGroup", "MlflowTracker", "TRACKERS", "flatten_params", "resolve_tracking_uri"]
 
-TRACKERS = ("none", "mlflow")
+TRACKERS = choices(Tracker)
 # resume-only state (optimiser moments, RNG): large and of no use to a reader of the tracker
 _SKIP_ARTIFACTS = ("training_state.pt",)
 

@@ -7,12 +7,13 @@ import pytest
 import torch
 from conftest import write_volume
 
+from medconvnext.choices import Augment, choices
 from medconvnext.config import PreprocessingConfig
 from medconvnext.data.datalist import Case
 from medconvnext.data.fingerprint import Fingerprint, compute_fingerprint, plan_preprocessing, target_spacing
 from medconvnext.data.pipeline import PreprocessingPipeline
 from medconvnext.data.preprocessing import Preprocessing
-from medconvnext.data.transforms import AUGMENTATIONS, augmentation_transforms
+from medconvnext.data.transforms import augmentation_transforms
 
 torch.set_num_threads(1)
 
@@ -70,7 +71,7 @@ def test_generic_auto_plans_minmax_for_two_valued_masks_only(tmp_path):
     assert plan_preprocessing(explicit, compute_fingerprint(masks), (8, 8, 8)).intensity == "zscore"
 
 
-@pytest.mark.parametrize("kind", AUGMENTATIONS)
+@pytest.mark.parametrize("kind", choices(Augment))
 def test_augmentation_presets_keep_the_shape(kind):
     from monai.transforms import Compose
 

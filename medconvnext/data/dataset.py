@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 from monai.data import CacheDataset, Dataset
 
+from medconvnext.choices import Cache, choices
 from medconvnext.data.datalist import Case, Datalist
 from medconvnext.data.pipeline import PipelineVariant
 from medconvnext.data.preprocessing import Preprocessing
 from medconvnext.errors import UserError
 
-CACHE_MODES = ("none", "memory", "disk")
 MEMORY_CACHE_SHARE = 0.5  # a memory cache may plan to take at most this share of the memory available
 
 
@@ -104,4 +104,4 @@ def make_dataset(
                             progress=False)
     if cache == "none":
         return Dataset(records, pipeline.transform)
-    raise UserError(f"data.cache must be one of {', '.join(CACHE_MODES)}, got {cache!r}")
+    raise UserError(f"data.cache must be one of {', '.join(choices(Cache))}, got {cache!r}")

@@ -22,8 +22,9 @@ import torch
 from monai import transforms as mt
 from monai.data import MetaTensor
 
+from medconvnext.choices import Patches, choices
 from medconvnext.data.intensity import IntensityScheme, intensity_scheme
-from medconvnext.data.patches import FOREGROUND_PROB, PATCH_MODES, RandBagCropd, patch_crop
+from medconvnext.data.patches import FOREGROUND_PROB, RandBagCropd, patch_crop
 from medconvnext.data.preprocessing import Preprocessing
 from medconvnext.data.transforms import IMAGE, augmentation_transforms, geometry_transforms, load_transforms
 
@@ -128,8 +129,8 @@ class PreprocessingPipeline:
         Raises:
             ValueError: an unknown augmentation or patch mode.
         """
-        if patches not in PATCH_MODES:
-            raise ValueError(f"train.patches must be one of {PATCH_MODES}, got {patches!r}")
+        if patches not in choices(Patches):  # else an unknown mode would train as a random crop
+            raise ValueError(f"train.patches must be one of {choices(Patches)}, got {patches!r}")
         base = self.deterministic("padded" if patches != "none" else "cropped")
         augmentation = augmentation_transforms(augment, self.pre.input_size)
         if patches == "mil":

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medconvnext.choices import EvalSplit, choices
 from medconvnext.data.datalist import Case, Datalist, load_datalist, same_label
 from medconvnext.data.leakage import LeakageReport
 from medconvnext.engine.gate import predict_cases
@@ -30,7 +31,7 @@ from medconvnext.rundir import RunDir, RunLock
 
 __all__ = ["EVAL_SPLITS", "EvaluationResult", "evaluate_run_on", "select_cases"]
 
-EVAL_SPLITS = ("test", "val", "train", "all")
+EVAL_SPLITS = choices(EvalSplit)
 
 
 @dataclass

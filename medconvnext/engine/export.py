@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medconvnext.choices import ExportFormat, choices
 from medconvnext.data.pipeline import PreprocessingPipeline
 from medconvnext.data.preprocessing import Preprocessing
 from medconvnext.engine.checkpoint import atomic_write, load_checkpoint
@@ -30,7 +31,7 @@ from medconvnext.errors import UserError
 from medconvnext.fileio import remove
 from medconvnext.rundir import check_output, find_checkpoint, fold_checkpoints, glob_fold_checkpoints
 
-EXPORT_FORMATS = ("torchscript", "onnx")
+EXPORT_FORMATS = choices(ExportFormat)
 DEFAULT_NAMES = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx"}
 TOLERANCE = 1e-4
 ONNX_OPSET = 18

@@ -125,10 +125,6 @@ def _init_from_3d(model: nn.Module, config: Config, run: RunDir) -> None:
 
 def check_init(config: Config) -> None:
     """Fail on a bad ``model.init_2d`` / ``model.init`` before a run directory is created."""
-    from medconvnext.models.inflate import MODES
-
-    if config.model.init_2d_mode not in MODES:
-        raise UserError(f"model.init_2d_mode must be one of {', '.join(MODES)}, got {config.model.init_2d_mode!r}")
     if config.model.init_2d and not Path(config.model.init_2d).is_file():
         raise UserError(f"model.init_2d: 2D weights file not found: {config.model.init_2d}")
     if config.model.init:

@@ -27,13 +27,11 @@ from medconvnext.config import Config, TrainConfig, load_config, load_yaml, save
 from medconvnext.data.datalist import Case, Datalist, load_datalist
 from medconvnext.data.dataset import check_disk_cache, check_memory_cache
 from medconvnext.data.fingerprint import compute_fingerprint, plan_preprocessing
-from medconvnext.data.patches import PATCH_MODES
 from medconvnext.data.preprocessing import Preprocessing
 from medconvnext.data.splits import Split, train_val_split
 from medconvnext.data.validate import require_valid, validate_datalist
 from medconvnext.engine import distributed as dist
 from medconvnext.engine.devices import resolve_device
-from medconvnext.engine.feeding import check_data_options
 from medconvnext.engine.mil import check_mil, check_mil_input, mil_encoder
 from medconvnext.engine.model_setup import (
     _seeded_model,
@@ -49,11 +47,9 @@ from medconvnext.fileio import start_manifest, write_json
 from medconvnext.models import get_entry
 from medconvnext.rundir import RunDir
 
-__all__ = ["BALANCE_MODES", "SELECT_MODES", "RunSetup", "audit_training_split", "prepare_resume", "prepare_training",
+__all__ = ["RunSetup", "audit_training_split", "prepare_resume", "prepare_training",
            "run_plan"]
 
-BALANCE_MODES = ("none", "weights", "sampler")
-SELECT_MODES = ("val_auc", "last")
 
 
 @dataclass
@@ -85,7 +81,6 @@ def prepare_training(
         raise UserError("data.path is not set: pass --data DIR")
     check_recipe(config.train)
     check_mil_input(config)
-    check_data_options(config.data)
     check_init(config)
     run = RunDir(Path(out))
     if os.environ.get("RANK", "0") == "0":  # (no process group yet) only rank 0 creates the folder: a later rank
@@ -192,7 +187,6 @@ def check_training_config(config: Config, datalist: Datalist, train_cases: Seque
     is set up (``cv``). Raises UserError naming the field."""
     check_recipe(config.train)
     check_mil_input(config)
-    check_data_options(config.data)
     check_init(config)
     try:
         get_entry(config.model.name)
@@ -273,11 +267,9 @@ def audit_training_split(
 ) -> None:
     """Leakage audit of a split (or of cross-validation folds) as ``data.leakage`` says: warn (once, on the
     first process), error (UserError in every process) or off. Runs before any process group exists."""
-    from medconvnext.data.leakage import LEAKAGE_MODES, audit_folds, audit_split, enforce
+    from medconvnext.data.leakage import audit_folds, audit_split, enforce
 
     mode = config.data.leakage
-    if mode not in LEAKAGE_MODES:
-        raise UserError(f"data.leakage must be one of {', '.join(LEAKAGE_MODES)}, got {mode!r}")
     if mode == "off" or (mode == "warn" and os.environ.get("RANK", "0") != "0"):
         return
     if isinstance(split, Split):
@@ -304,30 +296,14 @@ def check_split(split: Split, datalist: Datalist) -> None:
 
 
 def check_recipe(cfg: TrainConfig) -> None:
-    """Field-naming user errors for the recipe options."""
-    if cfg.balance not in BALANCE_MODES:
-        raise UserError(f"train.balance must be one of {', '.join(BALANCE_MODES)}, got {cfg.balance!r}")
-    if cfg.patches not in PATCH_MODES:
-        raise UserError(f"train.patches must be one of {', '.join(PATCH_MODES)}, got {cfg.patches!r}")
+    """The recipe's rules that one field's choice or range cannot say (those are :meth:`Config.validate`'s): the
+    environment (tensorboard installed, no sampler under torchrun) and the MIL options together.
+
+    Raises:
+        UserError: naming the field.
+    """
     if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:  # before the run folder is written
         raise UserError("train.tensorboard: tensorboard is not installed (pip install tensorboard)")
-    if cfg.select not in SELECT_MODES:
-        raise UserError(f"train.select must be one of {', '.join(SELECT_MODES)}, got {cfg.select!r}")
-    if cfg.layer_decay is not None and not 0.0 < cfg.layer_decay <= 1.0:
-        raise UserError(f"train.layer_decay must be in (0, 1], got {cfg.layer_decay}")
-    if cfg.accumulate < 1:
-        raise UserError(f"train.accumulate must be >= 1, got {cfg.accumulate}")
-    if not 0.0 <= cfg.label_smoothing < 1.0:
-        raise UserError(f"train.label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
-    for name in ("mixup", "cutmix"):
-        if getattr(cfg, name) < 0:
-            raise UserError(f"train.{name} (a Beta alpha) must be >= 0, got {getattr(cfg, name)}")
-    if not 0.0 <= cfg.mix_prob <= 1.0:
-        raise UserError(f"train.mix_prob must be in [0, 1], got {cfg.mix_prob}")
-    if not 0.0 <= cfg.ema_decay < 1.0:
-        raise UserError(f"train.ema_decay must be in [0, 1), got {cfg.ema_decay}")
-    if cfg.ema_bn_batches < 0:
-        raise UserError(f"train.ema_bn_batches must be >= 0, got {cfg.ema_bn_batches}")
     if cfg.patches == "mil":
         check_mil(cfg)
     if cfg.balance == "sampler" and dist.env_world_size() > 1:
