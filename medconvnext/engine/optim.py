@@ -24,8 +24,12 @@ import torch
 from torch import nn
 
 from medconvnext.config import TrainConfig
+from medconvnext.engine.checkpoint import unwrap_model
+from medconvnext.errors import UserError
+from medconvnext.models.layer_ids import LayerIds
 
-__all__ = ["make_optimizer", "make_schedule", "optimizer_steps_per_epoch", "param_groups", "warmup_cosine"]
+__all__ = ["layer_decay_groups", "make_optimizer", "make_schedule", "optimizer_steps_per_epoch", "param_groups",
+           "warmup_cosine"]
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -56,11 +60,35 @@ def warmup_cosine(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW at ``train.lr``; with ``train.layer_decay`` each ConvNeXt stage gets its own decayed rate."""
-    if cfg.layer_decay is not None:
-        from medconvnext.engine.warm_start import layer_decay_groups  # imports the model families; only when used
+def layer_decay_groups(model: nn.Module, weight_decay: float, lr: float, decay: float) -> list[dict[str, Any]]:
+    """AdamW groups with lr × decay^(head depth − layer depth), the depths the model gives
+    (:class:`~medconvnext.models.layer_ids.LayerIds`): the head at ``lr``, the stem the lowest; no weight decay on
+    1-D parameters (biases, norms, layer scales), as in :func:`param_groups`.
 
+    Raises:
+        UserError: ``decay`` outside (0, 1], or a model that does not number its layers.
+    """
+    if not 0.0 < decay <= 1.0:
+        raise UserError(f"train.layer_decay must be in (0, 1], got {decay}")
+    plain = unwrap_model(model)
+    if not isinstance(plain, LayerIds):
+        raise UserError(f"train.layer_decay: {type(plain).__name__} does not number its layers (no layer_id / "
+                        "num_layers); layer decay is for models that do (ConvNeXt); leave it unset")
+    top = plain.num_layers - 1
+    groups: dict[tuple[int, bool], dict[str, Any]] = {}
+    for name, param in plain.named_parameters():
+        if not param.requires_grad:
+            continue
+        layer, no_decay = plain.layer_id(name), param.ndim <= 1
+        group = groups.setdefault((layer, no_decay), {
+            "params": [], "weight_decay": 0.0 if no_decay else weight_decay, "lr": lr * decay ** (top - layer)})
+        group["params"].append(param)
+    return list(groups.values())
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW at ``train.lr``; with ``train.layer_decay`` each layer of the model gets its own decayed rate."""
+    if cfg.layer_decay is not None:
         groups = layer_decay_groups(model, cfg.weight_decay, cfg.lr, cfg.layer_decay)
     else:
         groups = param_groups(model, cfg.weight_decay)
