@@ -146,6 +146,12 @@ def test_cv_run_layout_and_oof_predictions(binary_cv):
     assert {r["fold"] for r in test_rows} == {"-1"}
 
 
+def test_every_file_a_cv_writes_is_named_by_rundir(binary_cv):
+    from test_rundir_names import _unnamed
+
+    assert not _unnamed(binary_cv["run"]), _unnamed(binary_cv["run"])
+
+
 def test_oof_tta_predictions_are_the_folds_best_checkpoints_with_tta(binary_cv):
     """Every fold predicted its validation cases with TTA after its last epoch (fold 1 was interrupted and resumed:
     its file belongs to its final best checkpoint), collected as the out-of-fold table is."""

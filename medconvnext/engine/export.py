@@ -29,10 +29,10 @@ from medconvnext.data.preprocessing import Preprocessing
 from medconvnext.engine.checkpoint import atomic_write, load_checkpoint
 from medconvnext.errors import UserError
 from medconvnext.fileio import remove
-from medconvnext.rundir import check_output, find_checkpoint, fold_checkpoints, glob_fold_checkpoints
+from medconvnext.rundir import RunDir, check_output, find_checkpoint, fold_checkpoints, glob_fold_checkpoints
 
 EXPORT_FORMATS = choices(ExportFormat)
-DEFAULT_NAMES = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx"}
+DEFAULT_NAMES = {"torchscript": RunDir.torchscript.name, "onnx": RunDir.onnx.name}  # RunDir owns run-file names
 TOLERANCE = 1e-4
 ONNX_OPSET = 18
 MIL_WINDOWS = 3  # windows per bag in the example a MIL model is traced with (any number runs after export)

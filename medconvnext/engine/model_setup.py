@@ -109,7 +109,7 @@ def _init_from_2d(model: nn.Module, config: Config, run: RunDir) -> None:
         raise UserError(f"model.init_2d {config.model.init_2d}: {exc}") from None
     if dist.is_main():
         record = {"path": str(config.model.init_2d), **dataclasses.asdict(report)}
-        atomic_write(run.root / "init_2d.json",
+        atomic_write(run.init_2d_report,
                      lambda tmp: tmp.write_text(json.dumps(record, indent=2), encoding="utf-8"))
         for note in report.notes:
             warnings.warn(f"model.init_2d: {note}", stacklevel=2)
@@ -120,7 +120,7 @@ def _init_from_3d(model: nn.Module, config: Config, run: RunDir) -> None:
 
     report = load_3d_weights(mil_encoder(model), config.model.init)
     if dist.is_main():
-        atomic_write(run.root / "init.json", lambda tmp: tmp.write_text(json.dumps(report, indent=2), encoding="utf-8"))
+        atomic_write(run.init_report, lambda tmp: tmp.write_text(json.dumps(report, indent=2), encoding="utf-8"))
 
 
 def check_init(config: Config) -> None:

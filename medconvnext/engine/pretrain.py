@@ -47,7 +47,7 @@ from medconvnext.reports.plots import matplotlib_available
 from medconvnext.rundir import RunDir, RunLock
 
 ENCODER = "encoder"  # checkpoint_encoder.safetensors
-OPTIONS_FILE = "pretrain.json"
+OPTIONS_FILE = RunDir.pretrain_options.name
 
 
 @dataclass
@@ -249,7 +249,7 @@ def _fit(config: Config, run: RunDir, cases: list[Case], plan: Preprocessing, op
         if callbacks is not None:
             callbacks.on_epoch_end(history[-1])
     if dist.is_main():
-        _save_reconstructions(fcmae, records, plan, run.root / "reconstructions.png", device)
+        _save_reconstructions(fcmae, records, plan, run.reconstructions, device)
         set_state(run.root, "complete")
     dist.barrier()
     return PretrainResult(run.root, history)

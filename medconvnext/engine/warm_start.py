@@ -16,6 +16,7 @@ from medconvnext.config import yaml_spelling
 from medconvnext.data.preprocessing import Preprocessing
 from medconvnext.engine.checkpoint import load_checkpoint
 from medconvnext.errors import UserError
+from medconvnext.rundir import RunDir
 
 HEAD_PREFIX = "head."
 
@@ -26,9 +27,9 @@ def init_checkpoint(path: str | Path) -> Path:
     path = Path(path)
     if path.is_file():
         return path
-    for name in ("checkpoint_encoder.safetensors", "checkpoint_best.safetensors"):
-        if (path / name).is_file():
-            return path / name
+    for checkpoint in (RunDir(path).checkpoint("encoder"), RunDir(path).checkpoint("best")):
+        if checkpoint.is_file():
+            return checkpoint
     raise UserError(f"model.init {path}: no checkpoint there (a .safetensors file, or a pretrain/train run folder)")
 
 
