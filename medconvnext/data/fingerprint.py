@@ -4,7 +4,7 @@ The plan keeps the whole field: each scan is cropped to its foreground (``prepro
 the non-zero voxels of an MRI; :mod:`medconvnext.data.foreground`), then the spacing is chosen so that the largest
 cropped training extent fits the voxel budget ``preprocessing.max_input_voxels`` (finest axes coarsened first,
 so thick slices stay as they are). The plan records the share of each training case's foreground box that lies
-inside the model input (``Preprocessing.field_of_view``) and warns once when a configuration cuts foreground.
+inside the model input (``PreprocessingPlan.field_of_view``) and warns once when a configuration cuts foreground.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from medconvnext.config import PreprocessingConfig
 from medconvnext.data.datalist import Case
 from medconvnext.data.foreground import body_mask, box_strides, foreground_box
 from medconvnext.data.io import read_header
-from medconvnext.data.preprocessing import Preprocessing
+from medconvnext.data.preprocessing import PreprocessingPlan
 from medconvnext.errors import UserError
 
 MAX_AUTO_INPUT = 256  # without a voxel budget: above this per axis, whole-volume training stops being sensible
@@ -192,7 +192,7 @@ def plan_preprocessing(
     min_input_size: Sequence[int],
     in_channels: int | None = None,
     tiled: bool = False,
-) -> Preprocessing:
+) -> PreprocessingPlan:
     """Fill what the config leaves open, keeping the whole field (module docstring):
 
     - crop: the modality's foreground (``crop: auto``);
@@ -242,7 +242,7 @@ def plan_preprocessing(
         mean, std = config.mean if config.mean is not None else mean, config.std if config.std is not None else std
     if in_channels is None:
         in_channels = len(fingerprint.images[0]) if fingerprint.images else 1
-    return Preprocessing(
+    return PreprocessingPlan(
         orientation=config.orientation,
         spacing=tuple(float(v) for v in spacing),
         input_size=tuple(int(v) for v in input_size),

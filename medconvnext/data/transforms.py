@@ -14,7 +14,7 @@ from monai.data import MetaTensor
 from medconvnext.choices import Augment, choices
 from medconvnext.data.capture import library_output, report
 from medconvnext.data.foreground import BoxSelect
-from medconvnext.data.preprocessing import Preprocessing
+from medconvnext.data.preprocessing import PreprocessingPlan
 from medconvnext.data.readers import image_readers, reader_for
 
 IMAGE = "image"
@@ -59,7 +59,7 @@ def load_transforms() -> list[mt.Transform]:
     return [LoadCaseImaged(IMAGE), mt.EnsureTyped(IMAGE)]
 
 
-def geometry_transforms(pre: Preprocessing) -> list[mt.Transform]:
+def geometry_transforms(pre: PreprocessingPlan) -> list[mt.Transform]:
     """Orient to ``pre.orientation``, crop to the foreground (``pre.crop``; before resampling, so the resampling
     reads only the foreground box) and resample to ``pre.spacing`` (mm)."""
     crop = []

@@ -34,7 +34,7 @@ from torch import nn
 from medconvnext.config import InferenceConfig, validate_section
 from medconvnext.data.capture import reporting
 from medconvnext.data.pipeline import PipelineVariant, PreprocessingPipeline
-from medconvnext.data.preprocessing import Preprocessing
+from medconvnext.data.preprocessing import PreprocessingPlan
 from medconvnext.engine.checkpoint import load_checkpoint
 from medconvnext.engine.devices import as_model_input, autocast, resolve_device
 from medconvnext.engine.sliding_window import WindowResult, sliding_window_classify, sliding_window_mil
@@ -165,7 +165,7 @@ class Predictor:
     """
 
     model: nn.Module
-    preprocessing: Preprocessing
+    preprocessing: PreprocessingPlan
     class_names: list[str]
     device: torch.device
     amp: bool = True
@@ -190,7 +190,7 @@ class Predictor:
                             f"first with `medconvnext train --init {file}`")
         torch_device = resolve_device(device)
         model = checkpoint.build_model().to(torch_device).eval()
-        pre = Preprocessing.from_dict(checkpoint.meta["preprocessing"])
+        pre = PreprocessingPlan.from_dict(checkpoint.meta["preprocessing"])
         apply_memory_format(model, torch_device, pre.input_size)
         if compile:
             model = torch.compile(model)

@@ -28,7 +28,7 @@ from medconvnext.data.datalist import Case, Datalist, case_id_from_path, is_imag
 from medconvnext.data.dataset import make_dataset
 from medconvnext.data.fingerprint import compute_fingerprint, plan_preprocessing
 from medconvnext.data.pipeline import PreprocessingPipeline
-from medconvnext.data.preprocessing import Preprocessing
+from medconvnext.data.preprocessing import PreprocessingPlan
 from medconvnext.data.validate import require_valid, validate_datalist
 from medconvnext.engine import distributed as dist
 from medconvnext.engine.checkpoint import atomic_write, save_checkpoint, unwrap_model
@@ -163,7 +163,7 @@ def _resume_pretrain(run: RunDir, epochs: int | None, callbacks: Any) -> Pretrai
         if dist.is_main():
             save_config(config, run.config)
     state = load_training_state(run.training_state()) if run.training_state().is_file() else None
-    plan = Preprocessing.from_dict(record["preprocessing"])
+    plan = PreprocessingPlan.from_dict(record["preprocessing"])
     return _fit(config, run, cases, plan, options, device, callbacks, state)
 
 
@@ -173,7 +173,7 @@ def _as_datalist(cases: list[Case], source: str) -> Datalist:
     return Datalist(cases, [], source)
 
 
-def _plan(config: Config, run: RunDir, n_scans: int, plan: Preprocessing, options: PretrainOptions,
+def _plan(config: Config, run: RunDir, n_scans: int, plan: PreprocessingPlan, options: PretrainOptions,
           fcmae: nn.Module, device: torch.device, steps: int, start: int) -> dict[str, Any]:
     """What the pretraining is about to do: :func:`medconvnext.engine.setup.schedule_plan` of the encoder, the
     scans (``split``, unlabelled) and ``masking``."""
@@ -185,7 +185,7 @@ def _plan(config: Config, run: RunDir, n_scans: int, plan: Preprocessing, option
     }
 
 
-def _fit(config: Config, run: RunDir, cases: list[Case], plan: Preprocessing, options: PretrainOptions,
+def _fit(config: Config, run: RunDir, cases: list[Case], plan: PreprocessingPlan, options: PretrainOptions,
          device: torch.device, callbacks: Any, state: dict[str, Any] | None) -> PretrainResult:
     cfg = config.train
     callbacks = callbacks if dist.is_main() else None
@@ -294,7 +294,7 @@ def _train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Op
 
 
 @torch.no_grad()
-def _save_reconstructions(model: FCMAE3d, records: list[dict], plan: Preprocessing, path: Path,
+def _save_reconstructions(model: FCMAE3d, records: list[dict], plan: PreprocessingPlan, path: Path,
                           device: torch.device, cases: int = 4) -> None:
     """Middle slices of masked inputs, reconstructions (visible units kept) and targets of a few cases."""
     if not matplotlib_available():

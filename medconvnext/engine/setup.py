@@ -27,7 +27,7 @@ from medconvnext.config import Config, TrainConfig, load_config, load_yaml, save
 from medconvnext.data.datalist import Case, Datalist, load_datalist
 from medconvnext.data.dataset import check_disk_cache, check_memory_cache
 from medconvnext.data.fingerprint import compute_fingerprint, plan_preprocessing
-from medconvnext.data.preprocessing import Preprocessing
+from medconvnext.data.preprocessing import PreprocessingPlan
 from medconvnext.data.splits import Split, train_val_split
 from medconvnext.data.validate import require_valid, validate_datalist
 from medconvnext.engine import distributed as dist
@@ -60,7 +60,7 @@ class RunSetup:
     run: RunDir
     datalist: Datalist
     split: Split
-    plan: Preprocessing
+    plan: PreprocessingPlan
     device: torch.device
     model: nn.Module  # seeded with train.seed; not yet on the device
     state: dict[str, Any] | None = None  # the training state to continue from (resume), else None
@@ -121,7 +121,7 @@ def prepare_training(
 
 
 def training_plan(config: Config, datalist: Datalist, min_input_size: Sequence[int], split: Split | None = None
-                  ) -> Preprocessing:
+                  ) -> PreprocessingPlan:
     """The preprocessing ``train`` plans (:func:`~medconvnext.data.fingerprint.plan_preprocessing`) from the
     training cases of ``split``; default: the split ``train`` draws (the data's split column, or the hold-out of
     ``data.val_fraction`` seeded by ``train.seed``). Raises UserError when no split can be drawn."""
@@ -159,7 +159,7 @@ def prepare_resume(run_dir: str | Path, epochs: int | None, device: str | None) 
     used = {*split.train, *split.val}  # a scan replaced since the run started is checked again (cache by content)
     require_valid([c for c in datalist.cases if c.case_id in used], "; the run's data changed since it started")
     torch_device = setup_device(config.train.device)
-    plan = Preprocessing.from_dict(dataset["preprocessing"])
+    plan = PreprocessingPlan.from_dict(dataset["preprocessing"])
     state = load_training_state(run.training_state()) if run.training_state().is_file() else None
     done = 0 if state is None else int(state["epoch"])
     # fewer epochs than run, or stopping an unfinished run where it stands: refused before the config is rewritten
@@ -210,7 +210,7 @@ def setup_device(name: str) -> torch.device:
 
 
 def _write_run_files(
-    run: RunDir, config: Config, datalist: Datalist, split: Split, plan: Preprocessing, skipped: list[str]
+    run: RunDir, config: Config, datalist: Datalist, split: Split, plan: PreprocessingPlan, skipped: list[str]
 ) -> None:
     save_config(config, run.config)
     dataset = {
@@ -242,7 +242,7 @@ def run_plan(setup: RunSetup, model: nn.Module, steps_per_epoch: int, start_epoc
     return {**plan, "split": counts, "config": dataclasses.asdict(config)}
 
 
-def schedule_plan(run: RunDir, config: Config, plan: Preprocessing, model: nn.Module, device: torch.device,
+def schedule_plan(run: RunDir, config: Config, plan: PreprocessingPlan, model: nn.Module, device: torch.device,
                   steps_per_epoch: int, start_epoch: int) -> dict[str, Any]:
     """The part of a plan that training and pretraining share: ``run_dir``; ``plan`` (spacing mm (x, y, z),
     input_size voxels, intensity, orientation); ``model`` (name, parameters); ``device``, ``amp``, ``epochs``,

@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from medconvnext.config import yaml_spelling
-from medconvnext.data.preprocessing import Preprocessing
+from medconvnext.data.preprocessing import PreprocessingPlan
 from medconvnext.engine.checkpoint import load_checkpoint
 from medconvnext.errors import UserError
 from medconvnext.rundir import RunDir
@@ -33,7 +33,7 @@ def init_checkpoint(path: str | Path) -> Path:
     raise UserError(f"model.init {path}: no checkpoint there (a .safetensors file, or a pretrain/train run folder)")
 
 
-def check_init_compatible(model: nn.Module, plan: Preprocessing, path: str | Path) -> list[str]:
+def check_init_compatible(model: nn.Module, plan: PreprocessingPlan, path: str | Path) -> list[str]:
     """Refuse (UserError) a checkpoint whose tensors do not fit ``model`` or that was trained on another intensity
     scheme than ``plan``'s; returns warnings for a different spacing (> 10 % on an axis) or input size.
 
@@ -45,7 +45,7 @@ def check_init_compatible(model: nn.Module, plan: Preprocessing, path: str | Pat
     _given_tensors(model, checkpoint.state_dict, file, _holds(checkpoint.meta))
     if "preprocessing" not in checkpoint.meta:  # a foreign checkpoint: nothing to compare
         return []
-    theirs = Preprocessing.from_dict(checkpoint.meta["preprocessing"])
+    theirs = PreprocessingPlan.from_dict(checkpoint.meta["preprocessing"])
     if theirs.intensity != plan.intensity:
         raise UserError(f"model.init {file}: its weights were trained on preprocessing.intensity {theirs.intensity!r}, "
                         f"this run plans {plan.intensity!r}; set --set preprocessing.intensity={theirs.intensity}")
