@@ -1,5 +1,6 @@
-"""No import circle between the modules of ``medconvnext/``: every import is read from the source (ast), those
-inside functions included (a function-level import hides a circle from Python, not from a reader)."""
+"""The shape of the package: no import circle between the modules of ``medconvnext/`` (every import is read
+from the source with ast, those inside functions included: a function-level import hides a circle from Python,
+not from a reader), and no module over 400 lines."""
 
 from __future__ import annotations
 
@@ -88,3 +89,10 @@ def test_no_import_circle_in_medconvnext():
     assert "medconvnext.data.dicom" in graph["medconvnext.data.io"]  # the graph holds the package's imports
     cycle = find_cycle(graph)
     assert cycle is None, " -> ".join(cycle)
+
+
+def test_no_module_over_400_lines():
+    """A module holds one idea; past 400 lines it usually holds two (split it by idea, not by size)."""
+    long = {name: n for name, path in _modules().items()
+            if (n := len(path.read_text(encoding="utf-8").splitlines())) > 400}
+    assert not long, long
