@@ -161,9 +161,9 @@ def child(task: list[str]) -> None:
 def prep_ours(plan_json: str, out: str, *scans: str) -> dict:
     from medconvnext.data.cache import DiskCacheDataset
     from medconvnext.data.pipeline import PreprocessingPipeline
-    from medconvnext.data.preprocessing import Preprocessing
+    from medconvnext.data.preprocessing import PreprocessingPlan
 
-    pre = Preprocessing.from_dict(json.loads(Path(plan_json).read_text(encoding="utf-8")))
+    pre = PreprocessingPlan.from_dict(json.loads(Path(plan_json).read_text(encoding="utf-8")))
     records = [{"image": s, "label": 0, "case_id": Path(s).name} for s in scans]
     dataset = DiskCacheDataset(records, PreprocessingPipeline(pre).deterministic("cropped"), out)
     times = []

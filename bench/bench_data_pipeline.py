@@ -47,14 +47,14 @@ def run(args: argparse.Namespace, work: Path) -> None:
     from medconvnext.data.datalist import load_datalist
     from medconvnext.data.dataset import case_records
     from medconvnext.data.medmnist import import_medmnist
-    from medconvnext.data.preprocessing import Preprocessing
+    from medconvnext.data.preprocessing import PreprocessingPlan
     from medconvnext.models import create_model
 
     imported = import_medmnist(args.npz, work / "data", limit=args.limit)
     datalist = load_datalist(work / "data")
     records = case_records(datalist, [c for c in datalist.cases if c.split == "train"])
     side = imported.shape[0]
-    plan = Preprocessing("RAS", (imported.spacing,) * 3, (side, side, side), "zscore")
+    plan = PreprocessingPlan("RAS", (imported.spacing,) * 3, (side, side, side), "zscore")
     model = create_model(args.model, num_classes=len(datalist.classes))
     warm_up(model, args.batch, imported.shape)  # first-call allocator/kernel set-up must not count against "none"
     results = {"cases": len(records), "shape": list(imported.shape), "batch": args.batch, "model": args.model,

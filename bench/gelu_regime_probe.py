@@ -50,11 +50,11 @@ def main() -> None:
 def load_batch(data: str, size: int) -> torch.Tensor:
     from medconvnext.data.datalist import load_datalist
     from medconvnext.data.pipeline import PreprocessingPipeline
-    from medconvnext.data.preprocessing import Preprocessing
+    from medconvnext.data.preprocessing import PreprocessingPlan
 
     datalist = load_datalist(data)
     cases = [c for c in datalist.cases if c.split == "train"][:size]
-    pre = Preprocessing("RAS", (64 / 28,) * 3, (32, 32, 32), "minmax")
+    pre = PreprocessingPlan("RAS", (64 / 28,) * 3, (32, 32, 32), "minmax")
     pipeline = PreprocessingPipeline(pre).deterministic("cropped")
     return torch.stack([torch.as_tensor(pipeline({"image": c.images[0]})["image"]) for c in cases])
 

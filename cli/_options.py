@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import typer
 
+from medconvnext.choices import Tracker
 from medconvnext.config import Config
 
-TrackingChoice = Literal["none", "mlflow"]
+Tracking = Tracker  # train and cv: --tracking
 
 # flags left unset fall back to the config (its file, or the built-in default shown in --help)
 _DEFAULTS = Config()

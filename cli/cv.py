@@ -31,7 +31,7 @@ def cv(
     strict: bool = options.STRICT,
     n_boot: int = typer.Option(1000, "--n-boot", min=0, help="Bootstrap resamples for the report's 95% CIs."),
     target_sensitivity: float = options.TARGET_SENSITIVITY,
-    tracking: options.TrackingChoice = options.TRACKING,
+    tracking: options.Tracking = options.TRACKING,
     tracking_uri: str = options.TRACKING_URI,
     experiment: str = options.EXPERIMENT,
 ) -> None:

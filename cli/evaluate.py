@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import typer
 
+from medconvnext.choices import EvalSplit
 from medconvnext.cli import _options as options
 from medconvnext.cli._common import console, run_guarded
 
@@ -17,7 +17,7 @@ def evaluate(
         help="A cv run directory (ensemble of its folds) or a train run (best); several runs are ensembled."
     ),
     data: Path = typer.Option(..., "--data", help="Labelled data: folder, CSV/TSV or JSON datalist."),
-    split: Literal["test", "val", "train", "all"] = typer.Option(
+    split: EvalSplit = typer.Option(
         "test", "--split", help="Which cases, by the data's split column."),
     out: Path = typer.Option(None, "--out", help="Output folder (default RUN_DIR/eval_<split>)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import typer
 
+from medconvnext.choices import ExportFormat
 from medconvnext.cli import _options as options
 from medconvnext.cli._common import console, err_console, run_guarded
 
 
 def export(
     run: Path = typer.Argument(..., help="Run directory (its best checkpoint) or checkpoint file; one fold of a cv."),
-    fmt: Literal["torchscript", "onnx"] = typer.Option(
+    fmt: ExportFormat = typer.Option(
         "torchscript", "--format", "-f", help="Model format (onnx needs: pip install medconvnext[onnx])."
     ),
     out: Path = typer.Option(

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import typer
 
+from medconvnext.choices import Aggregation, CamMethod, InferenceMode
 from medconvnext.cli import _options as options
 from medconvnext.cli._common import console, print_table, run_guarded
 
@@ -26,13 +26,13 @@ def predict(
     output: Path = typer.Option(None, "--output", "-o", help="Write predictions to a .csv or .json file."),
     overwrite: bool = options.OUTPUT_OVERWRITE,
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
-    inference: Literal["whole", "sliding", "auto"] = typer.Option(
+    inference: InferenceMode = typer.Option(
         None, "--inference", help="whole (input size, as trained) | sliding (windows) | auto. Default: the run's."
     ),
     roi_size: str = typer.Option(None, "--roi-size", help="Sliding window size D,H,W (default: the input size)."),
     overlap: float = typer.Option(None, "--overlap", help="Window overlap in [0, 1) (default 0.25)."),
     sw_batch_size: int = typer.Option(None, "--sw-batch-size", min=1, help="Windows per forward pass (default 4)."),
-    aggregation: Literal["mean", "max", "logit_mean"] = typer.Option(
+    aggregation: Aggregation = typer.Option(
         None, "--aggregation", help="How window probabilities are combined. [default: mean]"),
     window_map: Path = typer.Option(
         None, "--window-map", help="Write each scan's per-window probability grid (NIfTI, grid x K) to this folder."
@@ -46,7 +46,7 @@ def predict(
         None, "--cam", help="Write a saliency map per scan (NIfTI on the scan's own grid, values in [0, 1]) here."
     ),
     cam_class: str = typer.Option(None, "--cam-class", help="Class the maps explain (default: the predicted one)."),
-    cam_method: Literal["gradcam", "occlusion"] = typer.Option(
+    cam_method: CamMethod = typer.Option(
         "gradcam", "--cam-method", help="gradcam (last feature stage) or occlusion."),
     threshold: str = typer.Option(
         None, "--threshold",

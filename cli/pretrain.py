@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import typer
 
+from medconvnext.choices import ReconstructionLoss
 from medconvnext.cli import _options as options
 from medconvnext.cli._common import console, resume_hint, run_guarded
 
@@ -28,7 +29,7 @@ def pretrain(
     decoder_dim: int = typer.Option(128, "--decoder-dim", min=8, help="Decoder channels."),
     norm_target: bool = typer.Option(False, "--norm-target/--no-norm-target", metavar="",
                                      help="Reconstruct per-unit normalised voxels (ConvNeXt V2's norm_pix_loss)."),
-    loss: Literal["mse", "bce"] = typer.Option(
+    loss: ReconstructionLoss = typer.Option(
         "mse", "--loss", help="Reconstruction loss: mse (the paper's) or bce for scans in [0, 1] such as masks "
         "(needs preprocessing.intensity minmax)."),
     include_test: bool = typer.Option(False, "--include-test/--no-include-test", metavar="",

@@ -38,7 +38,7 @@ def train(
         None, "--init", help="Start from 3D weights: a `pretrain` run, a train run or a .safetensors checkpoint."
     ),
     strict: bool = options.STRICT,
-    tracking: options.TrackingChoice = options.TRACKING,
+    tracking: options.Tracking = options.TRACKING,
     tracking_uri: str = options.TRACKING_URI,
     experiment: str = options.EXPERIMENT,
 ) -> None:

@@ -16,23 +16,24 @@ from typing import Any, Literal
 
 import yaml
 
+# The choices of every mode field: one Literal each, spelled in medconvnext.choices, where modules read them
+# (choices(Cache) for the values) instead of keeping a copy.
+from medconvnext.choices import (
+    Aggregation,
+    Augment,
+    AugmentOn,
+    Balance,
+    Cache,
+    Crop,
+    InferenceMode,
+    Init2dMode,
+    Intensity,
+    Leakage,
+    Modality,
+    Patches,
+    Select,
+)
 from medconvnext.errors import UserError
-
-# The choices of every mode field, checked when the config is built (before anything is written); the modules that
-# act on them keep the same tuples (tests/test_config.py checks that they agree).
-Cache = Literal["none", "memory", "disk"]
-Augment = Literal["none", "flips", "light", "medium", "heavy"]
-AugmentOn = Literal["loader", "device"]
-Leakage = Literal["warn", "error", "off"]
-Modality = Literal["ct", "mri", "mask", "generic"]
-Intensity = Literal["auto", "zscore", "nonzero_zscore", "clip_zscore", "minmax", "none"]
-Crop = Literal["auto", "none", "body", "nonzero"]
-Balance = Literal["none", "weights", "sampler"]
-Select = Literal["val_auc", "last"]
-Patches = Literal["none", "random", "foreground", "mil"]
-InferenceMode = Literal["whole", "sliding", "auto"]
-Aggregation = Literal["mean", "max", "logit_mean"]
-Init2dMode = Literal["center", "mean"]
 
 
 @dataclass
@@ -71,8 +72,7 @@ class PreprocessingConfig:
     spacing: list[float] | None = None
     input_size: list[int] | None = None
     modality: Modality = "generic"  # picks the intensity normalisation when intensity is auto
-    # auto (ct -> clip_zscore, mri -> nonzero_zscore, mask -> minmax, generic -> zscore)
-    # | zscore | nonzero_zscore | clip_zscore | minmax | none
+    # auto (ct -> clip_zscore, mri -> nonzero_zscore, mask -> minmax, generic -> zscore) or one of the schemes
     intensity: Intensity = "auto"
     clip: list[float] | None = None  # intensity window for clip_zscore, e.g. CT HU [-1000, 1000]; None -> percentiles
     mean: float | None = None  # dataset statistics for clip_zscore; None -> computed from the training cases
@@ -158,14 +158,24 @@ class Config:
         anything is written. Returns the config (values normalised: a scalar spacing becomes three values).
         """
         for section_field in dataclasses.fields(self):
-            section = getattr(self, section_field.name)
-            hints = typing.get_type_hints(type(section))
-            for item in dataclasses.fields(section):
-                dotted = f"{section_field.name}.{item.name}"
-                value = _coerce(getattr(section, item.name), hints[item.name], dotted)
-                setattr(section, item.name, value)
-                _check_range(dotted, value)
+            validate_section(getattr(self, section_field.name), section_field.name)
         return self
+
+
+def validate_section(section: Any, name: str) -> Any:
+    """:meth:`Config.validate` for one section (e.g. the ``inference`` settings stored in a checkpoint, or given
+    to ``predict``), its fields named ``<name>.<field>``; returns the section, normalised in place.
+
+    Raises:
+        UserError: naming the first field of a wrong type, choice or range.
+    """
+    hints = typing.get_type_hints(type(section))
+    for item in dataclasses.fields(section):
+        dotted = f"{name}.{item.name}"
+        value = _coerce(getattr(section, item.name), hints[item.name], dotted)
+        setattr(section, item.name, value)
+        _check_range(dotted, value)
+    return section
 
 
 # Ranges of the numeric fields: dotted name -> (low, high, low inclusive, high inclusive); None = unbounded. Lists

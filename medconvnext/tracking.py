@@ -16,13 +16,15 @@ import math
 from pathlib import Path
 from typing import Any
 
+from medconvnext.choices import Tracker, choices
 from medconvnext.errors import UserError
+from medconvnext.rundir import RunDir
 
 __all__ = ["CallbackGroup", "MlflowTracker", "TRACKERS", "flatten_params", "resolve_tracking_uri"]
 
-TRACKERS = ("none", "mlflow")
+TRACKERS = choices(Tracker)
 # resume-only state (optimiser moments, RNG): large and of no use to a reader of the tracker
-_SKIP_ARTIFACTS = ("training_state.pt",)
+_SKIP_ARTIFACTS = (RunDir.training_state_file.name,)
 
 
 class CallbackGroup:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from medconvnext.data.preprocessing import Preprocessing
+from medconvnext.data.preprocessing import PreprocessingPlan
 from medconvnext.engine.checkpoint import save_checkpoint
 from medconvnext.models import create_model
 
@@ -14,12 +14,12 @@ TINY_CONVNEXT = {"depths": [1, 1, 1, 1], "dims": [8, 16, 32, 64]}
 CLASSES = ["cystic", "solid"]
 
 
-def tiny_preprocessing(spacing=(1.5, 1.5, 1.5), size=(32, 32, 32)) -> Preprocessing:
-    return Preprocessing(orientation="RAS", spacing=tuple(spacing), input_size=tuple(size), intensity="zscore")
+def tiny_preprocessing(spacing=(1.5, 1.5, 1.5), size=(32, 32, 32)) -> PreprocessingPlan:
+    return PreprocessingPlan(orientation="RAS", spacing=tuple(spacing), input_size=tuple(size), intensity="zscore")
 
 
 def make_checkpoint(path: Path, model_name: str = "convnext_atto", model_args: dict | None = None, seed: int = 0,
-                    classes=CLASSES, preprocessing: Preprocessing | None = None, model=None,
+                    classes=CLASSES, preprocessing: PreprocessingPlan | None = None, model=None,
                     inference: dict | None = None) -> Path:
     """Save a randomly initialised (or the given) model as a medconvnext checkpoint at ``path``."""
     if model is None:

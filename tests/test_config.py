@@ -3,10 +3,10 @@ from pathlib import Path
 import pytest
 from conftest import SAMPLE_DATA
 
+from medconvnext.choices import Augment, choices
 from medconvnext.config import Config, apply_overrides, load_config, parse_set_option, save_config
 from medconvnext.data.fingerprint import resolve_intensity
 from medconvnext.data.intensity import INTENSITY_MODES
-from medconvnext.data.transforms import AUGMENTATIONS
 from medconvnext.errors import UserError
 from medconvnext.models import list_models
 
@@ -74,7 +74,7 @@ def test_committed_configs_load_and_name_real_choices(path):
     config = load_config(path)
     assert config.model.name in list_models()
     assert resolve_intensity(config.preprocessing) in INTENSITY_MODES
-    assert config.data.augment in AUGMENTATIONS
+    assert config.data.augment in choices(Augment)
 
 
 MODE_FIELDS = ["model.init_2d_mode", "data.cache", "data.augment", "data.augment_on", "data.leakage",
@@ -82,28 +82,67 @@ MODE_FIELDS = ["model.init_2d_mode", "data.cache", "data.augment", "data.augment
                "inference.mode", "inference.aggregation"]
 
 
-def test_mode_literals_agree_with_the_modules_that_act_on_them():
+def _choice_sets() -> dict[frozenset, str]:
+    """Every Literal alias of medconvnext.choices as a set of values (and less its ``auto``), -> its name."""
     import typing
 
-    from medconvnext import config as c
-    from medconvnext.data.dataset import CACHE_MODES
-    from medconvnext.data.fingerprint import MODALITIES
-    from medconvnext.data.intensity import INTENSITY_MODES
-    from medconvnext.data.leakage import LEAKAGE_MODES
-    from medconvnext.data.patches import PATCH_MODES
-    from medconvnext.data.transforms import AUGMENTATIONS
-    from medconvnext.engine.feeding import AUGMENT_ON
-    from medconvnext.engine.inference import INFERENCE_MODES
-    from medconvnext.engine.setup import BALANCE_MODES, SELECT_MODES
-    from medconvnext.engine.sliding_window import AGGREGATIONS
-    from medconvnext.models.inflate import MODES
+    from medconvnext import choices
 
-    pairs = [(c.Cache, CACHE_MODES), (c.Augment, AUGMENTATIONS), (c.AugmentOn, AUGMENT_ON), (c.Leakage, LEAKAGE_MODES),
-             (c.Modality, MODALITIES), (c.Intensity, ("auto", *INTENSITY_MODES)), (c.Balance, BALANCE_MODES),
-             (c.Select, SELECT_MODES), (c.Patches, PATCH_MODES), (c.InferenceMode, INFERENCE_MODES),
-             (c.Aggregation, AGGREGATIONS), (c.Init2dMode, MODES)]
-    for literal, values in pairs:
-        assert set(typing.get_args(literal)) == set(values), literal
+    sets = {}
+    for name, alias in vars(choices).items():
+        if typing.get_origin(alias) is typing.Literal:
+            values = frozenset(typing.get_args(alias))
+            sets[values] = sets[values - {"auto"}] = name
+    return sets
+
+
+def _name(node) -> str | None:
+    return getattr(node, "id", getattr(node, "attr", None))
+
+
+def _string_collections(tree):
+    """(line, values) of every tuple, list or set of two or more string literals, and of every ``Literal[...]``."""
+    import ast
+
+    for node in ast.walk(tree):
+        items = None
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            items = node.elts
+        elif isinstance(node, ast.Subscript) and _name(node.value) == "Literal":
+            items = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+        if items and len(items) >= 2 and all(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in items):
+            yield node.lineno, frozenset(e.value for e in items)
+
+
+def test_no_module_keeps_a_copy_of_a_choice_list():
+    """Every closed set of choices is one Literal alias in medconvnext/choices.py; no module of the library or the
+    CLI spells the same values again (a tuple, list or set of strings, or another Literal), so they cannot drift."""
+    import ast
+
+    import medconvnext
+
+    sets = _choice_sets()
+    assert {"Cache", "Aggregation", "InferenceMode", "EvalSplit", "CamMethod", "Tracker"} <= set(sets.values())
+    package = Path(medconvnext.__file__).parent
+    copies = []
+    for path in [*package.rglob("*.py"), *(package.parent / "cli").rglob("*.py")]:
+        if path.name == "choices.py":
+            continue
+        for line, values in _string_collections(ast.parse(path.read_text(encoding="utf-8"))):
+            if values in sets:
+                copies.append(f"{path.relative_to(package.parent)}:{line} copies {sets[values]}")
+    assert not copies, copies
+
+
+def test_choices_are_the_literal_values_and_the_schemes_match_intensity():
+    from medconvnext.choices import Crop, choices
+    from medconvnext.config import Intensity
+    from medconvnext.data.intensity import SCHEMES
+
+    assert choices(Crop) == ("auto", "none", "body", "nonzero")
+    assert set(SCHEMES) == set(choices(Intensity)) - {"auto"}  # one class per scheme the config may name
+    with pytest.raises(TypeError, match="not a Literal"):
+        choices(str)
 
 
 @pytest.mark.parametrize("field", MODE_FIELDS)

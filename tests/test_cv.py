@@ -146,6 +146,12 @@ def test_cv_run_layout_and_oof_predictions(binary_cv):
     assert {r["fold"] for r in test_rows} == {"-1"}
 
 
+def test_every_file_a_cv_writes_is_named_by_rundir(binary_cv):
+    from test_rundir_names import _unnamed
+
+    assert not _unnamed(binary_cv["run"]), _unnamed(binary_cv["run"])
+
+
 def test_oof_tta_predictions_are_the_folds_best_checkpoints_with_tta(binary_cv):
     """Every fold predicted its validation cases with TTA after its last epoch (fold 1 was interrupted and resumed:
     its file belongs to its final best checkpoint), collected as the out-of-fold table is."""
@@ -408,3 +414,29 @@ def test_cv_refuses_a_bad_option_before_writing_anything(tmp_path, key, value, f
     with pytest.raises(UserError, match=field):
         cross_validate(config, tmp_path / "cv", folds=2, callbacks=SilentCallbacks())
     assert not (tmp_path / "cv").exists() or not any((tmp_path / "cv").iterdir())
+
+
+def test_a_diverged_fold_makes_the_test_ensemble_refuse_rather_than_write_nan(binary_cv, tmp_path):
+    """cv's test ensemble goes through the predict gate: one fold model with a NaN weight (what a diverged training
+    leaves) gives NaN probabilities, refused in one line naming the scan; no test_predictions.csv is written."""
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    run = tmp_path / "run"
+    shutil.copytree(binary_cv["run"], run)
+    (run / "test_predictions.csv").unlink()
+    checkpoint = run / "fold_1" / "checkpoint_best.safetensors"
+    with safe_open(str(checkpoint), framework="pt") as f:
+        header, tensors = f.metadata(), {key: f.get_tensor(key) for key in f.keys()}
+    head = next(key for key in tensors if key.endswith("weight") and tensors[key].is_floating_point()
+                and "head" in key)
+    tensors[head][...] = float("nan")
+    save_file(tensors, str(checkpoint), metadata=header)
+    with pytest.raises(UserError) as refused:
+        cross_validate(binary_cv["config"], run, folds=3, n_boot=0)
+    message = str(refused.value)
+    assert "\n" not in message and "the model gave NaN/Inf probabilities" in message
+    assert message.split(":")[0].endswith("c16.nii.gz")  # the first test scan
+    assert not (run / "test_predictions.csv").exists()

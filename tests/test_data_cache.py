@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 from medconvnext.cli.main import app
 from medconvnext.data.dataset import make_dataset
 from medconvnext.data.pipeline import PreprocessingPipeline
-from medconvnext.data.preprocessing import Preprocessing
+from medconvnext.data.preprocessing import PreprocessingPlan
 
 torch.set_num_threads(1)
-PRE = Preprocessing(orientation="RAS", spacing=(1.0, 1.0, 1.0), input_size=(8, 8, 8), intensity="zscore")
+PRE = PreprocessingPlan(orientation="RAS", spacing=(1.0, 1.0, 1.0), input_size=(8, 8, 8), intensity="zscore")
 
 
 def dataset(records, cache_dir, pre=PRE):
@@ -35,7 +35,7 @@ def test_hits_misses_and_rebuilds(tmp_path):
     torch.testing.assert_close(again[0]["image"], item["image"])
     assert (again.hits, again.misses) == (1, 0)
 
-    changed = dataset(records, cache, Preprocessing("RAS", (1.0, 1.0, 1.0), (8, 8, 8), "none"))
+    changed = dataset(records, cache, PreprocessingPlan("RAS", (1.0, 1.0, 1.0), (8, 8, 8), "none"))
     changed[0]
     assert changed.misses == 1
 
@@ -136,7 +136,7 @@ def test_entries_are_float16_read_back_as_float32_and_warmed_in_worker_processes
     torch.testing.assert_close(item["image"], torch.as_tensor(exact), atol=5e-3, rtol=1e-3)
     # raw intensities (HU) stay float32: 1000.3 HU is not rounded to 1000.5
     raw_path = write_volume(tmp_path / "raw.nii.gz", np.full((8, 8, 8), 1000.3, np.float32))
-    raw = Preprocessing(orientation="RAS", spacing=(1.0, 1.0, 1.0), input_size=(8, 8, 8), intensity="none")
+    raw = PreprocessingPlan(orientation="RAS", spacing=(1.0, 1.0, 1.0), input_size=(8, 8, 8), intensity="none")
     raw_ds = dataset([{"image": str(raw_path), "label": 0, "case_id": "raw"}], cache, raw)
     raw_ds.warm(1)
     assert torch.load(raw_ds.entry_path(raw_ds.data[0]), weights_only=True)["image"].dtype == torch.float32
@@ -147,7 +147,7 @@ def test_a_memory_cache_that_would_not_fit_is_refused_before_any_work():
     from medconvnext.data.dataset import check_memory_cache
     from medconvnext.errors import UserError
 
-    pre = Preprocessing(orientation="RAS", spacing=(1.0, 1.0, 1.0), input_size=(128, 128, 128), intensity="none")
+    pre = PreprocessingPlan(orientation="RAS", spacing=(1.0, 1.0, 1.0), input_size=(128, 128, 128), intensity="none")
     check_memory_cache(48, pre, "memory", available=8 * 2**30)  # 0.4 GiB of 8: fine
     with pytest.raises(UserError, match=r"data.cache=memory would hold 600 volumes .*\(4.7 GiB\).* use --set "
                                          r"data.cache=disk"):
@@ -159,7 +159,7 @@ def test_a_disk_cache_that_would_not_fit_the_free_space_is_refused_before_any_wo
     from medconvnext.data.dataset import check_disk_cache
     from medconvnext.errors import UserError
 
-    pre = Preprocessing(orientation="RAS", spacing=(1.0, 1.0, 1.0), input_size=(128, 128, 128), intensity="zscore")
+    pre = PreprocessingPlan(orientation="RAS", spacing=(1.0, 1.0, 1.0), input_size=(128, 128, 128), intensity="zscore")
     check_disk_cache(100, pre, "disk", tmp_path / "new" / "cache", free=2**30)  # 0.4 GiB in float16: fits
     with pytest.raises(UserError, match=r"data.cache=disk: .*new/cache has 1.0 GiB free and the cache of 300 "
                                          r"volumes needs about 1.2 GiB"):

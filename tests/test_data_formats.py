@@ -14,12 +14,12 @@ import torch
 from medconvnext.data.datalist import load_datalist
 from medconvnext.data.io import read_header
 from medconvnext.data.pipeline import PreprocessingPipeline
-from medconvnext.data.preprocessing import Preprocessing
+from medconvnext.data.preprocessing import PreprocessingPlan
 
 torch.set_num_threads(1)
 # an oblique-free but flipped and anisotropic RAS affine: x runs R->L, spacing 1.5 x 1 x 2 mm
 AFFINE = np.array([[-1.5, 0, 0, 10.0], [0, 1.0, 0, -5.0], [0, 0, 2.0, 3.0], [0, 0, 0, 1]])
-PRE = Preprocessing(orientation="RAS", spacing=(1.0, 1.0, 1.0), input_size=(16, 16, 16), intensity="zscore")
+PRE = PreprocessingPlan(orientation="RAS", spacing=(1.0, 1.0, 1.0), input_size=(16, 16, 16), intensity="zscore")
 
 
 def volume(seed: int = 0) -> np.ndarray:
@@ -73,7 +73,7 @@ def write_dicom_series(folder: Path, image: sitk.Image) -> Path:
     return folder
 
 
-def preprocessed(path: str | list[str], pre: Preprocessing = PRE) -> torch.Tensor:
+def preprocessed(path: str | list[str], pre: PreprocessingPlan = PRE) -> torch.Tensor:
     return PreprocessingPipeline(pre).deterministic()({"image": path})["image"]
 
 
@@ -105,7 +105,7 @@ def test_several_images_are_resampled_to_the_first_and_stacked(tmp_path):
     coarse[:3, :3] *= 2
     coarse[:3, 3] += np.array([-0.75, 0.5, 1.0])  # voxel centres of the coarse grid
     second = write_nifti(tmp_path / "t2.mha.nii.gz", volume(1)[::2, ::2, ::2].copy(), coarse)
-    out = preprocessed([str(first), str(second)], Preprocessing("RAS", (1.0, 1.0, 1.0), (16, 16, 16), "zscore",
+    out = preprocessed([str(first), str(second)], PreprocessingPlan("RAS", (1.0, 1.0, 1.0), (16, 16, 16), "zscore",
                                                                 in_channels=2))
     assert out.shape == (2, 16, 16, 16)
     torch.testing.assert_close(out[:1], preprocessed(str(first)), atol=1e-4, rtol=1e-4)

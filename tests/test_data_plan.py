@@ -7,12 +7,13 @@ import pytest
 import torch
 from conftest import write_volume
 
+from medconvnext.choices import Augment, choices
 from medconvnext.config import PreprocessingConfig
 from medconvnext.data.datalist import Case
 from medconvnext.data.fingerprint import Fingerprint, compute_fingerprint, plan_preprocessing, target_spacing
 from medconvnext.data.pipeline import PreprocessingPipeline
-from medconvnext.data.preprocessing import Preprocessing
-from medconvnext.data.transforms import AUGMENTATIONS, augmentation_transforms
+from medconvnext.data.preprocessing import PreprocessingPlan
+from medconvnext.data.transforms import augmentation_transforms
 
 torch.set_num_threads(1)
 
@@ -70,11 +71,11 @@ def test_generic_auto_plans_minmax_for_two_valued_masks_only(tmp_path):
     assert plan_preprocessing(explicit, compute_fingerprint(masks), (8, 8, 8)).intensity == "zscore"
 
 
-@pytest.mark.parametrize("kind", AUGMENTATIONS)
+@pytest.mark.parametrize("kind", choices(Augment))
 def test_augmentation_presets_keep_the_shape(kind):
     from monai.transforms import Compose
 
-    pre = Preprocessing("RAS", (1.0, 1.0, 1.0), (8, 8, 12), "zscore")
+    pre = PreprocessingPlan("RAS", (1.0, 1.0, 1.0), (8, 8, 12), "zscore")
     steps = Compose(augmentation_transforms(kind, pre.input_size))
     steps.set_random_state(0)
     image = torch.rand(1, 8, 8, 12)
@@ -88,12 +89,12 @@ def test_minmax_intensity_maps_a_mask_to_zero_and_one_whatever_its_size(tmp_path
         data = np.zeros((10, 10, 10), np.float32)
         data[2:2 + side, 2:2 + side, 2:2 + side] = 255.0
         path = write_volume(tmp_path / f"{name}.nii.gz", data)
-        pre = Preprocessing("RAS", None, (12, 12, 12), "minmax")
+        pre = PreprocessingPlan("RAS", None, (12, 12, 12), "minmax")
         outputs.append(PreprocessingPipeline(pre).deterministic()({"image": str(path)})["image"])
     for out, side in zip(outputs, (2, 6), strict=True):
         assert float(out.min()) == 0.0 and float(out.max()) == 1.0
         assert int((out == 1.0).sum()) == side**3 and int((out == 0.0).sum()) == 12**3 - side**3
-    zscored = [PreprocessingPipeline(Preprocessing("RAS", None, (12, 12, 12), "zscore")).deterministic()(
+    zscored = [PreprocessingPipeline(PreprocessingPlan("RAS", None, (12, 12, 12), "zscore")).deterministic()(
         {"image": str(tmp_path / f"{name}.nii.gz")})["image"].max() for name in ("small", "large")]
     assert zscored[0] > 2 * zscored[1]
 
@@ -105,7 +106,7 @@ def test_resampling_a_mask_keeps_partial_volumes_and_the_volume(tmp_path):
     data = np.where((grid**2).sum(0) <= 11.3**2, 255.0, 0.0).astype(np.float32)
     path = write_volume(tmp_path / "sphere.nii.gz", data)
     spacing = 64 / 28
-    pre = Preprocessing("RAS", (spacing, spacing, spacing), (32, 32, 32), "minmax")
+    pre = PreprocessingPlan("RAS", (spacing, spacing, spacing), (32, 32, 32), "minmax")
     out = PreprocessingPipeline(pre).deterministic()({"image": str(path)})["image"].numpy()
     fractional = ((out > 0.01) & (out < 0.99)).sum() / (out > 0.01).sum()
     assert fractional > 0.15  # a re-binarised mask has none

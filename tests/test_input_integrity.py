@@ -19,7 +19,7 @@ from medconvnext.cli.main import app
 from medconvnext.data.content import file_digest
 from medconvnext.data.dataset import make_dataset
 from medconvnext.data.pipeline import PreprocessingPipeline
-from medconvnext.data.preprocessing import Preprocessing
+from medconvnext.data.preprocessing import PreprocessingPlan
 from medconvnext.data.validate import inspect_image, inspect_images
 from medconvnext.errors import UserError
 
@@ -67,7 +67,7 @@ def test_20_a_rewritten_raw_under_an_unchanged_mhd_is_validated_again(tmp_path, 
 
 
 def test_20_the_disk_cache_makes_a_new_entry_for_a_rewritten_raw(tmp_path):
-    pre = Preprocessing(orientation="RAS", spacing=(2.0, 2.0, 2.0), input_size=(16, 16, 16), intensity="none")
+    pre = PreprocessingPlan(orientation="RAS", spacing=(2.0, 2.0, 2.0), input_size=(16, 16, 16), intensity="none")
     mhd = _write_mhd(tmp_path / "case.mhd")
     records = [{"image": str(mhd), "label": 0, "case_id": "case"}]
     first = make_dataset(records, PreprocessingPipeline(pre).deterministic(), "disk", cache_dir=tmp_path / "cache")

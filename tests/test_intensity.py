@@ -9,11 +9,11 @@ from conftest import write_volume
 
 from medconvnext.data.intensity import INTENSITY_MODES, SCHEMES, intensity_scheme
 from medconvnext.data.pipeline import PreprocessingPipeline
-from medconvnext.data.preprocessing import Preprocessing
+from medconvnext.data.preprocessing import PreprocessingPlan
 
 
-def plan(intensity: str) -> Preprocessing:
-    return Preprocessing("RAS", (1.0, 1.0, 1.0), (8, 8, 8), intensity, clip=(0.0, 50.0), mean=20.0, std=10.0)
+def plan(intensity: str) -> PreprocessingPlan:
+    return PreprocessingPlan("RAS", (1.0, 1.0, 1.0), (8, 8, 8), intensity, clip=(0.0, 50.0), mean=20.0, std=10.0)
 
 
 @pytest.mark.parametrize("name", INTENSITY_MODES)
@@ -31,4 +31,4 @@ def test_unknown_scheme_and_clip_zscore_without_window_are_refused():
     with pytest.raises(ValueError, match="preprocessing.intensity must be one of"):
         intensity_scheme(plan("zcore"))
     with pytest.raises(ValueError, match="needs preprocessing.clip"):
-        PreprocessingPipeline(Preprocessing("RAS", (1.0, 1.0, 1.0), (8, 8, 8), "clip_zscore")).deterministic()
+        PreprocessingPipeline(PreprocessingPlan("RAS", (1.0, 1.0, 1.0), (8, 8, 8), "clip_zscore")).deterministic()

@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 from medconvnext.cli.main import app
 from medconvnext.config import Config, apply_overrides
 from medconvnext.engine.cv import cross_validate
+from medconvnext.engine.optim import layer_decay_groups
 from medconvnext.engine.pretrain import PretrainOptions, pretrain, pretrain_cases, resume_pretrain
 from medconvnext.engine.trainer import SilentCallbacks, train
-from medconvnext.engine.warm_start import convnext_layer_id, layer_decay_groups
 from medconvnext.errors import UserError
 from medconvnext.models import create_model
 
@@ -172,14 +172,20 @@ def test_pretrain_cli_refuses_other_families(csv_dataset, tmp_path):
 
 def test_layer_decay_scales_the_lr_by_depth():
     model = create_model("convnext_atto", depths=(1, 1, 2, 1), dims=(8, 16, 24, 32))
-    assert convnext_layer_id("stem.0.weight", [1, 1, 2, 1]) == 0
-    assert convnext_layer_id("downsample.0.1.weight", [1, 1, 2, 1]) == 2
-    assert convnext_layer_id("stages.2.1.pwconv1.weight", [1, 1, 2, 1]) == 4
-    assert convnext_layer_id("head.weight", [1, 1, 2, 1]) == 6
+    # the model numbers its own layers (depths 1, 1, 2, 1): stem 0, blocks 1..5, the head 6
+    assert model.num_layers == 7
+    assert model.layer_id("stem.0.weight") == 0
+    assert model.layer_id("downsample.0.1.weight") == 2
+    assert model.layer_id("stages.2.1.pwconv1.weight") == 4
+    assert model.layer_id("head.weight") == 6 and model.layer_id("head_norm.bias") == 6
+    with_pre_stem = create_model("convnext_atto", depths=(1, 1, 2, 1), dims=(8, 16, 24, 32), stem_conv_channels=4)
+    assert with_pre_stem.layer_id("pre_stem.0.weight") == 0
     groups = layer_decay_groups(model, 0.05, 1.0, 0.5)
     lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
     assert lr_of[id(model.head.weight)] == 1.0 and lr_of[id(model.stem[0].weight)] == 0.5**6
     assert lr_of[id(model.stages[2][1].pwconv1.weight)] == 0.5**2
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
-    with pytest.raises(UserError, match="ConvNeXt models only"):
-        layer_decay_groups(create_model("resnext_tiny"), 0.05, 1.0, 0.5)
+    # a family that does not number its layers is refused, named; the optimiser knows no family's names
+    for name in ("resnext_tiny", "convmixer_128_4"):
+        with pytest.raises(UserError, match=r"train.layer_decay: \w+ does not number its layers"):
+            layer_decay_groups(create_model(name), 0.05, 1.0, 0.5)

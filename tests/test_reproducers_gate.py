@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 from medconvnext.cli.main import app
 from medconvnext.data.dataset import make_dataset
 from medconvnext.data.pipeline import PreprocessingPipeline
-from medconvnext.data.preprocessing import Preprocessing
+from medconvnext.data.preprocessing import PreprocessingPlan
 
 runner = CliRunner()
 TINY = ["--model", "convmixer_128_4", "--set", "model.args.dim=8", "--set", "model.args.depth=1", "--device", "cpu",
@@ -81,7 +81,7 @@ def test_09_shared_subject_and_duplicate_image_warn_then_strict_refuses(tmp_path
 
 
 def test_11_disk_cache_sees_a_rewrite_that_keeps_size_and_mtime(tmp_path):
-    pre = Preprocessing(orientation="RAS", spacing=(1.5, 1.5, 2.0), input_size=(16, 16, 16), intensity="none")
+    pre = PreprocessingPlan(orientation="RAS", spacing=(1.5, 1.5, 2.0), input_size=(16, 16, 16), intensity="none")
     records = []
     for i in range(4):  # uncompressed: scans of one shape and dtype have the same size
         path = write_volume(tmp_path / f"case_{i:03d}.nii", good_volume(i), (1.5, 1.5, 2.0))

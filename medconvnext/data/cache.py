@@ -2,7 +2,7 @@
 
 The key of an entry covers each input file's resolved path and the digest of its bytes
 (:mod:`medconvnext.data.content`: BLAKE2b, memoised per size, mtime, ctime and inode), the concrete
-:class:`Preprocessing`, the pipeline variant (:attr:`~medconvnext.data.pipeline.PipelineVariant.cache_key`: the
+:class:`PreprocessingPlan`, the pipeline variant (:attr:`~medconvnext.data.pipeline.PipelineVariant.cache_key`: the
 crop mode and the steps) and the versions of the libraries that computed it, so a rewritten file (even one whose
 size and modification time were restored, as ``cp -p`` and ``rsync -a`` do) or a changed preprocessing value is a
 miss and never serves stale data (MONAI's PersistentDataset hashes only the data dict, i.e. the path). The path
@@ -31,7 +31,7 @@ import torch
 from monai.data import Dataset
 
 from medconvnext.data.pipeline import PipelineVariant
-from medconvnext.data.preprocessing import Preprocessing
+from medconvnext.data.preprocessing import PreprocessingPlan
 from medconvnext.fileio import atomic_write
 
 CACHE_FORMAT = 3  # 2: files keyed by content digest instead of size + mtime; 3: float16 images
@@ -71,7 +71,7 @@ def file_identity(path: str | Path, cache_dir: str | Path | None = None) -> list
     return [str(resolved), file_digest(resolved, cache_dir)]
 
 
-def cache_key(record: dict, pre: Preprocessing, versions: dict[str, str] | None = None,
+def cache_key(record: dict, pre: PreprocessingPlan, versions: dict[str, str] | None = None,
               cache_dir: str | Path | None = None, pipeline: Sequence[str] = ()) -> str:
     """SHA-256 over the files' paths and content digests, the preprocessing, the deterministic part's
     ``pipeline`` key (:attr:`PipelineVariant.cache_key`: the cropped, uncropped and padded variants cache

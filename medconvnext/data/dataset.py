@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 from monai.data import CacheDataset, Dataset
 
+from medconvnext.choices import Cache, choices
 from medconvnext.data.datalist import Case, Datalist
 from medconvnext.data.pipeline import PipelineVariant
-from medconvnext.data.preprocessing import Preprocessing
+from medconvnext.data.preprocessing import PreprocessingPlan
 from medconvnext.errors import UserError
 
-CACHE_MODES = ("none", "memory", "disk")
 MEMORY_CACHE_SHARE = 0.5  # a memory cache may plan to take at most this share of the memory available
 
 
@@ -31,7 +31,7 @@ def available_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def check_memory_cache(cases: int, pre: Preprocessing, cache: str, available: int | None = None) -> None:
+def check_memory_cache(cases: int, pre: PreprocessingPlan, cache: str, available: int | None = None) -> None:
     """Refuse ``data.cache=memory`` when the planned volumes (``cases`` x input size x channels, float32) would
     take more than half of the memory available: a run must not be killed for memory hours in.
 
@@ -48,7 +48,7 @@ def check_memory_cache(cases: int, pre: Preprocessing, cache: str, available: in
                         "GiB available: use --set data.cache=disk (compact, read back memory-mapped)")
 
 
-def check_disk_cache(cases: int, pre: Preprocessing, cache: str, cache_dir: str | Path | None,
+def check_disk_cache(cases: int, pre: PreprocessingPlan, cache: str, cache_dir: str | Path | None,
                      free: int | None = None) -> None:
     """Refuse ``data.cache=disk`` when the planned entries (``cases`` x input size x channels, float16 or float32
     for raw intensities) do not fit the free space of the cache folder (its nearest existing parent).
@@ -104,4 +104,4 @@ def make_dataset(
                             progress=False)
     if cache == "none":
         return Dataset(records, pipeline.transform)
-    raise UserError(f"data.cache must be one of {', '.join(CACHE_MODES)}, got {cache!r}")
+    raise UserError(f"data.cache must be one of {', '.join(choices(Cache))}, got {cache!r}")

@@ -8,7 +8,7 @@ must cover those files, or a rewritten ``.raw`` under an unchanged ``.mhd`` woul
 
 A path read from a header is not trusted: it must stay inside the header's folder (no ``..`` out of it, no
 absolute path elsewhere; checked on the path as written, so a symlinked data folder as DVC or git-annex make
-is fine) and exist, else :class:`~medconvnext.data.io.ImageError` names the header, the field and the path.
+is fine) and exist, else :class:`~medconvnext.data.image_errors.ImageError` names the header, the field and the path.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from medconvnext.data.io import ImageError
+from medconvnext.data.image_errors import ImageError
 
 __all__ = ["HEADER_BYTES", "data_files"]
 

@@ -3,11 +3,11 @@
 ITK's ``ImageSeriesReader`` stacks the slices of a series on a uniform grid whose slice spacing comes from
 the first and last positions: a missing slice, a doubled one or an irregular series is stretched silently
 (ITK prints a C++ warning, without the folder's name). Before reading the voxels, the header of every slice
-is read and the folder is refused (:class:`~medconvnext.data.io.GeometryError`, exit code 2) when it is not
+is read and the folder is refused (:class:`~medconvnext.data.image_errors.GeometryError`, exit code 2) when it is not
 one volume:
 
 - several series (SeriesInstanceUID) in one folder, or DICOM files that belong to none (DICOM is recognised by
-  content, :func:`~medconvnext.data.io.is_dicom_file`: ``IM0001`` and ``*.IMA`` files are read as ``.dcm`` ones);
+  content, :func:`is_dicom_file`: ``IM0001`` and ``*.IMA`` files are read as ``.dcm`` ones);
 - slices of different sizes or orientations (ImageOrientationPatient);
 - two slices at one position, or slice positions (ImagePositionPatient projected on the slice normal) whose
   gaps differ from the median gap by more than :data:`GAP_TOLERANCE` of it (a missing slice, a variable
@@ -43,11 +43,43 @@ from pathlib import Path
 import numpy as np
 
 from medconvnext.data.capture import library_output, report
-from medconvnext.data.io import GeometryError, ImageError, dicom_files, itk_reason
+from medconvnext.data.image_errors import GeometryError, ImageError, itk_reason
 
 GAP_TOLERANCE = 0.05  # of the median gap: DICOM positions are decimal strings, 5 % is far above their round-off
 DRIFT_TOLERANCE = 0.1  # of the in-plane pixel size, per slice
 ORIENTATION_ATOL = 1e-4  # direction cosines
+
+
+DICOM_PREAMBLE = 128  # a DICOM Part-10 file: 128 bytes of preamble, then the magic "DICM"
+NOT_DICOM_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".raw", ".hdr", ".img", ".json", ".csv",
+                      ".tsv", ".txt")
+
+
+def is_dicom_file(path: str | Path) -> bool:
+    """True for a DICOM file, recognised by its content (the Part-10 preamble and ``DICM``), whatever its name:
+    CD and PACS exports write ``IM0001`` or UIDs, Siemens consoles ``*.IMA``."""
+    path = Path(path)
+    if path.suffix.lower() == ".dcm":
+        return path.is_file()
+    if path.name.lower().endswith(NOT_DICOM_SUFFIXES):
+        return False  # not read: a folder of large scans is not opened file by file
+    try:
+        with open(path, "rb") as f:
+            f.seek(DICOM_PREAMBLE)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def dicom_files(folder: str | Path) -> list[Path]:
+    """The DICOM files of a folder (by content, see :func:`is_dicom_file`), hidden files left out, sorted."""
+    return sorted(p for p in Path(folder).iterdir() if not p.name.startswith(".") and is_dicom_file(p))
+
+
+def is_dicom_folder(path: str | Path) -> bool:
+    """True for a folder that holds DICOM files (one DICOM series = one image), with or without a ``.dcm`` suffix."""
+    path = Path(path)
+    return path.is_dir() and any(not p.name.startswith(".") and is_dicom_file(p) for p in path.iterdir())
 
 
 @dataclass(frozen=True)

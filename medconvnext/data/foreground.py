@@ -23,7 +23,9 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-CROPS = ("none", "body", "nonzero")
+from medconvnext.choices import Crop, choices
+
+CROPS = tuple(c for c in choices(Crop) if c != "auto")  # what preprocessing.crop auto resolves to
 BODY_HU = -500.0
 BOX_STRIDE = 4
 BOX_STRIDE_FROM = 128  # voxels per stride step wanted along an axis before it is subsampled (box_strides)

@@ -12,16 +12,16 @@ from typing import ClassVar
 
 from monai import transforms as mt
 
-from medconvnext.data.preprocessing import Preprocessing
+from medconvnext.data.preprocessing import PreprocessingPlan
 from medconvnext.data.transforms import IMAGE
 
 
 class IntensityScheme:
-    """One normalisation, built for a concrete :class:`Preprocessing` (which may carry its statistics)."""
+    """One normalisation, built for a concrete :class:`PreprocessingPlan` (which may carry its statistics)."""
 
     name: ClassVar[str]
 
-    def __init__(self, pre: Preprocessing) -> None:
+    def __init__(self, pre: PreprocessingPlan) -> None:
         self.pre = pre
 
     def transforms(self) -> list[mt.Transform]:
@@ -108,11 +108,11 @@ SCHEMES: dict[str, type[IntensityScheme]] = {
 INTENSITY_MODES = tuple(SCHEMES)
 
 
-def intensity_scheme(pre: Preprocessing) -> IntensityScheme:
+def intensity_scheme(pre: PreprocessingPlan) -> IntensityScheme:
     """The scheme ``pre.intensity`` names, built for ``pre``.
 
     Raises:
-        ValueError: an unknown name (the config rejects it earlier; a hand-made Preprocessing may not).
+        ValueError: an unknown name (the config rejects it earlier; a hand-made PreprocessingPlan may not).
     """
     if pre.intensity not in SCHEMES:
         raise ValueError(f"preprocessing.intensity must be one of {INTENSITY_MODES}, got {pre.intensity!r}")

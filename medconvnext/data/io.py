@@ -24,7 +24,6 @@ window maps). The voxel-to-world affine is decided by one rule:
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +31,18 @@ from pathlib import Path
 
 import numpy as np
 
-from medconvnext.data.capture import MedconvnextWarning, library_output, report
+from medconvnext.data.capture import library_output, report
+from medconvnext.data.detached import data_files
+
+# the errors and the DICOM detection live below this module (dicom and detached need them, and io needs dicom):
+# re-exported, as every reader of a scan imports them from here
+from medconvnext.data.dicom import (  # noqa: F401
+    dicom_files,
+    is_dicom_file,
+    is_dicom_folder,
+    read_dicom_series,
+)
+from medconvnext.data.image_errors import GeometryError, GeometryWarning, ImageError, itk_reason  # noqa: F401
 from medconvnext.errors import UserError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz", ".hdr")  # .hdr: a NIfTI pair or an Analyze 7.5 header (+ its .img), nibabel
@@ -41,23 +51,6 @@ XFORM_ATOL_MM = 1e-3  # sform/qform entries closer than this (mm) agree: float32
 SPACING_RTOL = 1e-3  # spacings within 0.1 % agree (the qform's are float32 pixdim, the sform's column norms)
 
 _warned: set[str] = set()
-
-
-class ImageError(UserError):
-    """A scan that cannot be used: ``problem`` is the reason, the message ``"<path>: <problem>"``."""
-
-    def __init__(self, path: str | Path, problem: str) -> None:
-        super().__init__(f"{path}: {problem}")
-        self.path = str(path)
-        self.problem = problem
-
-
-class GeometryError(ImageError):
-    """A scan whose geometry cannot be decided (sform/qform conflict, an irregular DICOM series)."""
-
-
-class GeometryWarning(MedconvnextWarning):
-    """A scan whose geometry was decided by a documented rule where another reading was possible."""
 
 
 def _describe(affine: np.ndarray) -> str:
@@ -104,23 +97,9 @@ def nifti_affine(image, path: str | Path | None = None) -> np.ndarray:
     return chosen
 
 
-# "itk::ERROR: NrrdImageIO(0x55a9...): ", "sitk::ERROR: ", "ITK ERROR: GDCMImageIO(0x...): ", "[nrrd] _nrrdRead: "
-_ITK_PREFIX = re.compile(r"^((s?itk::|ITK )(ERROR|WARNING):\s*)?(\w+\(0x[0-9a-f]+\):\s*)?(\[\w+\]\s*)?")
-
-
-def itk_reason(exc: BaseException) -> str:
-    """The root cause in a SimpleITK exception: its last meaningful line, without ITK's source location
-    ('Exception thrown in SimpleITK ...: /path/itkNrrdImageIO.cxx:410:'), object addresses and prefixes."""
-    lines = [_ITK_PREFIX.sub("", line.strip()).strip() for line in str(exc).splitlines()[1:]]
-    lines = [line for line in lines if line]
-    return lines[-1][:200] if lines else str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-
-
 def read_itk_information(path: str | Path):
     """A SimpleITK ``ImageFileReader`` with the header read (no voxels); ImageError naming the file if it fails."""
     import SimpleITK as sitk
-
-    from medconvnext.data.detached import data_files  # detached imports this module's errors
 
     data_files(path)  # a header's data file must exist inside its folder before ITK follows the path
     reader = sitk.ImageFileReader()
@@ -215,38 +194,6 @@ def _sitk_header(path: Path) -> Header:
     return Header(str(path), tuple(int(s) for s in reader.GetSize()[:3]), affine)
 
 
-DICOM_PREAMBLE = 128  # a DICOM Part-10 file: 128 bytes of preamble, then the magic "DICM"
-NOT_DICOM_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".raw", ".hdr", ".img", ".json", ".csv",
-                      ".tsv", ".txt")
-
-
-def is_dicom_file(path: str | Path) -> bool:
-    """True for a DICOM file, recognised by its content (the Part-10 preamble and ``DICM``), whatever its name:
-    CD and PACS exports write ``IM0001`` or UIDs, Siemens consoles ``*.IMA``."""
-    path = Path(path)
-    if path.suffix.lower() == ".dcm":
-        return path.is_file()
-    if path.name.lower().endswith(NOT_DICOM_SUFFIXES):
-        return False  # not read: a folder of large scans is not opened file by file
-    try:
-        with open(path, "rb") as f:
-            f.seek(DICOM_PREAMBLE)
-            return f.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
-def dicom_files(folder: str | Path) -> list[Path]:
-    """The DICOM files of a folder (by content, see :func:`is_dicom_file`), hidden files left out, sorted."""
-    return sorted(p for p in Path(folder).iterdir() if not p.name.startswith(".") and is_dicom_file(p))
-
-
-def is_dicom_folder(path: str | Path) -> bool:
-    """True for a folder that holds DICOM files (one DICOM series = one image), with or without a ``.dcm`` suffix."""
-    path = Path(path)
-    return path.is_dir() and any(not p.name.startswith(".") and is_dicom_file(p) for p in path.iterdir())
-
-
 def read_sitk_image(path: str | Path):
     """Read a file with SimpleITK, or a folder's one DICOM series (:func:`~medconvnext.data.dicom.read_dicom_series`:
     refused unless it is one regular volume). What ITK prints is reported as one warning naming the file.
@@ -255,9 +202,6 @@ def read_sitk_image(path: str | Path):
         ImageError: an unreadable file (ITK's reason), or a DICOM folder that is not one regular volume.
     """
     import SimpleITK as sitk
-
-    from medconvnext.data.detached import data_files
-    from medconvnext.data.dicom import read_dicom_series  # dicom imports this module's errors
 
     path = Path(path)
     if path.is_dir():
@@ -306,8 +250,6 @@ def open_image(path: str | Path) -> OpenImage:
         ImageError: the geometry rule or the DICOM checks refuse it, or ITK cannot read it.
         ValueError: an ITK image of fewer than 3 dimensions.
     """
-    from medconvnext.data.detached import data_files
-
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError("no such file or folder")

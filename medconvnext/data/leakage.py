@@ -31,13 +31,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medconvnext.choices import Leakage, choices
 from medconvnext.data.datalist import Case, case_id_from_path
 from medconvnext.data.io import read_voxels
 from medconvnext.errors import UserError
 from medconvnext.fileio import write_json_cache
 
 __all__ = [
-    "LEAKAGE_MODES",
     "Finding",
     "LeakageReport",
     "LeakageWarning",
@@ -49,7 +49,6 @@ __all__ = [
     "image_hash",
 ]
 
-LEAKAGE_MODES = ("warn", "error", "off")
 HASH_CACHE_NAME = "image_hashes.json"
 HASH_FORMAT = 2  # 2: keyed by the file content digest (1: by path, size and mtime)
 SHOWN = 5  # findings named per kind in the one-line message
@@ -123,8 +122,8 @@ class LeakageReport:
 
 def enforce(report: LeakageReport, mode: str, hint: str = "--strict") -> None:
     """``warn``: a :class:`LeakageWarning`; ``error``: UserError (exit 2); ``off``: nothing."""
-    if mode not in LEAKAGE_MODES:
-        raise UserError(f"data.leakage must be one of {', '.join(LEAKAGE_MODES)}, got {mode!r}")
+    if mode not in choices(Leakage):
+        raise UserError(f"data.leakage must be one of {', '.join(choices(Leakage))}, got {mode!r}")
     if not report or mode == "off":
         return
     if mode == "error":

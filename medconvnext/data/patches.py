@@ -27,7 +27,6 @@ from monai import transforms as mt
 
 from medconvnext.data.transforms import IMAGE
 
-PATCH_MODES = ("none", "random", "foreground", "mil")
 FOREGROUND_PROB = 0.5
 
 

@@ -1,6 +1,6 @@
 """The preprocessing pipeline of a plan: the one object that builds every MONAI chain the toolkit runs on a scan.
 
-A :class:`PreprocessingPipeline` is built from a :class:`Preprocessing` plan. Every chain starts with the same
+A :class:`PreprocessingPipeline` is built from a :class:`PreprocessingPlan`. Every chain starts with the same
 deterministic steps (load, channel first, orient, resample, normalise: :mod:`medconvnext.data.intensity`) and
 ends in one of three ways, the *variants*:
 
@@ -22,9 +22,10 @@ import torch
 from monai import transforms as mt
 from monai.data import MetaTensor
 
+from medconvnext.choices import Patches, choices
 from medconvnext.data.intensity import IntensityScheme, intensity_scheme
-from medconvnext.data.patches import FOREGROUND_PROB, PATCH_MODES, RandBagCropd, patch_crop
-from medconvnext.data.preprocessing import Preprocessing
+from medconvnext.data.patches import FOREGROUND_PROB, RandBagCropd, patch_crop
+from medconvnext.data.preprocessing import PreprocessingPlan
 from medconvnext.data.transforms import IMAGE, augmentation_transforms, geometry_transforms, load_transforms
 
 VARIANTS = ("cropped", "uncropped", "padded")
@@ -41,7 +42,7 @@ class PipelineVariant:
     """
 
     name: str
-    preprocessing: Preprocessing
+    preprocessing: PreprocessingPlan
     deterministic: mt.Compose
     random: mt.Compose = field(default_factory=lambda: mt.Compose([]))
     transform: mt.Compose = field(init=False)  # the whole chain (the same transform objects as the two parts)
@@ -81,7 +82,7 @@ class PipelineVariant:
 class PreprocessingPipeline:
     """Every MONAI chain of one plan ``pre``: see the module docstring."""
 
-    pre: Preprocessing
+    pre: PreprocessingPlan
 
     @property
     def intensity(self) -> IntensityScheme:
@@ -128,8 +129,8 @@ class PreprocessingPipeline:
         Raises:
             ValueError: an unknown augmentation or patch mode.
         """
-        if patches not in PATCH_MODES:
-            raise ValueError(f"train.patches must be one of {PATCH_MODES}, got {patches!r}")
+        if patches not in choices(Patches):  # else an unknown mode would train as a random crop
+            raise ValueError(f"train.patches must be one of {choices(Patches)}, got {patches!r}")
         base = self.deterministic("padded" if patches != "none" else "cropped")
         augmentation = augmentation_transforms(augment, self.pre.input_size)
         if patches == "mil":

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 
 
 @dataclass(frozen=True)
-class Preprocessing:
+class PreprocessingPlan:
     """Everything the deterministic transforms need, with no 'auto' left in it."""
 
     orientation: str
@@ -33,7 +33,7 @@ class Preprocessing:
         return values
 
     @classmethod
-    def from_dict(cls, values: dict) -> Preprocessing:
+    def from_dict(cls, values: dict) -> PreprocessingPlan:
         values = dict(values)
         values["spacing"] = tuple(values["spacing"])
         values["input_size"] = tuple(values["input_size"])

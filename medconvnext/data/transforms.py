@@ -11,14 +11,14 @@ import torch
 from monai import transforms as mt
 from monai.data import MetaTensor
 
+from medconvnext.choices import Augment, choices
 from medconvnext.data.capture import library_output, report
 from medconvnext.data.foreground import BoxSelect
-from medconvnext.data.preprocessing import Preprocessing
+from medconvnext.data.preprocessing import PreprocessingPlan
 from medconvnext.data.readers import image_readers, reader_for
 
 IMAGE = "image"
 LABEL = "label"
-AUGMENTATIONS = ("none", "flips", "light", "medium", "heavy")
 
 
 class LoadCaseImaged(mt.MapTransform):
@@ -59,7 +59,7 @@ def load_transforms() -> list[mt.Transform]:
     return [LoadCaseImaged(IMAGE), mt.EnsureTyped(IMAGE)]
 
 
-def geometry_transforms(pre: Preprocessing) -> list[mt.Transform]:
+def geometry_transforms(pre: PreprocessingPlan) -> list[mt.Transform]:
     """Orient to ``pre.orientation``, crop to the foreground (``pre.crop``; before resampling, so the resampling
     reads only the foreground box) and resample to ``pre.spacing`` (mm)."""
     crop = []
@@ -83,8 +83,8 @@ def augmentation_transforms(kind: str, input_size: tuple[int, int, int]) -> list
     """
     if kind == "none":
         return []
-    if kind not in AUGMENTATIONS:
-        raise ValueError(f"data.augment must be one of {AUGMENTATIONS}, got {kind!r}")
+    if kind not in choices(Augment):
+        raise ValueError(f"data.augment must be one of {choices(Augment)}, got {kind!r}")
     flips = [mt.RandFlipd(IMAGE, prob=0.5, spatial_axis=axis) for axis in range(3)]
     if kind == "flips":
         return flips

@@ -37,7 +37,7 @@ from medconvnext.data.datalist import Case, Datalist, load_datalist
 from medconvnext.data.splits import Fold, cv_splits, resolve_group_column
 from medconvnext.data.validate import validate_datalist
 from medconvnext.engine import distributed as dist
-from medconvnext.engine.inference import FoldEnsemble
+from medconvnext.engine.gate import predict_cases
 from medconvnext.engine.resume import load_training_state
 from medconvnext.engine.setup import audit_training_split, check_training_config, setup_device
 from medconvnext.engine.trainer import resume, train
@@ -313,8 +313,11 @@ def _write_oof(run: RunDir, datalist: Datalist, folds: list[Fold], repeats: int,
 
 
 def _write_test_predictions(run: RunDir, datalist: Datalist, test: list[Case], device: str) -> Path:
-    # every fold keeps its own preprocessing; probabilities are the mean over folds (as nnU-Net ensembles folds)
-    probs = FoldEnsemble.load(run.root, device=device).predict_files([list(c.images) for c in test])
+    """The test cases predicted by the ensemble of every fold model, through the gate of predict: a fold whose
+    training diverged is a UserError naming the scan, never a NaN row in the table."""
+    # every fold keeps its own preprocessing; probabilities are the mean over folds (as nnU-Net ensembles folds);
+    # leakage "off": the cv audited its test cases against its folds before training (audit_training_split)
+    probs = predict_cases(test, [run.root], device=device, leakage="off").probs
     rows = [_row(case, p, datalist.classes, TEST_FOLD, None) for case, p in zip(test, probs, strict=True)]
     write_table(run.test_predictions, rows)
     return run.test_predictions

@@ -13,24 +13,25 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medconvnext.choices import EvalSplit, choices
 from medconvnext.data.datalist import Case, Datalist, load_datalist, same_label
-from medconvnext.data.leakage import LeakageReport, audit_run, enforce
-from medconvnext.data.validate import require_valid
+from medconvnext.data.leakage import LeakageReport
+from medconvnext.engine.gate import predict_cases
 from medconvnext.engine.inference import FoldEnsemble
 from medconvnext.errors import UserError
 from medconvnext.fileio import set_state, write_json
 from medconvnext.reports.run import report_run
 from medconvnext.results.calibration import check_calibration_matches, load_calibration
-from medconvnext.results.table import require_finite, write_prediction_table
+from medconvnext.results.table import write_prediction_table
 from medconvnext.rundir import RunDir, RunLock
 
 __all__ = ["EVAL_SPLITS", "EvaluationResult", "evaluate_run_on", "select_cases"]
 
-EVAL_SPLITS = ("test", "val", "train", "all")
+EVAL_SPLITS = choices(EvalSplit)
 
 
 @dataclass
@@ -106,6 +107,17 @@ def _no_cases_message(datalist: Datalist, split: str, marked: bool, run: RunDir 
             "--split all scores every case, including training cases")
 
 
+def _check_labels(ensemble: FoldEnsemble, cases: list[Case], datalist: Datalist) -> None:
+    """UserError naming a label of ``cases`` that is not one of the models' classes (with its other spelling)."""
+    classes = ensemble.class_names
+    unknown = sorted({c.label for c in cases} - set(classes))
+    if unknown:
+        twin = same_label(unknown[0], classes)  # '00' for the run's '0': one class written two ways
+        hint = f"; the run writes it {twin!r}: use that spelling" if twin else ""
+        raise UserError(f"--data {datalist.source}: label {unknown[0]!r} is not one of the model's classes "
+                        f"({', '.join(classes)}){hint}")
+
+
 def evaluate_run_on(
     run_dir: str | Path | Sequence[str | Path],
     data: str | Path,
@@ -145,29 +157,14 @@ def evaluate_run_on(
     labelled = [c for c in chosen if c.label is not None]
     if not labelled:
         raise UserError(f"--data {datalist.source}: none of the {len(chosen)} {split} case(s) has a label")
-    require_valid(labelled)  # the same checks as data check / train / predict, before anything is loaded or written
-    report = LeakageReport()
-    if leakage != "off":
-        for run in runs:
-            found = audit_run(run.root, labelled, eval_side=split)
-            if len(runs) > 1:  # name the run each training case belongs to, as predict does
-                found.findings = [replace(f, run=run.root.name) for f in found.findings]
-            report = report.merge(found)
-    enforce(report, leakage)
     # one run's report applies its calibration.json: one fitted for other weights is refused before any write
     if len(runs) == 1 and runs[0].calibration.is_file():
         check_calibration_matches(load_calibration(runs[0].calibration), runs[0].root, runs[0].calibration)
-    ensemble = FoldEnsemble.load_many([run.root for run in runs], device=device, tta=tta)
+    # the gate of predict: the same scan checks, leakage audit, and refusal of non-finite probabilities
+    gated = predict_cases(labelled, [run.root for run in runs], device=device, tta=tta, leakage=leakage,
+                          eval_side=split, check=lambda ensemble: _check_labels(ensemble, labelled, datalist))
+    ensemble, probs, report = gated.ensemble, gated.probs, gated.leakage
     classes = ensemble.class_names
-    unknown = sorted({c.label for c in labelled} - set(classes))
-    if unknown:
-        twin = same_label(unknown[0], classes)  # '00' for the run's '0': one class written two ways
-        hint = f"; the run writes it {twin!r}: use that spelling" if twin else ""
-        raise UserError(f"--data {datalist.source}: label {unknown[0]!r} is not one of the model's classes "
-                        f"({', '.join(classes)}){hint}")
-    # the mean of every member's probabilities (each keeps its own preprocessing)
-    probs = ensemble.predict_files([list(c.images) for c in labelled])
-    require_finite([c.images[0] for c in labelled], probs)
     models = len(ensemble.members)
     note = f"{len(labelled)} {split} case(s) of {datalist.source}, predicted by {_describe(runs, models)}"
     note += " with test-time augmentation (8 flips)." if tta else "."

@@ -23,15 +23,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from medconvnext.choices import ExportFormat, choices
 from medconvnext.data.pipeline import PreprocessingPipeline
-from medconvnext.data.preprocessing import Preprocessing
+from medconvnext.data.preprocessing import PreprocessingPlan
 from medconvnext.engine.checkpoint import atomic_write, load_checkpoint
 from medconvnext.errors import UserError
 from medconvnext.fileio import remove
-from medconvnext.rundir import check_output, find_checkpoint, fold_checkpoints, glob_fold_checkpoints
+from medconvnext.rundir import RunDir, check_output, find_checkpoint, fold_checkpoints, glob_fold_checkpoints
 
-EXPORT_FORMATS = ("torchscript", "onnx")
-DEFAULT_NAMES = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx"}
+EXPORT_FORMATS = choices(ExportFormat)
+DEFAULT_NAMES = {"torchscript": RunDir.torchscript.name, "onnx": RunDir.onnx.name}  # RunDir owns run-file names
 TOLERANCE = 1e-4
 ONNX_OPSET = 18
 MIL_WINDOWS = 3  # windows per bag in the example a MIL model is traced with (any number runs after export)
@@ -93,7 +94,7 @@ def export_model(
         check_output(target, overwrite, "--out")
     checkpoint = load_checkpoint(checkpoint_path)
     model = checkpoint.build_model().float().cpu().eval()
-    pre = Preprocessing.from_dict(checkpoint.meta["preprocessing"])
+    pre = PreprocessingPlan.from_dict(checkpoint.meta["preprocessing"])
     generator = torch.Generator().manual_seed(0)
     mil = _is_mil(checkpoint.meta)
     # a MIL model takes (N, M, C, D, H, W): N volumes, each the M windows it pools (traced with M = MIL_WINDOWS)
@@ -118,7 +119,7 @@ def export_model(
     return ExportResult(out_path, json_path, diff, fmt)
 
 
-def export_info(meta: dict, pre: Preprocessing, fmt: str, out_path: Path, checkpoint_path: Path, diff: float,
+def export_info(meta: dict, pre: PreprocessingPlan, fmt: str, out_path: Path, checkpoint_path: Path, diff: float,
                 tolerance: float) -> dict:
     """What a deployment needs to reproduce the input tensor and read the output (the JSON beside the model)."""
     return {
@@ -145,7 +146,7 @@ def _is_mil(meta: dict) -> bool:
     return isinstance(model, dict) and "mil" in model
 
 
-def _input_description(meta: dict, pre: Preprocessing, fmt: str) -> dict:
+def _input_description(meta: dict, pre: PreprocessingPlan, fmt: str) -> dict:
     """The input tensor: (N, C, D, H, W) volumes, or for a MIL model (N, M, C, D, H, W) bags of M windows."""
     mil = _is_mil(meta)
     leading = ["N", "M"] if mil else ["N"]

@@ -34,19 +34,9 @@ from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampl
 from medconvnext.config import DataConfig
 from medconvnext.data.transforms import IMAGE
 from medconvnext.engine import distributed as dist
-from medconvnext.errors import UserError
 
-AUGMENT_ON = ("loader", "device")
 MAX_AUTO_WORKERS = 8  # enough to feed one GPU with cached 32-128³ volumes; more mostly costs start-up time
 CUDA_PREFETCH_FACTOR = 4
-
-
-def check_data_options(cfg: DataConfig) -> None:
-    """UserError naming the ``data.*`` feeding field that is wrong."""
-    if cfg.augment_on not in AUGMENT_ON:
-        raise UserError(f"data.augment_on must be one of {', '.join(AUGMENT_ON)}, got {cfg.augment_on!r}")
-    if cfg.num_workers is not None and cfg.num_workers < 0:
-        raise UserError(f"data.num_workers must be >= 0 (or null for automatic), got {cfg.num_workers}")
 
 
 def available_cpus() -> int:

@@ -31,25 +31,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medconvnext.config import InferenceConfig
+from medconvnext.config import InferenceConfig, validate_section
 from medconvnext.data.capture import reporting
 from medconvnext.data.pipeline import PipelineVariant, PreprocessingPipeline
-from medconvnext.data.preprocessing import Preprocessing
+from medconvnext.data.preprocessing import PreprocessingPlan
 from medconvnext.engine.checkpoint import load_checkpoint
 from medconvnext.engine.devices import as_model_input, autocast, resolve_device
-from medconvnext.engine.sliding_window import (
-    AGGREGATIONS,
-    WindowResult,
-    sliding_window_classify,
-    sliding_window_mil,
-)
+from medconvnext.engine.sliding_window import WindowResult, sliding_window_classify, sliding_window_mil
 from medconvnext.errors import UserError
 from medconvnext.fileio import record
 from medconvnext.models import apply_memory_format, model_memory_format
 from medconvnext.models.mil import is_mil
 from medconvnext.rundir import find_checkpoint, model_checkpoints
 
-INFERENCE_MODES = ("whole", "sliding", "auto")
 AUTO_WHOLE_FACTOR = 2
 # test-time augmentation: every subset of the spatial axes (1, 2, 3) of a (C, D, H, W) volume, identity first
 TTA_FLIPS: tuple[tuple[int, ...], ...] = tuple(
@@ -70,15 +64,13 @@ class VolumePrediction:
 
 
 def check_inference(settings: InferenceConfig) -> None:
-    """UserError naming the ``inference.*`` field that is wrong."""
-    if settings.mode not in INFERENCE_MODES:
-        raise UserError(f"inference.mode must be one of {', '.join(INFERENCE_MODES)}, got {settings.mode!r}")
-    if settings.aggregation not in AGGREGATIONS:
-        raise UserError(f"inference.aggregation must be one of {', '.join(AGGREGATIONS)}, got {settings.aggregation!r}")
-    if not 0.0 <= settings.overlap < 1.0:
-        raise UserError(f"inference.overlap must be in [0, 1), got {settings.overlap}")
-    if settings.sw_batch_size < 1:
-        raise UserError(f"inference.sw_batch_size must be >= 1, got {settings.sw_batch_size}")
+    """The config's own check of the ``inference`` section (:func:`~medconvnext.config.validate_section`), for
+    settings that did not come through a validated config: a checkpoint's, or options given to ``predict``.
+
+    Raises:
+        UserError: naming the ``inference.*`` field that is wrong.
+    """
+    validate_section(settings, "inference")
 
 
 def choose_mode(settings: InferenceConfig, volume_size: Sequence[int], input_size: Sequence[int]) -> str:
@@ -173,7 +165,7 @@ class Predictor:
     """
 
     model: nn.Module
-    preprocessing: Preprocessing
+    preprocessing: PreprocessingPlan
     class_names: list[str]
     device: torch.device
     amp: bool = True
@@ -198,7 +190,7 @@ class Predictor:
                             f"first with `medconvnext train --init {file}`")
         torch_device = resolve_device(device)
         model = checkpoint.build_model().to(torch_device).eval()
-        pre = Preprocessing.from_dict(checkpoint.meta["preprocessing"])
+        pre = PreprocessingPlan.from_dict(checkpoint.meta["preprocessing"])
         apply_memory_format(model, torch_device, pre.input_size)
         if compile:
             model = torch.compile(model)

@@ -109,7 +109,7 @@ def _init_from_2d(model: nn.Module, config: Config, run: RunDir) -> None:
         raise UserError(f"model.init_2d {config.model.init_2d}: {exc}") from None
     if dist.is_main():
         record = {"path": str(config.model.init_2d), **dataclasses.asdict(report)}
-        atomic_write(run.root / "init_2d.json",
+        atomic_write(run.init_2d_report,
                      lambda tmp: tmp.write_text(json.dumps(record, indent=2), encoding="utf-8"))
         for note in report.notes:
             warnings.warn(f"model.init_2d: {note}", stacklevel=2)
@@ -120,15 +120,11 @@ def _init_from_3d(model: nn.Module, config: Config, run: RunDir) -> None:
 
     report = load_3d_weights(mil_encoder(model), config.model.init)
     if dist.is_main():
-        atomic_write(run.root / "init.json", lambda tmp: tmp.write_text(json.dumps(report, indent=2), encoding="utf-8"))
+        atomic_write(run.init_report, lambda tmp: tmp.write_text(json.dumps(report, indent=2), encoding="utf-8"))
 
 
 def check_init(config: Config) -> None:
     """Fail on a bad ``model.init_2d`` / ``model.init`` before a run directory is created."""
-    from medconvnext.models.inflate import MODES
-
-    if config.model.init_2d_mode not in MODES:
-        raise UserError(f"model.init_2d_mode must be one of {', '.join(MODES)}, got {config.model.init_2d_mode!r}")
     if config.model.init_2d and not Path(config.model.init_2d).is_file():
         raise UserError(f"model.init_2d: 2D weights file not found: {config.model.init_2d}")
     if config.model.init:

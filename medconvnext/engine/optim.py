@@ -25,10 +25,14 @@ import torch
 from torch import nn
 
 from medconvnext.config import TrainConfig
+from medconvnext.engine.checkpoint import unwrap_model
+from medconvnext.errors import UserError
+from medconvnext.models.layer_ids import LayerIds
 
 ADAMW_BETAS = (0.9, 0.999)  # torch's defaults; FCMAE pretraining uses (0.9, 0.95), as ConvNeXt V2
 
-__all__ = ["ADAMW_BETAS", "make_optimizer", "make_schedule", "optimizer_steps_per_epoch", "param_groups",
+__all__ = ["ADAMW_BETAS", "layer_decay_groups", "make_optimizer", "make_schedule", "optimizer_steps_per_epoch",
+           "param_groups",
            "warmup_cosine"]
 
 
@@ -60,13 +64,37 @@ def warmup_cosine(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def layer_decay_groups(model: nn.Module, weight_decay: float, lr: float, decay: float) -> list[dict[str, Any]]:
+    """AdamW groups with lr × decay^(head depth − layer depth), the depths the model gives
+    (:class:`~medconvnext.models.layer_ids.LayerIds`): the head at ``lr``, the stem the lowest; no weight decay on
+    1-D parameters (biases, norms, layer scales), as in :func:`param_groups`.
+
+    Raises:
+        UserError: ``decay`` outside (0, 1], or a model that does not number its layers.
+    """
+    if not 0.0 < decay <= 1.0:
+        raise UserError(f"train.layer_decay must be in (0, 1], got {decay}")
+    plain = unwrap_model(model)
+    if not isinstance(plain, LayerIds):
+        raise UserError(f"train.layer_decay: {type(plain).__name__} does not number its layers (no layer_id / "
+                        "num_layers); layer decay is for models that do (ConvNeXt); leave it unset")
+    top = plain.num_layers - 1
+    groups: dict[tuple[int, bool], dict[str, Any]] = {}
+    for name, param in plain.named_parameters():
+        if not param.requires_grad:
+            continue
+        layer, no_decay = plain.layer_id(name), param.ndim <= 1
+        group = groups.setdefault((layer, no_decay), {
+            "params": [], "weight_decay": 0.0 if no_decay else weight_decay, "lr": lr * decay ** (top - layer)})
+        group["params"].append(param)
+    return list(groups.values())
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig, betas: tuple[float, float] = ADAMW_BETAS,
                    layer_decay: bool = True) -> torch.optim.AdamW:
-    """AdamW at ``train.lr``; with ``train.layer_decay`` (unless ``layer_decay`` is off: it is for fine-tuning)
-    each ConvNeXt stage gets its own decayed rate."""
+    """AdamW at ``train.lr`` with ``betas``; with ``train.layer_decay`` (unless ``layer_decay`` is off: it is for
+    fine-tuning) each layer of the model gets its own decayed rate."""
     if layer_decay and cfg.layer_decay is not None:
-        from medconvnext.engine.warm_start import layer_decay_groups  # imports the model families; only when used
-
         groups = layer_decay_groups(model, cfg.weight_decay, cfg.lr, cfg.layer_decay)
     else:
         groups = param_groups(model, cfg.weight_decay)

@@ -29,7 +29,7 @@ from medconvnext.data.datalist import Case, Datalist, case_id_from_path, is_imag
 from medconvnext.data.dataset import make_dataset
 from medconvnext.data.fingerprint import compute_fingerprint, plan_preprocessing
 from medconvnext.data.pipeline import PreprocessingPipeline
-from medconvnext.data.preprocessing import Preprocessing
+from medconvnext.data.preprocessing import PreprocessingPlan
 from medconvnext.data.validate import require_valid, validate_datalist
 from medconvnext.engine import distributed as dist
 from medconvnext.engine.checkpoint import atomic_write, save_checkpoint, unwrap_model
@@ -58,7 +58,7 @@ from medconvnext.reports.plots import matplotlib_available
 from medconvnext.rundir import RunDir, RunLock
 
 ENCODER = "encoder"  # checkpoint_encoder.safetensors
-OPTIONS_FILE = "pretrain.json"
+OPTIONS_FILE = RunDir.pretrain_options.name
 
 
 @dataclass
@@ -174,7 +174,7 @@ def _resume_pretrain(run: RunDir, epochs: int | None, callbacks: Any) -> Pretrai
         if dist.is_main():
             save_config(config, run.config)
     state = load_training_state(run.training_state()) if run.training_state().is_file() else None
-    plan = Preprocessing.from_dict(record["preprocessing"])
+    plan = PreprocessingPlan.from_dict(record["preprocessing"])
     return _fit(config, run, cases, plan, options, device, callbacks, state)
 
 
@@ -184,7 +184,7 @@ def _as_datalist(cases: list[Case], source: str) -> Datalist:
     return Datalist(cases, [], source)
 
 
-def _plan(config: Config, run: RunDir, n_scans: int, plan: Preprocessing, options: PretrainOptions,
+def _plan(config: Config, run: RunDir, n_scans: int, plan: PreprocessingPlan, options: PretrainOptions,
           fcmae: nn.Module, device: torch.device, steps: int, start: int) -> dict[str, Any]:
     """What the pretraining is about to do: :func:`medconvnext.engine.setup.schedule_plan` of the encoder, the
     scans (``split``, unlabelled) and ``masking``."""
@@ -201,7 +201,7 @@ def _plan(config: Config, run: RunDir, n_scans: int, plan: Preprocessing, option
 FCMAE_RECIPE = LoopRecipe(betas=(0.9, 0.95), layer_decay=False, ema=False, compile=False, sync_batchnorm=False)
 
 
-def _fit(config: Config, run: RunDir, cases: list[Case], plan: Preprocessing, options: PretrainOptions,
+def _fit(config: Config, run: RunDir, cases: list[Case], plan: PreprocessingPlan, options: PretrainOptions,
          device: torch.device, callbacks: Any, state: dict[str, Any] | None) -> PretrainResult:
     """Build the FCMAE model, its data and the loop (a :class:`ReconstructionStep`), restore ``state`` when
     resuming, and run the remaining epochs."""
@@ -231,7 +231,7 @@ def _fit(config: Config, run: RunDir, cases: list[Case], plan: Preprocessing, op
             "environment": environment_info()}
     run_epochs(loop, loader, range(start, cfg.epochs + 1), _PretrainHooks(run, cfg.seed, loader, meta, callbacks))
     if dist.is_main():
-        _save_reconstructions(fcmae, records, plan, run.root / "reconstructions.png", device)
+        _save_reconstructions(fcmae, records, plan, run.reconstructions, device)
         set_state(run.root, "complete")
     dist.barrier()
     return PretrainResult(run.root, loop.history)
@@ -271,7 +271,7 @@ class _PretrainHooks(EpochHooks):
 
 
 @torch.no_grad()
-def _save_reconstructions(model: FCMAE3d, records: list[dict], plan: Preprocessing, path: Path,
+def _save_reconstructions(model: FCMAE3d, records: list[dict], plan: PreprocessingPlan, path: Path,
                           device: torch.device, cases: int = 4) -> None:
     """Middle slices of masked inputs, reconstructions (visible units kept) and targets of a few cases."""
     if not matplotlib_available():

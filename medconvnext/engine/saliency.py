@@ -32,11 +32,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medconvnext.choices import CamMethod, choices
 from medconvnext.engine.inference import FoldEnsemble, ImagePaths, Predictor, _pad_to
 from medconvnext.errors import UserError
 from medconvnext.fileio import record
 
-CAM_METHODS = ("gradcam", "occlusion")
+CAM_METHODS = choices(CamMethod)
 
 
 @dataclass

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from medconvnext.data.inputs import resolve_prediction_inputs
-from medconvnext.data.leakage import LeakageReport, audit_run, enforce
-from medconvnext.data.validate import require_valid
+from medconvnext.engine.gate import predict_cases
 from medconvnext.engine.inference import FoldEnsemble, save_window_map
 from medconvnext.engine.saliency import CAM_METHODS, ensemble_saliency, save_saliency
 from medconvnext.errors import UserError
@@ -31,7 +30,6 @@ from medconvnext.results.calibration import (
     ensemble_operating_point,
     load_calibration,
 )
-from medconvnext.results.table import require_finite
 from medconvnext.rundir import RunDir, check_output, check_writable
 
 Log = Callable[[str], None]
@@ -95,39 +93,26 @@ def predict_scans(
     for folder, suffix, option in ((window_map, "_windows.nii.gz", "--window-map"), (cam, "_cam.nii.gz", "--cam")):
         if folder is not None:  # before any work: a map never replaces a file medconvnext did not write
             _check_map_folder(Path(folder), unique_names(cases, suffix), overwrite, option)
-    require_valid(cases)  # the checks of data check/train: a NaN or blank scan is refused, not predicted
-    report = LeakageReport()
-    for path in models:
-        if RunDir(path).splits.is_file():  # a checkpoint alone does not say what it was trained on
-            found = audit_run(path, [case.images[0] for case in cases], eval_side="predicted")
-            if len(models) > 1:  # name the run each training case belongs to
-                found.findings = [replace(f, run=path.name) for f in found.findings]
-            report = report.merge(found)
-    enforce(report, "error" if strict else "warn")
-    ensemble = FoldEnsemble.load_many(models, device=device, tta=tta)
-    label = ", ".join(str(m) for m in models)  # what predicts, in messages
-    ensemble.set_inference(**(inference or {}))
+
+    def check(ensemble: FoldEnsemble) -> tuple[Calibration | None, bool, float | None]:
+        """The options that need the loaded models, before any prediction or write."""
+        _check_models(ensemble, models, cam, cam_class, window_map)
+        log(f"{', '.join(str(m) for m in models)}: {ensemble.describe()}, {len(cases)} scan(s)")
+        # a calibration is fitted for one run's models, not for an ensemble of runs
+        if len(models) == 1:
+            calibration, with_tta = run_calibration(models[0], calibrate, threshold, ensemble.class_names, log, tta)
+        else:
+            calibration, with_tta = ensemble_calibration(models, threshold, ensemble.class_names, log, tta)
+        cut = resolve_threshold(threshold, calibration, ensemble.class_names, log, calibrated=calibrate is not False)
+        if tta and threshold == "auto" and not with_tta:  # a run without TTA held-out predictions
+            log(f"note: {TTA_THRESHOLD_NOTE}; {TTA_CALIBRATION_HINT}")
+        return calibration, with_tta, cut
+
+    gated = predict_cases(cases, models, device=device, tta=tta, inference=inference,
+                          leakage="error" if strict else "warn", eval_side="predicted", check=check)
+    ensemble, results, probs = gated.ensemble, gated.results, gated.probs
     names = ensemble.class_names
-    if cam_class is not None and cam_class not in names:
-        raise UserError(f"--cam-class {cam_class!r}: unknown class (classes: {', '.join(names)})")
-    if cam is not None and any(is_mil(member.model) for member in ensemble.members):
-        raise UserError(f"--cam: {label} is a multiple-instance model (train.patches=mil), whose map is the "
-                        "attention per window: pass --window-map instead")
-    if window_map is not None and ensemble.is_ensemble:
-        raise UserError(f"--window-map: {label} is an ensemble of {len(ensemble.members)} models whose grids "
-                        "differ; pass one run, or one fold's directory (e.g. RUN/fold_0), to --model")
-    log(f"{label}: {ensemble.describe()}, {len(cases)} scan(s)")
-    # checked before any work or write; a calibration is fitted for one run's models, not for an ensemble of runs
-    if len(models) == 1:
-        calibration, with_tta = run_calibration(models[0], calibrate, threshold, names, log, tta)
-    else:
-        calibration, with_tta = ensemble_calibration(models, threshold, names, log, tta)
-    cut = resolve_threshold(threshold, calibration, names, log, calibrated=calibrate is not False)
-    if tta and threshold == "auto" and not with_tta:  # a run without TTA held-out predictions
-        log(f"note: {TTA_THRESHOLD_NOTE}; {TTA_CALIBRATION_HINT}")
-    results = [ensemble.predict_case(case.images) for case in cases]
-    probs = np.stack([r.probabilities for r in results])
-    require_finite([case.image for case in cases], probs)
+    calibration, _, cut = gated.checked
     temperature = None
     if (calibration is not None and calibrate is not False and len(models) == 1  # an ensemble's is T = 1
             and calibration.temperature_applied):
@@ -140,6 +125,21 @@ def predict_scans(
     labels = [case.label or "" for case in cases] if any(case.label for case in cases) else None
     return ScanPredictions([case.image for case in cases], labels, probs, names, cut, temperature,
                            ensemble.describe())
+
+
+def _check_models(ensemble: FoldEnsemble, models: list[Path], cam: Path | None, cam_class: str | None,
+                  window_map: Path | None) -> None:
+    """The map options against the loaded models (UserError): a known class, no CAM of a MIL model, one grid."""
+    label = ", ".join(str(m) for m in models)  # what predicts, in messages
+    names = ensemble.class_names
+    if cam_class is not None and cam_class not in names:
+        raise UserError(f"--cam-class {cam_class!r}: unknown class (classes: {', '.join(names)})")
+    if cam is not None and any(is_mil(member.model) for member in ensemble.members):
+        raise UserError(f"--cam: {label} is a multiple-instance model (train.patches=mil), whose map is the "
+                        "attention per window: pass --window-map instead")
+    if window_map is not None and ensemble.is_ensemble:
+        raise UserError(f"--window-map: {label} is an ensemble of {len(ensemble.members)} models whose grids "
+                        "differ; pass one run, or one fold's directory (e.g. RUN/fold_0), to --model")
 
 
 def run_calibration(model: Path, calibrate: bool | None, threshold: str | None, names: list[str],

@@ -27,13 +27,11 @@ from medconvnext.config import Config, TrainConfig, load_config, load_yaml, save
 from medconvnext.data.datalist import Case, Datalist, load_datalist
 from medconvnext.data.dataset import check_disk_cache, check_memory_cache
 from medconvnext.data.fingerprint import compute_fingerprint, plan_preprocessing
-from medconvnext.data.patches import PATCH_MODES
-from medconvnext.data.preprocessing import Preprocessing
+from medconvnext.data.preprocessing import PreprocessingPlan
 from medconvnext.data.splits import Split, train_val_split
 from medconvnext.data.validate import require_valid, validate_datalist
 from medconvnext.engine import distributed as dist
 from medconvnext.engine.devices import resolve_device
-from medconvnext.engine.feeding import check_data_options
 from medconvnext.engine.mil import check_mil, check_mil_input, mil_encoder
 from medconvnext.engine.model_setup import (
     _seeded_model,
@@ -49,11 +47,9 @@ from medconvnext.fileio import start_manifest, write_json
 from medconvnext.models import get_entry
 from medconvnext.rundir import RunDir
 
-__all__ = ["BALANCE_MODES", "SELECT_MODES", "RunSetup", "audit_training_split", "prepare_resume", "prepare_training",
+__all__ = ["RunSetup", "audit_training_split", "prepare_resume", "prepare_training",
            "run_plan"]
 
-BALANCE_MODES = ("none", "weights", "sampler")
-SELECT_MODES = ("val_auc", "last")
 
 
 @dataclass
@@ -64,7 +60,7 @@ class RunSetup:
     run: RunDir
     datalist: Datalist
     split: Split
-    plan: Preprocessing
+    plan: PreprocessingPlan
     device: torch.device
     model: nn.Module  # seeded with train.seed; not yet on the device
     state: dict[str, Any] | None = None  # the training state to continue from (resume), else None
@@ -85,7 +81,6 @@ def prepare_training(
         raise UserError("data.path is not set: pass --data DIR")
     check_recipe(config.train)
     check_mil_input(config)
-    check_data_options(config.data)
     check_init(config)
     run = RunDir(Path(out))
     if os.environ.get("RANK", "0") == "0":  # (no process group yet) only rank 0 creates the folder: a later rank
@@ -126,7 +121,7 @@ def prepare_training(
 
 
 def training_plan(config: Config, datalist: Datalist, min_input_size: Sequence[int], split: Split | None = None
-                  ) -> Preprocessing:
+                  ) -> PreprocessingPlan:
     """The preprocessing ``train`` plans (:func:`~medconvnext.data.fingerprint.plan_preprocessing`) from the
     training cases of ``split``; default: the split ``train`` draws (the data's split column, or the hold-out of
     ``data.val_fraction`` seeded by ``train.seed``). Raises UserError when no split can be drawn."""
@@ -164,7 +159,7 @@ def prepare_resume(run_dir: str | Path, epochs: int | None, device: str | None) 
     used = {*split.train, *split.val}  # a scan replaced since the run started is checked again (cache by content)
     require_valid([c for c in datalist.cases if c.case_id in used], "; the run's data changed since it started")
     torch_device = setup_device(config.train.device)
-    plan = Preprocessing.from_dict(dataset["preprocessing"])
+    plan = PreprocessingPlan.from_dict(dataset["preprocessing"])
     state = load_training_state(run.training_state()) if run.training_state().is_file() else None
     done = 0 if state is None else int(state["epoch"])
     # fewer epochs than run, or stopping an unfinished run where it stands: refused before the config is rewritten
@@ -192,7 +187,6 @@ def check_training_config(config: Config, datalist: Datalist, train_cases: Seque
     is set up (``cv``). Raises UserError naming the field."""
     check_recipe(config.train)
     check_mil_input(config)
-    check_data_options(config.data)
     check_init(config)
     try:
         get_entry(config.model.name)
@@ -216,7 +210,7 @@ def setup_device(name: str) -> torch.device:
 
 
 def _write_run_files(
-    run: RunDir, config: Config, datalist: Datalist, split: Split, plan: Preprocessing, skipped: list[str]
+    run: RunDir, config: Config, datalist: Datalist, split: Split, plan: PreprocessingPlan, skipped: list[str]
 ) -> None:
     save_config(config, run.config)
     dataset = {
@@ -248,7 +242,7 @@ def run_plan(setup: RunSetup, model: nn.Module, steps_per_epoch: int, start_epoc
     return {**plan, "split": counts, "config": dataclasses.asdict(config)}
 
 
-def schedule_plan(run: RunDir, config: Config, plan: Preprocessing, model: nn.Module, device: torch.device,
+def schedule_plan(run: RunDir, config: Config, plan: PreprocessingPlan, model: nn.Module, device: torch.device,
                   steps_per_epoch: int, start_epoch: int) -> dict[str, Any]:
     """The part of a plan that training and pretraining share: ``run_dir``; ``plan`` (spacing mm (x, y, z),
     input_size voxels, intensity, orientation); ``model`` (name, parameters); ``device``, ``amp``, ``epochs``,
@@ -273,11 +267,9 @@ def audit_training_split(
 ) -> None:
     """Leakage audit of a split (or of cross-validation folds) as ``data.leakage`` says: warn (once, on the
     first process), error (UserError in every process) or off. Runs before any process group exists."""
-    from medconvnext.data.leakage import LEAKAGE_MODES, audit_folds, audit_split, enforce
+    from medconvnext.data.leakage import audit_folds, audit_split, enforce
 
     mode = config.data.leakage
-    if mode not in LEAKAGE_MODES:
-        raise UserError(f"data.leakage must be one of {', '.join(LEAKAGE_MODES)}, got {mode!r}")
     if mode == "off" or (mode == "warn" and os.environ.get("RANK", "0") != "0"):
         return
     if isinstance(split, Split):
@@ -304,30 +296,14 @@ def check_split(split: Split, datalist: Datalist) -> None:
 
 
 def check_recipe(cfg: TrainConfig) -> None:
-    """Field-naming user errors for the recipe options."""
-    if cfg.balance not in BALANCE_MODES:
-        raise UserError(f"train.balance must be one of {', '.join(BALANCE_MODES)}, got {cfg.balance!r}")
-    if cfg.patches not in PATCH_MODES:
-        raise UserError(f"train.patches must be one of {', '.join(PATCH_MODES)}, got {cfg.patches!r}")
+    """The recipe's rules that one field's choice or range cannot say (those are :meth:`Config.validate`'s): the
+    environment (tensorboard installed, no sampler under torchrun) and the MIL options together.
+
+    Raises:
+        UserError: naming the field.
+    """
     if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:  # before the run folder is written
         raise UserError("train.tensorboard: tensorboard is not installed (pip install tensorboard)")
-    if cfg.select not in SELECT_MODES:
-        raise UserError(f"train.select must be one of {', '.join(SELECT_MODES)}, got {cfg.select!r}")
-    if cfg.layer_decay is not None and not 0.0 < cfg.layer_decay <= 1.0:
-        raise UserError(f"train.layer_decay must be in (0, 1], got {cfg.layer_decay}")
-    if cfg.accumulate < 1:
-        raise UserError(f"train.accumulate must be >= 1, got {cfg.accumulate}")
-    if not 0.0 <= cfg.label_smoothing < 1.0:
-        raise UserError(f"train.label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
-    for name in ("mixup", "cutmix"):
-        if getattr(cfg, name) < 0:
-            raise UserError(f"train.{name} (a Beta alpha) must be >= 0, got {getattr(cfg, name)}")
-    if not 0.0 <= cfg.mix_prob <= 1.0:
-        raise UserError(f"train.mix_prob must be in [0, 1], got {cfg.mix_prob}")
-    if not 0.0 <= cfg.ema_decay < 1.0:
-        raise UserError(f"train.ema_decay must be in [0, 1), got {cfg.ema_decay}")
-    if cfg.ema_bn_batches < 0:
-        raise UserError(f"train.ema_bn_batches must be >= 0, got {cfg.ema_bn_batches}")
     if cfg.patches == "mil":
         check_mil(cfg)
     if cfg.balance == "sampler" and dist.env_world_size() > 1:

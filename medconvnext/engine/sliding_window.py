@@ -30,10 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medconvnext.choices import Aggregation, choices
 from medconvnext.engine.devices import as_model_input
 from medconvnext.models import model_memory_format
 
-AGGREGATIONS = ("mean", "max", "logit_mean")
 PAD_MODES = ("constant", "reflect", "replicate")
 
 Triple = tuple[int, int, int]
@@ -170,7 +170,7 @@ def _aggregate(logits: torch.Tensor, aggregation: str) -> torch.Tensor:
         return peak / peak.sum()
     if aggregation == "logit_mean":
         return torch.softmax(logits.mean(dim=0), dim=-1)
-    raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {aggregation!r}")
+    raise ValueError(f"aggregation must be one of {', '.join(choices(Aggregation))}, got {aggregation!r}")
 
 
 def sliding_window_classify(
@@ -208,8 +208,8 @@ def sliding_window_classify(
         ValueError: on a bad shape, ``roi_size``, ``overlap``, ``sw_batch_size``, ``aggregation``,
             ``pad_mode``, or when the model does not return (N, K) logits.
     """
-    if aggregation not in AGGREGATIONS:
-        raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {aggregation!r}")
+    if aggregation not in choices(Aggregation):
+        raise ValueError(f"aggregation must be one of {', '.join(choices(Aggregation))}, got {aggregation!r}")
     tiles = _tile(volume, roi_size, overlap, sw_batch_size, pad_mode)
     device = _model_device(model, tiles.volume.device)
     chunks = []

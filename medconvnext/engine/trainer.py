@@ -42,8 +42,6 @@ from medconvnext.engine.optim import param_groups, warmup_cosine
 from medconvnext.engine.provenance import environment_info
 from medconvnext.engine.seeding import seed_everything
 from medconvnext.engine.setup import (
-    BALANCE_MODES,
-    SELECT_MODES,
     RunSetup,
     audit_training_split,
     prepare_resume,
@@ -70,7 +68,7 @@ from medconvnext.rundir import TENSORBOARD, RunDir, RunLock
 __all__ = [
     "SilentCallbacks", "TrainResult", "TrainingCallbacks", "resume", "train",
     # names this module held before the split, still importable from here (new code imports them from their home)
-    "BALANCE_MODES", "SELECT_MODES", "audit_training_split", "evaluate", "evaluate_run", "param_groups",
+    "audit_training_split", "evaluate", "evaluate_run", "param_groups",
     "predict_loader", "run_plan", "seed_everything", "warmup_cosine",
 ]
 

@@ -19,7 +19,6 @@ from medconvnext.data.transforms import augmentation_transforms
 from medconvnext.engine import distributed as dist
 from medconvnext.engine.ema import has_batchnorm
 from medconvnext.engine.feeding import BatchAugment, loader_options, make_loader, training_loader
-from medconvnext.engine.inference import check_inference
 from medconvnext.engine.setup import RunSetup
 from medconvnext.engine.validation import Tiling
 
@@ -75,7 +74,6 @@ def training_data(setup: RunSetup, generator: torch.Generator) -> TrainingData:
     train_ds = make_dataset(train_records, train_transform, config.data.cache, feed["num_workers"],
                             cache_dir=config.data.cache_dir)
     warm_disk_cache(train_ds, config.data.num_workers)
-    check_inference(config.inference)
     # whole: validate on the training input size; sliding/auto: on the full (uncropped) volumes; a MIL model
     # always pools every window of the full volume
     tiled = config.inference.mode != "whole" or cfg.patches == "mil"

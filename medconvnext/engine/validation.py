@@ -27,7 +27,7 @@ from medconvnext.config import InferenceConfig, load_config
 from medconvnext.data.datalist import Case, load_datalist
 from medconvnext.data.dataset import case_records, make_dataset
 from medconvnext.data.pipeline import PreprocessingPipeline
-from medconvnext.data.preprocessing import Preprocessing
+from medconvnext.data.preprocessing import PreprocessingPlan
 from medconvnext.engine import distributed as dist
 from medconvnext.engine.checkpoint import load_checkpoint
 from medconvnext.engine.devices import as_model_input, autocast, resolve_device
@@ -176,7 +176,7 @@ def evaluate_run(run_dir: str | Path, which: str = "last", device: str = "cpu") 
     """
     run = RunDir(Path(run_dir))
     config = load_config(run.config)
-    plan = Preprocessing.from_dict(json.loads(run.dataset.read_text(encoding="utf-8"))["preprocessing"])
+    plan = PreprocessingPlan.from_dict(json.loads(run.dataset.read_text(encoding="utf-8"))["preprocessing"])
     splits = json.loads(run.splits.read_text(encoding="utf-8"))
     datalist = load_datalist(config.data.path)
     by_id = {c.case_id: c for c in datalist.cases}

@@ -3,7 +3,6 @@
 ``train --init RUN_OR_CHECKPOINT`` loads every tensor of the model except the classification layer
 (``head.*``, which depends on the number of classes) from a medconvnext safetensors checkpoint (no pickle),
 strictly: a missing tensor, an unexpected one or a shape mismatch is a user error naming the first few.
-Also the layer-wise learning-rate decay of fine-tuning (BEiT; ConvNeXt V2's ``optim_factory.py``).
 """
 
 from __future__ import annotations
@@ -14,9 +13,10 @@ from typing import Any
 from torch import nn
 
 from medconvnext.config import yaml_spelling
-from medconvnext.data.preprocessing import Preprocessing
-from medconvnext.engine.checkpoint import load_checkpoint, unwrap_model
+from medconvnext.data.preprocessing import PreprocessingPlan
+from medconvnext.engine.checkpoint import load_checkpoint
 from medconvnext.errors import UserError
+from medconvnext.rundir import RunDir
 
 HEAD_PREFIX = "head."
 
@@ -27,13 +27,13 @@ def init_checkpoint(path: str | Path) -> Path:
     path = Path(path)
     if path.is_file():
         return path
-    for name in ("checkpoint_encoder.safetensors", "checkpoint_best.safetensors"):
-        if (path / name).is_file():
-            return path / name
+    for checkpoint in (RunDir(path).checkpoint("encoder"), RunDir(path).checkpoint("best")):
+        if checkpoint.is_file():
+            return checkpoint
     raise UserError(f"model.init {path}: no checkpoint there (a .safetensors file, or a pretrain/train run folder)")
 
 
-def check_init_compatible(model: nn.Module, plan: Preprocessing, path: str | Path) -> list[str]:
+def check_init_compatible(model: nn.Module, plan: PreprocessingPlan, path: str | Path) -> list[str]:
     """Refuse (UserError) a checkpoint whose tensors do not fit ``model`` or that was trained on another intensity
     scheme than ``plan``'s; returns warnings for a different spacing (> 10 % on an axis) or input size.
 
@@ -45,7 +45,7 @@ def check_init_compatible(model: nn.Module, plan: Preprocessing, path: str | Pat
     _given_tensors(model, checkpoint.state_dict, file, _holds(checkpoint.meta))
     if "preprocessing" not in checkpoint.meta:  # a foreign checkpoint: nothing to compare
         return []
-    theirs = Preprocessing.from_dict(checkpoint.meta["preprocessing"])
+    theirs = PreprocessingPlan.from_dict(checkpoint.meta["preprocessing"])
     if theirs.intensity != plan.intensity:
         raise UserError(f"model.init {file}: its weights were trained on preprocessing.intensity {theirs.intensity!r}, "
                         f"this run plans {plan.intensity!r}; set --set preprocessing.intensity={theirs.intensity}")
@@ -98,44 +98,3 @@ def load_3d_weights(model: nn.Module, path: str | Path) -> dict[str, Any]:
     model.load_state_dict(given, strict=False)
     return {"path": str(file), "loaded": len(given), "not_loaded": sorted(k for k in model.state_dict()
                                                                           if k.startswith(HEAD_PREFIX))}
-
-
-def convnext_layer_id(name: str, depths: list[int]) -> int:
-    """Depth index of a ConvNeXt parameter: stem 0, blocks 1..sum(depths) in order (a downsampling layer
-    with the first block of its stage), the head sum(depths) + 1."""
-    parts = name.split(".")
-    if parts[0] in ("pre_stem", "stem"):
-        return 0
-    if parts[0] == "downsample":
-        return 1 + sum(depths[: int(parts[1]) + 1])
-    if parts[0] == "stages":
-        stage, block = int(parts[1]), int(parts[2])
-        return 1 + sum(depths[:stage]) + block
-    return sum(depths) + 1
-
-
-def layer_decay_groups(model: nn.Module, weight_decay: float, lr: float, decay: float) -> list[dict[str, Any]]:
-    """AdamW groups with lr × decay^(head depth − layer depth): the head at ``lr``, the stem the lowest;
-    no weight decay on 1-D parameters (biases, norms, layer scales), as in :func:`param_groups`.
-
-    Raises:
-        UserError: ``decay`` outside (0, 1], or a model that is not a ConvNeXt (its depth is not defined here).
-    """
-    from medconvnext.models.convnext import ConvNeXt3d
-
-    if not 0.0 < decay <= 1.0:
-        raise UserError(f"train.layer_decay must be in (0, 1], got {decay}")
-    plain = unwrap_model(model)
-    if not isinstance(plain, ConvNeXt3d):
-        raise UserError("train.layer_decay: supported for ConvNeXt models only")
-    depths = [len(stage) for stage in plain.stages]
-    top = sum(depths) + 1
-    groups: dict[tuple[int, bool], dict[str, Any]] = {}
-    for name, param in plain.named_parameters():
-        if not param.requires_grad:
-            continue
-        layer, no_decay = convnext_layer_id(name, depths), param.ndim <= 1
-        group = groups.setdefault((layer, no_decay), {
-            "params": [], "weight_decay": 0.0 if no_decay else weight_decay, "lr": lr * decay ** (top - layer)})
-        group["params"].append(param)
-    return list(groups.values())

@@ -10,9 +10,10 @@ from medconvnext.models._memory import (
     model_memory_format,
     preferred_memory_format,
 )
-from medconvnext.models._registry import ModelEntry, create_model, get_entry, list_models, register_model
+from medconvnext.models._registry import ModelEntry, get_entry, list_models, register_model
 from medconvnext.models.convmixer import ConvMixer3d
 from medconvnext.models.convnext import ConvNeXt3d
+from medconvnext.models.factory import create_model
 from medconvnext.models.inflate import InflationReport, load_2d_weights, load_2d_weights_file
 from medconvnext.models.info import model_info
 from medconvnext.models.resnext import ResNeXt3d

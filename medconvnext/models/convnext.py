@@ -20,6 +20,7 @@ from medconvnext.layers.norm import NORMS
 from medconvnext.layers.shapes import Triple
 from medconvnext.models._dwconv import DepthwiseConv3d
 from medconvnext.models._registry import register_model
+from medconvnext.models.layer_ids import StagedLayerIds
 
 IntOr3 = int | Sequence[int]
 
@@ -106,8 +107,8 @@ def _check_pre_stem(channels: object, norm: object, stride: object) -> None:
         raise ValueError("stem_conv_norm and stem_conv_stride set the pre-stem: they need stem_conv_channels > 0")
 
 
-class ConvNeXt3d(nn.Module):
-    """3D ConvNeXt classifier for (N, C, D, H, W) volumes."""
+class ConvNeXt3d(StagedLayerIds, nn.Module):
+    """3D ConvNeXt classifier for (N, C, D, H, W) volumes; numbers its layers for layer decay (StagedLayerIds)."""
 
     def __init__(
         self,

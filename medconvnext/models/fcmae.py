@@ -23,12 +23,13 @@ AdrenalMNIST3D); the log loss keeps a large gradient on the foreground voxels th
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medconvnext.choices import ReconstructionLoss, choices
 from medconvnext.layers import LayerNorm3d, as_triple
 from medconvnext.layers.shapes import Triple
 from medconvnext.models.convnext import ConvNeXt3d, ConvNeXtBlock, MixerBlock
@@ -144,9 +145,6 @@ def patchify(x: torch.Tensor, unit: Triple) -> torch.Tensor:
     return x.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(n, (d // ud) * (h // uh) * (w // uw), c * ud * uh * uw)
 
 
-ReconstructionLoss = Literal["mse", "bce"]
-
-
 def masked_patch_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
                       loss: ReconstructionLoss = "mse") -> torch.Tensor:
     """Loss per unit, averaged over masked units only; pred/target (N, L, P), mask (N, L).
@@ -205,8 +203,8 @@ class FCMAE3d(nn.Module):
             raise ValueError(f"mask_unit {self.mask_unit} must be a multiple of the stem stride {stem}")
         if not 0.0 < mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
-        if loss not in ("mse", "bce"):
-            raise ValueError(f"loss must be 'mse' or 'bce', got {loss!r}")
+        if loss not in choices(ReconstructionLoss):
+            raise ValueError(f"loss must be {' or '.join(map(repr, choices(ReconstructionLoss)))}, got {loss!r}")
         if loss == "bce" and norm_target:
             raise ValueError("loss 'bce' reconstructs probabilities; it cannot be combined with norm_target")
         self.mask_ratio = mask_ratio

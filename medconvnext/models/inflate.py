@@ -33,9 +33,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from medconvnext.choices import Init2dMode, choices
 from medconvnext.errors import UserError
-
-MODES = ("center", "mean")
 
 _TIMM_RULES = [
     (r"^stem\.([01])\.(weight|bias)$", lambda m: f"stem.{m[1]}.{m[2]}"),
@@ -112,8 +111,8 @@ def rename_2d_keys(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch
 
 def inflate_kernel(weight: torch.Tensor, depth: int, mode: str) -> torch.Tensor:
     """(O, I, kh, kw) -> (O, I, depth, kh, kw) by ``mode`` ("center" or "mean")."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode not in choices(Init2dMode):
+        raise ValueError(f"mode must be one of {choices(Init2dMode)}, got {mode!r}")
     if mode == "mean":
         return weight.unsqueeze(2).repeat(1, 1, depth, 1, 1) / depth
     out = weight.new_zeros(weight.shape[:2] + (depth,) + weight.shape[2:])
@@ -139,8 +138,8 @@ def load_2d_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], mode:
     in-plane kernel sizes); a mismatch raises ValueError naming the parameter, as does a model with
     ``stem_conv_channels`` (the 2D stem was trained on image channels, not on a convolution's outputs).
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode not in choices(Init2dMode):
+        raise ValueError(f"mode must be one of {choices(Init2dMode)}, got {mode!r}")
     if not isinstance(getattr(model, "pre_stem", nn.Identity()), nn.Identity):
         raise ValueError("2D weights need the stem to read the image; stem_conv_channels puts a convolution before it")
     state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}

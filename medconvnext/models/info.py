@@ -9,7 +9,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from medconvnext.layers import as_triple
-from medconvnext.models._registry import create_model, get_entry
+from medconvnext.models._registry import get_entry
+from medconvnext.models.factory import create_model
 
 
 def model_info(

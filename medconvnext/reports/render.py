@@ -20,19 +20,20 @@ from medconvnext.reports.training_log import read_training_log
 from medconvnext.results.calibration import apply_temperature
 from medconvnext.results.metrics import SCALAR_METRICS, ci_text
 from medconvnext.results.table import TEST_FOLD, Predictions
+from medconvnext.rundir import RunDir
 
 __all__ = ["write_report", "REPORT_FILES"]
 
-# File names inside the run directory (kept in one place for rundir.py to adopt).
+# The report's files by role; their names are RunDir's (medconvnext.rundir owns every run-file name)
 REPORT_FILES = {
-    "markdown": "report.md",
-    "html": "report.html",
-    "roc": "roc.png",
-    "pr": "pr.png",
-    "confusion": "confusion.png",
-    "calibration": "calibration.png",
-    "curves": "curves.png",
-    "recalibration": "calibration_before_after.png",
+    "markdown": RunDir.report_markdown.name,
+    "html": RunDir.report_html.name,
+    "roc": RunDir.roc_plot.name,
+    "pr": RunDir.pr_plot.name,
+    "confusion": RunDir.confusion_plot.name,
+    "calibration": RunDir.calibration_plot.name,
+    "curves": RunDir.curves_plot.name,
+    "recalibration": RunDir.recalibration_plot.name,
 }
 
 METRIC_LABELS = {
