@@ -115,3 +115,34 @@ def test_maps_invert_the_crop_and_resampling_onto_the_scan(tmp_path):
     outside = restored[0].clone()
     outside[tuple(slice(a, b) for a, b in box)] = 0
     assert float(outside.abs().max()) < 1e-6  # nothing outside the crop
+
+
+def test_crop_transform_crops_to_the_foreground_box_and_inverts():
+    from monai.data import MetaTensor
+
+    from medconvnext.data.foreground import CropToForegroundd
+
+    phantom = chest_ct(SHAPE, SPACING, nodule=False, seed=1)
+    image = MetaTensor(torch.from_numpy(phantom.hu.astype(np.float32))[None], affine=torch.eye(4))
+    box = foreground_box(phantom.hu, "body")
+    crop = CropToForegroundd("image", "body")
+    cropped = crop({"image": image})["image"]
+    assert tuple(cropped.shape[1:]) == tuple(b - a for a, b in box)
+    assert torch.equal(cropped.as_tensor()[0], image.as_tensor()[0][tuple(slice(a, b) for a, b in box)])
+    restored = crop.inverse({"image": cropped})["image"]
+    assert restored.shape == image.shape  # padded back onto the scan's grid
+    with pytest.raises(ValueError, match="crop must be one of"):
+        CropToForegroundd("image", "lungs")
+
+
+def test_nifti_arrays_become_c_order_float32_with_the_same_values():
+    from medconvnext.data.readers import c_order_float32
+
+    fortran = np.asfortranarray(np.arange(5 * 6 * 7, dtype=np.int16).reshape(5, 6, 7) - 100)
+    out = c_order_float32(fortran)
+    assert out.dtype == np.float32 and out.flags.c_contiguous
+    np.testing.assert_array_equal(out, fortran.astype(np.float32))
+    swapped = fortran.astype(">i2", order="F")  # big-endian: torch cannot view it, so numpy's path keeps it
+    assert c_order_float32(swapped) is swapped
+    c_order = np.zeros((2, 3, 4), np.int16)
+    assert c_order_float32(c_order) is c_order

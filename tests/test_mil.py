@@ -19,7 +19,7 @@ from test_resume import metrics
 from typer.testing import CliRunner
 
 from medconvnext.cli.main import app
-from medconvnext.data.patches import RandBagCropd
+from medconvnext.data.patches import RandBagCropd, cover_starts
 from medconvnext.data.synthetic import chest_ct, save_phantom
 from medconvnext.engine.checkpoint import load_checkpoint
 from medconvnext.engine.inference import Predictor
@@ -81,6 +81,21 @@ def test_a_bag_holds_foreground_patches_of_one_volume():
     assert all(p.sum() > 0 for p in patches)  # every patch centred on the blob contains it
     again = RandBagCropd(["image"], (12, 12, 12), bag_size=6, foreground_share=1.0).set_random_state(seed=0)
     assert torch.equal(again({"image": volume})["image"], patches)
+
+
+def test_a_bag_as_large_as_the_grid_covers_every_voxel_of_the_volume():
+    assert cover_starts((40, 40, 12), (12, 12, 12)) == [(a, b, 0) for a in (0, 9, 19, 28) for b in (0, 9, 19, 28)]
+    volume = torch.randn(1, 30, 26, 12)
+    bag = RandBagCropd(["image"], (12, 12, 12), bag_size=len(cover_starts((30, 26, 12), (12, 12, 12))),
+                       foreground_share=0.5).set_random_state(seed=3)
+    seen = torch.zeros(30, 26, 12, dtype=torch.bool)
+    for start in bag.tile_starts(volume):
+        seen[tuple(slice(s, s + 12) for s in start)] = True
+    assert seen.all()  # a finding anywhere is in the bag
+    smaller = RandBagCropd(["image"], (12, 12, 12), bag_size=4, foreground_share=0.0).set_random_state(seed=3)
+    assert len(set(smaller.tile_starts(volume))) == 4  # drawn without replacement
+    with pytest.raises(ValueError, match="smaller than the patch"):
+        bag.tile_starts(torch.zeros(1, 8, 26, 12))
 
 
 def _phantoms(root: Path, count: int = 6) -> Path:

@@ -13,14 +13,15 @@ so that the model's input covers the anatomy and not the air or padding around i
 - ``nonzero`` (MRI, generic): voxels that differ from zero in any channel (skull-stripped or masked MRI, padding).
 - ``none``: the whole scan.
 
-The box is what :class:`monai.transforms.CropForegroundd` crops to (its inverse puts maps back on the scan); the
-body mask is where CT intensity statistics are sampled (not the air around the patient).
+The box is what :class:`CropToForegroundd` (MONAI's ``CropForegroundd``) crops to (its inverse puts maps back on
+the scan); the body mask is where CT intensity statistics are sampled (not the air around the patient).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+from monai import transforms as mt
 from scipy import ndimage
 
 from medconvnext.choices import Crop, choices
@@ -98,22 +99,34 @@ def foreground_box(volume: np.ndarray, mode: str) -> tuple[tuple[int, int], ...]
     return tuple(box)
 
 
-class BoxSelect:
-    """A ``select_fn`` for :class:`monai.transforms.CropForegroundd`: True inside :func:`foreground_box`.
+class CropToForegroundd(mt.CropForegroundd):
+    """Crop ``keys`` to :func:`foreground_box` of the source image, invertibly (MONAI records the crop, so
+    ``Invertd`` puts maps back on the scan).
 
-    MONAI takes the bounding box of what ``select_fn`` marks; marking the box itself lets the box come from the
-    subsampled body mask (fast on a full-size CT) while MONAI still records the crop for its inverse. A class, not
-    a closure, so that loader and cache worker processes can pickle it.
+    MONAI's ``CropForegroundd`` computes the box of a ``select_fn`` mask over every voxel (about a second on a
+    512 x 512 x 300 CT); here the box comes straight from the subsampled body mask, and MONAI's crop and inverse are
+    reused unchanged. Image (C, X, Y, Z), box in voxels.
+
+    Raises:
+        ValueError: an unknown mode.
     """
 
-    def __init__(self, mode: str) -> None:
+    def __init__(self, keys: str, mode: str) -> None:
         if mode not in CROPS:
             raise ValueError(f"crop must be one of {', '.join(CROPS)}, got {mode!r}")
+        super().__init__(keys, source_key=keys, allow_smaller=True, start_coord_key=None, end_coord_key=None)
+        self.cropper = _BoxCropper(mode, allow_smaller=True)
+
+
+class _BoxCropper(mt.CropForeground):
+    """MONAI's foreground cropper with the box from :func:`foreground_box` (a class, not a closure, so that loader
+    and cache worker processes can pickle it)."""
+
+    def __init__(self, mode: str, allow_smaller: bool) -> None:
+        super().__init__(allow_smaller=allow_smaller)
         self.mode = mode
 
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    def compute_bounding_box(self, img: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        array = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
         box = foreground_box(array, self.mode)
-        mask = torch.zeros((1, *array.shape[1:]), dtype=torch.bool)
-        mask[(slice(None), *(slice(a, b) for a, b in box))] = True
-        return mask
+        return np.array([a for a, _ in box]), np.array([b for _, b in box])

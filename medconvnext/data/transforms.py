@@ -13,7 +13,7 @@ from monai.data import MetaTensor
 
 from medconvnext.choices import Augment, choices
 from medconvnext.data.capture import library_output, report
-from medconvnext.data.foreground import BoxSelect
+from medconvnext.data.foreground import CropToForegroundd
 from medconvnext.data.preprocessing import PreprocessingPlan
 from medconvnext.data.readers import image_readers, reader_for
 
@@ -64,8 +64,7 @@ def geometry_transforms(pre: PreprocessingPlan) -> list[mt.Transform]:
     reads only the foreground box) and resample to ``pre.spacing`` (mm)."""
     crop = []
     if pre.crop != "none":
-        crop = [mt.CropForegroundd(IMAGE, source_key=IMAGE, select_fn=BoxSelect(pre.crop), allow_smaller=True,
-                                   start_coord_key=None, end_coord_key=None)]
+        crop = [CropToForegroundd(IMAGE, pre.crop)]
     return [
         mt.Orientationd(IMAGE, axcodes=pre.orientation, labels=None),
         *crop,
