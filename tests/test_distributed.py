@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from test_resume import TINY
 
 from medconvnext.engine.inference import Predictor
-from medconvnext.engine.validation import evaluate_run
+from medconvnext.engine.validation import validate_run
 from medconvnext.results.table import read_predictions
 
 TORCHRUN = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
@@ -33,7 +33,7 @@ def test_two_process_gloo_run_matches_single_process_evaluation(csv_dataset, tmp
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
     assert not list(run.glob("*.tmp"))
-    single = evaluate_run(run, "last")
+    single = validate_run(run, "last")
     splits = json.loads((run / "splits.json").read_text(encoding="utf-8"))
     assert sorted(single["case_ids"]) == sorted(splits["val"])
     assert abs(single["loss"] - records[-1]["val_loss"]) < 1e-5

@@ -24,7 +24,7 @@ from medconvnext.data.synthetic import chest_ct, save_phantom
 from medconvnext.engine.checkpoint import load_checkpoint
 from medconvnext.engine.inference import Predictor
 from medconvnext.engine.sliding_window import sliding_window_mil
-from medconvnext.engine.validation import evaluate_run
+from medconvnext.engine.validation import validate_run
 from medconvnext.models import create_model
 from medconvnext.models.mil import MILClassifier
 
@@ -227,7 +227,7 @@ def test_two_process_gloo_mil_run_matches_single_process_evaluation(tmp_path):
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     logged = metrics(run)[-1]
-    single = evaluate_run(run, "last")
+    single = validate_run(run, "last")
     assert abs(single["loss"] - logged["val_loss"]) < 1e-5
 
 

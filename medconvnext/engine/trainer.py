@@ -51,10 +51,10 @@ from medconvnext.engine.setup import (
 from medconvnext.engine.steps import ClassificationStep, classification_step
 from medconvnext.engine.training_data import TrainingData, training_data
 from medconvnext.engine.validation import (
-    evaluate,
-    evaluate_run,
     is_better,
     predict_loader,
+    validate_loader,
+    validate_run,
     warn_undefined_auc,
     write_val_predictions,
     write_val_predictions_tta,
@@ -68,7 +68,7 @@ from medconvnext.rundir import TENSORBOARD, RunDir, RunLock
 __all__ = [
     "SilentCallbacks", "TrainResult", "TrainingCallbacks", "resume", "train",
     # names this module held before the split, still importable from here (new code imports them from their home)
-    "audit_training_split", "evaluate", "evaluate_run", "param_groups",
+    "audit_training_split", "validate_loader", "validate_run", "param_groups",
     "predict_loader", "run_plan", "seed_everything", "warmup_cosine",
 ]
 
@@ -259,7 +259,7 @@ class _RunHooks(EpochHooks):
             with autocast(loop.device, loop.amp):
                 recompute_batchnorm(loop.eval_model, self._bn_inputs(loop))
         dist.broadcast_buffers(loop.eval_model)  # evaluate with the buffers that rank 0 saves
-        val = evaluate(loop.eval_forward, self.data.val_loader, loop.device, self.cfg.amp,
+        val = validate_loader(loop.eval_forward, self.data.val_loader, loop.device, self.cfg.amp,
                        self.setup.datalist.classes, self.step.loss_fn, self.data.tiling)
         elapsed = time.perf_counter() - stats.started
         record = {

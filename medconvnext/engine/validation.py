@@ -1,8 +1,8 @@
-"""Evaluation of a model on labelled batches: the validation of every epoch, ``evaluate_run`` and the recipe search.
+"""Evaluation of a model on labelled batches: the validation of every epoch, ``validate_run`` and the recipe search.
 
 One path from a loader to metrics: :func:`predict_loader` (logits, labels, case ids; whole volumes or sliding
-windows) -> :func:`evaluate` (gathered over DDP ranks: loss, probabilities, metrics). The epoch's validation in
-``train``, :func:`evaluate_run` (a run's checkpoint on its validation cases, in one process) and
+windows) -> :func:`validate_loader` (gathered over DDP ranks: loss, probabilities, metrics). The epoch's validation in
+``train``, :func:`validate_run` (a run's checkpoint on its validation cases, in one process) and
 ``bench/recipe_search.py`` all go through it. Which epoch is best (:func:`is_better`) is decided here too.
 
 After the last epoch, :func:`write_val_predictions_tta` predicts the validation cases once more with the best
@@ -38,7 +38,7 @@ from medconvnext.results.metrics import classification_metrics
 from medconvnext.results.table import write_prediction_table
 from medconvnext.rundir import RunDir
 
-__all__ = ["Tiling", "evaluate", "evaluate_run", "is_better", "predict_cases_tta", "predict_loader",
+__all__ = ["Tiling", "validate_loader", "validate_run", "is_better", "predict_cases_tta", "predict_loader",
            "warn_undefined_auc", "write_val_predictions", "write_val_predictions_tta"]
 
 # (inference settings, training input size): evaluate uncropped volumes with sliding windows; None = whole volumes
@@ -79,7 +79,7 @@ def predict_loader(
     return {"logits": torch.cat(logits), "labels": torch.cat(labels), "case_ids": ids}
 
 
-def evaluate(
+def validate_loader(
     model: nn.Module,
     loader: Iterable[dict[str, Any]],
     device: torch.device,
@@ -136,7 +136,8 @@ def warn_undefined_auc(val_cases: list, select: str) -> None:
 
 
 def write_val_predictions(path: Path, val: dict[str, Any], class_names: Sequence[str]) -> None:
-    """The prediction table of :func:`evaluate`'s output (case id, label, prediction, one probability per class)."""
+    """The prediction table of :func:`validate_loader`'s output (case id, label, prediction, a probability per
+    class)."""
     labels = [class_names[i] for i in val["labels"].tolist()]
     write_prediction_table(path, val["case_ids"], val["probs"].numpy(), class_names, labels=labels)
 
@@ -167,12 +168,12 @@ def write_val_predictions_tta(run: RunDir, cases: Sequence[Case], class_names: S
     return run.val_predictions_tta
 
 
-def evaluate_run(run_dir: str | Path, which: str = "last", device: str = "cpu") -> dict[str, Any]:
+def validate_run(run_dir: str | Path, which: str = "last", device: str = "cpu") -> dict[str, Any]:
     """Evaluate ``checkpoint_<which>`` of a run on its validation cases, in this one process.
 
     Uses the run's config.yaml (inference settings included), splits.json and preprocessing, so the result
     is comparable to the validation metrics the run logged (e.g. to check a DDP run). Returns
-    :func:`evaluate`'s dict.
+    :func:`validate_loader`'s dict.
     """
     run = RunDir(Path(run_dir))
     config = load_config(run.config)
@@ -191,5 +192,5 @@ def evaluate_run(run_dir: str | Path, which: str = "last", device: str = "cpu") 
     apply_memory_format(model, torch_device, plan.input_size)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.train.label_smoothing)
     tiling = (config.inference, plan.input_size) if tiled else None
-    return evaluate(model, loader, torch_device, config.train.amp, class_names=datalist.classes, loss_fn=loss_fn,
+    return validate_loader(model, loader, torch_device, config.train.amp, class_names=datalist.classes, loss_fn=loss_fn,
                     tiling=tiling)
