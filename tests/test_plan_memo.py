@@ -8,9 +8,12 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
+from typer.testing import CliRunner
 
+from medconvnext.cli.main import app
 from medconvnext.config import PreprocessingConfig
-from medconvnext.data import foreground_memo
+from medconvnext.data import foreground_memo, io, validate
 from medconvnext.data.datalist import Case
 from medconvnext.data.fingerprint import compute_fingerprint, plan_preprocessing, scan_foreground
 from medconvnext.data.synthetic import chest_ct, save_phantom
@@ -119,3 +122,33 @@ def test_a_read_only_memo_folder_costs_reads_not_a_failure(tmp_path, memo):
     second = scan_foreground([cases[0].images], "RAS", "body", True)
     assert memo == ["ct0.nii.gz", "ct0.nii.gz"]
     assert np.array_equal(first.samples[0], second.samples[0])
+
+
+def test_a_second_data_check_reads_no_voxels(tmp_path, memo, monkeypatch):
+    """The gate's results and the plan's foreground scan are both remembered: the second run reads nothing."""
+    (tmp_path / "data").mkdir()
+    cases = _cases(tmp_path / "data", 4)
+    (tmp_path / "data" / "labels.csv").write_text(
+        "image,label\n" + "".join(f"{c.images[0]},{c.label}\n" for c in cases), encoding="utf-8")
+    opener = io.open_image
+
+    def counted_open(path):
+        opened = opener(path)
+
+        def read():
+            memo.append(f"gate:{os.path.basename(str(path))}")
+            return opened.load()
+
+        return io.OpenImage(opened.shape, opened.affine, read)
+
+    monkeypatch.setattr(validate, "open_image", counted_open)
+    command = ["data", "check", "--data", str(tmp_path / "data"), "--config", str(REPO / "configs" / "ct.yaml")]
+    first = CliRunner().invoke(app, command)
+    assert first.exit_code == 0, first.output
+    gate = [r for r in memo if r.startswith("gate:")]
+    plan = [r for r in memo if not r.startswith("gate:")]
+    assert len(gate) == 4 and 0 < len(plan) == len(set(plan))  # cold: each scan, and each training scan
+    memo.clear()
+    second = CliRunner().invoke(app, command)
+    assert second.exit_code == 0 and second.output == first.output
+    assert memo == []
