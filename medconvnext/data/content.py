@@ -23,13 +23,14 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
 from pathlib import Path
 
 from medconvnext.data.io import ImageError
 from medconvnext.fileio import write_json_cache
 
-__all__ = ["DIGEST_NAME", "RACY_SECONDS", "file_digest", "file_digests"]
+__all__ = ["DIGEST_NAME", "RACY_SECONDS", "file_digest", "file_digests", "source_digest"]
 
 DIGEST_NAME = "blake2b-128"
 RACY_SECONDS = 2.0
@@ -43,6 +44,25 @@ _memo: dict[str, tuple[list, str]] = {}  # resolved path -> (stat identity, dige
 def default_memo_dir() -> Path:
     """``$MEDCONVNEXT_CACHE_DIR``, else ``~/.cache/medconvnext`` (the disk cache's folder)."""
     return Path(os.environ.get("MEDCONVNEXT_CACHE_DIR") or Path.home() / ".cache" / "medconvnext").expanduser()
+
+
+@lru_cache(maxsize=8)
+def source_digest(libraries: Sequence[str]) -> str:
+    """BLAKE2b-128 hex digest of the source of :mod:`medconvnext.data` and of the installed versions of
+    ``libraries`` (distribution names, a tuple): part of the key of every memo of what the code computed from a
+    file, so that a change to a reader, a check or a library computes it again. A library that is not installed
+    counts as version ``-``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    digest = hashlib.blake2b(digest_size=16)
+    for source in sorted(Path(__file__).resolve().parent.glob("*.py")):
+        digest.update(source.name.encode() + source.read_bytes())
+    for name in libraries:
+        try:
+            digest.update(f"|{name}={version(name)}".encode())
+        except PackageNotFoundError:
+            digest.update(f"|{name}=-".encode())
+    return digest.hexdigest()
 
 
 def _files(path: Path) -> list[Path]:

@@ -13,6 +13,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -131,25 +132,56 @@ class ForegroundScan:
 
 
 def scan_foreground(images: Sequence[tuple[str, ...]], orientation: str, crop: str, ct_samples: bool,
-                    seed: int = 0) -> ForegroundScan:
-    """Read each case's first image once (one at a time: memory does not grow with the cohort), reoriented as
-    the pipeline does; its foreground box extent (mm) and, with ``ct_samples``, up to ``SAMPLES_PER_CASE``
-    voxels of its body mask."""
+                    seed: int = 0, memo_dir: str | Path | None = None) -> ForegroundScan:
+    """Each case's foreground box extent (mm, in ``orientation``) and, with ``ct_samples``, up to
+    ``SAMPLES_PER_CASE`` voxels of its body mask, from its first image reoriented as the pipeline does.
+
+    A case's result is remembered by the digest of the file's bytes and these settings
+    (:mod:`medconvnext.data.foreground_memo`, in ``memo_dir``, default ``$MEDCONVNEXT_CACHE_DIR`` or
+    ``~/.cache/medconvnext``): a scan planned before is not read again. The others are read one at a time (memory
+    does not grow with the cohort). A case's samples are drawn with a generator seeded by ``seed`` and the file's
+    digest, so they do not depend on which other cases are planned (a ``cv`` fold reuses them).
+
+    Raises:
+        OSError: a first image cannot be read (the validation gate has refused it before a plan is made).
+    """
+    from medconvnext.data import foreground_memo as memo
+    from medconvnext.data.content import default_memo_dir, file_digests
+
+    folder = Path(memo_dir).expanduser() if memo_dir is not None else default_memo_dir()
+    firsts = [paths[0] for paths in images]
+    digests = file_digests(firsts, folder)  # one call: the digest memo is read and written once
+    settings = {"orientation": orientation, "crop": crop, "ct_samples": ct_samples, "seed": seed,
+                "samples": SAMPLES_PER_CASE, "stride": STATS_STRIDE}
+    extents, samples = [], []
+    for path in firsts:
+        content = digests[str(Path(path).resolve())]
+        key = memo.memo_key(content, Path(path).name, settings)
+        found = memo.load_entry(folder, key, SAMPLES_PER_CASE, ct_samples)
+        if found is None:
+            found = _scan_case(path, orientation, crop, ct_samples, np.random.default_rng([seed, int(content, 16)]))
+            memo.save_entry(folder, key, *found)
+        extents.append(found[0])
+        if ct_samples:
+            samples.append(found[1])
+    return ForegroundScan(np.array(extents, dtype=float).reshape(-1, 3), samples)
+
+
+def _scan_case(path: str, orientation: str, crop: str, ct_samples: bool, rng: np.random.Generator
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Read one scan: (its foreground box extent, 3 float64 mm; its body samples, float32, empty without
+    ``ct_samples``)."""
     from monai import transforms as mt
 
-    rng = np.random.default_rng(seed)
-    orient = mt.Orientation(axcodes=orientation, labels=None)
-    extents, samples = [], []
-    for paths in images:
-        image = orient(_load_image(paths[0]))
-        volume = image.as_tensor().numpy()
-        box = foreground_box(volume, crop)
-        spacing = np.asarray(image.pixdim, dtype=float)[:3]
-        extents.append([(b - a) * sp for (a, b), sp in zip(box, spacing, strict=True)])
-        if ct_samples:
-            cropped = volume[0][tuple(slice(a, b) for a, b in box)]
-            samples.append(_body_sample(cropped, rng))
-    return ForegroundScan(np.array(extents, dtype=float), samples)
+    image = mt.Orientation(axcodes=orientation, labels=None)(_load_image(path))
+    volume = image.as_tensor().numpy()
+    box = foreground_box(volume, crop)
+    spacing = np.asarray(image.pixdim, dtype=float)[:3]
+    extent = np.array([(b - a) * sp for (a, b), sp in zip(box, spacing, strict=True)], dtype=np.float64)
+    if not ct_samples:
+        return extent, np.zeros(0, np.float32)
+    cropped = volume[0][tuple(slice(a, b) for a, b in box)]
+    return extent, _body_sample(cropped, rng)
 
 
 def fit_spacing(spacing: Sequence[float], extent: Sequence[float], budget: int, min_size: Sequence[int]

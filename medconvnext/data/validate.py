@@ -339,24 +339,14 @@ def _scaling(path: Path) -> str:
     return f" such as scl_slope {slope:g}, scl_inter {inter:g}" if (slope, inter) != (1.0, 0.0) else ""
 
 
-_checks_source: str | None = None
-
-
 def _checks_key(content: str, name: str, max_voxels: int) -> str:
-    """Content digest + file name suffix + the limits + the code and library versions that check it."""
-    global _checks_source
-    if _checks_source is None:
-        import nibabel
-        import SimpleITK
+    """Content digest + file name suffix + the limits + the code and library versions that check it (after a
+    change to any check or reader, every file is checked again)."""
+    from medconvnext.data.content import source_digest
 
-        digest = hashlib.blake2b(digest_size=16)
-        # the source of medconvnext.data: after a change to any check or reader, every file is checked again
-        for source in sorted(Path(__file__).resolve().parent.glob("*.py")):
-            digest.update(source.name.encode() + source.read_bytes())
-        digest.update(f"{np.__version__}|{nibabel.__version__}|{SimpleITK.Version_VersionString()}".encode())
-        _checks_source = digest.hexdigest()
     suffix = "".join(Path(name).suffixes[-2:]).lower()
-    return hashlib.sha256(f"{_checks_source}|{content}|{suffix}|{max_voxels}".encode()).hexdigest()[:32]
+    source = source_digest(("numpy", "nibabel", "SimpleITK"))
+    return hashlib.sha256(f"{source}|{content}|{suffix}|{max_voxels}".encode()).hexdigest()[:32]
 
 
 def _load_checks(path: Path) -> dict:
