@@ -107,7 +107,7 @@ def test_auto_mode_and_padding():
 
 
 @pytest.mark.parametrize(("name", "size"), [("convnext_med_atto", 32), ("convnext_med_iso", 32),
-                                           ("convnext_med_iso_prestem", 32),
+                                           ("convnext_med_iso_prestem", 32), ("convnext_med_iso_mixer", 32),
                                            ("convnext_med_iso_p8", 64)])  # p8: an 8³ stem for ~64³ inputs
 def test_medical_convnexts_learn_on_tiny_volumes(name, size, csv_dataset, tmp_path):
     from medconvnext.config import Config, apply_overrides

@@ -350,6 +350,21 @@ def test_prestem_medical_convnext_is_the_isotropic_one_with_a_he_initialised_nor
     assert create_model("convnext_med_iso_prestem", stem_conv_channels=32).pre_stem[0].out_channels == 32
 
 
+def test_mixer_medical_convnext_is_the_prestem_one_with_convmixer_blocks_and_torch_init() -> None:
+    from medconvnext.models.convnext import MixerBlock
+
+    model = create_model("convnext_med_iso_mixer", num_classes=2)
+    assert len(model.stages[0]) == 4 and all(isinstance(b, MixerBlock) for b in model.stages[0])
+    assert model.pre_stem[0].out_channels == 16 and model.min_input_size == (4, 4, 4)
+    dwconv = model.stages[0][0].dwconv
+    assert dwconv.weight.shape[-3:] == (5, 5, 5) and dwconv.weight.std().item() > 0.05  # not trunc-normal(0.02)
+    with torch.no_grad():
+        assert model.eval().forward_features(torch.rand(2, 1, 32, 32, 32)).shape == (2, 64, 8, 8, 8)
+        assert model(torch.rand(1, 1, 4, 4, 4)).shape == (1, 2)  # the minimum input
+    with pytest.raises(ValueError):
+        model(torch.rand(1, 1, 3, 4, 4))
+
+
 def test_vessel_diagnosis_options_change_what_they_name() -> None:
     """block=mixer, stem_act, head_norm=False and init=torch_default: the ConvMixer traits, one at a time."""
     from medconvnext.models.convnext import ConvNeXtBlock, MixerBlock

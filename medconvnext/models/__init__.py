@@ -3,7 +3,7 @@
 Importing this package registers every family.
 """
 
-from medconvnext.models import convmixer, convnext, monai_nets, resnext  # noqa: F401  (registers the variants)
+from medconvnext.models import convmixer, convnext, convnext_med, monai_nets, resnext  # noqa: F401  (registers)
 from medconvnext.models._memory import (
     apply_memory_format,
     layout_for,
