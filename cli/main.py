@@ -43,5 +43,23 @@ app.command("tune", short_help="Search hyperparameters with Optuna.")(tune.tune)
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point. A usage error found while parsing (an unknown option, a value of the wrong type
+    or out of its range, a missing argument) is one line and exit 2, like every other user error, instead of
+    click's usage block; ``COMMAND --help`` still lists the options."""
+    import sys
+
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        sys.exit(130)
+    except typer.TyperException as error:  # click's ClickException and UsageError
+        if type(error).__name__ == "NoArgsIsHelpError":  # a bare group: its help, as click prints it
+            typer.echo(error.format_message(), err=True)  # type: ignore[attr-defined]
+            sys.exit(2)
+        ctx = getattr(error, "ctx", None)
+        where = f"{ctx.command_path}: " if ctx is not None else ""
+        hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        message = " ".join(error.format_message().split())  # type: ignore[attr-defined]
+        typer.echo(f"error: {where}{message}{hint}", err=True)
+        sys.exit(getattr(error, "exit_code", 2))
+    sys.exit(code if isinstance(code, int) else 0)

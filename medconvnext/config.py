@@ -368,7 +368,8 @@ def _type_words(hint: Any) -> str:
     """``float`` -> "a number", ``list[float]`` -> "a list of numbers"."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is list and args and args[0] in _PLURALS:
-        return f"a list of {_PLURALS[args[0]]}"
+        example = "[48, 48, 48]" if args[0] is int else "[1.0, 1.0, 1.0]"
+        return f"a list of {_PLURALS[args[0]]} (written as in YAML, e.g. {example})"
     if origin is dict:
         return "a mapping"
     return _TYPE_WORDS.get(hint, f"a valid {hint}")

@@ -108,8 +108,9 @@ def check_output(path: Path, overwrite: bool, option: str = "--output") -> None:
         return
     entry = (read_manifest(path.parent) or {"files": {}})["files"].get(path.name)
     if entry is None or not matches(path, entry):
-        raise UserError(f"{option} {path}: exists and was not written by medconvnext (or was changed since); "
-                        "pass --overwrite to replace it, or choose another name")
+        raise UserError(f"{option} {path}: exists, and medconvnext cannot tell that it wrote it (its folder's "
+                        "medconvnext_manifest.json does not list it with these bytes); pass --overwrite to replace it, "
+                        "or choose another name")
 
 
 class RunLock:

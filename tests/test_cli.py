@@ -178,3 +178,28 @@ def test_python_dash_m_entry_point():
     out = subprocess.run([sys.executable, "-m", "medconvnext", "--help"],
                          capture_output=True, text=True, encoding="utf-8")
     assert out.returncode == 0 and "predict" in out.stdout
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["train", "--folds", "2"], "No such option: --folds"),
+    (["train", "--data", "x", "--epochs", "0"], "Invalid value for '--epochs'"),
+    (["predict"], "Missing argument 'SCAN'"),
+])
+def test_usage_errors_from_the_entry_point_are_one_line_and_exit_2(args, message):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "medconvnext", *args], capture_output=True, text=True)
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("error: ") and message in lines[0] and "--help" in lines[0]
+
+
+def test_an_input_smaller_than_the_model_is_refused_before_any_write(csv_dataset, tmp_path):
+    for command in (["train"], ["cv", "--folds", "2"]):
+        out = tmp_path / command[0]
+        result = runner.invoke(app, [*command, "--data", str(csv_dataset), "--out", str(out), "--model",
+                                     "convnext_atto", "--set", "preprocessing.input_size=[16,16,16]"])
+        assert result.exit_code == 2, result.output
+        assert "preprocessing.input_size: [16, 16, 16] is smaller than convnext_atto's minimum input" in result.output
+        assert not out.exists()

@@ -45,7 +45,7 @@ def test_predict_output_onto_a_file_it_did_not_write_refuses(tmp_path):
     scan = str(data / "images" / "case_000.nii.gz")
     refused = runner.invoke(app, ["predict", scan, "--model", str(model), "--output", str(labels), "--device", "cpu"])
     assert refused.exit_code == 2
-    assert "labels.csv: exists and was not written by medconvnext" in one_line(refused.output)
+    assert "labels.csv: exists, and medconvnext cannot tell that it wrote it" in one_line(refused.output)
     assert labels.read_bytes() == before
     forced = runner.invoke(app, ["predict", scan, "--model", str(model), "--output", str(labels), "--device", "cpu",
                                  "--overwrite"])
@@ -60,14 +60,14 @@ def test_report_and_export_never_replace_a_users_file(tmp_path):
     assert runner.invoke(app, ["report", str(run), "--n-boot", "0"]).exit_code == 0  # its own files: replaced
     (run / "report.md").write_text("my edited report\n", encoding="utf-8")
     refused = runner.invoke(app, ["report", str(run), "--n-boot", "0"])
-    assert refused.exit_code == 2 and "report.md: exists and was not written by medconvnext" in one_line(
+    assert refused.exit_code == 2 and "report.md: exists, and medconvnext cannot tell that it wrote it" in one_line(
         refused.output)
     assert (run / "report.md").read_text(encoding="utf-8") == "my edited report\n"
     mine = tmp_path / "deploy" / "model.pt"
     mine.parent.mkdir()
     mine.write_bytes(b"my model")
     export = runner.invoke(app, ["export", str(run), "--out", str(mine)])
-    assert export.exit_code == 2 and "model.pt: exists and was not written" in one_line(export.output)
+    assert export.exit_code == 2 and "model.pt: exists, and medconvnext cannot tell that it wrote it" in one_line(export.output)
     assert mine.read_bytes() == b"my model"
 
 
@@ -81,7 +81,7 @@ def test_saliency_maps_never_replace_a_users_file_and_replace_their_own(tmp_path
     (mine / "case_002_cam.nii.gz").write_bytes(b"my own map")
     args = ["predict", scan, "--model", str(model), "--device", "cpu", "--cam-method", "occlusion", "--cam"]
     refused = runner.invoke(app, [*args, str(mine)])
-    assert refused.exit_code == 2 and "case_002_cam.nii.gz: exists and was not written" in one_line(refused.output)
+    assert refused.exit_code == 2 and "case_002_cam.nii.gz: exists, and medconvnext cannot tell that it wrote it" in one_line(refused.output)
     assert (mine / "case_002_cam.nii.gz").read_bytes() == b"my own map"
     cams = tmp_path / "cams"
     assert runner.invoke(app, [*args, str(cams)]).exit_code == 0

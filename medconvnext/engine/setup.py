@@ -104,6 +104,7 @@ def prepare_training(
     device = setup_device(config.train.device)
     model = _seeded_model(config, datalist)
     plan = training_plan(config, datalist, model.min_input_size, split)
+    check_input_fits(plan.input_size, model.min_input_size, config.model.name)
     # every rank caches its training cases and its share of the validation cases
     check_memory_cache(len(split.train) + len(split.val), plan, config.data.cache)
     check_disk_cache(len(split.train) + len(split.val), plan, config.data.cache, config.data.cache_dir)
@@ -118,6 +119,14 @@ def prepare_training(
     if dist.is_main():
         _write_run_files(run, config, datalist, split, plan, skipped)
     return RunSetup(config, run, datalist, split, plan, device, model)
+
+
+def check_input_fits(input_size: Sequence[int], min_size: Sequence[int], model_name: str) -> None:
+    """Before any write: a model input (a fixed ``preprocessing.input_size``, voxels) smaller than the model's
+    minimum would fail at the first step, after the run folder was made. Raises UserError naming the field."""
+    if any(int(s) < int(m) for s, m in zip(input_size, min_size, strict=True)):
+        raise UserError(f"preprocessing.input_size: {list(input_size)} is smaller than {model_name}'s minimum input "
+                        f"{list(min_size)} (D, H, W voxels); use at least {list(min_size)}")
 
 
 def training_plan(config: Config, datalist: Datalist, min_input_size: Sequence[int], split: Split | None = None
@@ -194,6 +203,8 @@ def check_training_config(config: Config, datalist: Datalist, train_cases: Seque
         raise UserError(f"model.name: {exc}") from None
     model = build_model(config, datalist)
     check_init_2d(model, config)
+    if config.preprocessing.input_size:  # a planned size is rounded up to the minimum; a fixed one may be under it
+        check_input_fits(config.preprocessing.input_size, model.min_input_size, config.model.name)
     if config.model.init:  # the notes (spacing, size) are warned when each run is set up
         cases = datalist.cases if train_cases is None else train_cases
         plan = plan_preprocessing(config.preprocessing, compute_fingerprint(cases), model.min_input_size)
