@@ -67,7 +67,8 @@ def test_report_and_export_never_replace_a_users_file(tmp_path):
     mine.parent.mkdir()
     mine.write_bytes(b"my model")
     export = runner.invoke(app, ["export", str(run), "--out", str(mine)])
-    assert export.exit_code == 2 and "model.pt: exists, and medconvnext cannot tell that it wrote it" in one_line(export.output)
+    assert export.exit_code == 2
+    assert "model.pt: exists, and medconvnext cannot tell that it wrote it" in one_line(export.output)
     assert mine.read_bytes() == b"my model"
 
 
@@ -81,7 +82,8 @@ def test_saliency_maps_never_replace_a_users_file_and_replace_their_own(tmp_path
     (mine / "case_002_cam.nii.gz").write_bytes(b"my own map")
     args = ["predict", scan, "--model", str(model), "--device", "cpu", "--cam-method", "occlusion", "--cam"]
     refused = runner.invoke(app, [*args, str(mine)])
-    assert refused.exit_code == 2 and "case_002_cam.nii.gz: exists, and medconvnext cannot tell that it wrote it" in one_line(refused.output)
+    assert refused.exit_code == 2
+    assert "case_002_cam.nii.gz: exists, and medconvnext cannot tell that it wrote it" in one_line(refused.output)
     assert (mine / "case_002_cam.nii.gz").read_bytes() == b"my own map"
     cams = tmp_path / "cams"
     assert runner.invoke(app, [*args, str(cams)]).exit_code == 0
