@@ -28,12 +28,17 @@ def info(cache_dir: Path = typer.Option(None, "--cache-dir", help=DIR_HELP)) -> 
 
 
 @cache_app.command("clear", short_help="Delete every cached entry (rebuilt when next needed).")
-def clear(cache_dir: Path = typer.Option(None, "--cache-dir", help=DIR_HELP)) -> None:
+def clear(cache_dir: Path = typer.Option(None, "--cache-dir", help=DIR_HELP),
+          memos: bool = typer.Option(False, "--memos/--no-memos",
+                                     help="Also delete the memos kept by file content (validation checks, file "
+                                          "digests, the plan's foreground scan) in the same folder.")) -> None:
     """Delete every cached entry (they are rebuilt on the next run that needs them)."""
 
     def work() -> None:
-        from medconvnext.data.cache import clear_cache
+        from medconvnext.data.cache import clear_cache, clear_memos
 
         console.print(f"removed {clear_cache(cache_dir)} entries")
+        if memos:
+            console.print(f"removed {clear_memos(cache_dir)} memo files")
 
     run_guarded(work)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,3 +167,21 @@ def test_a_disk_cache_that_would_not_fit_the_free_space_is_refused_before_any_wo
         check_disk_cache(300, pre, "disk", tmp_path / "new" / "cache", free=2**30)
     assert not (tmp_path / "new").exists()
     check_disk_cache(300, pre, "memory", tmp_path, free=2**30)
+
+
+def test_cache_clear_memos_removes_only_the_memos(tmp_path, monkeypatch):
+    from conftest import SAMPLE_DATA
+
+    monkeypatch.setenv("MEDCONVNEXT_CACHE_DIR", str(tmp_path / "c"))
+    runner = CliRunner()
+    config = Path(__file__).resolve().parents[1] / "configs" / "ct.yaml"  # crop to the body: the plan scans it
+    assert runner.invoke(app, ["data", "check", "--data", str(SAMPLE_DATA), "--config", str(config)]).exit_code == 0
+    memos = [p for p in (tmp_path / "c").rglob("*") if p.is_file()]
+    assert {"image_checks.json", "file_digests.json"} <= {p.name for p in memos}
+    assert any(p.parent.name == "foreground" for p in memos)
+    (tmp_path / "c" / "notes.txt").write_text("mine")
+    assert runner.invoke(app, ["cache", "clear"]).exit_code == 0  # without --memos they stay
+    assert all(p.exists() for p in memos)
+    cleared = runner.invoke(app, ["cache", "clear", "--memos"])
+    assert cleared.exit_code == 0 and f"removed {len(memos)} memo files" in cleared.output
+    assert not any(p.exists() for p in memos) and (tmp_path / "c" / "notes.txt").read_text() == "mine"
