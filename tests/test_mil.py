@@ -19,8 +19,9 @@ from test_resume import metrics
 from typer.testing import CliRunner
 
 from medconvnext.cli.main import app
-from medconvnext.data.patches import RandBagCropd, cover_starts
+from medconvnext.data.patches import RandBagCropd
 from medconvnext.data.synthetic import chest_ct, save_phantom
+from medconvnext.data.windows import window_starts
 from medconvnext.engine.checkpoint import load_checkpoint
 from medconvnext.engine.inference import Predictor
 from medconvnext.engine.sliding_window import sliding_window_mil
@@ -84,9 +85,9 @@ def test_a_bag_holds_foreground_patches_of_one_volume():
 
 
 def test_a_bag_as_large_as_the_grid_covers_every_voxel_of_the_volume():
-    assert cover_starts((40, 40, 12), (12, 12, 12)) == [(a, b, 0) for a in (0, 9, 19, 28) for b in (0, 9, 19, 28)]
+    assert window_starts((40, 40, 12), (12, 12, 12), 0.0) == [(a, b, 0) for a in (0, 9, 19, 28) for b in (0, 9, 19, 28)]
     volume = torch.randn(1, 30, 26, 12)
-    bag = RandBagCropd(["image"], (12, 12, 12), bag_size=len(cover_starts((30, 26, 12), (12, 12, 12))),
+    bag = RandBagCropd(["image"], (12, 12, 12), bag_size=len(window_starts((30, 26, 12), (12, 12, 12), 0.0)),
                        foreground_share=0.5).set_random_state(seed=3)
     seen = torch.zeros(30, 26, 12, dtype=torch.bool)
     for start in bag.tile_starts(volume):

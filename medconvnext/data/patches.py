@@ -26,6 +26,7 @@ import torch
 from monai import transforms as mt
 
 from medconvnext.data.transforms import IMAGE
+from medconvnext.data.windows import window_starts
 
 FOREGROUND_PROB = 0.5
 
@@ -73,13 +74,13 @@ class RandForegroundCropd(mt.Randomizable, mt.MapTransform):
 class RandBagCropd(mt.Randomizable, mt.MapTransform):
     """A bag of ``bag_size`` crops of ``roi_size`` from one (C, D, H, W) volume, stacked as (K, C, D, H, W).
 
-    The crops are tiles of a grid that covers the volume (:func:`cover_starts`: the windows sliding-window
-    validation reads, at no overlap), drawn without replacement (not shifted: a shift opens gaps a small finding
-    can fall into): a bag of K >= the number of tiles holds the whole volume, so a finding anywhere is in every
-    positive bag. Uniform random crops (the first version) overlap and leave gaps: with a 96 mm crop a 6-15 mm
-    nodule was in a bag of 16 about half the time, and half the positive bags were label noise
-    (docs/benchmarks.md). Each draw takes a tile holding foreground with probability ``foreground_share`` (else
-    any tile), then goes through ``augment`` (dictionary transforms over ``keys``) on its own.
+    The crops are tiles of a grid that covers the volume (:func:`~medconvnext.data.windows.window_starts` at no
+    overlap: the windows sliding-window validation reads), drawn without replacement and not shifted (a shift
+    opens gaps a small finding can fall into): a bag of K >= the number of tiles holds the whole volume, so a
+    finding anywhere is in every positive bag. Uniform random crops, the first version, overlapped and left gaps,
+    so many positive bags held no finding (docs/benchmarks.md, "Multiple-instance learning"). Each draw takes a
+    tile holding foreground with probability ``foreground_share`` (else any tile), then goes through ``augment``
+    (dictionary transforms over ``keys``) on its own.
     """
 
     def __init__(self, keys: Sequence[Hashable], roi_size: Sequence[int], bag_size: int,
@@ -119,7 +120,9 @@ class RandBagCropd(mt.Randomizable, mt.MapTransform):
         """The corners of the bag's ``bag_size`` crops of a (C, D, H, W) ``image`` (draws from this transform's
         random state). Raises ValueError when the image is smaller than a crop (pad it first)."""
         shape = tuple(image.shape[1:])
-        tiles = cover_starts(shape, self.roi_size)
+        if any(s < r for s, r in zip(shape, self.roi_size, strict=True)):
+            raise ValueError(f"volume {shape} is smaller than the patch {self.roi_size}; pad it first")
+        tiles = window_starts(shape, self.roi_size, overlap=0.0)
         holding = []
         if self.foreground_share > 0:
             mask = foreground_mask(image, self.tolerance)
@@ -136,22 +139,6 @@ class RandBagCropd(mt.Randomizable, mt.MapTransform):
 
     def _window(self, start: tuple[int, ...]) -> tuple[slice, ...]:
         return tuple(slice(s, s + r) for s, r in zip(start, self.roi_size, strict=True))
-
-
-def cover_starts(shape: Sequence[int], roi_size: Sequence[int]) -> list[tuple[int, ...]]:
-    """Corners of the fewest ``roi_size`` tiles per axis that cover a ``shape`` volume (voxels), evenly spread
-    from one edge to the other (they overlap when the size is not a multiple of the tile).
-
-    Raises:
-        ValueError: the volume is smaller than a tile on some axis (pad it first).
-    """
-    per_axis = []
-    for size, r in zip(shape, roi_size, strict=True):
-        if size < r:
-            raise ValueError(f"volume {tuple(shape)} is smaller than the patch {tuple(roi_size)}; pad it first")
-        count = -(-size // r)
-        per_axis.append([round(i * (size - r) / (count - 1)) for i in range(count)] if count > 1 else [0])
-    return [(a, b, c) for a in per_axis[0] for b in per_axis[1] for c in per_axis[2]]
 
 
 def foreground_mask(image: torch.Tensor, tolerance: float = 1e-3) -> torch.Tensor:

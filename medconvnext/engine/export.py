@@ -166,7 +166,7 @@ def _mil_note(meta: dict) -> dict:
     inference = meta.get("inference") or {}
     return {"mil": "M: every sliding window of one preprocessed volume (the uncropped variant: no final pad/crop), "
                    f"windows of the input size with overlap {inference.get('overlap', 0.25)} "
-                   "(medconvnext.engine.sliding_window.window_starts: starts spread evenly from 0 to size - window; "
+                   "(medconvnext.data.windows.window_starts: starts spread evenly from 0 to size - window; "
                    "a volume smaller than a window is zero-padded symmetrically). The model embeds each window and "
                    "pools them with gated attention into the volume's logits; the attention weights are not an "
                    "output (medconvnext predict --window-map writes them)."}
