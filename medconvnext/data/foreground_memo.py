@@ -13,7 +13,7 @@ in ``<cache dir>/foreground/<key>.npz`` (beside the validation memo ``image_chec
 
 An entry is written atomically (a temporary file renamed into place) and checked when read: an unreadable file, a
 key, shape, dtype or value that does not fit is ignored and the scan is read again. A read-only cache folder only
-costs the reads. ``rm -r <cache dir>/foreground`` forgets every entry.
+costs the reads. ``medconvnext cache clear --memos`` forgets every entry (:func:`~medconvnext.data.cache.clear_memos`).
 """
 
 from __future__ import annotations
