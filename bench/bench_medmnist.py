@@ -44,6 +44,9 @@ def main() -> None:
     parser.add_argument("--set", dest="set_", action="append", default=[], help="extra --set for every run")
     parser.add_argument("--tag", default="", help="suffix of the run names (e.g. a variant of --set)")
     parser.add_argument("--tta", action="store_true", help="also evaluate with test-time flips")
+    parser.add_argument("--ema-bn-both", action="store_true",
+                        help="train through bench/ema_bn_both.py: also record val with the EMA's averaged BatchNorm "
+                             "statistics (what train.ema_bn_batches=0 validates)")
     parser.add_argument("--ensemble", action="store_true", help="also evaluate the seeds of a model together")
     parser.add_argument("--out", type=Path, help="folder of the runs")
     parser.add_argument("--results", type=Path, default=None, help="JSON (default: OUT/results.json)")
@@ -85,10 +88,12 @@ def train_once(args: argparse.Namespace, model: str, seed: int, run_dir: Path) -
     """Train unless a finished run is already there; returns the wall time, or None when skipped."""
     if _finished(run_dir):
         return None
-    cmd = [sys.executable, "-m", "medconvnext", "train", "--data", str(args.data), "--config", str(args.config),
+    entry = [sys.executable, str(Path(__file__).with_name("ema_bn_both.py"))] if args.ema_bn_both else [
+        sys.executable, "-m", "medconvnext"]
+    cmd = [*entry, "train", "--data", str(args.data), "--config", str(args.config),
            "--model", model, "--seed", str(seed), "--out", str(run_dir)]
     if (run_dir / "config.yaml").is_file():
-        cmd = [sys.executable, "-m", "medconvnext", "train", "--resume", str(run_dir)]
+        cmd = [*entry, "train", "--resume", str(run_dir)]
     else:
         if args.epochs is not None:
             cmd += ["--epochs", str(args.epochs)]
@@ -165,6 +170,10 @@ def run_facts(run_dir: Path) -> dict:
     best = max(metrics, key=lambda r: (r["val_auc"] or 0.0, -r["val_loss"]))
     return {"best_epoch": best["epoch"], "val_auc": best["val_auc"], "epochs_run": metrics[-1]["epoch"],
             "train_loss": [r["train_loss"] for r in metrics], "val_auc_curve": [r["val_auc"] for r in metrics],
+            "val_loss_curve": [r["val_loss"] for r in metrics],
+            **({"val_auc_bn_averaged_curve": [r["val_auc_bn_averaged"] for r in metrics],
+                "val_loss_bn_averaged_curve": [r["val_loss_bn_averaged"] for r in metrics]}
+               if "val_auc_bn_averaged" in metrics[0] else {}),
             "final_train_loss": metrics[-1]["train_loss"],
             "intensity": run_intensity(run_dir),
             "mean_epoch_s": float(np.mean([r["epoch_time_s"] for r in metrics])),
