@@ -30,10 +30,11 @@ from medconvnext.data.dataset import make_dataset
 from medconvnext.data.fingerprint import compute_fingerprint, plan_preprocessing
 from medconvnext.data.pipeline import PreprocessingPipeline
 from medconvnext.data.preprocessing import PreprocessingPlan
+from medconvnext.data.transforms import augmentation_transforms
 from medconvnext.data.validate import require_valid, validate_datalist
 from medconvnext.engine import distributed as dist
 from medconvnext.engine.checkpoint import atomic_write, save_checkpoint, unwrap_model
-from medconvnext.engine.feeding import plain, seed_epoch, training_loader
+from medconvnext.engine.feeding import BatchAugment, plain, seed_epoch, training_loader
 from medconvnext.engine.loop import (
     Batches,
     EpochHooks,
@@ -216,11 +217,14 @@ def _fit(config: Config, run: RunDir, cases: list[Case], plan: PreprocessingPlan
     fcmae.to(memory_format=apply_memory_format(fcmae.encoder, device, plan.input_size))
     records = [{"image": c.images[0] if len(c.images) == 1 else list(c.images), "label": -1, "case_id": c.case_id}
                for c in cases]
-    transform = PreprocessingPipeline(plan).training(config.data.augment)
+    # data.augment_on=device: the loader's transforms stop before the augmentation, which runs in the step
+    on_device = config.data.augment_on == "device"
+    transform = PreprocessingPipeline(plan).training("none" if on_device else config.data.augment)
     dataset = make_dataset(records, transform, config.data.cache, cache_dir=config.data.cache_dir)
     generator = torch.Generator().manual_seed(cfg.seed)
     loader = training_loader(dataset, cfg.batch_size, config.data, device, cfg.seed, generator)
-    step = ReconstructionStep(model_memory_format(fcmae.encoder))
+    augment = BatchAugment(augmentation_transforms(config.data.augment, plan.input_size)) if on_device else None
+    step = ReconstructionStep(model_memory_format(fcmae.encoder), augment=augment)
     loop = build_loop(fcmae, cfg, device, step, len(loader), generator, transform, FCMAE_RECIPE)
     start = resume_point(loop, state, run, cfg.epochs)
     if callbacks is not None:
@@ -250,8 +254,8 @@ class _PretrainHooks(EpochHooks):
         self.run, self.seed, self.loader, self.meta, self.callbacks = run, seed, loader, meta, callbacks
 
     def on_epoch_start(self, loop: Loop, epoch: int) -> None:
-        seed_epoch(self.seed, epoch, self.loader, loop.train_transform)
         assert isinstance(loop.step, ReconstructionStep)
+        seed_epoch(self.seed, epoch, self.loader, loop.train_transform, loop.step.augment)
         loop.step.masks = torch.Generator().manual_seed(mask_seed(self.seed, epoch))
 
     def on_step(self, loop: Loop, epoch: int, step: int, loss: float) -> None:

@@ -95,10 +95,14 @@ class ReconstructionStep:
     memory_format: torch.memory_format  # the encoder's layout
     # re-seeded per epoch and rank by pretrain's hooks, so a resumed run masks as an uninterrupted one
     masks: torch.Generator = field(default_factory=torch.Generator)
+    augment: BatchAugment | None = None  # the random augmentation when it runs on the device (data.augment_on)
 
     def prepare(self, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
         """Images (N, C, D, H, W); labels are ignored."""
-        return as_model_input(batch["image"], device, self.memory_format)
+        images = as_model_input(batch["image"], device)
+        if self.augment is not None:
+            images = self.augment(images)
+        return images.contiguous(memory_format=self.memory_format)
 
     def loss(self, model: nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, int]:
         return model(inputs, generator=self.masks)["loss"], len(inputs)
