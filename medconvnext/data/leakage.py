@@ -7,8 +7,9 @@ Two checks between a training side and an evaluation side:
 - **identical image**: the same voxel content on both sides (a copy of a training scan under another name,
   a ``.nii`` and its ``.nii.gz``, a re-export with an edited header).
 
-Images are compared by a SHA-256 of their *decoded voxel array* (dtype, shape and bytes; the header, the
-affine, the file name and the compression are left out), not of the file bytes: gzip stores a timestamp and
+Images are compared by a SHA-256 of their *decoded voxel array* (dtype, shape and bytes in x-fastest order, the
+order NIfTI stores and SimpleITK reads, so hashing copies nothing; the header, the affine, the file name and the
+compression are left out), not of the file bytes: gzip stores a timestamp and
 the original name, and header edits (anonymisation, a new description) change the bytes, so byte hashes miss
 exactly the copies that happen in practice. Decoding costs one read of each volume, so voxel hashes are
 cached in ``<cache dir>/image_hashes.json`` keyed by the digest of the file's bytes
@@ -50,7 +51,7 @@ __all__ = [
 ]
 
 HASH_CACHE_NAME = "image_hashes.json"
-HASH_FORMAT = 2  # 2: keyed by the file content digest (1: by path, size and mtime)
+HASH_FORMAT = 3  # 3: bytes in x-fastest order (2: C order, a seconds-long transposing copy of a CT; 1: keyed by path)
 SHOWN = 5  # findings named per kind in the one-line message
 
 _memo: dict[str, str] = {}  # file content digest -> voxel hash, for this process
@@ -137,9 +138,10 @@ def enforce(report: LeakageReport, mode: str, hint: str = "--strict") -> None:
 def _hash_voxels(path: Path) -> str:
     import numpy as np
 
-    array = np.ascontiguousarray(read_voxels(path))
-    digest = hashlib.sha256(f"{array.dtype.str}|{array.shape}|".encode())
-    digest.update(array.reshape(-1).view(np.uint8))
+    # (x, y, z[, c]) with x fastest: a NIfTI array and SimpleITK's transposed one already are, so no copy
+    array = np.asfortranarray(read_voxels(path))
+    digest = hashlib.sha256(f"F|{array.dtype.str}|{array.shape}|".encode())
+    digest.update(array.T.reshape(-1).view(np.uint8))
     return digest.hexdigest()
 
 
