@@ -157,3 +157,26 @@ def test_findings_of_an_ensemble_name_their_run():
     assert _item(other) == "val c07 = run_b train c02"
     assert _item(subject) == "s3 (run_b train c06 / val c07)"
     assert _item(Finding("image", "c03", "c03", "val", "ab12", train_side="val")) == "c03 (the run's own val case)"
+
+
+def test_validation_hands_its_voxel_hashes_to_the_audit(tmp_path, monkeypatch):
+    """The data checks decode every voxel; the audit that follows (in this process or the next) decodes nothing,
+    and the hash is the audit's own, the same for a NIfTI file and an MHA file of the same voxels."""
+    import SimpleITK as sitk
+
+    from medconvnext.data import validate
+
+    volume = (blob_volume(np.random.default_rng(3), True) * 100).astype(np.int16)
+    nifti, mha = tmp_path / "a.nii.gz", tmp_path / "b.mha"
+    write_volume(nifti, volume)
+    sitk.WriteImage(sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(nib.load(nifti).dataobj).T)), str(mha))
+    reads = []
+    real = leakage.read_voxels
+    monkeypatch.setattr(leakage, "read_voxels", lambda path: reads.append(path) or real(path))
+    expected = {str(p.resolve()): leakage._hash_voxels(p) for p in (nifti, mha)}
+    assert len(set(expected.values())) == 1 and len(reads) == 2
+    reads.clear()
+    assert all(not r.problems for r in validate.inspect_images([nifti, mha]))
+    assert leakage.image_hashes([nifti, mha]) == expected and reads == []
+    monkeypatch.setattr(leakage, "_memo", {})  # a new process: from the hash cache on disk
+    assert leakage.image_hashes([nifti, mha]) == expected and reads == []

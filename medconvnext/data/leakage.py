@@ -32,6 +32,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from medconvnext.choices import Leakage, choices
 from medconvnext.data.datalist import Case, case_id_from_path
 from medconvnext.data.io import read_voxels
@@ -48,6 +50,8 @@ __all__ = [
     "audit_split",
     "enforce",
     "image_hash",
+    "remember_hashes",
+    "voxel_hash",
 ]
 
 HASH_CACHE_NAME = "image_hashes.json"
@@ -135,14 +139,31 @@ def enforce(report: LeakageReport, mode: str, hint: str = "--strict") -> None:
 # --------------------------------------------------------------------------------------------- hashing
 
 
-def _hash_voxels(path: Path) -> str:
-    import numpy as np
-
-    # (x, y, z[, c]) with x fastest: a NIfTI array and SimpleITK's transposed one already are, so no copy
-    array = np.asfortranarray(read_voxels(path))
+def voxel_hash(array: np.ndarray) -> str:
+    """SHA-256 of a decoded voxel array (x, y, z[, c]): its dtype, shape and bytes in x-fastest order (a NIfTI
+    array and SimpleITK's transposed one already are, so nothing is copied)."""
+    array = np.asfortranarray(array)
     digest = hashlib.sha256(f"F|{array.dtype.str}|{array.shape}|".encode())
     digest.update(array.T.reshape(-1).view(np.uint8))
     return digest.hexdigest()
+
+
+def _hash_voxels(path: Path) -> str:
+    return voxel_hash(read_voxels(path))
+
+
+def remember_hashes(found: dict[str, tuple[str, str]]) -> None:
+    """Keep voxel hashes computed from arrays decoded elsewhere (the data checks read every voxel anyway):
+    ``{content digest: (resolved path, voxel hash)}``, in this process and in the hash cache, so that the audit
+    of the same files decodes nothing."""
+    if not found:
+        return
+    path = _cache_file(None)
+    cache = _load_cache(path)
+    for content, (key, digest) in found.items():
+        _memo[content] = digest
+        cache[content] = {"sha256": digest, "path": key}
+    _save_cache(path, cache)
 
 
 def _cache_file(cache_dir: str | Path | None) -> Path:

@@ -34,6 +34,7 @@ import numpy as np
 
 from medconvnext.data.datalist import Case, Datalist
 from medconvnext.data.io import NIFTI_SUFFIXES, ImageError, open_image, read_itk_information
+from medconvnext.data.leakage import remember_hashes, voxel_hash
 from medconvnext.errors import UserError
 from medconvnext.fileio import write_json_cache
 
@@ -63,6 +64,8 @@ class ImageReport:
     orientation: str = ""
     percentiles: tuple[float, ...] = ()  # 0.5, 50, 99.5
     box: tuple[float, ...] = ()  # world (RAS) box of the voxels: x, y, z min then x, y, z max (mm)
+    # the leakage audit's hash of the voxels, taken while they are decoded here (not cached with the report)
+    voxel_hash: str | None = field(default=None, repr=False, compare=False)
 
 
 def validate_case(case: HasImages, max_voxels: int = MAX_VOXELS) -> list[str]:
@@ -143,7 +146,7 @@ def inspect_images(paths: Iterable[str | Path], max_voxels: int = MAX_VOXELS) ->
     cache_path = default_memo_dir() / CHECKS_CACHE_NAME
     cache: dict | None = None
     changed = False
-    reports = []
+    reports, hashes = [], {}
     for path in paths:
         content = digests.get(str(Path(path).resolve()))
         if content is None:  # missing or unreadable: nothing to cache
@@ -155,11 +158,14 @@ def inspect_images(paths: Iterable[str | Path], max_voxels: int = MAX_VOXELS) ->
         report = _cached_report(cache.get(key), path)
         if report is None:
             report = inspect_image(path, max_voxels)
-            cache[key] = asdict(report) | {"path": str(Path(path).resolve())}
+            cache[key] = asdict(report) | {"path": str(Path(path).resolve()), "voxel_hash": None}
             changed = True
+            if report.voxel_hash is not None:
+                hashes[content] = (str(Path(path).resolve()), report.voxel_hash)
         reports.append(report)
     if changed and cache is not None:
         _save_checks(cache_path, cache)
+    remember_hashes(hashes)  # the audit that follows validation need not decode these files again
     return reports
 
 
@@ -212,6 +218,7 @@ def _inspect_image(path: str | Path, max_voxels: int) -> ImageReport:
     except Exception as exc:  # noqa: BLE001
         report.problems.append(f"cannot read the voxels, truncated or corrupt file ({_reason(exc)})")
         return report
+    report.voxel_hash = voxel_hash(data)
     report.problems += _voxel_problems(data) or _value_problems(Path(path), data)
     if not report.problems:
         # a strided sample in memory order: reshape(-1) of a Fortran-ordered scan would copy all of it
