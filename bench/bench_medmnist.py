@@ -60,6 +60,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.results or args.out / "results.json"
     has_test = _has_test_split(args.data)  # VesselMNIST3D's train + val file: select and report on val only
+    if has_test and args.ema_bn_both:
+        parser.error("--ema-bn-both saves checkpoints with the averaged statistics, which the run did not select "
+                     "on: use it on data without a test split")
     for model in args.models:
         names = [f"{model}{args.tag}_seed{seed}" for seed in args.seeds]
         for seed, name in zip(args.seeds, names, strict=True):

@@ -29,6 +29,7 @@ def main() -> None:
         sets = " ".join(records[0].get("set", [])) or "-"
         print(f"| {name} | `{sets}` | {len(records)} | {np.mean(val):.3f} ± {np.std(val):.3f} "
               f"| {np.mean(loss):.3f} ± {np.std(loss):.3f} | {', '.join(str(r['best_epoch']) for r in records)} |")
+    ema_bn_table(rows)
     if args.figure:
         import matplotlib
 
@@ -47,6 +48,27 @@ def main() -> None:
         fig.tight_layout()
         args.figure.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(args.figure, dpi=120)
+
+
+def ema_bn_table(rows: dict[str, list[dict]]) -> None:
+    """Rows trained with ``bench_medmnist.py --ema-bn-both``: the EMA validated with recomputed BatchNorm statistics
+    (``train.ema_bn_batches=16``, the default) and with its averaged ones (``=0``), on the same training runs."""
+    both = {name: records for name, records in rows.items() if all("val_auc_bn_averaged_curve" in r for r in records)}
+    if not both:
+        return
+    print("\n| row | seeds | ema_bn_batches=16: best val AUC | =0: best val AUC | =16: val loss at its best epoch "
+          "| =0: val loss at its best epoch | epochs where =16 scores higher |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, records in both.items():
+        recomputed = [max(r["val_auc_curve"]) for r in records]
+        averaged = [max(r["val_auc_bn_averaged_curve"]) for r in records]
+        loss16 = [r["val_loss_curve"][int(np.argmax(r["val_auc_curve"]))] for r in records]
+        loss0 = [r["val_loss_bn_averaged_curve"][int(np.argmax(r["val_auc_bn_averaged_curve"]))] for r in records]
+        wins = sum(a > b for r in records for a, b in zip(r["val_auc_curve"], r["val_auc_bn_averaged_curve"]))
+        epochs = sum(len(r["val_auc_curve"]) for r in records)
+        print(f"| {name} | {len(records)} | {np.mean(recomputed):.3f} ± {np.std(recomputed):.3f} "
+              f"| {np.mean(averaged):.3f} ± {np.std(averaged):.3f} | {np.mean(loss16):.3f} | {np.mean(loss0):.3f} "
+              f"| {wins} of {epochs} |")
 
 
 if __name__ == "__main__":
