@@ -209,15 +209,17 @@ def clear_cache(cache_dir: str | Path | None = None) -> int:
 
 
 def clear_memos(memo_dir: str | Path | None = None) -> int:
-    """Delete what medconvnext remembers about files by their content (the validation checks, the file digests and
-    the plan's per-scan foreground memo, :mod:`~medconvnext.data.foreground_memo`): all recomputed when next needed.
+    """Delete what medconvnext remembers about files by their content (the validation checks, the file digests, the
+    leakage audit's voxel hashes and the plan's per-scan foreground memo, :mod:`~medconvnext.data.foreground_memo`):
+    all recomputed when next needed.
     Only those names are touched. Returns how many files were removed."""
     from medconvnext.data.content import MEMO_NAME, default_memo_dir
     from medconvnext.data.foreground_memo import MEMO_FOLDER
+    from medconvnext.data.leakage import HASH_CACHE_NAME
     from medconvnext.data.validate import CHECKS_CACHE_NAME
 
     root = Path(memo_dir).expanduser() if memo_dir else default_memo_dir()
-    paths = [root / CHECKS_CACHE_NAME, root / MEMO_NAME, *(root / MEMO_FOLDER).glob("*.npz")]
+    paths = [root / CHECKS_CACHE_NAME, root / MEMO_NAME, root / HASH_CACHE_NAME, *(root / MEMO_FOLDER).glob("*.npz")]
     removed = 0
     for path in paths:
         if path.is_file():
