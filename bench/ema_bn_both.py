@@ -28,6 +28,7 @@ from medconvnext.cli.main import main
 from medconvnext.engine import trainer
 from medconvnext.engine.validation import validate_loader
 
+
 def _norms(model: torch.nn.Module) -> list[torch.nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
 

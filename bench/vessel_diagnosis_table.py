@@ -64,7 +64,8 @@ def ema_bn_table(rows: dict[str, list[dict]]) -> None:
         averaged = [max(r["val_auc_bn_averaged_curve"]) for r in records]
         loss16 = [r["val_loss_curve"][int(np.argmax(r["val_auc_curve"]))] for r in records]
         loss0 = [r["val_loss_bn_averaged_curve"][int(np.argmax(r["val_auc_bn_averaged_curve"]))] for r in records]
-        wins = sum(a > b for r in records for a, b in zip(r["val_auc_curve"], r["val_auc_bn_averaged_curve"]))
+        wins = sum(a > b for r in records
+                   for a, b in zip(r["val_auc_curve"], r["val_auc_bn_averaged_curve"], strict=True))
         epochs = sum(len(r["val_auc_curve"]) for r in records)
         print(f"| {name} | {len(records)} | {np.mean(recomputed):.3f} ± {np.std(recomputed):.3f} "
               f"| {np.mean(averaged):.3f} ± {np.std(averaged):.3f} | {np.mean(loss16):.3f} | {np.mean(loss0):.3f} "

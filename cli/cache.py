@@ -30,8 +30,9 @@ def info(cache_dir: Path = typer.Option(None, "--cache-dir", help=DIR_HELP)) -> 
 @cache_app.command("clear", short_help="Delete every cached entry (rebuilt when next needed).")
 def clear(cache_dir: Path = typer.Option(None, "--cache-dir", help=DIR_HELP),
           memos: bool = typer.Option(False, "--memos/--no-memos",
-                                     help="Also delete the memos kept by file content (validation checks, file "
-                                          "digests, voxel hashes, the plan's foreground scan) in the same folder.")) -> None:
+                                     help="Also delete the memos kept by file content (validation checks, "
+                                          "file digests, voxel hashes, the plan's foreground scan) in the same "
+                                          "folder.")) -> None:
     """Delete every cached entry (they are rebuilt on the next run that needs them)."""
 
     def work() -> None:
