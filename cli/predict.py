@@ -30,8 +30,9 @@ def predict(
         None, "--inference", help="whole (input size, as trained) | sliding (windows) | auto. Default: the run's."
     ),
     roi_size: str = typer.Option(None, "--roi-size", help="Sliding window size D,H,W (default: the input size)."),
-    overlap: float = typer.Option(None, "--overlap", help="Window overlap in [0, 1) (default 0.25)."),
-    sw_batch_size: int = typer.Option(None, "--sw-batch-size", min=1, help="Windows per forward pass (default 4)."),
+    overlap: float = typer.Option(None, "--overlap", help="Window overlap in [0, 1). Default: the run's."),
+    sw_batch_size: int = typer.Option(None, "--sw-batch-size", min=1,
+                                      help="Windows per forward pass. Default: the run's."),
     aggregation: Aggregation = typer.Option(
         None, "--aggregation", help="How window probabilities are combined. [default: mean]"),
     window_map: Path = typer.Option(
