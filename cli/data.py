@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from medconvnext.cli import _options as options
 from medconvnext.cli._common import console, err_console, print_table, run_guarded
 
 data_app = typer.Typer(rich_markup_mode=None, help="Check datasets and import public ones.", no_args_is_help=True)
@@ -20,14 +21,18 @@ def check(
     ),
     model: str = typer.Option(None, "--model", help="Model whose minimum input size the plan respects."),
     config: Path = typer.Option(None, "--config", help="YAML config whose preprocessing section is used."),
+    set_: list[str] = options.SET,
 ) -> None:
     """Read and validate every case; print a summary and the preprocessing plan; exit 2 on bad files."""
 
     def work() -> None:
-        from medconvnext.config import load_config
+        from medconvnext.config import apply_overrides, load_config, parse_set_option
         from medconvnext.data.datalist import Datalist, load_datalist
         from medconvnext.data.validate import inspect_datalist
 
+        # the config (and its --set) is checked before any scan is read
+        cfg = apply_overrides(load_config(config), dict(parse_set_option(item) for item in set_), "--set")
+        cfg.validate()
         datalist = load_datalist(data)
         reports = {case.case_id: found for case, found in inspect_datalist(datalist)}
         bad = [f"{r.path}: {p}" for rs in reports.values() for r in rs for p in r.problems]
@@ -43,7 +48,7 @@ def check(
             err_console.print(f"[yellow]skipped[/yellow] {line}", highlight=False, soft_wrap=True)
         if not good:
             raise typer.Exit(2)
-        cfg, usable = load_config(config), Datalist(good, datalist.classes, datalist.source)
+        usable = Datalist(good, datalist.classes, datalist.source)
         _print_plan(cfg, usable, _min_size(model, cfg, usable))
 
     run_guarded(work)

@@ -81,3 +81,21 @@ def test_check_names_a_bad_model_or_model_argument(tmp_path):
     result = runner.invoke(app, ["data", "check", "--data", str(tmp_path), "--config", str(config)])
     assert result.exit_code == 2
     assert "model.args.stem_conv_channels: not an argument of convmixer_128_4" in result.output
+
+
+def test_check_refuses_a_bad_config_before_reading_and_takes_set(tmp_path, monkeypatch):
+    """A missing --config or a bad --set is one line and exit 2 before any scan is read; --set reaches the plan."""
+    from medconvnext.data import validate
+
+    make_dataset(tmp_path, bad=False)
+    reads = []
+    real = validate.inspect_datalist
+    monkeypatch.setattr(validate, "inspect_datalist", lambda *a, **k: reads.append(1) or real(*a, **k))
+    for args in (["--config", str(tmp_path / "nope.yaml")], ["--set", "preprocessing.input_size=[0,32,32]"],
+                 ["--set", "preprocessing.nope=1"]):
+        result = runner.invoke(app, ["data", "check", "--data", str(tmp_path), *args])
+        assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+        assert "usable" not in result.output and reads == []
+    result = runner.invoke(app, ["data", "check", "--data", str(tmp_path),
+                                 "--set", "preprocessing.input_size=[16,16,16]"])
+    assert result.exit_code == 0 and "input_size: [16, 16, 16]" in result.output and reads == [1]
