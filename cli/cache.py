@@ -16,13 +16,15 @@ DIR_HELP = "Cache folder (default: $MEDCONVNEXT_CACHE_DIR or ~/.cache/medconvnex
 
 @cache_app.command("info")
 def info(cache_dir: Path = typer.Option(None, "--cache-dir", help=DIR_HELP)) -> None:
-    """Print the cache folder, its number of entries and their size."""
+    """Print the cache folder, its number of entries and their size, and the memo files kept beside them."""
 
     def work() -> None:
         from medconvnext.data.cache import cache_info
 
         stats = cache_info(cache_dir)
-        console.print(f"{stats['path']}: {stats['entries']} entries, {stats['bytes'] / 2**20:.1f} MiB", highlight=False)
+        console.print(f"{stats['path']}: {stats['entries']} entries, {stats['bytes'] / 2**20:.1f} MiB; "
+                      f"{stats['memos']} memo files, {stats['memo_bytes'] / 2**20:.1f} MiB (cache clear --memos)",
+                      highlight=False)
 
     run_guarded(work)
 

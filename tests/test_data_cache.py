@@ -184,6 +184,8 @@ def test_cache_clear_memos_removes_only_the_memos(tmp_path, monkeypatch):
     (tmp_path / "c" / "notes.txt").write_text("mine")
     assert runner.invoke(app, ["cache", "clear"]).exit_code == 0  # without --memos they stay
     assert all(p.exists() for p in memos)
+    info = runner.invoke(app, ["cache", "info"])
+    assert info.exit_code == 0 and f"{len(memos)} memo files" in info.output
     cleared = runner.invoke(app, ["cache", "clear", "--memos"])
     assert cleared.exit_code == 0 and f"removed {len(memos)} memo files" in cleared.output
     assert not any(p.exists() for p in memos) and (tmp_path / "c" / "notes.txt").read_text() == "mine"

@@ -186,10 +186,12 @@ def _compact(value: object) -> object:
 
 
 def cache_info(cache_dir: str | Path | None = None) -> dict:
-    """Entries and bytes in a cache folder."""
+    """Entries and bytes in a cache folder, and the memo files beside them (:func:`memo_files`)."""
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     entries = list(root.glob(f"*/*{ENTRY_SUFFIX}")) if root.is_dir() else []
-    return {"path": str(root), "entries": len(entries), "bytes": sum(p.stat().st_size for p in entries)}
+    memos = memo_files(cache_dir)
+    return {"path": str(root), "entries": len(entries), "bytes": sum(p.stat().st_size for p in entries),
+            "memos": len(memos), "memo_bytes": sum(p.stat().st_size for p in memos)}
 
 
 def clear_cache(cache_dir: str | Path | None = None) -> int:
@@ -208,11 +210,10 @@ def clear_cache(cache_dir: str | Path | None = None) -> int:
     return removed
 
 
-def clear_memos(memo_dir: str | Path | None = None) -> int:
-    """Delete what medconvnext remembers about files by their content (the validation checks, the file digests, the
-    leakage audit's voxel hashes and the plan's per-scan foreground memo, :mod:`~medconvnext.data.foreground_memo`):
-    all recomputed when next needed.
-    Only those names are touched. Returns how many files were removed."""
+def memo_files(memo_dir: str | Path | None = None) -> list[Path]:
+    """What medconvnext remembers about files by their content (the validation checks, the file digests, the
+    leakage audit's voxel hashes and the plan's per-scan foreground memo, :mod:`~medconvnext.data.foreground_memo`),
+    as the files that exist now."""
     from medconvnext.data.content import MEMO_NAME, default_memo_dir
     from medconvnext.data.foreground_memo import MEMO_FOLDER
     from medconvnext.data.leakage import HASH_CACHE_NAME
@@ -220,9 +221,14 @@ def clear_memos(memo_dir: str | Path | None = None) -> int:
 
     root = Path(memo_dir).expanduser() if memo_dir else default_memo_dir()
     paths = [root / CHECKS_CACHE_NAME, root / MEMO_NAME, root / HASH_CACHE_NAME, *(root / MEMO_FOLDER).glob("*.npz")]
+    return [p for p in paths if p.is_file()]
+
+
+def clear_memos(memo_dir: str | Path | None = None) -> int:
+    """Delete the :func:`memo_files` (all recomputed when next needed); only those names are touched. Returns how
+    many files were removed."""
     removed = 0
-    for path in paths:
-        if path.is_file():
-            path.unlink()
-            removed += 1
+    for path in memo_files(memo_dir):
+        path.unlink(missing_ok=True)
+        removed += 1
     return removed
