@@ -14,7 +14,7 @@ from medconvnext.cli._common import console, print_table, run_guarded
 def predict(
     inputs: list[Path] = typer.Argument(
         ..., metavar="SCAN",
-        help="Scan files (.nii, .nii.gz, .nrrd, .mha, .mhd), DICOM series folders, folders of scans "
+        help="Scan files (.nii, .nii.gz, .hdr/.img, .nrrd, .nhdr, .mha, .mhd), DICOM series folders, folders of scans "
                   "(searched recursively), or a .csv/.tsv with an 'image' column (and optionally 'label')."
     ),
     model: list[Path] = typer.Option(
