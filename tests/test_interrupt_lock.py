@@ -28,8 +28,11 @@ def test_an_interrupted_run_says_resume_and_a_rerun_says_resume_not_overwrite(tm
     out = tmp_path / "run"
     command = ["train", "--data", str(data), "--out", str(out), *TINY, "--epochs", "500"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # a test run started in the background (`cmd &`, nohup) passes SIGINT on as ignored, and Python then keeps
+    # ignoring it: the child gets the default disposition, as from an interactive shell
     proc = subprocess.Popen([sys.executable, "-m", "medconvnext", *command], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120  # generous: a loaded CI machine imports torch slowly
     while time.monotonic() < deadline and not (out / "metrics.jsonl").is_file():  # after its first epoch
         time.sleep(0.1)
