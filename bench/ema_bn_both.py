@@ -51,10 +51,8 @@ def _validate_both(self: Any, loop: Any, stats: Any) -> tuple[dict[str, Any], di
     return record, val
 
 
-_trainer_class = next(c for c in vars(trainer).values()
-                      if isinstance(c, type) and hasattr(c, "_validate") and hasattr(c, "_bn_inputs"))
-_original = _trainer_class._validate
-_trainer_class._validate = _validate_both
+_original = trainer._RunHooks._validate
+trainer._RunHooks._validate = _validate_both
 
 if __name__ == "__main__":
     main()

@@ -26,13 +26,10 @@ def check(
     """Read and validate every case; print a summary and the preprocessing plan; exit 2 on bad files."""
 
     def work() -> None:
-        from medconvnext.config import apply_overrides, load_config, parse_set_option
         from medconvnext.data.datalist import Datalist, load_datalist
         from medconvnext.data.validate import inspect_datalist
 
-        # the config (and its --set) is checked before any scan is read
-        cfg = apply_overrides(load_config(config), dict(parse_set_option(item) for item in set_), "--set")
-        cfg.validate()
+        cfg = options.build_config(config, set_).validate()  # checked before any scan is read
         datalist = load_datalist(data)
         reports = {case.case_id: found for case, found in inspect_datalist(datalist)}
         bad = [f"{r.path}: {p}" for rs in reports.values() for r in rs for p in r.problems]

@@ -228,30 +228,7 @@ def sitk_array(image) -> np.ndarray:
     array = sitk.GetArrayFromImage(image)
     spatial = image.GetDimension()
     order = list(range(spatial))[::-1] + list(range(spatial, array.ndim))
-    return c_order(array.transpose(order))
-
-
-def c_order(array: np.ndarray) -> np.ndarray:
-    """``array`` in C order, the same values and dtype: ``np.ascontiguousarray``, done by torch's strided copy.
-
-    Why: a scan's array is Fortran-ordered as read (NIfTI stores x fastest; SimpleITK's (z, y, x) array transposed
-    to (x, y, z) is a Fortran view), and numpy's transposing copy of a 512 x 512 x 300 int16 CT takes seconds
-    where torch's takes a fraction of that (docs/benchmarks.md, "Reading a scan"). Dtypes torch cannot view and
-    non-native byte orders fall back to numpy.
-    """
-    if array.flags.c_contiguous:
-        return array
-    if not array.flags.f_contiguous or not array.dtype.isnative or array.dtype not in TORCH_VIEWABLE:
-        return np.ascontiguousarray(array)
-    import torch
-
-    # array.T is the same memory in C order with the axes reversed; permuting back gives the original axes
-    tensor = torch.from_numpy(array.T).permute(*reversed(range(array.ndim)))
-    return tensor.contiguous().numpy()
-
-
-TORCH_VIEWABLE = frozenset(np.dtype(t) for t in ("uint8", "int8", "int16", "int32", "int64", "float16", "float32",
-                                                "float64", "bool"))
+    return np.ascontiguousarray(array.transpose(order))
 
 
 @dataclass(frozen=True)

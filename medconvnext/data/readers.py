@@ -26,7 +26,6 @@ from medconvnext.data.capture import library_output, report
 from medconvnext.data.io import (
     NIFTI_SUFFIXES,
     SITK_SUFFIXES,
-    TORCH_VIEWABLE,
     is_dicom_folder,
     nifti_affine,
     read_sitk_image,
@@ -118,13 +117,15 @@ def c_order_float32(array: np.ndarray) -> np.ndarray:
     (non-native byte order, dtypes torch lacks) and arrays already in C order are returned unchanged.
     """
     if array.flags.c_contiguous or not array.flags.f_contiguous or not array.dtype.isnative \
-            or array.dtype not in TORCH_VIEWABLE:
+            or array.dtype not in _TORCH_VIEWABLE:
         return array
     # array.T is the same memory in C order with the axes reversed; permuting back gives the original axes
     tensor = torch.from_numpy(array.T).permute(*reversed(range(array.ndim)))
     return tensor.to(torch.float32, memory_format=torch.contiguous_format).numpy()
 
 
+_TORCH_VIEWABLE = {np.dtype(t) for t in ("uint8", "int8", "int16", "int32", "int64", "float16", "float32",
+                                         "float64", "bool")}
 
 
 def image_readers() -> list[ImageReader]:

@@ -158,10 +158,11 @@ def inspect_images(paths: Iterable[str | Path], max_voxels: int = MAX_VOXELS) ->
         report = _cached_report(cache.get(key), path)
         if report is None:
             report = inspect_image(path, max_voxels)
-            cache[key] = asdict(report) | {"path": str(Path(path).resolve()), "voxel_hash": None}
+            entry = asdict(report) | {"path": str(Path(path).resolve())}
+            if entry.pop("voxel_hash") is not None:  # kept by the leakage audit's own cache, not here
+                hashes[content] = (entry["path"], report.voxel_hash)
+            cache[key] = entry
             changed = True
-            if report.voxel_hash is not None:
-                hashes[content] = (str(Path(path).resolve()), report.voxel_hash)
         reports.append(report)
     if changed and cache is not None:
         _save_checks(cache_path, cache)

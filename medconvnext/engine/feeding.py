@@ -32,7 +32,7 @@ from monai.data.meta_obj import get_track_meta
 from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler, default_collate
 
 from medconvnext.config import DataConfig
-from medconvnext.data.transforms import IMAGE
+from medconvnext.data.transforms import IMAGE, augmentation_transforms
 from medconvnext.engine import distributed as dist
 
 MAX_AUTO_WORKERS = 8  # enough to feed one GPU with cached 32-128³ volumes; more mostly costs start-up time
@@ -102,6 +102,16 @@ def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
     resumed run augments exactly as an uninterrupted one, and ranks draw different augmentations."""
     salt, step = ((100_003, 1_009), (100_019, 1_013))[stream]
     return (seed * salt + epoch * step + dist.rank()) % 2**32
+
+
+def split_augmentation(cfg: DataConfig, input_size: Sequence[int]) -> tuple[str, BatchAugment | None]:
+    """Where ``data.augment`` runs: (the preset the loader's transforms apply, the on-device augmentation or None).
+
+    ``data.augment_on = device``: the loader's transforms stop before the augmentation ("none"), which then runs
+    per case on the batch in the training step (``train`` and ``pretrain`` alike)."""
+    if cfg.augment_on == "device":
+        return "none", BatchAugment(augmentation_transforms(cfg.augment, input_size))
+    return cfg.augment, None
 
 
 def seed_epoch(seed: int, epoch: int, loader: Any, transform: Any, augment: BatchAugment | None = None) -> None:

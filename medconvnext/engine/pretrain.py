@@ -30,11 +30,10 @@ from medconvnext.data.dataset import make_dataset
 from medconvnext.data.fingerprint import compute_fingerprint, plan_preprocessing
 from medconvnext.data.pipeline import PreprocessingPipeline
 from medconvnext.data.preprocessing import PreprocessingPlan
-from medconvnext.data.transforms import augmentation_transforms
 from medconvnext.data.validate import require_valid, validate_datalist
 from medconvnext.engine import distributed as dist
 from medconvnext.engine.checkpoint import atomic_write, save_checkpoint, unwrap_model
-from medconvnext.engine.feeding import BatchAugment, plain, seed_epoch, training_loader
+from medconvnext.engine.feeding import plain, seed_epoch, split_augmentation, training_loader
 from medconvnext.engine.loop import (
     Batches,
     EpochHooks,
@@ -217,13 +216,11 @@ def _fit(config: Config, run: RunDir, cases: list[Case], plan: PreprocessingPlan
     fcmae.to(memory_format=apply_memory_format(fcmae.encoder, device, plan.input_size))
     records = [{"image": c.images[0] if len(c.images) == 1 else list(c.images), "label": -1, "case_id": c.case_id}
                for c in cases]
-    # data.augment_on=device: the loader's transforms stop before the augmentation, which runs in the step
-    on_device = config.data.augment_on == "device"
-    transform = PreprocessingPipeline(plan).training("none" if on_device else config.data.augment)
+    loader_augment, augment = split_augmentation(config.data, plan.input_size)
+    transform = PreprocessingPipeline(plan).training(loader_augment)
     dataset = make_dataset(records, transform, config.data.cache, cache_dir=config.data.cache_dir)
     generator = torch.Generator().manual_seed(cfg.seed)
     loader = training_loader(dataset, cfg.batch_size, config.data, device, cfg.seed, generator)
-    augment = BatchAugment(augmentation_transforms(config.data.augment, plan.input_size)) if on_device else None
     step = ReconstructionStep(model_memory_format(fcmae.encoder), augment=augment)
     loop = build_loop(fcmae, cfg, device, step, len(loader), generator, transform, FCMAE_RECIPE)
     start = resume_point(loop, state, run, cfg.epochs)

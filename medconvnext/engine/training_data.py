@@ -15,10 +15,9 @@ from torch.utils.data import DataLoader
 from medconvnext.config import Config
 from medconvnext.data.dataset import case_records, make_dataset
 from medconvnext.data.pipeline import PreprocessingPipeline
-from medconvnext.data.transforms import augmentation_transforms
 from medconvnext.engine import distributed as dist
 from medconvnext.engine.ema import has_batchnorm
-from medconvnext.engine.feeding import BatchAugment, loader_options, make_loader, training_loader
+from medconvnext.engine.feeding import BatchAugment, loader_options, make_loader, split_augmentation, training_loader
 from medconvnext.engine.setup import RunSetup
 from medconvnext.engine.validation import Tiling
 
@@ -64,9 +63,7 @@ def training_data(setup: RunSetup, generator: torch.Generator) -> TrainingData:
     by_id = {c.case_id: c for c in datalist.cases}
     train_records = case_records(datalist, [by_id[i] for i in split.train])
     val_records = case_records(datalist, [by_id[i] for i in split.val])
-    # data.augment_on=device: the loader's transforms stop before the augmentation, which runs in the step
-    on_device = config.data.augment_on == "device"
-    loader_augment = "none" if on_device else config.data.augment
+    loader_augment, augment = split_augmentation(config.data, plan.input_size)  # data.augment_on
     cfg = config.train
     train_transform = PreprocessingPipeline(plan).training(loader_augment, cfg.patches, cfg.mil_bag_size,
                                                            cfg.mil_foreground_share)
@@ -86,7 +83,6 @@ def training_data(setup: RunSetup, generator: torch.Generator) -> TrainingData:
     train_loader = _train_loader(train_ds, train_records, counts, config, generator, device)
     # uncropped volumes differ in size, so they go one at a time
     val_loader = make_loader(val_part, 1 if tiled else config.train.batch_size, config.data, device)
-    augment = BatchAugment(augmentation_transforms(config.data.augment, plan.input_size)) if on_device else None
     tiling = (config.inference, plan.input_size) if tiled else None
     bn_loader = None
     if config.train.ema and config.train.ema_bn_batches > 0 and has_batchnorm(setup.model):
