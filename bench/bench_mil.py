@@ -10,12 +10,16 @@ soft-tissue sphere of 6-15 mm diameter somewhere in a lung, class ``clear`` none
   (as many as the grid over the body: the whole body in every bag), gated-attention pooling; validation pools
   every sliding window.
 
+Each with the encoder's global pooling ``--pool`` (``model.args.global_pool``: ``max``, MIL's default, and/or
+``avg``, the families' default); a run is keyed ``{mil|whole}_{pool}_seed{S}``.
+
 Prints the best validation AUC and the training loss per epoch of each, and writes JSON. A finished run is not
 trained again when the script is rerun (runs take tens of minutes on 2 CPU cores). For the MIL run, also where
 its attention rests: ``predict --window-map`` on the validation scans with a nodule, and the rank of the window
 holding the nodule among the scan's windows (1 = the model looked there first).
 
-    python bench/bench_mil.py --out /tmp/mil --results bench/results/mil_nodules.json
+    python bench/bench_mil.py --out /tmp/mil --train 400 --val 100 --model convnext_med_iso --pool max avg \
+        --results bench/results/mil_nodules_400.json
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", nargs="+", default=["mil", "whole"], choices=["mil", "whole"])
+    parser.add_argument("--pool", nargs="+", default=["max"], choices=["avg", "max"],
+                        help="model.args.global_pool of the runs (MIL's default is max), one run per value")
     args = parser.parse_args()
     data = generate(args.out / "scans", args.train, args.val, tuple(args.shape), tuple(args.spacing))
     path = args.results or args.out / "mil_nodules.json"
@@ -59,23 +65,24 @@ def main() -> None:
                 f"{args.patch}]", "--set", f"preprocessing.max_input_voxels={10**9}", "--set",
                 f"train.mil_bag_size={args.bag}", "--set", "inference.mode=sliding"],
     }
-    for name in args.runs:
-        key = f"{name}_seed{args.seed}"
+    for name, pool in [(name, pool) for name in args.runs for pool in args.pool]:
+        key = f"{name}_{pool}_seed{args.seed}"
         if key in results:
             continue
         run = args.out / key
         cmd = [sys.executable, "-m", "medconvnext", "train", "--data", str(data), "--config",
-               str(REPO / "configs" / "ct.yaml"), "--out", str(run), "--overwrite", *common, *settings[name]]
+               str(REPO / "configs" / "ct.yaml"), "--out", str(run), "--overwrite", *common, *settings[name],
+               "--set", f"model.args.global_pool={pool}"]
         print(" ".join(cmd[1:]), flush=True)
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         results[key] = summarise(run, cmd[1:])
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    mil = f"mil_seed{args.seed}"
-    if mil in results and "attention" not in results[mil]:
-        results[mil]["attention"] = attention_ranks(args.out / mil, data, args.train, args.val, tuple(args.shape),
-                                                    tuple(args.spacing))
-        path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    for mil in [f"mil_{pool}_seed{args.seed}" for pool in args.pool]:
+        if mil in results and "attention" not in results[mil]:
+            results[mil]["attention"] = attention_ranks(args.out / mil, data, args.train, args.val,
+                                                        tuple(args.shape), tuple(args.spacing))
+            path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     for key, row in results.items():
         print(f"{key:14s} best val AUC {row['best_val_auc']:.3f} (epoch {row['best_epoch']}), spacing "
               f"{row['spacing']}, input {row['input_size']}, train loss {[round(x, 3) for x in row['train_loss']]}")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from medconvnext.layers import LayerNorm3d, drop_path, drop_path_rates
+from medconvnext.layers import LayerNorm3d, drop_path, drop_path_rates, global_pool
 from medconvnext.models import (
     ConvMixer3d,
     ConvNeXt3d,
@@ -389,3 +389,27 @@ def test_vessel_diagnosis_options_change_what_they_name() -> None:
         create_model("convnext_med_iso", block="resnet")
     with pytest.raises(ValueError, match="init must be one of"):
         create_model("convnext_med_iso", init="xavier")
+
+
+@pytest.mark.parametrize("name", ["convnext_med_iso", "convmixer_128_4", "resnext_tiny"])
+def test_global_max_pool_keeps_one_voxel_response_that_the_average_dilutes(name: str) -> None:
+    """``global_pool="max"`` (a small finding in a patch): the pooled features are the map's maxima, so one
+    strong cell is read at full strength where the average divides it by the map's size."""
+    torch.manual_seed(0)
+    avg = create_model(name, global_pool="avg").eval()
+    peak = create_model(name, global_pool="max").eval()
+    peak.load_state_dict(avg.state_dict())  # pooling has no weights: the same network
+    features = 0.1 * torch.randn(1, avg.num_features, 4, 4, 4)  # a background...
+    features[0, : avg.num_features // 2, 1, 2, 3] = 8.0  # ...and one cell where half the channels respond
+    norm = getattr(avg, "head_norm", nn.Identity())
+    with torch.no_grad():
+        pooled_max, pooled_avg = peak.forward_head(features, pre_logits=True), avg.forward_head(features, True)
+        torch.testing.assert_close(pooled_max, norm(features.amax(dim=(2, 3, 4))))
+        torch.testing.assert_close(pooled_avg, norm(features.mean(dim=(2, 3, 4))))
+    assert not torch.allclose(pooled_max, pooled_avg)
+    half = avg.num_features // 2  # the pooling itself: the cell at full strength, or divided by the 4³ map
+    assert torch.equal(global_pool(features, "max")[0, :half], torch.full((half,), 8.0))
+    assert float(global_pool(features, "avg")[0, :half].mean()) < 8.0 / 64 + 0.05
+    assert peak.model_args["global_pool"] == "max"
+    with pytest.raises(ValueError, match="global_pool"):
+        create_model(name, global_pool="gem")

@@ -13,7 +13,12 @@ from medconvnext.errors import UserError
 from medconvnext.models import get_entry
 from medconvnext.models.mil import is_mil
 
-__all__ = ["check_mil", "check_mil_input", "mil_arguments", "mil_encoder"]
+__all__ = ["MIL_GLOBAL_POOL", "check_mil", "check_mil_input", "mil_arguments", "mil_encoder"]
+
+# A MIL encoder pools each patch by its maximum unless model.args.global_pool says otherwise: with the average, a
+# finding of a few voxels is diluted by the patch and MIL stayed at chance; with the maximum it is found
+# (bench/mil_pooling.py, docs/benchmarks.md "Multiple-instance learning").
+MIL_GLOBAL_POOL = "max"
 
 
 def check_mil(cfg: TrainConfig) -> None:

@@ -20,7 +20,7 @@ from medconvnext.config import Config
 from medconvnext.data.datalist import Datalist
 from medconvnext.engine import distributed as dist
 from medconvnext.engine.checkpoint import atomic_write
-from medconvnext.engine.mil import mil_arguments, mil_encoder
+from medconvnext.engine.mil import MIL_GLOBAL_POOL, mil_arguments, mil_encoder
 from medconvnext.engine.seeding import seed_everything
 from medconvnext.errors import UserError
 from medconvnext.models import create_model
@@ -45,6 +45,7 @@ def build_model(config: Config, datalist: Datalist) -> nn.Module:
     args = {"in_channels": len(datalist.cases[0].images), **config.model.args}
     if config.train.patches == "mil":
         args["mil"] = mil_arguments(config)
+        args.setdefault("global_pool", MIL_GLOBAL_POOL)
     elif "mil" in args:
         raise UserError("model.args.mil: MIL arguments need train.patches=mil")
     if config.train.drop_path_rate is not None:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from medconvnext.layers import as_triple, check_input_size
+from medconvnext.layers import as_triple, check_global_pool, check_input_size, global_pool
 from medconvnext.layers.shapes import Triple
 from medconvnext.models._registry import register_model
 
@@ -72,6 +72,7 @@ class ConvMixer3d(nn.Module):
         act: str = "gelu",
         head_dropout: float = 0.0,
         grad_checkpointing: bool = False,
+        global_pool: str = "avg",
     ) -> None:
         """
         Args:
@@ -79,6 +80,8 @@ class ConvMixer3d(nn.Module):
             patch_size: patch embedding kernel = stride; int or (D, H, W).
             kernel_size: depthwise kernel of the mixer layers; int or (D, H, W); "same" padding.
             act: ``"gelu"`` or ``"relu"``.
+            global_pool: ``"avg"`` (the default) or ``"max"``: how the last feature map becomes one vector per
+                volume (:mod:`medconvnext.layers.pooling`; max keeps a small finding's local response).
             grad_checkpointing: recompute each mixer layer's activations in backward to save memory.
         """
         super().__init__()
@@ -94,6 +97,7 @@ class ConvMixer3d(nn.Module):
 
         self.stem = nn.Sequential(nn.Conv3d(in_channels, dim, patch, stride=patch), activation(), nn.BatchNorm3d(dim))
         self.blocks = nn.Sequential(*(MixerLayer(dim, kernel, activation) for _ in range(depth)))
+        self.global_pool = check_global_pool(global_pool)
         self.head_drop = nn.Dropout(head_dropout)
         self.head = nn.Linear(dim, num_classes)
 
@@ -109,8 +113,8 @@ class ConvMixer3d(nn.Module):
         return x
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Global average pool over D, H, W -> (dropout) -> Linear."""
-        x = features.mean(dim=(2, 3, 4))
+        """Global pool (``global_pool``: average or max) over D, H, W -> (dropout) -> Linear."""
+        x = global_pool(features, self.global_pool)
         return x if pre_logits else self.head(self.head_drop(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,17 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from medconvnext.layers import DropPath, GRN3d, as_triple, check_input_size, drop_path_rates, init_weights, make_norm3d
+from medconvnext.layers import (
+    DropPath,
+    GRN3d,
+    as_triple,
+    check_global_pool,
+    check_input_size,
+    drop_path_rates,
+    global_pool,
+    init_weights,
+    make_norm3d,
+)
 from medconvnext.layers.norm import NORMS
 from medconvnext.layers.shapes import Triple
 from medconvnext.models._dwconv import DepthwiseConv3d
@@ -136,6 +146,7 @@ class ConvNeXt3d(StagedLayerIds, nn.Module):
         stem_act: bool = False,
         head_norm: bool = True,
         init: str = "trunc_normal",
+        global_pool: str = "avg",
     ) -> None:
         """
         Args:
@@ -175,6 +186,8 @@ class ConvNeXt3d(StagedLayerIds, nn.Module):
             stem_act: GELU between the patchify conv and its norm (ConvMixer's stem: conv -> GELU -> norm).
             head_norm: LayerNorm on the pooled features before the linear head (the paper's); False: pool -> Linear
                 (ConvMixer's, DenseNet's).
+            global_pool: ``"avg"`` (the paper's) or ``"max"``: how the last feature map becomes one vector per
+                volume (:mod:`medconvnext.layers.pooling`; max keeps a small finding's local response).
             init: ``"trunc_normal"`` (the paper's std 0.02 for every conv and linear layer) or ``"torch_default"``
                 (PyTorch's own init, Kaiming-uniform with a = sqrt(5), as ConvMixer keeps): with std 0.02 a
                 64 -> 256 linear layer on unit inputs gives pre-activations of std ~0.16, where GELU is nearly
@@ -234,6 +247,7 @@ class ConvNeXt3d(StagedLayerIds, nn.Module):
             nn.Sequential(*(make_block(i, rate) for rate in rates[i])) for i in range(stages)
         )
         self.head_norm = nn.LayerNorm(dims[-1], eps=1e-6) if head_norm else nn.Identity()
+        self.global_pool = check_global_pool(global_pool)
         self.head_drop = nn.Dropout(head_dropout)
         self.head = nn.Linear(dims[-1], num_classes)
 
@@ -262,8 +276,9 @@ class ConvNeXt3d(StagedLayerIds, nn.Module):
         return x
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Global average pool over D, H, W -> LayerNorm (unless ``head_norm=False``) -> (dropout) -> Linear."""
-        x = self.head_norm(features.mean(dim=(2, 3, 4)))
+        """Global pool (``global_pool``: average or max) over D, H, W -> LayerNorm (unless ``head_norm=False``) ->
+        (dropout) -> Linear."""
+        x = self.head_norm(global_pool(features, self.global_pool))
         return x if pre_logits else self.head(self.head_drop(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

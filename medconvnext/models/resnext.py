@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from medconvnext.layers import check_input_size
+from medconvnext.layers import check_global_pool, check_input_size, global_pool
 from medconvnext.layers.shapes import Triple
 from medconvnext.models._registry import register_model
 
@@ -74,6 +74,7 @@ class ResNeXt3d(nn.Module):
         zero_init_residual: bool = False,
         head_dropout: float = 0.0,
         grad_checkpointing: bool = False,
+        global_pool: str = "avg",
     ) -> None:
         """
         Args:
@@ -83,6 +84,8 @@ class ResNeXt3d(nn.Module):
             stem: ``"default"`` (7³ stride-2 conv + max-pool, min input 32³) or ``"small"``
                 (3³ stride-1 conv, no pool, min input 8³).
             zero_init_residual: start each residual branch at zero (last BN gamma = 0).
+            global_pool: ``"avg"`` (the default) or ``"max"``: how the last feature map becomes one vector per
+                volume (:mod:`medconvnext.layers.pooling`; max keeps a small finding's local response).
             grad_checkpointing: recompute block activations in backward to save memory.
         """
         super().__init__()
@@ -120,6 +123,7 @@ class ResNeXt3d(nn.Module):
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.ModuleList(stages)
         self.num_features = in_planes
+        self.global_pool = check_global_pool(global_pool)
         self.head_drop = nn.Dropout(head_dropout)
         self.head = nn.Linear(in_planes, num_classes)
 
@@ -147,8 +151,8 @@ class ResNeXt3d(nn.Module):
         return x
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Global average pool over D, H, W -> (dropout) -> Linear."""
-        x = features.mean(dim=(2, 3, 4))
+        """Global pool (``global_pool``: average or max) over D, H, W -> (dropout) -> Linear."""
+        x = global_pool(features, self.global_pool)
         return x if pre_logits else self.head(self.head_drop(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
