@@ -42,6 +42,9 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=None)
     parser.add_argument("--train", type=int, default=40, help="training scans (half with a nodule)")
     parser.add_argument("--val", type=int, default=20, help="validation scans (half with a nodule)")
+    parser.add_argument("--test", type=int, default=0,
+                        help="test scans (half with a nodule; in scans_test/), scored once by `evaluate` on each "
+                             "run's best-validation checkpoint")
     parser.add_argument("--shape", type=int, nargs=3, default=[160, 160, 80])
     parser.add_argument("--spacing", type=float, nargs=3, default=[2.4, 2.4, 3.0], help="mm")
     parser.add_argument("--budget", type=int, default=32**3, help="whole-volume input voxels")
@@ -50,6 +53,7 @@ def main() -> None:
     parser.add_argument("--model", default="convmixer_128_4")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--runs", nargs="+", default=["mil", "whole"], choices=["mil", "whole"])
     parser.add_argument("--pool", nargs="+", default=["max"], choices=["avg", "max"],
                         help="model.args.global_pool of the runs (MIL's default is max), one run per value")
@@ -58,7 +62,7 @@ def main() -> None:
     path = args.results or args.out / "mil_nodules.json"
     results = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     common = ["--model", args.model, "--epochs", str(args.epochs), "--seed", str(args.seed), "--batch-size", "2",
-              "--lr", "1e-3", "--set", "data.cache=memory", "--set", "data.augment=flips"]
+              "--lr", str(args.lr), "--set", "data.cache=memory", "--set", "data.augment=flips"]
     settings = {
         "whole": ["--set", f"preprocessing.max_input_voxels={args.budget}"],
         "mil": ["--set", "train.patches=mil", "--set", f"preprocessing.input_size=[{args.patch},{args.patch},"
@@ -78,6 +82,13 @@ def main() -> None:
         results[key] = summarise(run, cmd[1:])
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    if args.test:
+        tests = generate(args.out / "scans_test", 0, args.test, tuple(args.shape), tuple(args.spacing),
+                         first=args.train + args.val, split="test")
+        for key in [f"{name}_{pool}_seed{args.seed}" for name in args.runs for pool in args.pool]:
+            if key in results and "test_auc" not in results[key]:
+                results[key]["test_auc"] = test_auc(args.out / key, tests)
+                path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     for mil in [f"mil_{pool}_seed{args.seed}" for pool in args.pool]:
         if mil in results and "attention" not in results[mil]:
             results[mil]["attention"] = attention_ranks(args.out / mil, data, args.train, args.val,
@@ -93,8 +104,9 @@ def main() -> None:
 
 
 def generate(folder: Path, train: int, val: int, shape: tuple[int, int, int],
-             spacing: tuple[float, float, float]) -> Path:
-    """Phantoms and ``labels.csv`` with a split column (kept between runs: a complete folder is reused)."""
+             spacing: tuple[float, float, float], first: int = 0, split: str = "val") -> Path:
+    """Phantoms ``first`` to ``first + train + val - 1`` and ``labels.csv`` with a split column (the last ``val``
+    in ``split``); a complete folder is reused between runs."""
     from medconvnext.data.synthetic import chest_ct, save_phantom
 
     labels = folder / "labels.csv"
@@ -102,13 +114,13 @@ def generate(folder: Path, train: int, val: int, shape: tuple[int, int, int],
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
-    for i in range(train + val):
+    for i in range(first, first + train + val):
         nodule = i % 2 == 0
         rng = np.random.default_rng(5000 + i)
         phantom = chest_ct(shape, spacing, nodule=nodule, seed=5000 + i, periphery=bool(rng.integers(2)))
         save_phantom(phantom, str(folder / f"ct_{i:03d}.nii.gz"))
         rows.append({"image": f"ct_{i:03d}.nii.gz", "label": "nodule" if nodule else "clear",
-                     "split": "train" if i < train else "val"})
+                     "split": "train" if i < first + train else split})
     with open(labels, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, ["image", "label", "split"])
         writer.writeheader()
@@ -143,6 +155,14 @@ def attention_ranks(run: Path, data: Path, train: int, val: int, shape: tuple[in
                      "attention_max": float(values.max()), "rank": int((values > at).sum()) + 1,
                      "windows": int(len(values))})
     return rows
+
+
+def test_auc(run: Path, tests: Path) -> float:
+    """The AUC of the run's best-validation checkpoint on the test phantoms (``medconvnext evaluate``)."""
+    out = run / "eval_test"
+    subprocess.run([sys.executable, "-m", "medconvnext", "evaluate", str(run), "--data", str(tests), "--split",
+                    "test", "--out", str(out), "--n-boot", "0"], check=True, stdout=subprocess.DEVNULL)
+    return float(json.loads((out / "summary.json").read_text(encoding="utf-8"))["pooled"]["auc"])
 
 
 def summarise(run: Path, command: list[str]) -> dict:

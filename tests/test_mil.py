@@ -130,6 +130,8 @@ def test_mil_run_trains_predicts_with_an_attention_map_and_resumes(tmp_path):
     assert result.exit_code == 0, result.output
     checkpoint = load_checkpoint(run / "checkpoint_best.safetensors")
     assert checkpoint.meta["model"]["mil"] == {} and isinstance(checkpoint.build_model(), MILClassifier)
+    # each patch pooled by its maximum (a small finding is not averaged away), stored so the rebuild matches
+    assert checkpoint.meta["model"]["global_pool"] == "max" and checkpoint.build_model().encoder.global_pool == "max"
 
     scan = str(data / "ct0.nii.gz")
     maps, out = tmp_path / "maps", tmp_path / "p.csv"
@@ -207,7 +209,8 @@ def test_mil_settings_are_checked_before_any_write(tmp_path):
     for extra, field in ((["--set", "train.mil_bag_size=0"], "train.mil_bag_size"),
                          (["--set", "train.mil_foreground_share=1.5"], "train.mil_foreground_share"),
                          (["--set", "train.mixup=0.8"], "train.mixup"),
-                         (["--set", "model.name=monai_resnet18"], "train.patches=mil")):
+                         (["--set", "model.name=monai_resnet18"], "train.patches=mil"),
+                         (["--set", "model.args.global_pool=mean"], "model.args")):
         out = tmp_path / f"bad{len(extra[1])}"
         result = runner.invoke(app, [*_train_args(data, out, 1), *extra])
         assert result.exit_code == 2 and field in result.output, result.output
