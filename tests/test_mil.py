@@ -129,9 +129,12 @@ def test_mil_run_trains_predicts_with_an_attention_map_and_resumes(tmp_path):
     result = runner.invoke(app, _train_args(data, run, epochs=1))
     assert result.exit_code == 0, result.output
     checkpoint = load_checkpoint(run / "checkpoint_best.safetensors")
-    assert checkpoint.meta["model"]["mil"] == {} and isinstance(checkpoint.build_model(), MILClassifier)
-    # each patch pooled by its maximum (a small finding is not averaged away), stored so the rebuild matches
-    assert checkpoint.meta["model"]["global_pool"] == "max" and checkpoint.build_model().encoder.global_pool == "max"
+    model = checkpoint.build_model()
+    assert checkpoint.meta["model"]["mil"] == {"embedding_norm": True} and isinstance(model, MILClassifier)
+    # each patch pooled by its maximum (a small finding is not averaged away) and each embedding feature
+    # standardised over the instances, both stored so the rebuild matches
+    assert checkpoint.meta["model"]["global_pool"] == "max" and model.encoder.global_pool == "max"
+    assert isinstance(model.embedding_norm, torch.nn.BatchNorm1d) and int(model.embedding_norm.num_batches_tracked) > 0
 
     scan = str(data / "ct0.nii.gz")
     maps, out = tmp_path / "maps", tmp_path / "p.csv"
@@ -206,7 +209,7 @@ def test_a_peripheral_nodule_lies_inside_a_mil_window(tmp_path):
 
 def test_mil_settings_are_checked_before_any_write(tmp_path):
     data = _phantoms(tmp_path, count=4)
-    for extra, field in ((["--set", "train.mil_bag_size=0"], "train.mil_bag_size"),
+    for extra, field in ((["--set", "train.mil_bag_size=1"], "train.mil_bag_size"),
                          (["--set", "train.mil_foreground_share=1.5"], "train.mil_foreground_share"),
                          (["--set", "train.mixup=0.8"], "train.mixup"),
                          (["--set", "model.name=monai_resnet18"], "train.patches=mil"),

@@ -13,18 +13,21 @@ from medconvnext.errors import UserError
 from medconvnext.models import get_entry
 from medconvnext.models.mil import is_mil
 
-__all__ = ["MIL_GLOBAL_POOL", "check_mil", "check_mil_input", "mil_arguments", "mil_encoder"]
+__all__ = ["MIL_EMBEDDING_NORM", "MIL_GLOBAL_POOL", "check_mil", "check_mil_input", "mil_arguments", "mil_encoder"]
 
 # A MIL encoder pools each patch by its maximum unless model.args.global_pool says otherwise: with the average, a
 # finding of a few voxels is diluted by the patch and MIL stayed at chance; with the maximum it is found
 # (bench/mil_pooling.py, docs/benchmarks.md "Multiple-instance learning").
 MIL_GLOBAL_POOL = "max"
+# ...and standardises each embedding feature over the instances (MILClassifier's embedding_norm): the attention
+# head finds the finding on standardised features, not on LayerNorm'd ones (bench/mil_pooling.py).
+MIL_EMBEDDING_NORM = True
 
 
 def check_mil(cfg: TrainConfig) -> None:
     """Field-naming user errors for the ``train.patches=mil`` settings."""
-    if cfg.mil_bag_size < 1:
-        raise UserError(f"train.mil_bag_size must be >= 1, got {cfg.mil_bag_size}")
+    if cfg.mil_bag_size < 2:  # one patch per bag is patch training; and the embedding norm needs two instances
+        raise UserError(f"train.mil_bag_size must be >= 2, got {cfg.mil_bag_size}")
     if not 0.0 <= cfg.mil_foreground_share <= 1.0:
         raise UserError(f"train.mil_foreground_share must be in [0, 1], got {cfg.mil_foreground_share}")
     for name in ("mixup", "cutmix"):  # they mix volumes voxel by voxel; a bag's patches come from different places
@@ -52,7 +55,7 @@ def mil_arguments(config: Config) -> dict[str, Any]:
     mil = config.model.args.get("mil") or {}
     if not isinstance(mil, dict):
         raise UserError(f"model.args.mil must be a mapping (e.g. {{attention_dim: 128}}), got {mil!r}")
-    return dict(mil)
+    return {"embedding_norm": MIL_EMBEDDING_NORM, **mil}
 
 
 def mil_encoder(model: nn.Module) -> nn.Module:
