@@ -5,7 +5,9 @@ embedded once by a randomly initialised, frozen encoder, pooled over its last fe
 families' default) or the maximum (``model.args.global_pool=max``); then only the product's gated-attention MIL head
 (:class:`~medconvnext.models.mil.GatedAttention` + a linear layer) is trained on the scan labels, one bag per step.
 No weight of the encoder learns, so what the head reaches says whether the pooled features carry the finding at
-all: with the average a 6-15 mm nodule is one cell of the 8³ map diluted by 512, with the maximum it is kept.
+all: with the average a 6-15 mm nodule is one cell of the 8³ map diluted by 512, with the maximum it is kept. The
+max-pooled features are also given to the head LayerNorm'd per instance (ConvNeXt's head norm) instead of
+standardised per feature (MILClassifier's ``embedding_norm``).
 
     python bench/bench_mil.py --out /tmp/mil400 --train 400 --val 100 --runs mil --epochs 1   # phantoms and plan
     python bench/mil_pooling.py --out /tmp/mil400 --run /tmp/mil400/mil_max_seed0 --train 400 --val 100 \\
@@ -52,11 +54,13 @@ def main() -> None:
         start = time.perf_counter()
         embeddings = embed(name, bags)
         print(f"{name}: {sum(len(b) for b in bags)} tiles embedded in {time.perf_counter() - start:.0f} s", flush=True)
-        for pool, features in embeddings.items():
-            for count in [args.train, *(args.train_counts or [])]:
-                key = f"{name}_{pool}_train{count}"
-                results[key] = train_head(features, labels, count, args.train, args.epochs)
-                print(key, results[key], flush=True)
+        counts = [args.train, *(args.train_counts or [])]
+        runs = [(pool, "standardise", count) for pool in embeddings for count in counts]
+        runs.append(("max", "layernorm", args.train))
+        for pool, norm, count in runs:
+            key = f"{name}_{pool}_{norm}_train{count}"
+            results[key] = train_head(embeddings[pool], labels, count, args.train, args.epochs, norm)
+            print(key, results[key], flush=True)
     if args.results:
         args.results.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
@@ -85,13 +89,19 @@ def embed(name: str, bags: list[torch.Tensor]) -> dict[str, list[torch.Tensor]]:
     return out
 
 
-def train_head(features: list[torch.Tensor], labels: np.ndarray, count: int, train: int, epochs: int) -> dict:
-    """Gated attention + linear head on the first ``count`` training bags (features standardised on them); the
-    validation AUC (bags ``train:``) every 5 epochs."""
+def train_head(features: list[torch.Tensor], labels: np.ndarray, count: int, train: int, epochs: int,
+               norm: str) -> dict:
+    """Gated attention + linear head on the first ``count`` training bags; the validation AUC (bags ``train:``)
+    every 5 epochs. ``norm``: ``standardise`` each feature with the training instances' mean and std (what
+    MILClassifier's embedding_norm does at inference), or ``layernorm`` each instance over its features (ConvNeXt's
+    head norm)."""
     torch.manual_seed(0)
-    stacked = torch.cat(features[:count])
-    mean, std = stacked.mean(0), stacked.std(0) + 1e-6
-    bags = [(f - mean) / std for f in features]
+    if norm == "layernorm":
+        bags = [torch.nn.functional.layer_norm(f, f.shape[1:]) for f in features]
+    else:
+        stacked = torch.cat(features[:count])
+        mean, std = stacked.mean(0), stacked.std(0) + 1e-6
+        bags = [(f - mean) / std for f in features]
     attention, head = GatedAttention(bags[0].shape[1]), torch.nn.Linear(bags[0].shape[1], 2)
     optimizer = torch.optim.AdamW([*attention.parameters(), *head.parameters()], lr=1e-3, weight_decay=0.05)
     target = torch.as_tensor(labels)
@@ -111,7 +121,7 @@ def train_head(features: list[torch.Tensor], labels: np.ndarray, count: int, tra
             with torch.no_grad():
                 scores = [float(margin(bags[i])) for i in range(train, len(bags))]
             curve.append(round(float(roc_auc_score(labels[train:], scores)), 3))
-    return {"val_auc_every_5_epochs": curve, "train_scans": count, "val_scans": len(bags) - train}
+    return {"val_auc_every_5_epochs": curve, "train_scans": count, "val_scans": len(bags) - train, "norm": norm}
 
 
 if __name__ == "__main__":

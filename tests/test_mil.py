@@ -56,6 +56,23 @@ def test_wrapper_pools_bags_into_one_logit_vector_per_volume(name):
     assert not any(k.startswith("encoder.head.") for k in model.state_dict())  # its own classifier is dropped
 
 
+def test_embedding_norm_standardises_each_feature_over_the_instances_in_place_of_the_head_layernorm():
+    torch.manual_seed(0)
+    model = create_model("convnext_med_iso", mil={"embedding_norm": True, "attention_dim": 8}, global_pool="max")
+    assert isinstance(model.encoder.head_norm, torch.nn.Identity)  # no per-instance LayerNorm before it
+    bags = 3.0 + 2.0 * torch.randn(2, 6, 1, 16, 16, 16)
+    model.train()
+    embeddings = model.embed(bags.flatten(0, 1))  # training: the 12 instances' own statistics
+    torch.testing.assert_close(embeddings.mean(0), torch.zeros(model.num_features), atol=1e-5, rtol=0)
+    torch.testing.assert_close(embeddings.std(0, unbiased=False), torch.ones(model.num_features), atol=1e-3, rtol=0)
+    model.eval()  # inference: the running statistics, so a bag's logits do not depend on its companions
+    with torch.no_grad():
+        alone, together = model(bags[:1]), model(bags)[:1]
+    torch.testing.assert_close(alone, together)
+    with pytest.raises(ValueError, match="embedding_norm"):
+        create_model("convnext_med_iso", mil={"embedding_norm": "yes"})
+
+
 def test_sliding_window_mil_pools_every_window_once_and_the_weights_sum_to_one():
     torch.manual_seed(0)
     model = create_model("convmixer_128_4", num_classes=2, dim=16, depth=1, mil={}).eval()

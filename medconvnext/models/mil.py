@@ -60,10 +60,11 @@ class MILClassifier(nn.Module):
             attention_dim: D of the gated attention.
             embedding_norm: standardise each embedding feature over the instances (BatchNorm1d: batch statistics
                 in training, running ones at inference) in place of the encoder's per-instance head norm
-                (ConvNeXt's LayerNorm, dropped). Why (``bench/mil_pooling.py``): on max-pooled features the
-                attention head finds a nodule from scan labels with per-feature standardisation (val AUC 0.95)
-                and not with a per-instance LayerNorm (0.42-0.64). ``train`` turns it on; False (the default) is
-                the earlier design, kept so that its checkpoints rebuild as they were trained.
+                (ConvNeXt's LayerNorm, dropped). Why (``bench/mil_pooling.py``, docs/benchmarks.md): on the
+                max-pooled features of a frozen encoder, the attention head finds a nodule from scan labels within
+                5 epochs when each feature is standardised, and is still at chance then with a per-instance
+                LayerNorm. ``train`` turns it on; False (the default) is the earlier design, kept so that its
+                checkpoints rebuild as they were trained.
         """
         super().__init__()
         if not (callable(getattr(encoder, "forward_features", None)) and callable(getattr(encoder, "forward_head",
