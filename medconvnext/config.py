@@ -314,7 +314,13 @@ def _set_dotted(config: Config, dotted: str, value: Any, where: str) -> None:
     section = getattr(config, section_name)
     key = parts[1]
     if section_name == "model" and key == "args" and len(parts) > 2:
-        section.args[".".join(parts[2:])] = value
+        # model.args.mil.attention_dim=64 sets {"mil": {"attention_dim": 64}}: nested mappings, as in YAML
+        target = section.args
+        for name in parts[2:-1]:
+            target = target.setdefault(name, {})
+            if not isinstance(target, dict):
+                raise UserError(f"{where}: {dotted}: model.args.{name} is {yaml_spelling(target)}, not a mapping")
+        target[parts[-1]] = value
         return
     if len(parts) != 2 or key not in {f.name for f in dataclasses.fields(section)}:
         known = ", ".join(f"{section_name}.{f.name}" for f in dataclasses.fields(section))

@@ -26,6 +26,16 @@ def test_yaml_round_trip_and_overrides(tmp_path):
     assert load_config(tmp_path / "out.yaml") == config
 
 
+def test_a_dotted_model_argument_sets_a_nested_mapping_as_yaml_would():
+    config = Config()
+    apply_overrides(config, dict([parse_set_option("model.args.mil.embedding_norm=false"),
+                                  parse_set_option("model.args.mil.attention_dim=64"),
+                                  parse_set_option("model.args.global_pool=max")]))
+    assert config.model.args == {"mil": {"embedding_norm": False, "attention_dim": 64}, "global_pool": "max"}
+    with pytest.raises(UserError, match="model.args.global_pool is 'max', not a mapping"):
+        apply_overrides(config, dict([parse_set_option("model.args.global_pool.x=1")]))
+
+
 def test_defaults_are_a_config():
     assert load_config(None) == Config()
 
