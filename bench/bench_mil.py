@@ -54,6 +54,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--layer-decay", type=float, default=None,
+                        help="train.layer_decay (a ConvNeXt encoder): the MIL head at --lr, the encoder below it")
     parser.add_argument("--runs", nargs="+", default=["mil", "whole"], choices=["mil", "whole"])
     parser.add_argument("--pool", nargs="+", default=["max"], choices=["avg", "max"],
                         help="model.args.global_pool of the runs (MIL's default is max), one run per value")
@@ -63,6 +65,8 @@ def main() -> None:
     results = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     common = ["--model", args.model, "--epochs", str(args.epochs), "--seed", str(args.seed), "--batch-size", "2",
               "--lr", str(args.lr), "--set", "data.cache=memory", "--set", "data.augment=flips"]
+    if args.layer_decay is not None:
+        common += ["--set", f"train.layer_decay={args.layer_decay}"]
     settings = {
         "whole": ["--set", f"preprocessing.max_input_voxels={args.budget}"],
         "mil": ["--set", "train.patches=mil", "--set", f"preprocessing.input_size=[{args.patch},{args.patch},"

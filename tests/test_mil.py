@@ -73,6 +73,21 @@ def test_embedding_norm_standardises_each_feature_over_the_instances_in_place_of
         create_model("convnext_med_iso", mil={"embedding_norm": "yes"})
 
 
+def test_layer_decay_trains_the_mil_head_at_lr_and_the_convnext_encoder_below_it():
+    from medconvnext.engine.optim import layer_decay_groups
+
+    model = create_model("convnext_med_iso", mil={"embedding_norm": True}, global_pool="max")
+    groups = layer_decay_groups(model, weight_decay=0.05, lr=1e-3, decay=0.5)
+    rate = {id(p): g["lr"] for g in groups for p in g["params"]}
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    for module in (model.attention, model.head, model.embedding_norm):
+        assert all(rate[id(p)] == 1e-3 for p in module.parameters())
+    blocks = model.encoder.stages[0]  # one isotropic stage of 4 blocks, below the head: 0.5, 0.25, ...
+    for depth, block in enumerate(reversed(blocks), start=1):
+        assert all(rate[id(p)] == pytest.approx(1e-3 * 0.5 ** depth) for p in block.parameters())
+    assert all(rate[id(p)] == pytest.approx(1e-3 * 0.5 ** 5) for p in model.encoder.stem.parameters())
+
+
 def test_sliding_window_mil_pools_every_window_once_and_the_weights_sum_to_one():
     torch.manual_seed(0)
     model = create_model("convmixer_128_4", num_classes=2, dim=16, depth=1, mil={}).eval()
@@ -230,7 +245,8 @@ def test_mil_settings_are_checked_before_any_write(tmp_path):
                          (["--set", "train.mil_foreground_share=1.5"], "train.mil_foreground_share"),
                          (["--set", "train.mixup=0.8"], "train.mixup"),
                          (["--set", "model.name=monai_resnet18"], "train.patches=mil"),
-                         (["--set", "model.args.global_pool=mean"], "model.args")):
+                         (["--set", "model.args.global_pool=mean"], "model.args"),
+                         (["--set", "train.layer_decay=0.5"], "the MIL encoder convmixer")):
         out = tmp_path / f"bad{len(extra[1])}"
         result = runner.invoke(app, [*_train_args(data, out, 1), *extra])
         assert result.exit_code == 2 and field in result.output, result.output

@@ -33,8 +33,6 @@ def check_mil(cfg: TrainConfig) -> None:
     for name in ("mixup", "cutmix"):  # they mix volumes voxel by voxel; a bag's patches come from different places
         if getattr(cfg, name) > 0:
             raise UserError(f"train.{name} is not supported with train.patches=mil; set train.{name}=0")
-    if cfg.layer_decay is not None:
-        raise UserError("train.layer_decay is not supported with train.patches=mil yet; leave it unset")
 
 
 def check_mil_input(config: Config) -> None:
@@ -52,6 +50,9 @@ def mil_arguments(config: Config) -> dict[str, Any]:
     if family == "monai":
         raise UserError(f"train.patches=mil: model.name {config.model.name!r} has no forward_features/forward_head "
                         "to embed patches; choose a convnext, convmixer or resnext model")
+    if config.train.layer_decay is not None and family != "convnext":  # refused here, before the run writes
+        raise UserError(f"train.layer_decay: the MIL encoder {config.model.name} ({family}) does not number its "
+                        "layers; layer decay is for a ConvNeXt encoder; leave it unset")
     mil = config.model.args.get("mil") or {}
     if not isinstance(mil, dict):
         raise UserError(f"model.args.mil must be a mapping (e.g. {{attention_dim: 128}}), got {mil!r}")

@@ -28,6 +28,7 @@ from medconvnext.config import TrainConfig
 from medconvnext.engine.checkpoint import unwrap_model
 from medconvnext.errors import UserError
 from medconvnext.models.layer_ids import LayerIds
+from medconvnext.models.mil import MILClassifier, is_mil, mil_layer_ids
 
 ADAMW_BETAS = (0.9, 0.999)  # torch's defaults; FCMAE pretraining uses (0.9, 0.95), as ConvNeXt V2
 
@@ -75,15 +76,17 @@ def layer_decay_groups(model: nn.Module, weight_decay: float, lr: float, decay: 
     if not 0.0 < decay <= 1.0:
         raise UserError(f"train.layer_decay must be in (0, 1], got {decay}")
     plain = unwrap_model(model)
-    if not isinstance(plain, LayerIds):
-        raise UserError(f"train.layer_decay: {type(plain).__name__} does not number its layers (no layer_id / "
-                        "num_layers); layer decay is for models that do (ConvNeXt); leave it unset")
-    top = plain.num_layers - 1
+    ids = mil_layer_ids(plain) if isinstance(plain, MILClassifier) else plain
+    if not isinstance(ids, LayerIds):
+        named = f"the MIL encoder {type(plain.encoder).__name__}" if is_mil(plain) else type(plain).__name__
+        raise UserError(f"train.layer_decay: {named} does not number its layers (no layer_id / num_layers); "
+                        "layer decay is for models that do (ConvNeXt); leave it unset")
+    top = ids.num_layers - 1
     groups: dict[tuple[int, bool], dict[str, Any]] = {}
     for name, param in plain.named_parameters():
         if not param.requires_grad:
             continue
-        layer, no_decay = plain.layer_id(name), param.ndim <= 1
+        layer, no_decay = ids.layer_id(name), param.ndim <= 1
         group = groups.setdefault((layer, no_decay), {
             "params": [], "weight_decay": 0.0 if no_decay else weight_decay, "lr": lr * decay ** (top - layer)})
         group["params"].append(param)

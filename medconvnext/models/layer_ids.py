@@ -3,7 +3,8 @@
 A model that can be fine-tuned with ``train.layer_decay`` says, for each of its parameter names, how deep the layer
 is (:class:`LayerIds`: ``layer_id(name)`` in ``0 .. num_layers - 1``); the optimiser
 (:func:`medconvnext.engine.optim.layer_decay_groups`) only scales rates by those depths and knows no family's names.
-A family without the numbering (ConvMixer, ResNeXt, the MONAI networks, a MIL wrapper) cannot use layer decay: the
+A family without the numbering (ConvMixer, ResNeXt, the MONAI networks) cannot use layer decay (a MIL model numbers its
+layers through its encoder: :class:`~medconvnext.models.mil.MILLayerIds`): the
 optimiser refuses it, naming the model.
 """
 

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from medconvnext.models._memory import model_memory_format
+from medconvnext.models.layer_ids import LayerIds
 
 DEFAULT_ATTENTION_DIM = 128  # D of the paper (its L = 500 is the encoder's width here)
 
@@ -116,6 +117,29 @@ class MILClassifier(nn.Module):
         bags, size = x.shape[:2]
         embeddings = self.embed(x.flatten(0, 1)).view(bags, size, -1)
         return self.pool(embeddings)[0]
+
+
+class MILLayerIds:
+    """:class:`~medconvnext.models.layer_ids.LayerIds` of a MIL model whose encoder numbers its layers: the encoder's
+    depths, and the MIL head (embedding norm, attention, linear layer) at the encoder's head depth, so that
+    ``train.layer_decay`` trains the head at ``train.lr`` and the encoder's early layers slowest."""
+
+    def __init__(self, model: MILClassifier) -> None:
+        self.encoder: LayerIds = model.encoder  # type: ignore[assignment]
+
+    @property
+    def num_layers(self) -> int:
+        return self.encoder.num_layers
+
+    def layer_id(self, name: str) -> int:
+        if name.startswith("encoder."):
+            return self.encoder.layer_id(name.removeprefix("encoder."))
+        return self.num_layers - 1
+
+
+def mil_layer_ids(model: MILClassifier) -> MILLayerIds | None:
+    """The layer numbering of ``model``, or None when its encoder has none (ConvMixer, ResNeXt)."""
+    return MILLayerIds(model) if isinstance(model.encoder, LayerIds) else None
 
 
 def is_mil(model: nn.Module) -> bool:
