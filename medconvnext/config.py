@@ -34,6 +34,7 @@ from medconvnext.choices import (
     Select,
 )
 from medconvnext.errors import UserError
+from medconvnext.spelling import type_words, yaml_spelling
 
 
 @dataclass
@@ -363,32 +364,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     elif origin is dict or hint is dict:
         if isinstance(value, dict):
             return dict(value)
-    raise UserError(f"{where} = {yaml_spelling(value)} is not {_type_words(hint)}")
-
-
-_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
-_PLURALS = {int: "integers", float: "numbers", str: "strings"}
-
-
-def _type_words(hint: Any) -> str:
-    """``float`` -> "a number", ``list[float]`` -> "a list of numbers"."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is list and args and args[0] in _PLURALS:
-        example = "[48, 48, 48]" if args[0] is int else "[1.0, 1.0, 1.0]"
-        return f"a list of {_PLURALS[args[0]]} (written as in YAML, e.g. {example})"
-    if origin is dict:
-        return "a mapping"
-    return _TYPE_WORDS.get(hint, f"a valid {hint}")
-
-
-def yaml_spelling(value: Any, quote: bool = True) -> str:
-    """``value`` as it is written in YAML and --set (``true``, ``null``, ``[1, 2]``; tuples as lists), strings
-    quoted (``quote``)."""
-    if isinstance(value, str) and quote:
-        return repr(value)
-    if isinstance(value, tuple):
-        value = list(value)
-    return yaml.safe_dump(value, default_flow_style=True).removesuffix("\n...\n").strip()
+    raise UserError(f"{where} = {yaml_spelling(value)} is not {type_words(hint)}")
 
 
 def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
