@@ -76,7 +76,8 @@ def _last_stage(model: torch.nn.Module) -> torch.nn.Module:
 @pytest.mark.parametrize(
     ("name", "args", "size"),  # total stride 32 (ConvNeXt, ResNeXt): at 64³ the last stage is 2x2x2
     [("convnext_atto", TINY_CONVNEXT, 64), ("resnext_tiny", {"base_planes": 16, "groups": 2}, 64),
-     ("convmixer_128_4", {"dim": 16, "depth": 2}, 32)],
+     ("convmixer_128_4", {"dim": 16, "depth": 2}, 32),
+     ("convmixer_128_4", {"dim": 16, "depth": 2, "global_pool": "max"}, 32)],  # gradients at each channel's peak
 )
 def test_grad_cam_equals_a_hand_computation(name, args, size):
     torch.manual_seed(0)
