@@ -241,13 +241,19 @@ def test_a_peripheral_nodule_lies_inside_a_mil_window(tmp_path):
 
 def test_mil_settings_are_checked_before_any_write(tmp_path):
     data = _phantoms(tmp_path, count=4)
-    for extra, field in ((["--set", "train.mil_bag_size=1"], "train.mil_bag_size"),
+    for i, (extra, field) in enumerate(((["--set", "train.mil_bag_size=1"], "train.mil_bag_size"),
                          (["--set", "train.mil_foreground_share=1.5"], "train.mil_foreground_share"),
                          (["--set", "train.mixup=0.8"], "train.mixup"),
                          (["--set", "model.name=monai_resnet18"], "train.patches=mil"),
                          (["--set", "model.args.global_pool=mean"], "model.args"),
-                         (["--set", "train.layer_decay=0.5"], "the MIL encoder convmixer")):
-        out = tmp_path / f"bad{len(extra[1])}"
+                         (["--set", "train.layer_decay=0.5"], "the MIL encoder ConvMixer3d"),
+                         # (not MIL: refused before the run writes too, so the same --out works once corrected)
+                         (["--set", "train.patches=none", "--set", "train.layer_decay=0.5"],
+                          "train.layer_decay: ConvMixer3d does not number its layers"),
+                         (["--set", "model.args.mil=false"], "model.args.mil must be a mapping"),
+                         (["--set", "model.args.mil.embedding_nrom=false"], "not a MIL argument (they are: "
+                                                                              "attention_dim, embedding_norm)"))):
+        out = tmp_path / f"bad{i}"
         result = runner.invoke(app, [*_train_args(data, out, 1), *extra])
         assert result.exit_code == 2 and field in result.output, result.output
         assert not out.exists()

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from torch import nn
@@ -11,7 +12,7 @@ from torch import nn
 from medconvnext.config import Config, TrainConfig
 from medconvnext.errors import UserError
 from medconvnext.models import get_entry
-from medconvnext.models.mil import is_mil
+from medconvnext.models.mil import MILClassifier, is_mil
 
 __all__ = ["MIL_EMBEDDING_NORM", "MIL_GLOBAL_POOL", "check_mil", "check_mil_input", "mil_arguments", "mil_encoder"]
 
@@ -50,12 +51,14 @@ def mil_arguments(config: Config) -> dict[str, Any]:
     if family == "monai":
         raise UserError(f"train.patches=mil: model.name {config.model.name!r} has no forward_features/forward_head "
                         "to embed patches; choose a convnext, convmixer or resnext model")
-    if config.train.layer_decay is not None and family != "convnext":  # refused here, before the run writes
-        raise UserError(f"train.layer_decay: the MIL encoder {config.model.name} ({family}) does not number its "
-                        "layers; layer decay is for a ConvNeXt encoder; leave it unset")
-    mil = config.model.args.get("mil") or {}
+    mil = config.model.args.get("mil", {})
     if not isinstance(mil, dict):
         raise UserError(f"model.args.mil must be a mapping (e.g. {{attention_dim: 128}}), got {mil!r}")
+    known = [p for p in inspect.signature(MILClassifier.__init__).parameters if p not in ("self", "encoder",
+                                                                                          "num_classes")]
+    for key in mil:
+        if key not in known:
+            raise UserError(f"model.args.mil.{key}: not a MIL argument (they are: {', '.join(known)})")
     return {"embedding_norm": MIL_EMBEDDING_NORM, **mil}
 
 

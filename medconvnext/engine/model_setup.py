@@ -21,6 +21,7 @@ from medconvnext.data.datalist import Datalist
 from medconvnext.engine import distributed as dist
 from medconvnext.engine.checkpoint import atomic_write
 from medconvnext.engine.mil import MIL_GLOBAL_POOL, mil_arguments, mil_encoder
+from medconvnext.engine.optim import model_layer_ids
 from medconvnext.engine.seeding import seed_everything
 from medconvnext.errors import UserError
 from medconvnext.models import create_model
@@ -51,13 +52,16 @@ def build_model(config: Config, datalist: Datalist) -> nn.Module:
     if config.train.drop_path_rate is not None:
         args["drop_path_rate"] = config.train.drop_path_rate
     try:
-        return _create_configured_model(config.model.name, num_classes, args)
+        model = _create_configured_model(config.model.name, num_classes, args)
     except TypeError as exc:
         if "drop_path_rate" not in str(exc) or "drop_path_rate" in config.model.args:
             raise UserError(_unknown_argument_message(config.model.name, exc)) from None
         warnings.warn(f"model {config.model.name} has no drop_path_rate; train.drop_path_rate ignored", stacklevel=2)
         args.pop("drop_path_rate")
-        return _create_configured_model(config.model.name, num_classes, args)
+        model = _create_configured_model(config.model.name, num_classes, args)
+    if config.train.layer_decay is not None:
+        model_layer_ids(model)  # refused here, before the run writes, not when the optimiser is built
+    return model
 
 
 def _unknown_argument_message(name: str, exc: TypeError) -> str:

@@ -32,9 +32,8 @@ from medconvnext.models.mil import MILClassifier, is_mil, mil_layer_ids
 
 ADAMW_BETAS = (0.9, 0.999)  # torch's defaults; FCMAE pretraining uses (0.9, 0.95), as ConvNeXt V2
 
-__all__ = ["ADAMW_BETAS", "layer_decay_groups", "make_optimizer", "make_schedule", "optimizer_steps_per_epoch",
-           "param_groups",
-           "warmup_cosine"]
+__all__ = ["ADAMW_BETAS", "layer_decay_groups", "make_optimizer", "make_schedule", "model_layer_ids",
+           "optimizer_steps_per_epoch", "param_groups", "warmup_cosine"]
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -65,6 +64,20 @@ def warmup_cosine(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def model_layer_ids(model: nn.Module) -> LayerIds:
+    """How ``model`` (unwrapped) numbers its layers for ``train.layer_decay`` (a MIL model: through its encoder).
+
+    Raises:
+        UserError: a model that does not number them (ConvMixer, ResNeXt, the MONAI networks), named.
+    """
+    ids = mil_layer_ids(model) if isinstance(model, MILClassifier) else model
+    if not isinstance(ids, LayerIds):
+        named = f"the MIL encoder {type(model.encoder).__name__}" if is_mil(model) else type(model).__name__
+        raise UserError(f"train.layer_decay: {named} does not number its layers (no layer_id / num_layers); "
+                        "layer decay is for models that do (ConvNeXt); leave it unset")
+    return ids
+
+
 def layer_decay_groups(model: nn.Module, weight_decay: float, lr: float, decay: float) -> list[dict[str, Any]]:
     """AdamW groups with lr × decay^(head depth − layer depth), the depths the model gives
     (:class:`~medconvnext.models.layer_ids.LayerIds`): the head at ``lr``, the stem the lowest; no weight decay on
@@ -76,11 +89,7 @@ def layer_decay_groups(model: nn.Module, weight_decay: float, lr: float, decay: 
     if not 0.0 < decay <= 1.0:
         raise UserError(f"train.layer_decay must be in (0, 1], got {decay}")
     plain = unwrap_model(model)
-    ids = mil_layer_ids(plain) if isinstance(plain, MILClassifier) else plain
-    if not isinstance(ids, LayerIds):
-        named = f"the MIL encoder {type(plain.encoder).__name__}" if is_mil(plain) else type(plain).__name__
-        raise UserError(f"train.layer_decay: {named} does not number its layers (no layer_id / num_layers); "
-                        "layer decay is for models that do (ConvNeXt); leave it unset")
+    ids = model_layer_ids(plain)
     top = ids.num_layers - 1
     groups: dict[tuple[int, bool], dict[str, Any]] = {}
     for name, param in plain.named_parameters():
