@@ -62,7 +62,7 @@ from medconvnext.engine.validation import (
 from medconvnext.errors import UserError
 from medconvnext.fileio import record_many, remove, set_state, start_manifest
 from medconvnext.models import apply_memory_format, model_memory_format
-from medconvnext.reports.plots import plot_training_curves
+from medconvnext.reports.plots import plot_training_curves, preload
 from medconvnext.rundir import TENSORBOARD, RunDir, RunLock
 
 __all__ = [
@@ -232,6 +232,10 @@ class _RunHooks(EpochHooks):
         self.tensorboard = (_TensorBoard(setup.run.root / TENSORBOARD)
                             if self.cfg.tensorboard and dist.is_main() else None)
         self.last_plot = 0.0
+        try:
+            preload()  # before the first epoch, so that a Ctrl-C cannot land in a lazy import (see preload)
+        except ImportError:
+            pass  # the first figure's warning says what is missing
 
     def on_epoch_start(self, loop: Loop, epoch: int) -> None:
         seed_epoch(self.cfg.seed, epoch, self.data.train_loader, loop.train_transform, self.step.augment)

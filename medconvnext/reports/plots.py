@@ -50,6 +50,20 @@ def _save(fig, path: str | Path) -> Path:
     return path
 
 
+def preload() -> None:
+    """Import what the figures need, now: ``train`` calls it before its first epoch. Imported lazily at an
+    epoch's end instead, a Ctrl-C that lands inside a C extension's initialisation can surface as
+    ``ImportError: initialization failed``, which the figure's warning would swallow, and the run would go on.
+
+    Raises:
+        ImportError: matplotlib (or Pillow, which writes its PNGs) is missing or broken.
+    """
+    import matplotlib.image  # noqa: F401  (Pillow, for PNG)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
+    from matplotlib.figure import Figure  # noqa: F401
+    from matplotlib.ticker import MaxNLocator  # noqa: F401
+
+
 def matplotlib_available() -> bool:
     """True when matplotlib can be imported (plots are drawn), False for a text-only report."""
     try:
