@@ -17,7 +17,7 @@ GLOBAL_POOLS = ("avg", "max")
 def check_global_pool(mode: str) -> str:
     """``mode`` if it is one of :data:`GLOBAL_POOLS`. Raises ValueError otherwise."""
     if mode not in GLOBAL_POOLS:
-        raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {mode!r}")
+        raise ValueError(f"global_pool must be one of {', '.join(GLOBAL_POOLS)}, got {mode!r}")
     return mode
 
 
