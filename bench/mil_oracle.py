@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from mil_pooling import grid_tiles  # bench/, beside this script
 from sklearn.metrics import roc_auc_score
 
 from medconvnext.data.pipeline import PreprocessingPipeline
 from medconvnext.data.preprocessing import PreprocessingPlan
 from medconvnext.data.synthetic import chest_ct
-from medconvnext.data.windows import window_starts
 from medconvnext.models.factory import create_model
 
 
@@ -88,9 +88,8 @@ def scan_tiles(args: argparse.Namespace, plan: PreprocessingPlan, i: int) -> lis
     phantoms: even scans have a nodule, drawn from seed 5000 + i)."""
     image = PreprocessingPipeline(plan).deterministic("uncropped").transform(
         {"image": str(args.out / "scans" / f"ct_{i:03d}.nii.gz")})["image"]
-    volume, roi = image.as_tensor(), plan.input_size
-    pad = [max(0, r - s) for r, s in zip(roi, volume.shape[1:], strict=True)]
-    volume = torch.nn.functional.pad(volume, [0, pad[2], 0, pad[1], 0, pad[0]], value=float(volume.min()))
+    roi = tuple(plan.input_size)
+    tiles, starts = grid_tiles(image.as_tensor(), roi)
     centre = None
     if i % 2 == 0:
         draw = np.random.default_rng(5000 + i)
@@ -98,10 +97,9 @@ def scan_tiles(args: argparse.Namespace, plan: PreprocessingPlan, i: int) -> lis
                            periphery=bool(draw.integers(2)))
         centre = (np.linalg.inv(np.asarray(image.affine)) @ np.array([*phantom.nodule_mm, 1.0]))[:3]
     out = []
-    for start in window_starts(tuple(volume.shape[1:]), roi, overlap=0.0):
-        window = (slice(None),) + tuple(slice(s, s + r) for s, r in zip(start, roi, strict=True))
+    for tile, start in zip(tiles, starts, strict=True):
         holds = centre is not None and all(s - 1 <= c < s + r + 1 for s, r, c in zip(start, roi, centre, strict=True))
-        out.append((volume[window], int(holds)))
+        out.append((tile, int(holds)))
     return out
 
 

@@ -68,12 +68,18 @@ def main() -> None:
 def scan_tiles(path: Path, plan: PreprocessingPlan) -> torch.Tensor:
     """(K, C, R, R, R) tiles of the no-overlap grid over one preprocessed scan (float16, to hold 500 scans)."""
     volume = PreprocessingPipeline(plan).deterministic("uncropped").transform({"image": str(path)})["image"]
-    volume, roi = volume.as_tensor(), tuple(plan.input_size)
+    tiles, _ = grid_tiles(volume.as_tensor(), tuple(plan.input_size))
+    return torch.stack(tiles).half()
+
+
+def grid_tiles(volume: torch.Tensor, roi: tuple[int, int, int]) -> tuple[list[torch.Tensor], list[tuple[int, ...]]]:
+    """(C, D, H, W) volume -> its (C, *roi) tiles on the no-overlap grid validation reads (padded at the end with the
+    volume's minimum up to ``roi``), and their starts in voxels."""
     pad = [max(0, r - s) for r, s in zip(roi, volume.shape[1:], strict=True)]
     volume = torch.nn.functional.pad(volume, [0, pad[2], 0, pad[1], 0, pad[0]], value=float(volume.min()))
     starts = window_starts(tuple(volume.shape[1:]), roi, overlap=0.0)
-    return torch.stack([volume[(slice(None),) + tuple(slice(s, s + r) for s, r in zip(start, roi, strict=True))]
-                        for start in starts]).half()
+    return [volume[(slice(None),) + tuple(slice(s, s + r) for s, r in zip(start, roi, strict=True))]
+            for start in starts], starts
 
 
 @torch.no_grad()

@@ -28,7 +28,7 @@ from medconvnext.config import TrainConfig
 from medconvnext.engine.checkpoint import unwrap_model
 from medconvnext.errors import UserError
 from medconvnext.models.layer_ids import LayerIds
-from medconvnext.models.mil import MILClassifier, is_mil, mil_layer_ids
+from medconvnext.models.mil import MILClassifier, MILLayerIds
 
 ADAMW_BETAS = (0.9, 0.999)  # torch's defaults; FCMAE pretraining uses (0.9, 0.95), as ConvNeXt V2
 
@@ -70,12 +70,12 @@ def model_layer_ids(model: nn.Module) -> LayerIds:
     Raises:
         UserError: a model that does not number them (ConvMixer, ResNeXt, the MONAI networks), named.
     """
-    ids = mil_layer_ids(model) if isinstance(model, MILClassifier) else model
-    if not isinstance(ids, LayerIds):
-        named = f"the MIL encoder {type(model.encoder).__name__}" if is_mil(model) else type(model).__name__
-        raise UserError(f"train.layer_decay: {named} does not number its layers (no layer_id / num_layers); "
+    numbered = model.encoder if isinstance(model, MILClassifier) else model
+    if not isinstance(numbered, LayerIds):
+        raise UserError(f"train.layer_decay: {'the MIL encoder ' if numbered is not model else ''}"
+                        f"{type(numbered).__name__} does not number its layers (no layer_id / num_layers); "
                         "layer decay is for models that do (ConvNeXt); leave it unset")
-    return ids
+    return MILLayerIds(model) if numbered is not model else model
 
 
 def layer_decay_groups(model: nn.Module, weight_decay: float, lr: float, decay: float) -> list[dict[str, Any]]:

@@ -122,7 +122,8 @@ class MILClassifier(nn.Module):
 class MILLayerIds:
     """:class:`~medconvnext.models.layer_ids.LayerIds` of a MIL model whose encoder numbers its layers: the encoder's
     depths, and the MIL head (embedding norm, attention, linear layer) at the encoder's head depth, so that
-    ``train.layer_decay`` trains the head at ``train.lr`` and the encoder's early layers slowest."""
+    ``train.layer_decay`` trains the head at ``train.lr`` and the encoder's early layers slowest. Built by
+    :func:`medconvnext.engine.optim.model_layer_ids` once it has checked the encoder."""
 
     def __init__(self, model: MILClassifier) -> None:
         self.encoder: LayerIds = model.encoder  # type: ignore[assignment]
@@ -135,11 +136,6 @@ class MILLayerIds:
         if name.startswith("encoder."):
             return self.encoder.layer_id(name.removeprefix("encoder."))
         return self.num_layers - 1
-
-
-def mil_layer_ids(model: MILClassifier) -> MILLayerIds | None:
-    """The layer numbering of ``model``, or None when its encoder has none (ConvMixer, ResNeXt)."""
-    return MILLayerIds(model) if isinstance(model.encoder, LayerIds) else None
 
 
 def is_mil(model: nn.Module) -> bool:
